@@ -1,0 +1,59 @@
+"""Per-request state: one frozen context built at intake, and the compiled routes it points to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from yarl import URL
+
+from ztproxy.config.schema import Config, RouteConfig
+from ztproxy.headers import ForwardedFor
+from ztproxy.policy import Decision, RoutePolicy, compile_route_policy
+from ztproxy.routing import RouteTable, Target
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    """A route as the data path needs it: parsed upstream, resolved policy."""
+
+    name: str
+    config: RouteConfig
+    upstream: URL
+    upstream_authority: str  # the Host header the upstream expects
+    policy: RoutePolicy
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    request_id: str
+    client_ip: str
+    forwarded: ForwardedFor
+    scheme: str
+    host: str | None  # normalised request host (no port, lowercase)
+    host_header: str  # as the client sent it, for X-Forwarded-Host
+    target: Target  # canonical path + raw query
+    route: CompiledRoute
+    decision: Decision | None = None
+
+
+def compile_routes(config: Config) -> RouteTable[CompiledRoute]:
+    return RouteTable(_entries(config))
+
+
+def _entries(config: Config) -> Iterator[tuple[str | None, str, CompiledRoute]]:
+    for route in config.routes:
+        upstream = URL(route.upstream)
+        authority = upstream.raw_host or ""
+        if ":" in authority:  # IPv6 literal
+            authority = f"[{authority}]"
+        if upstream.explicit_port is not None:
+            authority = f"{authority}:{upstream.explicit_port}"
+        compiled = CompiledRoute(
+            name=route.name,
+            config=route,
+            upstream=upstream.with_path("/"),
+            upstream_authority=authority,
+            policy=compile_route_policy(route.allow, config.policies),
+        )
+        yield route.host, route.path, compiled

@@ -1,0 +1,159 @@
+"""The ztproxy error tree: every failure a user or operator can see has a stable code.
+
+    ZtproxyError                      code                 HTTP
+    ├── ConfigError                   config-invalid       (startup / check; never HTTP)
+    └── RequestError                                       (mapped to a page in pages/)
+        ├── BadRequest                bad-request          400
+        │   └── PathRejected          bad-path             400
+        ├── PayloadTooLarge           payload-too-large    413
+        ├── HeadersTooLarge           headers-too-large    431
+        ├── RouteNotFound             no-route             404
+        ├── AccessDenied              access-denied        403
+        ├── ExpectationFailed         expectation-failed   417
+        ├── InternalError             internal-error       500
+        └── UpstreamError                                  502
+            ├── UpstreamUnavailable   upstream-unavailable 502
+            └── UpstreamTimeout       upstream-timeout     504
+
+Third-party exceptions are translated at the boundary where they occur
+(``raise UpstreamTimeout(...) from exc``); the mapping to HTTP responses
+happens in one place, :mod:`ztproxy.pages`. This module imports no aiohttp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ZtproxyError(Exception):
+    """Base of every error ztproxy raises on purpose."""
+
+    code: str = "error"
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a configuration file, located by YAML path and line."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line is not None else ""
+        return f"{where}{self.path or '<root>'}: {self.message}"
+
+
+class ConfigError(ZtproxyError):
+    """The configuration is invalid; carries every issue found, not just the first."""
+
+    code = "config-invalid"
+
+    def __init__(self, issues: list[ConfigIssue], source: str = "") -> None:
+        self.issues = sorted(issues, key=lambda i: (i.line or 0, i.path))
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        head = f"{self.source}: " if self.source else ""
+        count = len(self.issues)
+        lines = [f"{head}{count} configuration error{'s' if count != 1 else ''}"]
+        lines.extend(f"  {issue}" for issue in self.issues)
+        return "\n".join(lines)
+
+
+class RequestError(ZtproxyError):
+    """A request cannot be served; rendered as an HTML or JSON page.
+
+    ``detail`` is shown to the user: plain words, never internal addresses.
+    """
+
+    status: int = 500
+    title: str = "Error"
+    hint: str = ""
+
+    def __init__(self, detail: str = "", *, hint: str | None = None) -> None:
+        self.detail = detail
+        if hint is not None:
+            self.hint = hint
+        super().__init__(detail or self.title)
+
+
+class BadRequest(RequestError):
+    code = "bad-request"
+    status = 400
+    title = "Bad request"
+    hint = "The request was malformed. Check the address and try again."
+
+
+class PathRejected(BadRequest):
+    """The request path cannot be canonicalised safely (encoded slash, control character...)."""
+
+    code = "bad-path"
+    hint = "The address contains characters that are not allowed. Check the link you followed."
+
+
+class PayloadTooLarge(RequestError):
+    code = "payload-too-large"
+    status = 413
+    title = "Request too large"
+    hint = "The upload is larger than this application accepts."
+
+
+class HeadersTooLarge(RequestError):
+    code = "headers-too-large"
+    status = 431
+    title = "Request headers too large"
+    hint = "Your browser sent too many or too large headers. Clearing this site's cookies usually helps."
+
+
+class RouteNotFound(RequestError):
+    code = "no-route"
+    status = 404
+    title = "Not found"
+    hint = "No application is published at this address. Check the link or ask your administrator."
+
+
+class AccessDenied(RequestError):
+    code = "access-denied"
+    status = 403
+    title = "Access denied"
+    hint = "If you believe you should have access, contact your administrator with the request id."
+
+    def __init__(self, detail: str = "", *, reasons: tuple[str, ...] = (), hint: str | None = None) -> None:
+        super().__init__(detail, hint=hint)
+        self.reasons = reasons
+
+
+class ExpectationFailed(RequestError):
+    code = "expectation-failed"
+    status = 417
+    title = "Expectation failed"
+    hint = "Only 'Expect: 100-continue' is supported."
+
+
+class InternalError(RequestError):
+    """Something unexpected broke inside the proxy; details go to the log, never to the user."""
+
+    code = "internal-error"
+    status = 500
+    title = "Internal error"
+    hint = "Something went wrong inside the proxy. Try again; if it persists, contact your administrator."
+
+
+class UpstreamError(RequestError):
+    code = "upstream-error"
+    status = 502
+    title = "Bad gateway"
+    hint = "The application behind this address failed to answer. Try again in a moment."
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream-unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream-timeout"
+    status = 504
+    title = "Gateway timeout"
+    hint = "The application took too long to answer. Try again in a moment."

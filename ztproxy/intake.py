@@ -1,0 +1,66 @@
+"""Intake: turn a raw request into a trusted, canonical RequestContext, or refuse it.
+
+Checks the header budget (431), canonicalises the request target (400 on encoded
+slashes, control characters, bad escapes...), normalises the host, works out the
+client address from trusted proxies only, and matches the route (404 for an unknown
+host: never "the first route"). Everything after this stage sees only the context.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ztproxy.errors import BadRequest, ExpectationFailed, HeadersTooLarge, PayloadTooLarge, RouteNotFound
+from ztproxy.headers import forwarded_for
+from ztproxy.routing import normalize_host, parse_target
+from ztproxy.context import RequestContext
+from ztproxy.state import CONTEXT, INTAKE, REQUEST_ID, ROUTES
+
+# Each header line costs its name, value, ": " and CRLF.
+_HEADER_OVERHEAD = 4
+
+
+@web.middleware
+async def intake(request: web.Request, handler: Handler) -> web.StreamResponse:
+    settings = request.app[INTAKE]
+    raw_headers = request.raw_headers
+    size = sum(len(name) + len(value) + _HEADER_OVERHEAD for name, value in raw_headers)
+    if size > settings.max_header_bytes:
+        raise HeadersTooLarge(f"The request headers are {size} bytes; the limit is {settings.max_header_bytes}.")
+
+    target = parse_target(request.raw_path)
+    headers = request.headers
+    hosts = headers.getall("Host", ())
+    if len(hosts) > 1:
+        raise BadRequest("More than one Host header.")  # RFC 9112 3.2: must be rejected
+    host_header = target.authority or (hosts[0] if hosts else "")
+    if not host_header and request.version >= (1, 1):
+        raise BadRequest("The Host header is missing.")  # RFC 9112 3.2
+    host = normalize_host(host_header) if host_header else None
+    if host_header and host is None:
+        raise BadRequest("The Host header is not a valid host name.")
+
+    expect = headers.get("Expect")
+    if expect is not None and expect.strip().lower() != "100-continue":
+        raise ExpectationFailed()
+    if settings.max_request_body is not None and (request.content_length or 0) > settings.max_request_body:
+        raise PayloadTooLarge(f"The request body is larger than {settings.max_request_body} bytes.")
+
+    route = request.app[ROUTES].match(host, target.path)
+    if route is None:
+        raise RouteNotFound()
+
+    forwarded = forwarded_for(request.remote or "", headers.getall("X-Forwarded-For", ()),
+                              settings.trusted_proxies)
+    request[CONTEXT] = RequestContext(
+        request_id=request[REQUEST_ID],
+        client_ip=forwarded.client_ip,
+        forwarded=forwarded,
+        scheme=settings.scheme,
+        host=host,
+        host_header=host_header,
+        target=target,
+        route=route,
+    )
+    return await handler(request)

@@ -1,0 +1,84 @@
+"""User-facing pages: every RequestError becomes an HTML page or, for API clients, JSON.
+
+This is the one place where errors are mapped to HTTP responses. Pages are escaped
+templates; they show plain words and the request id, never stack traces or
+internal addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from importlib import resources
+from string import Template
+
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ztproxy.errors import (
+    BadRequest,
+    ExpectationFailed,
+    HeadersTooLarge,
+    InternalError,
+    PayloadTooLarge,
+    RequestError,
+)
+from ztproxy.state import REQUEST_ID
+
+_log = structlog.get_logger("ztproxy.pages")
+
+_ERROR_TEMPLATE = Template(resources.files(__package__).joinpath("error.html").read_text(encoding="utf-8"))
+
+
+def wants_json(accept: str, requested_with: str = "") -> bool:
+    """API clients (JSON Accept, XHR) get JSON; browsers and everything else get HTML."""
+    if requested_with.lower() == "xmlhttprequest":
+        return True
+    accept = accept.lower()
+    if "text/html" in accept:
+        return False
+    return "json" in accept
+
+
+def error_response(error: RequestError, *, request_id: str, accept: str = "", requested_with: str = "",
+                   close: bool = False) -> web.Response:
+    """Render ``error`` for the client; ``close`` also ends the connection (after a bad request)."""
+    detail = error.detail or error.title
+    if wants_json(accept, requested_with):
+        body = orjson.dumps({"error": error.code, "status": error.status, "message": detail,
+                             "hint": error.hint, "request_id": request_id})
+        response = web.Response(status=error.status, body=body, content_type="application/json")
+    else:
+        page = _ERROR_TEMPLATE.substitute(
+            status=error.status, title=html.escape(error.title), detail=html.escape(detail),
+            hint=html.escape(error.hint), request_id=html.escape(request_id))
+        response = web.Response(status=error.status, text=page, content_type="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if close:
+        response.force_close()
+    return response
+
+
+@web.middleware
+async def error_pages(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every RequestError to its page; anything unexpected to a 500 page and a log entry."""
+    try:
+        return await handler(request)
+    except RequestError as error:
+        return _page(request, error)
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        _log.exception("internal_error", path=request.raw_path[:256])
+        return _page(request, InternalError())
+
+
+def _page(request: web.Request, error: RequestError) -> web.Response:
+    headers = request.headers
+    # After a malformed request the stream can't be trusted to be in sync: close it.
+    close = isinstance(error, (BadRequest, HeadersTooLarge, ExpectationFailed, PayloadTooLarge))
+    return error_response(error, request_id=request.get(REQUEST_ID, "-"), accept=headers.get("Accept", ""),
+                          requested_with=headers.get("X-Requested-With", ""), close=close)

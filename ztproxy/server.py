@@ -1,0 +1,315 @@
+"""Lifecycle: listeners, TLS, worker processes, readiness, signals and graceful drain.
+
+One process (``--workers 1``) serves the proxy and the admin listener itself. With
+more, a supervisor binds one SO_REUSEPORT socket per worker before starting them (so
+a port conflict fails fast and a restarted worker finds its queue waiting), serves
+the admin listener, restarts crashed workers, and on SIGTERM drains them all.
+
+SIGTERM (or SIGINT): readiness fails at once, after ``drain_delay`` the listeners
+close, in-flight requests get ``shutdown_grace`` to finish, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from ztproxy.admin import build_admin_app
+from ztproxy.app import build_app
+from ztproxy.config.schema import Config, split_listen
+from ztproxy.errors import BadRequest, HeadersTooLarge, RequestError
+from ztproxy.pages import error_response
+from ztproxy.state import Readiness
+from ztproxy.telemetry import get_logger
+
+log = get_logger("ztproxy.server")
+
+_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                    b"Content-Type: text/plain\r\nContent-Length: 25\r\n\r\nRequest headers too slow\n")
+_RESTART_BACKOFF_MAX = 30.0
+
+
+class _GuardedRequestHandler(RequestHandler):
+    """aiohttp's connection handler with a deadline for the first request's headers.
+
+    aiohttp closes idle keep-alive connections itself (``keepalive_timeout``, which also
+    bounds a dribbled second request), but waits forever for a first request that
+    never completes: that is the slowloris hole closed here. Parser errors are
+    rendered as our pages, with 431 for oversized header blocks.
+    """
+
+    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._header_deadline = self._loop.call_later(self._header_timeout, self._headers_too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._header_deadline is not None and self._request_count:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+        super().connection_lost(exc)
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if self._request_count == 0 and self.transport is not None:
+            log.info("request_header_timeout", client=self.peername)
+            self.transport.write(_REQUEST_TIMEOUT)
+            self.force_close()
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        error: RequestError
+        if isinstance(exc, LineTooLong) and not message_is_request_line(exc) or \
+                "Too many headers" in str(exc):
+            error = HeadersTooLarge()
+        else:
+            error = BadRequest("The request is not valid HTTP.")
+        log.info("request_rejected", client=self.peername, status=error.status,
+                 reason=str(exc)[:200] if exc else message)
+        return error_response(error, request_id="-", close=True)
+
+
+def message_is_request_line(exc: LineTooLong) -> bool:
+    return "Status line" in str(exc) or "request line" in str(exc).lower()
+
+
+class _ProxyServer(web.Server):
+    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timeout = header_timeout
+
+    def __call__(self) -> RequestHandler:
+        return _GuardedRequestHandler(self, loop=self._loop, header_timeout=self._header_timeout,
+                                      **self._kwargs)
+
+
+class ProxyRunner(web.AppRunner):
+    """An AppRunner whose connections get the header deadline and our error pages."""
+
+    def __init__(self, app: web.Application, config: Config) -> None:
+        limits = config.server.limits
+        super().__init__(
+            app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=config.server.shutdown_grace,
+            handler_cancellation=True,  # a client that goes away cancels its upstream request
+            keepalive_timeout=limits.keepalive_timeout,
+            max_line_size=limits.max_line_bytes,
+            max_field_size=limits.max_header_bytes,
+            max_headers=limits.max_header_count,
+        )
+        self._header_timeout = limits.header_timeout
+
+    async def _make_server(self) -> web.Server:
+        app = self.app
+        loop = asyncio.get_running_loop()
+        app._set_loop(loop)
+        app.on_startup.freeze()
+        await app.startup()
+        app.freeze()
+        return _ProxyServer(app._handle, request_factory=app._make_request, loop=loop,
+                            header_timeout=self._header_timeout, **self._kwargs)
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    tls = config.server.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def bind_socket(listen: str, *, reuse_port: bool) -> socket.socket:
+    host, port = split_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _start_admin(config: Config, readiness: Readiness) -> web.AppRunner | None:
+    if config.server.admin_listen is None:
+        return None
+    runner = web.AppRunner(build_admin_app(readiness), handle_signals=False, access_log=None)
+    await runner.setup()
+    host, port = split_listen(config.server.admin_listen)
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def _serve_proxy(config: Config, sock: socket.socket, readiness: Readiness,
+                       stop: asyncio.Event, on_ready: Any = None) -> None:
+    runner = ProxyRunner(build_app(config), config)
+    await runner.setup()
+    await web.SockSite(runner, sock, ssl_context=ssl_context(config)).start()
+    readiness.ready, readiness.reasons = True, []
+    log.info("proxy_listening", listen=config.server.listen, public_url=config.public_url,
+             routes=len(config.routes), pid=os.getpid())
+    if on_ready is not None:
+        on_ready()
+    await stop.wait()
+    readiness.ready, readiness.reasons = False, ["draining"]
+    log.info("draining", grace_s=config.server.shutdown_grace, drain_delay_s=config.server.drain_delay)
+    await asyncio.sleep(config.server.drain_delay)
+    await runner.cleanup()  # closes the listener, then waits up to shutdown_grace for in-flight requests
+    log.info("stopped", pid=os.getpid())
+
+
+async def serve(config: Config) -> int:
+    """Single process: proxy and admin listener in this event loop."""
+    readiness = Readiness(reasons=["starting"])
+    stop = _stop_event()
+    sock = bind_socket(config.server.listen, reuse_port=False)
+    admin = await _start_admin(config, readiness)
+    try:
+        await _serve_proxy(config, sock, readiness, stop)
+    finally:
+        if admin is not None:
+            await admin.cleanup()
+    return 0
+
+
+async def serve_worker(config: Config, sock: socket.socket, ready_fd: int) -> int:
+    """One worker under the supervisor: the proxy on an inherited socket, no admin listener."""
+    stop = _stop_event()
+
+    def announce() -> None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
+
+    await _serve_proxy(config, sock, Readiness(), stop, on_ready=announce)
+    return 0
+
+
+class _Worker:
+    def __init__(self, index: int, sock: socket.socket) -> None:
+        self.index = index
+        self.sock = sock
+        self.process: asyncio.subprocess.Process | None = None
+        self.ready = False
+
+
+async def supervise(config: Config, workers: int, log_format: str) -> int:
+    """Several workers sharing the port; the supervisor owns readiness and restarts."""
+    readiness = Readiness(reasons=["starting"])
+    stop = _stop_event()
+    pool = [_Worker(i, bind_socket(config.server.listen, reuse_port=True)) for i in range(workers)]
+    admin = await _start_admin(config, readiness)
+    payload = config.model_dump_json().encode()
+
+    def update_readiness() -> None:
+        missing = [str(w.index) for w in pool if not w.ready]
+        readiness.ready = not missing and not stop.is_set()
+        readiness.reasons = [] if readiness.ready else (
+            ["draining"] if stop.is_set() else [f"worker {i} not ready" for i in missing])
+
+    async def run_worker(worker: _Worker) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            read_fd, write_fd = os.pipe()
+            worker.ready = False
+            worker.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "ztproxy.worker", "--socket-fd", str(worker.sock.fileno()),
+                "--ready-fd", str(write_fd), "--log-format", log_format,
+                stdin=asyncio.subprocess.PIPE, pass_fds=(worker.sock.fileno(), write_fd))
+            os.close(write_fd)
+            assert worker.process.stdin is not None
+            worker.process.stdin.write(payload)
+            worker.process.stdin.close()
+            started = asyncio.get_running_loop().time()
+            ready_task = asyncio.create_task(asyncio.to_thread(os.read, read_fd, 1))
+            exit_task = asyncio.create_task(worker.process.wait())
+            done, _ = await asyncio.wait((ready_task, exit_task), return_when=asyncio.FIRST_COMPLETED)
+            if ready_task in done and ready_task.result() == b"1":
+                worker.ready = True
+                update_readiness()
+            code = await exit_task
+            await asyncio.gather(ready_task, return_exceptions=True)
+            os.close(read_fd)
+            worker.ready = False
+            update_readiness()
+            if stop.is_set():
+                return
+            log.error("worker_exited", worker=worker.index, pid=worker.process.pid, exit_code=code)
+            lived = asyncio.get_running_loop().time() - started
+            backoff = 0.5 if lived > _RESTART_BACKOFF_MAX else min(backoff * 2, _RESTART_BACKOFF_MAX)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=backoff)
+            except asyncio.TimeoutError:
+                pass
+
+    tasks = [asyncio.create_task(run_worker(w)) for w in pool]
+    log.info("supervisor_started", workers=workers, listen=config.server.listen, pid=os.getpid())
+    await stop.wait()
+    update_readiness()
+    log.info("supervisor_draining", workers=workers)
+    for worker in pool:
+        if worker.process is not None and worker.process.returncode is None:
+            worker.process.send_signal(signal.SIGTERM)
+    deadline = config.server.drain_delay + config.server.shutdown_grace + 5.0
+    _, pending = await asyncio.wait(tasks, timeout=deadline)
+    for worker in pool:
+        if worker.process is not None and worker.process.returncode is None:
+            log.warning("worker_killed", worker=worker.index, pid=worker.process.pid)
+            worker.process.kill()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for worker in pool:
+        worker.sock.close()
+    if admin is not None:
+        await admin.cleanup()
+    log.info("stopped", pid=os.getpid())
+    return 0
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed (it is a dependency on Linux and macOS)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def run(config: Config, *, workers: int = 1, log_format: str = "json") -> int:
+    if workers <= 1:
+        return run_loop(serve(config))
+    return run_loop(supervise(config, workers, log_format))

@@ -1,0 +1,37 @@
+"""Typed keys for what the app shares (AppKey) and what one request carries (RequestKey)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ztproxy.config.schema import Config
+from ztproxy.context import CompiledRoute, RequestContext
+from ztproxy.headers import IPNetwork
+from ztproxy.routing import RouteTable
+
+
+@dataclass
+class Readiness:
+    """Whether this process should receive traffic (/readyz); cleared when draining."""
+
+    ready: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeSettings:
+    scheme: str
+    trusted_proxies: tuple[IPNetwork, ...]
+    max_header_bytes: int
+    max_request_body: int | None
+
+
+CONFIG = web.AppKey("config", Config)
+ROUTES = web.AppKey("routes", RouteTable[CompiledRoute])
+INTAKE = web.AppKey("intake", IntakeSettings)
+READINESS = web.AppKey("readiness", Readiness)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+CONTEXT = web.RequestKey("context", RequestContext)

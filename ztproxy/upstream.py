@@ -1,0 +1,143 @@
+"""Forwarding to the upstream: one pooled client per process, bodies streamed both ways.
+
+The client never follows redirects, keeps no cookies and never decompresses, so the
+upstream's bytes reach the client unchanged. Connection failures become 502, timeouts
+504, both as pages; a failure after the response has started aborts the connection
+rather than pretend a truncated body is complete. A client that disconnects cancels
+the handler (server ``handler_cancellation``), which cancels the upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from ztproxy.context import CompiledRoute, RequestContext
+from ztproxy.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from ztproxy.headers import downstream_response_headers, upstream_request_headers
+from ztproxy.state import CONFIG, CONTEXT, INTAKE
+
+# aiohttp's client adds these unless told not to; the proxy sends only what the client sent.
+_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+_BODYLESS_STATUS = frozenset({204, 304})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_POOL_LIMIT = 1000
+_POOL_LIMIT_PER_HOST = 0  # unlimited per host within the pool limit
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """The process-wide client and the per-route timeouts."""
+
+    session: aiohttp.ClientSession
+    timeouts: dict[str, aiohttp.ClientTimeout]
+
+
+UPSTREAM = web.AppKey("upstream", Upstream)
+
+
+async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: open the pooled client on startup, close it on shutdown."""
+    connector = aiohttp.TCPConnector(limit=_POOL_LIMIT, limit_per_host=_POOL_LIMIT_PER_HOST,
+                                     ttl_dns_cache=60, enable_cleanup_closed=False)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=_SKIP_AUTO_HEADERS,
+        timeout=aiohttp.ClientTimeout(total=None),
+        trust_env=False,
+    )
+    timeouts = {
+        route.name: aiohttp.ClientTimeout(total=None, connect=route.connect_timeout,
+                                          sock_read=route.read_timeout)
+        for route in app[CONFIG].routes
+    }
+    app[UPSTREAM] = Upstream(session=session, timeouts=timeouts)
+    yield
+    await session.close()
+
+
+def upstream_url(route: CompiledRoute, ctx: RequestContext, *, websocket: bool = False) -> URL:
+    """The exact canonical path that was matched and authorised, with the client's query."""
+    base = route.upstream
+    scheme = base.scheme
+    if websocket:
+        scheme = "wss" if scheme == "https" else "ws"
+    authority = route.upstream_authority
+    query = f"?{ctx.target.query}" if ctx.target.query else ""
+    return URL(f"{scheme}://{authority}{ctx.target.path}{query}", encoded=True)
+
+
+def forward_headers(request: web.Request, ctx: RequestContext) -> CIMultiDict[str]:
+    return upstream_request_headers(
+        [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.raw_headers],
+        forwarded=ctx.forwarded,
+        proto=ctx.scheme,
+        host=ctx.host_header,
+        request_id=ctx.request_id,
+        upstream_host=None if ctx.route.config.preserve_host else ctx.route.upstream_authority,
+    )
+
+
+async def _limited(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in content.iter_any():
+        seen += len(chunk)
+        if seen > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+        yield chunk
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    """The pipeline's handler: send the authorised request upstream and stream the answer back."""
+    ctx = request[CONTEXT]
+    route = ctx.route
+    upstream = request.app[UPSTREAM]
+    headers = forward_headers(request, ctx)
+
+    body: object = None
+    if request.body_exists:
+        if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+            # Sent only now, after authorization: a denied client never uploads its body.
+            await request.writer.write(_CONTINUE)
+        limit = request.app[INTAKE].max_request_body
+        body = request.content if limit is None else _limited(request.content, limit)
+
+    try:
+        upstream_response = await upstream.session.request(
+            request.method, upstream_url(route, ctx), headers=headers, data=body,
+            allow_redirects=False, timeout=upstream.timeouts[route.name],
+        )
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout() from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailable() from exc
+
+    async with upstream_response:
+        response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason)
+        response.headers.extend(downstream_response_headers(
+            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in upstream_response.raw_headers]))
+        has_body = request.method != "HEAD" and upstream_response.status not in _BODYLESS_STATUS
+        if not has_body:
+            # Keep the upstream's Content-Length for HEAD without sending a body.
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        await response.prepare(request)
+        try:
+            async for chunk in upstream_response.content.iter_any():
+                await response.write(chunk)
+        except (asyncio.TimeoutError, aiohttp.ClientError):
+            # Headers are out: the only honest signal left is to cut the connection.
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response

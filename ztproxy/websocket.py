@@ -1,0 +1,100 @@
+"""WebSocket proxying: the upstream handshake first, then frames relayed both ways.
+
+The upstream connection is opened before the client's upgrade is accepted, so a
+refused upstream gives the client a 502 page instead of a socket that closes at once.
+Text, binary, ping/pong and close (with its code and reason) pass through unchanged;
+the subprotocol the upstream chose is the one offered to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from ztproxy.context import RequestContext
+from ztproxy.errors import UpstreamTimeout, UpstreamUnavailable
+from ztproxy.state import CONTEXT
+from ztproxy.upstream import UPSTREAM, forward_headers, upstream_url
+
+# aiohttp generates its own handshake headers for the upstream leg.
+_HANDSHAKE_HEADERS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
+                      "Sec-WebSocket-Protocol", "Sec-WebSocket-Accept")
+# RFC 6455 7.4.1: 1005 and 1006 describe a close; they must never be sent in one.
+_UNSENDABLE = frozenset({1005, 1006})
+
+
+def is_websocket_upgrade(request: web.Request) -> bool:
+    connection = request.headers.get("Connection", "").lower()
+    return "upgrade" in connection and request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def _offered_protocols(request: web.Request) -> tuple[str, ...]:
+    return tuple(token.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", ())
+                 for token in value.split(",") if token.strip())
+
+
+async def _relay(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+                 sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+    """Copy frames from source to sink until source closes; pass its close code on."""
+    while True:
+        message = await source.receive()
+        kind = message.type
+        if kind is WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif kind is WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        elif kind is WSMsgType.PING:
+            await sink.ping(message.data)
+        elif kind is WSMsgType.PONG:
+            await sink.pong(message.data)
+        elif kind is WSMsgType.CLOSE:
+            code = message.data if isinstance(message.data, int) and message.data not in _UNSENDABLE else 1000
+            reason = message.extra if isinstance(message.extra, str) else ""
+            if not sink.closed:
+                await sink.close(code=code, message=reason.encode("utf-8"))
+            return
+        else:
+            # CLOSING: our own close() of this socket is under way; CLOSED/ERROR: it is gone.
+            if kind is not WSMsgType.CLOSING and not sink.closed:
+                await sink.close(code=1011 if kind is WSMsgType.ERROR else 1000)
+            return
+
+
+async def proxy_websocket(request: web.Request) -> web.StreamResponse:
+    ctx: RequestContext = request[CONTEXT]
+    upstream = request.app[UPSTREAM]
+    headers = forward_headers(request, ctx)
+    for name in _HANDSHAKE_HEADERS:
+        headers.popall(name, None)
+    timeout = upstream.timeouts[ctx.route.name]
+    try:
+        upstream_ws = await upstream.session.ws_connect(
+            upstream_url(ctx.route, ctx, websocket=True), headers=headers,
+            protocols=_offered_protocols(request), autoping=False, autoclose=False, max_msg_size=0,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeout.sock_read or 10.0),
+        )
+    except asyncio.TimeoutError as exc:
+        raise UpstreamTimeout() from exc
+    except (aiohttp.ClientError, aiohttp.WSServerHandshakeError) as exc:
+        raise UpstreamUnavailable("The application refused the WebSocket connection.") from exc
+
+    async with upstream_ws:
+        client_ws = web.WebSocketResponse(
+            protocols=(upstream_ws.protocol,) if upstream_ws.protocol else (),
+            autoping=False, autoclose=False, max_msg_size=0)
+        await client_ws.prepare(request)
+        to_upstream = asyncio.create_task(_relay(client_ws, upstream_ws))
+        to_client = asyncio.create_task(_relay(upstream_ws, client_ws))
+        try:
+            done, pending = await asyncio.wait((to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED)
+            # The first side to close has sent its close frame on; let the other side answer it.
+            await asyncio.wait(pending, timeout=timeout.sock_read or 10.0)
+        finally:
+            for task in (to_upstream, to_client):
+                task.cancel()
+            await asyncio.gather(to_upstream, to_client, return_exceptions=True)
+            if not client_ws.closed:
+                await client_ws.close()
+        return client_ws

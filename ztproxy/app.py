@@ -2,7 +2,7 @@
 
 A request travels the pipeline top to bottom; this list is the whole data path:
 
-    access_log        request id, one access event per request       (telemetry)
+    request_id        request id in every log event (access event: AccessLogger) (telemetry)
     error_pages       every RequestError -> HTML/JSON page            (pages)
     intake            header budget, canonical path, host, client ip,
                       route match -> RequestContext                   (intake)
@@ -23,11 +23,11 @@ from ztproxy.headers import parse_networks
 from ztproxy.intake import intake
 from ztproxy.pages import error_pages
 from ztproxy.state import CONFIG, CONTEXT, INTAKE, ROUTES, IntakeSettings
-from ztproxy.telemetry import access_log, add_request_id
+from ztproxy.telemetry import add_request_id, request_id
 from ztproxy.upstream import client_session_ctx, forward
 from ztproxy.websocket import is_websocket_upgrade, proxy_websocket
 
-PIPELINE = (access_log, error_pages, intake, proxy_endpoints, authorize)
+PIPELINE = (request_id, error_pages, intake, proxy_endpoints, authorize)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -41,7 +41,7 @@ async def _defer_expect(request: web.Request) -> None:
 
 
 def build_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=PIPELINE, handler_args={"access_log": None})
+    app = web.Application(middlewares=PIPELINE)
     app[CONFIG] = config
     app[ROUTES] = compile_routes(config)
     limits = config.server.limits

@@ -12,6 +12,7 @@ close, in-flight requests get ``shutdown_grace`` to finish, then the process exi
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -30,7 +31,7 @@ from ztproxy.config.schema import Config, split_listen
 from ztproxy.errors import BadRequest, HeadersTooLarge, RequestError
 from ztproxy.pages import error_response
 from ztproxy.state import Readiness
-from ztproxy.telemetry import get_logger
+from ztproxy.telemetry import AccessLogger, get_logger
 
 log = get_logger("ztproxy.server")
 
@@ -113,7 +114,8 @@ class ProxyRunner(web.AppRunner):
         super().__init__(
             app,
             handle_signals=False,
-            access_log=None,
+            access_log_class=AccessLogger,
+            access_log=logging.getLogger("ztproxy.access") if config.logging.access_log else None,
             shutdown_timeout=config.server.shutdown_grace,
             handler_cancellation=True,  # a client that goes away cancels its upstream request
             keepalive_timeout=limits.keepalive_timeout,

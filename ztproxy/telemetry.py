@@ -6,6 +6,7 @@ contextvars so every event logged while serving a request carries it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import Any, Literal
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
 from ztproxy.state import CONFIG, CONTEXT, REQUEST_ID
@@ -70,35 +72,48 @@ def get_logger(name: str = "ztproxy") -> Any:
 _access_logger = structlog.get_logger("ztproxy.access")
 
 
+def _access_event(request: web.BaseRequest, status: int, sent: int, duration: float) -> None:
+    ctx = request.get(CONTEXT)
+    _access_logger.info(
+        "access",
+        request_id=request.get(REQUEST_ID, "-"),
+        client=ctx.client_ip if ctx else request.remote,
+        method=request.method,
+        host=ctx.host_header if ctx else request.headers.get("Host", ""),
+        path=ctx.target.path if ctx else request.raw_path[:256],
+        route=ctx.route.name if ctx else None,
+        decision=ctx.decision.outcome.value if ctx and ctx.decision else None,
+        status=status,
+        bytes=sent,
+        duration_ms=round(duration * 1000, 3),
+    )
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp calls this once the response is out, so ``bytes`` is what was really sent.
+
+    It also sees requests the HTTP parser refused (smuggling attempts, oversized
+    headers), which never reach the pipeline.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        _access_event(request, response.status, response.body_length, time)
+
+
 @web.middleware
-async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost stage: give the request its id, then log one access event when it ends."""
-    request_id = uuid.uuid4().hex
-    request[REQUEST_ID] = request_id
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost stage: give the request its id; log the requests whose client went away."""
+    rid = uuid.uuid4().hex
+    request[REQUEST_ID] = rid
+    structlog.contextvars.bind_contextvars(request_id=rid)
     started = time.perf_counter()
-    status = 499  # the client went away before an answer (nginx's convention)
-    response: web.StreamResponse | None = None
     try:
-        response = await handler(request)
-        status = response.status
-        return response
-    finally:
+        return await handler(request)
+    except asyncio.CancelledError:
+        # Client disconnected mid-request (nginx's 499): aiohttp logs no access for it.
         if request.app[CONFIG].logging.access_log:
-            ctx = request.get(CONTEXT)
-            _access_logger.info(
-                "access",
-                client=ctx.client_ip if ctx else request.remote,
-                method=request.method,
-                host=ctx.host_header if ctx else request.headers.get("Host", ""),
-                path=ctx.target.path if ctx else request.raw_path[:256],
-                route=ctx.route.name if ctx else None,
-                decision=ctx.decision.outcome.value if ctx and ctx.decision else None,
-                status=status,
-                # A streamed response has been written by now; a plain one is about to be.
-                bytes=(response.body_length or response.content_length or 0) if response is not None else 0,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
+            _access_event(request, 499, 0, time.perf_counter() - started)
+        raise
 
 
 async def add_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:

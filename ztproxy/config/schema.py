@@ -10,6 +10,7 @@ This module imports no aiohttp.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,12 +36,16 @@ _BYTES_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2,
 _BYTES_RE = re.compile(r"(\d+)\s*([a-z]*)")
 _ROUTE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _HOST_LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+# RFC 3986 3.3 pchar and "/": the characters ztproxy.routing keeps as they are in a canonical path.
+_PATH_RE = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 
 
+# Validators raise ValueError even for a wrong type: pydantic reports a ValueError as a
+# validation error, while a TypeError would escape as a crash (hence the TRY004 noqa).
 def parse_duration(value: Any) -> float:
     """``90``, ``"500ms"``, ``"15m"``, ``"1h30m"`` -> seconds. Bare numbers are seconds."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 15m or 12h")
+        raise ValueError("expected a duration such as 30s, 15m or 12h")  # noqa: TRY004
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
@@ -58,7 +63,9 @@ def parse_duration(value: Any) -> float:
         else:
             seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     else:
-        raise ValueError("expected a duration such as 30s, 15m or 12h")
+        raise ValueError("expected a duration such as 30s, 15m or 12h")  # noqa: TRY004
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -67,7 +74,7 @@ def parse_duration(value: Any) -> float:
 def parse_byte_size(value: Any) -> int:
     """``1048576``, ``"64KiB"``, ``"10MB"`` -> bytes (binary units)."""
     if isinstance(value, bool):
-        raise ValueError("expected a size such as 64KiB or 10MiB")
+        raise ValueError("expected a size such as 64KiB or 10MiB")  # noqa: TRY004
     if isinstance(value, int):
         size = value
     elif isinstance(value, str):
@@ -76,7 +83,7 @@ def parse_byte_size(value: Any) -> int:
             raise ValueError(f"invalid size {value!r}: use a number with a unit B, KiB, MiB or GiB")
         size = int(match.group(1)) * _BYTES_UNITS[match.group(2)]
     else:
-        raise ValueError("expected a size such as 64KiB or 10MiB")
+        raise ValueError("expected a size such as 64KiB or 10MiB")  # noqa: TRY004
     if size <= 0:
         raise ValueError("a size must be positive")
     return size
@@ -98,14 +105,14 @@ def split_listen(address: str) -> tuple[str, int]:
 
 def _check_listen(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")  # noqa: TRY004
     split_listen(value)
     return value
 
 
 def _check_http_url(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError("expected a URL such as http://127.0.0.1:8000")
+        raise ValueError("expected a URL such as http://127.0.0.1:8000")  # noqa: TRY004
     try:
         url = URL(value)
     except (ValueError, TypeError) as exc:
@@ -164,10 +171,14 @@ class Model(BaseModel):
                 continue
             if target in data:
                 raise ValueError(f"give either {target} or {key}, not both")
+            if not isinstance(data[key], str) or not data[key]:
+                raise ValueError(f"{key}: expected a file path")
             try:
-                resolved[target] = Path(str(data[key])).read_text(encoding="utf-8").rstrip("\r\n")
+                resolved[target] = Path(data[key]).read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
                 raise ValueError(f"{key}: cannot read {data[key]!r}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise ValueError(f"{key}: cannot read {data[key]!r}: not UTF-8 text") from None
             del resolved[key]
         return resolved
 
@@ -179,7 +190,7 @@ class TlsConfig(Model):
 
 
 class LimitsConfig(Model):
-    max_header_count: int = Field(DEFAULT_MAX_HEADER_COUNT, ge=1, le=1000)
+    max_header_count: int = Field(default=DEFAULT_MAX_HEADER_COUNT, ge=1, le=1000)
     max_header_bytes: ByteSize = DEFAULT_MAX_HEADER_BYTES
     max_line_bytes: ByteSize = DEFAULT_MAX_LINE_BYTES
     header_timeout: Duration = DEFAULT_HEADER_TIMEOUT
@@ -247,13 +258,19 @@ class RouteConfig(Model):
         if value is None:
             return None
         host = value.strip().lower().rstrip(".")
-        bare = host[2:] if host.startswith("*.") else host
+        bare = host.removeprefix("*.")
         try:
-            ipaddress.ip_address(bare.strip("[]"))
-            return host
+            address = ipaddress.ip_address(bare.strip("[]"))
         except ValueError:
             pass
-        if not bare or not all(_HOST_LABEL_RE.fullmatch(label) for label in bare.split(".")):
+        else:
+            if bare != host:
+                raise ValueError(f"invalid host {value!r}: a wildcard needs a host name, not an address")
+            if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+                raise ValueError(f"invalid host {value!r}: zone ids are not allowed in a host")
+            # The form ztproxy.routing.normalize_host gives request hosts: IPv6 bracketed, compressed.
+            return f"[{address.compressed}]" if address.version == 6 else address.compressed
+        if not bare or len(bare) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in bare.split(".")):
             raise ValueError(f"invalid host {value!r}: expected a host name such as wiki.corp.example "
                              "or a wildcard such as *.corp.example (ports are not part of a route host)")
         return host
@@ -261,10 +278,12 @@ class RouteConfig(Model):
     @field_validator("path")
     @classmethod
     def _check_path(cls, value: str) -> str:
-        if not value.startswith("/") or "//" in value or "?" in value or "#" in value or "%" in value \
-                or any(seg in (".", "..") for seg in value.split("/")):
+        # Only paths ztproxy.routing treats as already canonical; ";" params count for dot
+        # segments because servlet containers strip them ("/..;/admin").
+        if not _PATH_RE.fullmatch(value) or "//" in value \
+                or any(seg.partition(";")[0] in (".", "..") for seg in value.split("/")):
             raise ValueError(f"invalid path prefix {value!r}: a plain path starting with '/', "
-                             "without '.', '..' segments, '//', '?', '#' or '%'")
+                             "without '.', '..' segments, '//', '?', '#', '%', spaces or non-ASCII")
         return value
 
     @field_validator("upstream")

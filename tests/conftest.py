@@ -215,7 +215,7 @@ async def raw_exchange(port: int, payload: bytes, *, read_timeout: float = 5.0) 
                 closed = True
                 break
             chunks.append(chunk)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     finally:
         writer.close()

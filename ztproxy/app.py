@@ -1,14 +1,8 @@
 """The app factory: typed shared state, long-lived resources, and THE request pipeline.
 
-A request travels the pipeline top to bottom; this list is the whole data path:
-
-    request_id        request id in every log event (access event: AccessLogger) (telemetry)
-    error_pages       every RequestError -> HTML/JSON page            (pages)
-    intake            header budget, canonical path, host, client ip,
-                      route match -> RequestContext                   (intake)
-    proxy_endpoints   /.ztproxy/* answered here, never forwarded      (endpoints)
-    authorize         policy.evaluate -> allow, or 403 page           (authorize)
-    handle            forward upstream: HTTP streaming or WebSocket   (upstream, websocket)
+A request travels the stages top to bottom, then the handler; this is the whole data
+path (the driver in ``pipeline.py`` adds the request id, error pages and 499 logging;
+the access event is written by ``telemetry.AccessLogger`` once the response is out):
 """
 
 from __future__ import annotations
@@ -21,16 +15,21 @@ from ztproxy.context import compile_routes
 from ztproxy.endpoints import proxy_endpoints
 from ztproxy.headers import parse_networks
 from ztproxy.intake import intake
-from ztproxy.pages import error_pages
+from ztproxy.pipeline import Stage, build_pipeline
 from ztproxy.state import CONFIG, CONTEXT, INTAKE, ROUTES, IntakeSettings
-from ztproxy.telemetry import add_request_id, request_id
+from ztproxy.telemetry import add_request_id
 from ztproxy.upstream import client_session_ctx, forward
 from ztproxy.websocket import is_websocket_upgrade, proxy_websocket
 
-PIPELINE = (request_id, error_pages, intake, proxy_endpoints, authorize)
+STAGES: tuple[Stage, ...] = (
+    intake,            # header budget, canonical path, host, client ip, route -> RequestContext
+    proxy_endpoints,   # /.ztproxy/* answered by the proxy, never forwarded
+    authorize,         # policy.evaluate -> allow, or the 403 page
+)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    """The end of the pipeline: forward upstream, as HTTP streaming or a WebSocket."""
     if request[CONTEXT].route.config.websockets and is_websocket_upgrade(request):
         return await proxy_websocket(request)
     return await forward(request)
@@ -41,7 +40,7 @@ async def _defer_expect(request: web.Request) -> None:
 
 
 def build_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=PIPELINE)
+    app = web.Application()
     app[CONFIG] = config
     app[ROUTES] = compile_routes(config)
     limits = config.server.limits
@@ -53,5 +52,6 @@ def build_app(config: Config) -> web.Application:
     )
     app.cleanup_ctx.append(client_session_ctx)
     app.on_response_prepare.append(add_request_id)
-    app.router.add_route("*", "/{path:.*}", handle, expect_handler=_defer_expect)
+    # Every method and path (newlines included) goes to the pipeline; intake judges the path.
+    app.router.add_route("*", r"/{path:[\s\S]*}", build_pipeline(STAGES, handle), expect_handler=_defer_expect)
     return app

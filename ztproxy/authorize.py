@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ztproxy.errors import AccessDenied
 from ztproxy.policy import RequestFacts, evaluate
-from ztproxy.state import CONTEXT
+from ztproxy.state import CONTEXT, DECISION
 
 _DENY_DETAIL = {
     "no-allow-rule": "This application has no access rule that admits anyone yet.",
@@ -17,12 +14,12 @@ _DENY_DETAIL = {
 }
 
 
-@web.middleware
-async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+def authorize(request: web.Request) -> None:
     ctx = request[CONTEXT]
-    decision = evaluate(ctx.route.policy, RequestFacts(method=request.method, path=ctx.target.path))
-    request[CONTEXT] = replace(ctx, decision=decision)
+    policy = ctx.route.policy
+    decision = policy.constant or evaluate(policy, RequestFacts(method=request.method, path=ctx.target.path))
+    request[DECISION] = decision
     if not decision.allowed:
         detail = " ".join(_DENY_DETAIL.get(reason, "") for reason in decision.reasons).strip()
         raise AccessDenied(detail or "You are not allowed to use this application.", reasons=decision.reasons)
-    return await handler(request)
+    return None

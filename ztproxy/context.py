@@ -9,7 +9,7 @@ from yarl import URL
 
 from ztproxy.config.schema import Config, RouteConfig
 from ztproxy.headers import ForwardedFor
-from ztproxy.policy import Decision, RoutePolicy, compile_route_policy
+from ztproxy.policy import RoutePolicy, compile_route_policy
 from ztproxy.routing import RouteTable, Target
 
 
@@ -34,7 +34,6 @@ class RequestContext:
     host_header: str  # as the client sent it, for X-Forwarded-Host
     target: Target  # canonical path + raw query
     route: CompiledRoute
-    decision: Decision | None = None
 
 
 def compile_routes(config: Config) -> RouteTable[CompiledRoute]:

@@ -12,9 +12,11 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# A multidict (copied in C, the fast path) or header pairs in order.
+Headers = MultiMapping[str] | Iterable[tuple[str, str]]
 
 # RFC 9110 7.6.1 and RFC 9112 9.6; Proxy-Connection is a non-standard relic clients still send.
 HOP_BY_HOP = frozenset({
@@ -26,6 +28,7 @@ FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-hos
 # The proxy answers Expect itself (after authorization); it never travels upstream.
 PROXY_HANDLED = frozenset({"expect", "x-request-id"})
 IDENTITY_PREFIX = "x-ztproxy"
+_IDENTITY_LEN = len(IDENTITY_PREFIX)
 
 
 def is_identity_header(name: str) -> bool:
@@ -34,17 +37,12 @@ def is_identity_header(name: str) -> bool:
     Some upstream frameworks (CGI/WSGI) fold ``_`` into ``-``, so ``X_Ztproxy_User``
     would otherwise arrive as ``X-Ztproxy-User``.
     """
-    return name.lower().replace("_", "-").startswith(IDENTITY_PREFIX)
+    return name[:_IDENTITY_LEN].lower().replace("_", "-") == IDENTITY_PREFIX
 
 
 def connection_tokens(values: Iterable[str]) -> set[str]:
     """Header names listed in ``Connection`` (RFC 9110 7.6.1), lowercased."""
     return {token.strip().lower() for value in values for token in value.split(",") if token.strip()}
-
-
-def _droppable(headers: Sequence[tuple[str, str]]) -> frozenset[str]:
-    listed = connection_tokens(value for name, value in headers if name.lower() == "connection")
-    return HOP_BY_HOP | listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +87,7 @@ def forwarded_for(peer: str, client_chain: Sequence[str], trusted: Sequence[IPNe
 
 
 def upstream_request_headers(
-    headers: Sequence[tuple[str, str]],
+    headers: Headers,
     *,
     forwarded: ForwardedFor,
     proto: str,
@@ -102,36 +100,42 @@ def upstream_request_headers(
     ``upstream_host`` replaces ``Host`` unless it is None (route ``preserve_host``).
     Repeated headers keep their order.
     """
-    drop = _droppable(headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    client_forwarding: dict[str, str] = {}
-    for name, value in headers:
-        lower = name.lower()
-        if lower in drop or lower in PROXY_HANDLED or is_identity_header(lower):
-            continue
-        if lower in FORWARDING:
-            if forwarded.peer_trusted:
-                client_forwarding.setdefault(lower, value)
-                if lower in ("forwarded", "x-real-ip"):
-                    out.add(name, value)
-            continue
-        if lower == "host" and upstream_host is not None:
-            continue
-        out.add(name, value)
+    out: CIMultiDict[str] = CIMultiDict(headers)
+    client_proto = client_host = None
+    if forwarded.peer_trusted:
+        client_proto = out.get("X-Forwarded-Proto")
+        client_host = out.get("X-Forwarded-Host")
+        remove = _remove_always
+    else:
+        remove = _remove_untrusted
+    _strip(out, remove)
     if upstream_host is not None:
         out["Host"] = upstream_host
     out["X-Forwarded-For"] = forwarded.chain
-    out["X-Forwarded-Proto"] = client_forwarding.get("x-forwarded-proto", proto)
-    out["X-Forwarded-Host"] = client_forwarding.get("x-forwarded-host", host)
+    out["X-Forwarded-Proto"] = client_proto or proto
+    out["X-Forwarded-Host"] = client_host or host
     out["X-Request-Id"] = request_id
     return out
 
 
-def downstream_response_headers(headers: Sequence[tuple[str, str]]) -> CIMultiDict[str]:
+def downstream_response_headers(headers: Headers) -> CIMultiDict[str]:
     """The upstream's response headers as the client may see them (Set-Cookie etc. kept)."""
-    drop = _droppable(headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers:
-        if name.lower() not in drop:
-            out.add(name, value)
+    out: CIMultiDict[str] = CIMultiDict(headers)
+    _strip(out, HOP_BY_HOP, identity=False)
     return out
+
+
+# Copy-then-remove is several times faster than filtering header by header in Python.
+_remove_always = HOP_BY_HOP | PROXY_HANDLED | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+_remove_untrusted = _remove_always | FORWARDING
+
+
+def _strip(out: CIMultiDict[str], remove: frozenset[str], *, identity: bool = True) -> None:
+    if "Connection" in out:
+        for name in connection_tokens(out.getall("Connection")):
+            out.popall(name, None)
+    for name in remove:
+        out.popall(name, None)
+    if identity:
+        for name in [name for name in out if is_identity_header(name)]:
+            out.popall(name, None)

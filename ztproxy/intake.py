@@ -9,20 +9,18 @@ host: never "the first route"). Everything after this stage sees only the contex
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
+from ztproxy.context import RequestContext
 from ztproxy.errors import BadRequest, ExpectationFailed, HeadersTooLarge, PayloadTooLarge, RouteNotFound
 from ztproxy.headers import forwarded_for
 from ztproxy.routing import normalize_host, parse_target
-from ztproxy.context import RequestContext
 from ztproxy.state import CONTEXT, INTAKE, REQUEST_ID, ROUTES
 
 # Each header line costs its name, value, ": " and CRLF.
 _HEADER_OVERHEAD = 4
 
 
-@web.middleware
-async def intake(request: web.Request, handler: Handler) -> web.StreamResponse:
+def intake(request: web.Request) -> None:
     settings = request.app[INTAKE]
     raw_headers = request.raw_headers
     size = sum(len(name) + len(value) + _HEADER_OVERHEAD for name, value in raw_headers)
@@ -63,4 +61,4 @@ async def intake(request: web.Request, handler: Handler) -> web.StreamResponse:
         target=target,
         route=route,
     )
-    return await handler(request)
+    return None

@@ -13,6 +13,7 @@ the path, never on the number of routes. Pure Python, no aiohttp.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -172,6 +173,7 @@ def _remove_dot_segments(path: str) -> str:
     return "/" + "/".join(kept) + trailing
 
 
+@functools.lru_cache(maxsize=4096)  # hot path; a client flooding distinct hosts only evicts
 def normalize_host(value: str) -> str | None:
     """A Host header value -> lowercase host without port or trailing dot; None if invalid.
 

@@ -12,6 +12,7 @@ close, in-flight requests get ``shutdown_grace`` to finish, then the process exi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -31,13 +32,14 @@ from ztproxy.config.schema import Config, split_listen
 from ztproxy.errors import BadRequest, HeadersTooLarge, RequestError
 from ztproxy.pages import error_response
 from ztproxy.state import Readiness
-from ztproxy.telemetry import AccessLogger, get_logger
+from ztproxy.telemetry import LOG_SINK, AccessLogger, get_logger
 
 log = get_logger("ztproxy.server")
 
 _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                     b"Content-Type: text/plain\r\nContent-Length: 25\r\n\r\nRequest headers too slow\n")
 _RESTART_BACKOFF_MAX = 30.0
+_BACKLOG = 1024
 
 
 class _GuardedRequestHandler(RequestHandler):
@@ -82,7 +84,7 @@ class _GuardedRequestHandler(RequestHandler):
         if status >= 500:
             return super().handle_error(request, status, exc, message)
         error: RequestError
-        if isinstance(exc, LineTooLong) and not message_is_request_line(exc) or \
+        if (isinstance(exc, LineTooLong) and not message_is_request_line(exc)) or \
                 "Too many headers" in str(exc):
             error = HeadersTooLarge()
         else:
@@ -155,7 +157,7 @@ def bind_socket(listen: str, *, reuse_port: bool) -> socket.socket:
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(1024)
+    sock.listen(_BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -180,9 +182,15 @@ async def _start_admin(config: Config, readiness: Readiness) -> web.AppRunner | 
 
 async def _serve_proxy(config: Config, sock: socket.socket, readiness: Readiness,
                        stop: asyncio.Event, on_ready: Any = None) -> None:
+    async with LOG_SINK.batching(config.logging.flush_interval):
+        await _serve_proxy_logged(config, sock, readiness, stop, on_ready)
+
+
+async def _serve_proxy_logged(config: Config, sock: socket.socket, readiness: Readiness,
+                              stop: asyncio.Event, on_ready: Any) -> None:
     runner = ProxyRunner(build_app(config), config)
     await runner.setup()
-    await web.SockSite(runner, sock, ssl_context=ssl_context(config)).start()
+    await web.SockSite(runner, sock, ssl_context=ssl_context(config), backlog=_BACKLOG).start()
     readiness.ready, readiness.reasons = True, []
     log.info("proxy_listening", listen=config.server.listen, public_url=config.public_url,
              routes=len(config.routes), pid=os.getpid())
@@ -274,10 +282,8 @@ async def supervise(config: Config, workers: int, log_format: str) -> int:
             log.error("worker_exited", worker=worker.index, pid=worker.process.pid, exit_code=code)
             lived = asyncio.get_running_loop().time() - started
             backoff = 0.5 if lived > _RESTART_BACKOFF_MAX else min(backoff * 2, _RESTART_BACKOFF_MAX)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=backoff)
-            except asyncio.TimeoutError:
-                pass
 
     tasks = [asyncio.create_task(run_worker(w)) for w in pool]
     log.info("supervisor_started", workers=workers, listen=config.server.listen, pid=os.getpid())
@@ -288,7 +294,7 @@ async def supervise(config: Config, workers: int, log_format: str) -> int:
         if worker.process is not None and worker.process.returncode is None:
             worker.process.send_signal(signal.SIGTERM)
     deadline = config.server.drain_delay + config.server.shutdown_grace + 5.0
-    _, pending = await asyncio.wait(tasks, timeout=deadline)
+    await asyncio.wait(tasks, timeout=deadline)
     for worker in pool:
         if worker.process is not None and worker.process.returncode is None:
             log.warning("worker_killed", worker=worker.index, pid=worker.process.pid)

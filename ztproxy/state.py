@@ -9,6 +9,7 @@ from aiohttp import web
 from ztproxy.config.schema import Config
 from ztproxy.context import CompiledRoute, RequestContext
 from ztproxy.headers import IPNetwork
+from ztproxy.policy import Decision
 from ztproxy.routing import RouteTable
 
 
@@ -35,3 +36,4 @@ READINESS = web.AppKey("readiness", Readiness)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CONTEXT = web.RequestKey("context", RequestContext)
+DECISION = web.RequestKey("decision", Decision)  # set by authorize: the audit trail of this request

@@ -7,19 +7,19 @@ contextvars so every event logged while serving a request carries it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sys
-import time
-import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import orjson
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.typedefs import Handler
 
-from ztproxy.state import CONFIG, CONTEXT, REQUEST_ID
+from ztproxy.state import CONTEXT, DECISION, REQUEST_ID
 
 LogFormat = Literal["json", "console"]
 
@@ -28,6 +28,72 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def _orjson_dumps(event: Any, default: Any = None) -> bytes:
     return orjson.dumps(event, default=default or str)
+
+
+class LogSink:
+    """Where JSON lines go: stdout, one write per line, or batched while a server runs.
+
+    A write syscall per access event costs a proxy on a VM about a tenth of its
+    throughput; batching joins the lines of ``interval`` into one write. At most
+    ``interval`` of events is lost if the process is killed with SIGKILL.
+    """
+
+    _MAX_BUFFER = 256 * 1024
+
+    def __init__(self, fd: int = 1) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+        self._batching = False
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= self._MAX_BUFFER:
+            self.drain()
+
+    def flush(self) -> None:
+        """Called by structlog after every event: a no-op while batching."""
+        if not self._batching:
+            self.drain()
+
+    def drain(self) -> None:
+        view = memoryview(self._buffer)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except BlockingIOError:  # a non-blocking stdout that is full: keep the rest for later
+            rest = bytes(view)
+            view.release()
+            self._buffer = bytearray(rest)
+            return
+        view.release()
+        self._buffer.clear()
+
+    @contextlib.asynccontextmanager
+    async def batching(self, interval: float) -> AsyncIterator[None]:
+        """Batch writes for the lifetime of the block; no batching when ``interval`` is 0."""
+        if interval <= 0:
+            yield
+            return
+        self._batching = True
+
+        async def flusher() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                self.drain()
+
+        task = asyncio.create_task(flusher())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._batching = False
+            self.drain()
+
+
+LOG_SINK = LogSink()
 
 
 def configure_logging(level: str = "info", log_format: LogFormat = "json") -> None:
@@ -45,7 +111,8 @@ def configure_logging(level: str = "info", log_format: LogFormat = "json") -> No
     else:
         shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
-        factory = structlog.BytesLoggerFactory(sys.stdout.buffer)
+        sys.stdout.flush()
+        factory = structlog.BytesLoggerFactory(LOG_SINK)  # type: ignore[arg-type]  # duck-typed file
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -72,7 +139,7 @@ def get_logger(name: str = "ztproxy") -> Any:
 _access_logger = structlog.get_logger("ztproxy.access")
 
 
-def _access_event(request: web.BaseRequest, status: int, sent: int, duration: float) -> None:
+def access_event(request: web.BaseRequest, status: int, sent: int, duration: float) -> None:
     ctx = request.get(CONTEXT)
     _access_logger.info(
         "access",
@@ -82,10 +149,10 @@ def _access_event(request: web.BaseRequest, status: int, sent: int, duration: fl
         host=ctx.host_header if ctx else request.headers.get("Host", ""),
         path=ctx.target.path if ctx else request.raw_path[:256],
         route=ctx.route.name if ctx else None,
-        decision=ctx.decision.outcome.value if ctx and ctx.decision else None,
+        decision=decision.outcome.value if (decision := request.get(DECISION)) else None,
         status=status,
         bytes=sent,
-        duration_ms=round(duration * 1000, 3),
+        duration_ms=int(duration * 1_000_000) / 1000,
     )
 
 
@@ -97,23 +164,7 @@ class AccessLogger(AbstractAccessLogger):
     """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        _access_event(request, response.status, response.body_length, time)
-
-
-@web.middleware
-async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost stage: give the request its id; log the requests whose client went away."""
-    rid = uuid.uuid4().hex
-    request[REQUEST_ID] = rid
-    structlog.contextvars.bind_contextvars(request_id=rid)
-    started = time.perf_counter()
-    try:
-        return await handler(request)
-    except asyncio.CancelledError:
-        # Client disconnected mid-request (nginx's 499): aiohttp logs no access for it.
-        if request.app[CONFIG].logging.access_log:
-            _access_event(request, 499, 0, time.perf_counter() - started)
-        raise
+        access_event(request, response.status, response.body_length, time)
 
 
 async def add_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:

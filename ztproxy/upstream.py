@@ -9,7 +9,6 @@ the handler (server ``handler_cancellation``), which cancels the upstream reques
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -77,7 +76,7 @@ def upstream_url(route: CompiledRoute, ctx: RequestContext, *, websocket: bool =
 
 def forward_headers(request: web.Request, ctx: RequestContext) -> CIMultiDict[str]:
     return upstream_request_headers(
-        [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.raw_headers],
+        request.headers,
         forwarded=ctx.forwarded,
         proto=ctx.scheme,
         host=ctx.host_header,
@@ -115,15 +114,14 @@ async def forward(request: web.Request) -> web.StreamResponse:
             request.method, upstream_url(route, ctx), headers=headers, data=body,
             allow_redirects=False, timeout=upstream.timeouts[route.name],
         )
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout() from exc
     except aiohttp.ClientError as exc:
         raise UpstreamUnavailable() from exc
 
     async with upstream_response:
-        response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason)
-        response.headers.extend(downstream_response_headers(
-            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in upstream_response.raw_headers]))
+        response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason,
+                                      headers=downstream_response_headers(upstream_response.headers))
         has_body = request.method != "HEAD" and upstream_response.status not in _BODYLESS_STATUS
         if not has_body:
             # Keep the upstream's Content-Length for HEAD without sending a body.
@@ -134,7 +132,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         try:
             async for chunk in upstream_response.content.iter_any():
                 await response.write(chunk)
-        except (asyncio.TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, aiohttp.ClientError):
             # Headers are out: the only honest signal left is to cut the connection.
             if request.transport is not None:
                 request.transport.abort()

@@ -26,8 +26,9 @@ _UNSENDABLE = frozenset({1005, 1006})
 
 
 def is_websocket_upgrade(request: web.Request) -> bool:
-    connection = request.headers.get("Connection", "").lower()
-    return "upgrade" in connection and request.headers.get("Upgrade", "").lower() == "websocket"
+    upgrade = request.headers.get("Upgrade")
+    return upgrade is not None and upgrade.lower() == "websocket" and \
+        "upgrade" in request.headers.get("Connection", "").lower()
 
 
 def _offered_protocols(request: web.Request) -> tuple[str, ...]:
@@ -75,7 +76,7 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
             protocols=_offered_protocols(request), autoping=False, autoclose=False, max_msg_size=0,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeout.sock_read or 10.0),
         )
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise UpstreamTimeout() from exc
     except (aiohttp.ClientError, aiohttp.WSServerHandshakeError) as exc:
         raise UpstreamUnavailable("The application refused the WebSocket connection.") from exc
@@ -88,7 +89,7 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
         to_upstream = asyncio.create_task(_relay(client_ws, upstream_ws))
         to_client = asyncio.create_task(_relay(upstream_ws, client_ws))
         try:
-            done, pending = await asyncio.wait((to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED)
+            _, pending = await asyncio.wait((to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED)
             # The first side to close has sent its close frame on; let the other side answer it.
             await asyncio.wait(pending, timeout=timeout.sock_read or 10.0)
         finally:

@@ -84,7 +84,7 @@ async def test_slowloris_headers_are_cut_off_at_the_deadline(pair: tuple[Upstrea
             break
         try:
             chunk = await asyncio.wait_for(reader.read(1024), 0.2)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
         if chunk.startswith(b"HTTP/1.1 408") or not chunk:
             closed_after = time.monotonic() - started

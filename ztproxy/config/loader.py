@@ -235,7 +235,7 @@ class _Builder:
             return self._constructor.construct_object(node)
         # PyYAML's constructors raise assorted exceptions for explicitly tagged junk
         # ("!!int abc", "!!timestamp x") and ConstructorError for unknown tags.
-        except Exception:  # noqa: BLE001
+        except Exception:
             self._report(node, path, f"unsupported YAML tag {node.tag!r} or invalid value for it")
             self.tainted.add(path)
             return None

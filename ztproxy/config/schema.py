@@ -28,6 +28,7 @@ DEFAULT_KEEPALIVE_TIMEOUT = 75.0
 DEFAULT_MAX_HEADER_COUNT = 100
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024
 DEFAULT_MAX_LINE_BYTES = 8 * 1024
+DEFAULT_LOG_FLUSH_INTERVAL = 0.1
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -45,7 +46,7 @@ _PATH_RE = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 def parse_duration(value: Any) -> float:
     """``90``, ``"500ms"``, ``"15m"``, ``"1h30m"`` -> seconds. Bare numbers are seconds."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 15m or 12h")  # noqa: TRY004
+        raise ValueError("expected a duration such as 30s, 15m or 12h")
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
@@ -63,7 +64,7 @@ def parse_duration(value: Any) -> float:
         else:
             seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     else:
-        raise ValueError("expected a duration such as 30s, 15m or 12h")  # noqa: TRY004
+        raise ValueError("expected a duration such as 30s, 15m or 12h")
     if not math.isfinite(seconds):
         raise ValueError("a duration must be a finite number")
     if seconds < 0:
@@ -74,7 +75,7 @@ def parse_duration(value: Any) -> float:
 def parse_byte_size(value: Any) -> int:
     """``1048576``, ``"64KiB"``, ``"10MB"`` -> bytes (binary units)."""
     if isinstance(value, bool):
-        raise ValueError("expected a size such as 64KiB or 10MiB")  # noqa: TRY004
+        raise ValueError("expected a size such as 64KiB or 10MiB")
     if isinstance(value, int):
         size = value
     elif isinstance(value, str):
@@ -83,7 +84,7 @@ def parse_byte_size(value: Any) -> int:
             raise ValueError(f"invalid size {value!r}: use a number with a unit B, KiB, MiB or GiB")
         size = int(match.group(1)) * _BYTES_UNITS[match.group(2)]
     else:
-        raise ValueError("expected a size such as 64KiB or 10MiB")  # noqa: TRY004
+        raise ValueError("expected a size such as 64KiB or 10MiB")
     if size <= 0:
         raise ValueError("a size must be positive")
     return size
@@ -105,14 +106,14 @@ def split_listen(address: str) -> tuple[str, int]:
 
 def _check_listen(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")  # noqa: TRY004
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
     split_listen(value)
     return value
 
 
 def _check_http_url(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError("expected a URL such as http://127.0.0.1:8000")  # noqa: TRY004
+        raise ValueError("expected a URL such as http://127.0.0.1:8000")
     try:
         url = URL(value)
     except (ValueError, TypeError) as exc:
@@ -213,6 +214,7 @@ class LoggingConfig(Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
     access_log: bool = True
+    flush_interval: Duration = DEFAULT_LOG_FLUSH_INTERVAL
 
 
 class Rule(Model):

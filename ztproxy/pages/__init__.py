@@ -7,27 +7,21 @@ internal addresses.
 
 from __future__ import annotations
 
-import asyncio
 import html
 from importlib import resources
 from string import Template
 
 import orjson
-import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ztproxy.errors import (
     BadRequest,
     ExpectationFailed,
     HeadersTooLarge,
-    InternalError,
     PayloadTooLarge,
     RequestError,
 )
 from ztproxy.state import REQUEST_ID
-
-_log = structlog.get_logger("ztproxy.pages")
 
 _ERROR_TEMPLATE = Template(resources.files(__package__).joinpath("error.html").read_text(encoding="utf-8"))
 
@@ -62,21 +56,8 @@ def error_response(error: RequestError, *, request_id: str, accept: str = "", re
     return response
 
 
-@web.middleware
-async def error_pages(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every RequestError to its page; anything unexpected to a 500 page and a log entry."""
-    try:
-        return await handler(request)
-    except RequestError as error:
-        return _page(request, error)
-    except (asyncio.CancelledError, ConnectionError):
-        raise
-    except Exception:
-        _log.exception("internal_error", path=request.raw_path[:256])
-        return _page(request, InternalError())
-
-
-def _page(request: web.Request, error: RequestError) -> web.Response:
+def page_for(request: web.Request, error: RequestError) -> web.Response:
+    """The page for ``error``, in the format this client asked for."""
     headers = request.headers
     # After a malformed request the stream can't be trusted to be in sync: close it.
     close = isinstance(error, (BadRequest, HeadersTooLarge, ExpectationFailed, PayloadTooLarge))

@@ -36,10 +36,16 @@ class CompiledRule:
     label: str
     public: bool
 
+    @property
+    def allows(self) -> Decision:
+        return Decision(Outcome.ALLOW, ("public",), self.label)
+
 
 @dataclass(frozen=True, slots=True)
 class RoutePolicy:
     allow: tuple[CompiledRule, ...]
+    # Known at compile time when the first rule needs no facts (public): no work per request.
+    constant: Decision | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,15 +65,18 @@ def compile_route_policy(allow: Sequence[Rule], policies: Mapping[str, Sequence[
                 compiled.append(CompiledRule(f"allow[{index}]:{rule.policy}[{inner_index}]", inner.public))
         else:
             compiled.append(CompiledRule(f"allow[{index}]", rule.public))
-    return RoutePolicy(allow=tuple(compiled))
+    constant = compiled[0].allows if compiled and compiled[0].public else None
+    return RoutePolicy(allow=tuple(compiled), constant=constant)
 
 
 def evaluate(policy: RoutePolicy, facts: RequestFacts) -> Decision:
     """Pure and synchronous: the same policy and facts always give the same decision."""
+    if policy.constant is not None:
+        return policy.constant
     if not policy.allow:
         return Decision(Outcome.DENY, ("no-allow-rule",))
     for rule in policy.allow:
         if rule.public:
-            return Decision(Outcome.ALLOW, ("public",), rule.label)
+            return rule.allows
     # Every remaining rule needs an identity, and no identity source is configured yet.
     return Decision(Outcome.DENY, ("authentication-required",))

@@ -89,7 +89,7 @@ http {{
 
 def _start_nginx(name: str, workdir: Path, port: int, workers: int, http_body: str) -> ManagedProcess:
     prefix = workdir / name
-    prefix.mkdir()
+    prefix.mkdir(exist_ok=True)  # later rounds reuse the folder
     conf = prefix / "nginx.conf"
     conf.write_text(_nginx_main(prefix, workers, http_body), encoding="utf-8")
     argv = [NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]

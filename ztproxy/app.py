@@ -17,7 +17,6 @@ from ztproxy.headers import parse_networks
 from ztproxy.intake import intake
 from ztproxy.pipeline import Stage, build_pipeline
 from ztproxy.state import CONFIG, CONTEXT, INTAKE, ROUTES, IntakeSettings
-from ztproxy.telemetry import add_request_id
 from ztproxy.upstream import client_session_ctx, forward
 from ztproxy.websocket import is_websocket_upgrade, proxy_websocket
 
@@ -51,7 +50,6 @@ def build_app(config: Config) -> web.Application:
         max_request_body=limits.max_request_body,
     )
     app.cleanup_ctx.append(client_session_ctx)
-    app.on_response_prepare.append(add_request_id)
     # Every method and path (newlines included) goes to the pipeline; intake judges the path.
     app.router.add_route("*", r"/{path:[\s\S]*}", build_pipeline(STAGES, handle), expect_handler=_defer_expect)
     return app

@@ -130,13 +130,15 @@ def configure_logging(level: str = "info", log_format: LogFormat = "json") -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))
+    global _access_logger
+    _access_logger = structlog.get_logger("ztproxy.access").bind()  # skip the lazy proxy per event
 
 
 def get_logger(name: str = "ztproxy") -> Any:
     return structlog.get_logger(name)
 
 
-_access_logger = structlog.get_logger("ztproxy.access")
+_access_logger: Any = structlog.get_logger("ztproxy.access")
 
 
 def access_event(request: web.BaseRequest, status: int, sent: int, duration: float) -> None:
@@ -165,10 +167,3 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         access_event(request, response.status, response.body_length, time)
-
-
-async def add_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """on_response_prepare: every answer names its request id, for support tickets."""
-    request_id = request.get(REQUEST_ID)
-    if request_id is not None:
-        response.headers["X-Request-Id"] = request_id

@@ -122,6 +122,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     async with upstream_response:
         response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason,
                                       headers=downstream_response_headers(upstream_response.headers))
+        response.headers["X-Request-Id"] = ctx.request_id
         has_body = request.method != "HEAD" and upstream_response.status not in _BODYLESS_STATUS
         if not has_body:
             # Keep the upstream's Content-Length for HEAD without sending a body.

@@ -85,6 +85,7 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
         client_ws = web.WebSocketResponse(
             protocols=(upstream_ws.protocol,) if upstream_ws.protocol else (),
             autoping=False, autoclose=False, max_msg_size=0)
+        client_ws.headers["X-Request-Id"] = ctx.request_id
         await client_ws.prepare(request)
         to_upstream = asyncio.create_task(_relay(client_ws, upstream_ws))
         to_client = asyncio.create_task(_relay(upstream_ws, client_ws))

@@ -275,3 +275,29 @@ async def test_proxy_paths_are_never_forwarded(start_upstream: UpstreamFactory, 
         async with client.get(f"{proxy.url}{path}") as response:
             assert response.status == 404, path
     assert upstream.requests == []
+
+
+async def test_request_body_limit(start_upstream: UpstreamFactory, start_proxy: ProxyFactory,
+                                  client: aiohttp.ClientSession) -> None:
+    upstream = await start_upstream(echo)
+    proxy = await start_proxy(proxy_yaml(upstream.url, server="  limits: {max_request_body: 1KiB}"))
+    async with client.post(f"{proxy.url}/small", data=b"x" * 1024) as response:
+        assert response.status == 200
+    async with client.post(f"{proxy.url}/big", data=b"x" * 1025, headers={"Accept": "application/json"}) as response:
+        assert response.status == 413
+        assert (await response.json())["error"] == "payload-too-large"
+    assert [r.path for r in upstream.requests] == ["/small"]
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(4):
+            yield b"y" * 512
+
+    # Without a Content-Length the limit is enforced while streaming: the upstream never
+    # gets a complete oversized body.
+    try:
+        async with client.post(f"{proxy.url}/chunked", data=chunks()) as response:
+            assert response.status in (413, 502)
+    except aiohttp.ClientError:
+        pass  # the proxy may cut the connection mid-upload
+    bodies = [r for r in upstream.requests if r.path == "/chunked"]
+    assert all(r.content.total_bytes <= 1024 for r in bodies)

@@ -50,6 +50,8 @@ def error_response(error: RequestError, *, request_id: str, accept: str = "", re
             hint=html.escape(error.hint), request_id=html.escape(request_id))
         response = web.Response(status=error.status, text=page, content_type="text/html")
     response.headers["Cache-Control"] = "no-store"
+    if request_id != "-":
+        response.headers["X-Request-Id"] = request_id
     response.headers["X-Content-Type-Options"] = "nosniff"
     if close:
         response.force_close()

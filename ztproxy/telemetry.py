@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 import orjson
@@ -130,32 +131,52 @@ def configure_logging(level: str = "info", log_format: LogFormat = "json") -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))
-    global _access_logger
-    _access_logger = structlog.get_logger("ztproxy.access").bind()  # skip the lazy proxy per event
+    global _write_access
+    _write_access = _access_via_structlog if log_format == "console" or numeric > logging.INFO \
+        else _access_as_json_line
 
 
 def get_logger(name: str = "ztproxy") -> Any:
     return structlog.get_logger(name)
 
 
-_access_logger: Any = structlog.get_logger("ztproxy.access")
+def _access_via_structlog(fields: dict[str, Any]) -> None:
+    structlog.get_logger("ztproxy.access").info("access", **fields)
+
+
+def _access_as_json_line(fields: dict[str, Any]) -> None:
+    """The access event as structlog's JSON chain renders it, written straight to the sink.
+
+    This event runs once per request: measured on the proxy's hot path, structlog's
+    per-event machinery cost about a tenth of the throughput; one ``orjson.dumps`` costs
+    a fiftieth. Same keys, same format, same sink as every other event.
+    """
+    fields["event"] = "access"
+    fields["level"] = "info"
+    fields["timestamp"] = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+    fields.update(structlog.contextvars.get_contextvars())
+    LOG_SINK.write(orjson.dumps(fields, default=str) + b"\n")
+    LOG_SINK.flush()
+
+
+_write_access: Callable[[dict[str, Any]], None] = _access_via_structlog
 
 
 def access_event(request: web.BaseRequest, status: int, sent: int, duration: float) -> None:
     ctx = request.get(CONTEXT)
-    _access_logger.info(
-        "access",
-        request_id=request.get(REQUEST_ID, "-"),
-        client=ctx.client_ip if ctx else request.remote,
-        method=request.method,
-        host=ctx.host_header if ctx else request.headers.get("Host", ""),
-        path=ctx.target.path if ctx else request.raw_path[:256],
-        route=ctx.route.name if ctx else None,
-        decision=decision.outcome.value if (decision := request.get(DECISION)) else None,
-        status=status,
-        bytes=sent,
-        duration_ms=int(duration * 1_000_000) / 1000,
-    )
+    decision = request.get(DECISION)
+    _write_access({
+        "request_id": request.get(REQUEST_ID, "-"),
+        "client": ctx.client_ip if ctx else request.remote,
+        "method": request.method,
+        "host": ctx.host_header if ctx else request.headers.get("Host", ""),
+        "path": ctx.target.path if ctx else request.raw_path[:256],
+        "route": ctx.route.name if ctx else None,
+        "decision": decision.outcome.value if decision else None,
+        "status": status,
+        "bytes": sent,
+        "duration_ms": int(duration * 1_000_000) / 1000,
+    })
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -42,8 +42,9 @@ def intake(request: web.Request) -> None:
     expect = headers.get("Expect")
     if expect is not None and expect.strip().lower() != "100-continue":
         raise ExpectationFailed()
-    if settings.max_request_body is not None and (request.content_length or 0) > settings.max_request_body:
-        raise PayloadTooLarge(f"The request body is larger than {settings.max_request_body} bytes.")
+    limit = settings.max_request_body
+    if limit is not None and (request.content_length or 0) > limit:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
 
     route = request.app[ROUTES].match(host, target.path)
     if route is None:

@@ -154,7 +154,6 @@ def _access_as_json_line(fields: dict[str, Any]) -> None:
     fields["event"] = "access"
     fields["level"] = "info"
     fields["timestamp"] = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
-    fields.update(structlog.contextvars.get_contextvars())
     LOG_SINK.write(orjson.dumps(fields, default=str) + b"\n")
     LOG_SINK.flush()
 

@@ -8,6 +8,8 @@ host: never "the first route"). Everything after this stage sees only the contex
 
 from __future__ import annotations
 
+from itertools import chain
+
 from aiohttp import web
 
 from ztproxy.context import RequestContext
@@ -23,7 +25,7 @@ _HEADER_OVERHEAD = 4
 def intake(request: web.Request) -> None:
     settings = request.app[INTAKE]
     raw_headers = request.raw_headers
-    size = sum(len(name) + len(value) + _HEADER_OVERHEAD for name, value in raw_headers)
+    size = sum(map(len, chain.from_iterable(raw_headers))) + _HEADER_OVERHEAD * len(raw_headers)
     if size > settings.max_header_bytes:
         raise HeadersTooLarge(f"The request headers are {size} bytes; the limit is {settings.max_header_bytes}.")
 
@@ -50,8 +52,9 @@ def intake(request: web.Request) -> None:
     if route is None:
         raise RouteNotFound()
 
-    forwarded = forwarded_for(request.remote or "", headers.getall("X-Forwarded-For", ()),
-                              settings.trusted_proxies)
+    trusted = settings.trusted_proxies
+    forwarded = forwarded_for(request.remote or "", headers.getall("X-Forwarded-For", ()) if trusted else (),
+                              trusted)
     request[CONTEXT] = RequestContext(
         request_id=request[REQUEST_ID],
         client_ip=forwarded.client_ip,

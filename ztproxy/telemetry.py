@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
@@ -140,6 +140,19 @@ def get_logger(name: str = "ztproxy") -> Any:
     return structlog.get_logger(name)
 
 
+_second_cache: list[Any] = [-1, ""]
+
+
+def _utc_now_iso() -> str:
+    """``TimeStamper(fmt="iso", utc=True)``'s format; the date part is formatted once a second."""
+    now = time.time()
+    second = int(now)
+    if second != _second_cache[0]:
+        _second_cache[0] = second
+        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second_cache[1]}.{int((now - second) * 1_000_000):06d}Z"
+
+
 def _access_via_structlog(fields: dict[str, Any]) -> None:
     structlog.get_logger("ztproxy.access").info("access", **fields)
 
@@ -153,7 +166,7 @@ def _access_as_json_line(fields: dict[str, Any]) -> None:
     """
     fields["event"] = "access"
     fields["level"] = "info"
-    fields["timestamp"] = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+    fields["timestamp"] = _utc_now_iso()
     LOG_SINK.write(orjson.dumps(fields, default=str) + b"\n")
     LOG_SINK.flush()
 

@@ -1,0 +1,54 @@
+"""Log output: the sink's batching, and the access line's format."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import re
+
+from ztproxy.telemetry import LogSink, _utc_now_iso
+
+
+def _read_all(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1 << 20)
+    except BlockingIOError:
+        return b""
+
+
+def test_unbatched_sink_writes_every_line_at_once() -> None:
+    read_fd, write_fd = os.pipe()
+    sink = LogSink(write_fd)
+    sink.write(b'{"event": "a"}\n')
+    sink.flush()
+    assert _read_all(read_fd) == b'{"event": "a"}\n'
+    os.close(read_fd)
+    os.close(write_fd)
+
+
+async def test_batched_sink_holds_lines_until_the_interval_and_drains_on_exit() -> None:
+    read_fd, write_fd = os.pipe()
+    sink = LogSink(write_fd)
+    async with sink.batching(0.2):
+        sink.write(b"one\n")
+        sink.flush()  # structlog calls this after every event: no write while batching
+        assert _read_all(read_fd) == b""
+        await asyncio.sleep(0.35)
+        assert _read_all(read_fd) == b"one\n"
+        sink.write(b"two\n")
+    # Leaving the block (shutdown) writes what is left: nothing is lost on a clean stop.
+    assert _read_all(read_fd) == b"two\n"
+    sink.write(b"three\n")
+    sink.flush()
+    assert _read_all(read_fd) == b"three\n"
+    os.close(read_fd)
+    os.close(write_fd)
+
+
+def test_access_timestamp_is_iso_utc_and_current() -> None:
+    stamp = _utc_now_iso()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+    parsed = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert abs((datetime.datetime.now(datetime.UTC) - parsed).total_seconds()) < 2

@@ -6,6 +6,7 @@
         ├── BadRequest                bad-request          400
         │   └── PathRejected          bad-path             400
         ├── PayloadTooLarge           payload-too-large    413
+        ├── UriTooLong                uri-too-long         414
         ├── HeadersTooLarge           headers-too-large    431
         ├── RouteNotFound             no-route             404
         ├── AccessDenied              access-denied        403
@@ -98,6 +99,13 @@ class PayloadTooLarge(RequestError):
     status = 413
     title = "Request too large"
     hint = "The upload is larger than this application accepts."
+
+
+class UriTooLong(RequestError):
+    code = "uri-too-long"
+    status = 414
+    title = "Address too long"
+    hint = "The address (URL) is longer than this server accepts. Check the link you followed."
 
 
 class HeadersTooLarge(RequestError):

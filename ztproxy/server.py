@@ -29,7 +29,7 @@ from aiohttp.web_protocol import RequestHandler
 from ztproxy.admin import build_admin_app
 from ztproxy.app import build_app
 from ztproxy.config.schema import Config, split_listen
-from ztproxy.errors import BadRequest, HeadersTooLarge, RequestError
+from ztproxy.errors import BadRequest, HeadersTooLarge, RequestError, UriTooLong
 from ztproxy.pages import error_response
 from ztproxy.state import Readiness
 from ztproxy.telemetry import LOG_SINK, AccessLogger, get_logger
@@ -75,7 +75,8 @@ class _GuardedRequestHandler(RequestHandler):
     def _headers_too_slow(self) -> None:
         self._header_deadline = None
         if self._request_count == 0 and self.transport is not None:
-            log.info("request_header_timeout", client=self.peername)
+            peer = self.peername
+            log.info("request_header_timeout", client=peer[0] if isinstance(peer, tuple) else peer)
             self.transport.write(_REQUEST_TIMEOUT)
             self.force_close()
 
@@ -84,18 +85,19 @@ class _GuardedRequestHandler(RequestHandler):
         if status >= 500:
             return super().handle_error(request, status, exc, message)
         error: RequestError
-        if (isinstance(exc, LineTooLong) and not message_is_request_line(exc)) or \
-                "Too many headers" in str(exc):
+        if isinstance(exc, LineTooLong):
+            # The parser names the limit it hit: the request line's, or a header field's.
+            limit = exc.args[1] if len(exc.args) > 1 else None
+            line_limit_hit = limit == self.max_line_size and self.max_line_size != self.max_field_size
+            error = UriTooLong() if line_limit_hit else HeadersTooLarge()
+        elif "Too many headers" in str(exc):
             error = HeadersTooLarge()
         else:
             error = BadRequest("The request is not valid HTTP.")
-        log.info("request_rejected", client=self.peername, status=error.status,
+        peer = self.peername
+        log.info("request_rejected", client=peer[0] if isinstance(peer, tuple) else peer, status=error.status,
                  reason=str(exc)[:200] if exc else message)
         return error_response(error, request_id="-", close=True)
-
-
-def message_is_request_line(exc: LineTooLong) -> bool:
-    return "Status line" in str(exc) or "request line" in str(exc).lower()
 
 
 class _ProxyServer(web.Server):

@@ -143,3 +143,12 @@ async def test_bad_paths_get_400(pair: tuple[Upstream, Proxy], target: bytes) ->
     data, _ = await raw_exchange(proxy.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 400"), data[:100]
     assert upstream.requests == []
+
+
+async def test_overlong_request_line_gets_414(start_upstream: UpstreamFactory, start_proxy: ProxyFactory) -> None:
+    upstream = await start_upstream(echo)
+    proxy = await start_proxy(proxy_yaml(upstream.url))  # default limits: 8 KiB line, 32 KiB headers
+    data, closed = await raw_exchange(proxy.port, b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert data[9:12] == b"414", data[:100]
+    assert closed
+    assert upstream.requests == []

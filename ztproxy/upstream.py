@@ -85,13 +85,22 @@ def forward_headers(request: web.Request, ctx: RequestContext) -> CIMultiDict[st
     )
 
 
-async def _limited(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
-    seen = 0
-    async for chunk in content.iter_any():
-        seen += len(chunk)
-        if seen > limit:
-            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
-        yield chunk
+class _BodyLimit:
+    """Streams the request body upstream, stopping it once it passes ``limit`` bytes."""
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+        self._content = content
+        self.limit = limit
+        self.exceeded = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._content.iter_any():
+            seen += len(chunk)
+            if seen > self.limit:
+                self.exceeded = True
+                raise PayloadTooLarge(f"The request body is larger than {self.limit} bytes.")
+            yield chunk
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
@@ -102,12 +111,16 @@ async def forward(request: web.Request) -> web.StreamResponse:
     headers = forward_headers(request, ctx)
 
     body: object = None
+    limited: _BodyLimit | None = None
     if request.body_exists:
         if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
             # Sent only now, after authorization: a denied client never uploads its body.
             await request.writer.write(_CONTINUE)
         limit = request.app[INTAKE].max_request_body
-        body = request.content if limit is None else _limited(request.content, limit)
+        if limit is None:
+            body = request.content
+        else:
+            body = limited = _BodyLimit(request.content, limit)
 
     try:
         upstream_response = await upstream.session.request(
@@ -117,6 +130,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout() from exc
     except aiohttp.ClientError as exc:
+        if limited is not None and limited.exceeded:
+            # The upload was cut off on purpose: the upstream never got a complete body.
+            raise PayloadTooLarge(f"The request body is larger than {limited.limit} bytes.") from exc
         raise UpstreamUnavailable() from exc
 
     async with upstream_response:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from ztproxy.config import Config, RouteConfig, Rule, load, load_text
-from ztproxy.config.loader import MAX_NODES, substitute
+from ztproxy.config.source import MAX_NODES, substitute
 from ztproxy.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ztproxy.errors import ConfigIssue
 
 if TYPE_CHECKING:
-    from ztproxy.config.loader import Document, YamlPath
+    from ztproxy.config.source import Document, YamlPath
 
 _TLS_FILES = {"cert_file": "the certificate", "key_file": "the private key"}
 

@@ -53,6 +53,6 @@ def _entries(config: Config) -> Iterator[tuple[str | None, str, CompiledRoute]]:
             config=route,
             upstream=upstream.with_path("/"),
             upstream_authority=authority,
-            policy=compile_route_policy(route.allow, config.policies),
+            policy=compile_route_policy(route.allow, config.policies, route.deny),
         )
         yield route.host, route.path, compiled

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import aiohttp
@@ -98,3 +99,34 @@ async def test_upstream_dying_mid_body_aborts_client_connection(start_upstream: 
     assert head.startswith(b"HTTP/1.1 200")
     assert closed
     assert len(body) < 100000  # the client can tell the body is incomplete
+
+
+async def test_upstream_that_never_accepts_gives_504_within_connect_timeout(
+        start_proxy: ProxyFactory, client: aiohttp.ClientSession) -> None:
+    import socket
+
+    # A listener whose accept queue is full: the kernel drops further SYNs, so a connect hangs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yaml_text = proxy_yaml(f"http://127.0.0.1:{port}").replace(
+            "    allow:", "    connect_timeout: 300ms\n    allow:")
+        proxy = await start_proxy(yaml_text)
+        started = time.monotonic()
+        async with client.get(f"{proxy.url}/", headers={"Accept": "application/json"}) as response:
+            assert response.status == 504
+            assert (await response.json())["error"] == "upstream-timeout"
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in fillers:
+            sock.close()
+        listener.close()

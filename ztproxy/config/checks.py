@@ -113,8 +113,10 @@ def _unknown_policies(context: _Context, routes: list[tuple[int, dict[Any, Any]]
                       policies: dict[Any, Any]) -> Iterator[ConfigIssue]:
     defined = [name for name in policies if isinstance(name, str)]
     for index, route in routes:
-        for position, entry in enumerate(_list(route.get("allow"))):
-            entry_path = ("routes", index, "allow", position)
+        entries = [(kind, position, entry) for kind in ("allow", "deny")
+                   for position, entry in enumerate(_list(route.get(kind)))]
+        for kind, position, entry in entries:
+            entry_path = ("routes", index, kind, position)
             found = _reference(entry, entry_path)
             if found is None or context.skip(entry_path) or found[0] in defined:
                 continue

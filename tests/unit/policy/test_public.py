@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from ztproxy.config.schema import Rule
-from ztproxy.policy import Outcome, RequestFacts, compile_route_policy, evaluate
+import pytest
+from pydantic import ValidationError
 
-FACTS = RequestFacts(method="GET", path="/")
+from tests.unit.policy.helpers import facts
+from ztproxy.config.schema import Rule
+from ztproxy.policy import Outcome, compile_route_policy, evaluate
+
+FACTS = facts(identity=None, device=None)
 
 
 def test_no_rules_means_deny() -> None:
-    decision = evaluate(compile_route_policy((), {}), FACTS)
+    policy = compile_route_policy((), {})
+    decision = evaluate(policy, FACTS)
     assert decision.outcome is Outcome.DENY
     assert decision.reasons == ("no-allow-rule",)
+    assert policy.constant == decision
 
 
 def test_public_rule_allows() -> None:
@@ -19,6 +25,21 @@ def test_public_rule_allows() -> None:
     assert decision.allowed
     assert decision.reasons == ("public",)
     assert decision.rule == "allow[0]"
+
+
+def test_public_first_rule_is_a_constant_decision() -> None:
+    policy = compile_route_policy((Rule(public=True), Rule(groups=["x"])), {})
+    assert policy.constant is not None and policy.constant.allowed
+
+
+def test_public_with_request_criteria_or_a_deny_rule_is_not_constant() -> None:
+    narrowed = compile_route_policy((Rule(public=True, methods=["GET"]),), {})
+    assert narrowed.constant is None
+    assert evaluate(narrowed, FACTS).allowed
+    assert not evaluate(narrowed, facts(method="POST")).allowed
+    guarded = compile_route_policy((Rule(public=True),), {}, deny=(Rule(source_cidrs=["192.0.2.0/24"]),))
+    assert guarded.constant is None
+    assert evaluate(guarded, FACTS).reasons == ("denied-by-rule",)
 
 
 def test_named_policy_is_resolved() -> None:
@@ -33,10 +54,12 @@ def test_empty_named_policy_denies() -> None:
     assert not decision.allowed
 
 
-def test_empty_rule_is_rejected_by_the_schema() -> None:
-    import pytest
-    from pydantic import ValidationError
+def test_unknown_policy_is_refused_rather_than_skipped() -> None:
+    with pytest.raises(ValueError, match="unknown policy 'blocked'"):
+        compile_route_policy((Rule(public=True),), {}, deny=(Rule(policy="blocked"),))
 
+
+def test_empty_rule_is_rejected_by_the_schema() -> None:
     with pytest.raises(ValidationError, match="at least one criterion"):
         Rule()
     with pytest.raises(ValidationError):

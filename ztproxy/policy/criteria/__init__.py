@@ -1,0 +1,49 @@
+"""The criteria a rule can hold, one small pure predicate per module.
+
+Each is a frozen object built once at config load (:mod:`ztproxy.policy.compile`); calling
+it with the request facts returns None when it holds, or the reason it fails.
+"""
+
+from __future__ import annotations
+
+from ztproxy.policy.criteria.auth_age import MaxAuthAge
+from ztproxy.policy.criteria.claims import Claims
+from ztproxy.policy.criteria.device import (
+    DiskEncrypted,
+    Managed,
+    MaxPostureAge,
+    MinOsVersion,
+    MinScore,
+    OwnerIsUser,
+)
+from ztproxy.policy.criteria.email_domains import EmailDomains
+from ztproxy.policy.criteria.groups import Groups
+from ztproxy.policy.criteria.methods import Methods
+from ztproxy.policy.criteria.mfa import Mfa
+from ztproxy.policy.criteria.paths import Paths
+from ztproxy.policy.criteria.public import Public
+from ztproxy.policy.criteria.session_age import MaxSessionAge
+from ztproxy.policy.criteria.source_cidrs import SourceCidrs
+from ztproxy.policy.criteria.time_window import TimeWindow
+from ztproxy.policy.criteria.users import Users
+
+__all__ = [
+    "Claims",
+    "DiskEncrypted",
+    "EmailDomains",
+    "Groups",
+    "Managed",
+    "MaxAuthAge",
+    "MaxPostureAge",
+    "MaxSessionAge",
+    "Methods",
+    "Mfa",
+    "MinOsVersion",
+    "MinScore",
+    "OwnerIsUser",
+    "Paths",
+    "Public",
+    "SourceCidrs",
+    "TimeWindow",
+    "Users",
+]

@@ -1,0 +1,19 @@
+"""``methods``: the request method is one of those listed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ztproxy.policy.model import RequestFacts
+from ztproxy.policy.reasons import METHOD_NOT_ALLOWED
+
+
+@dataclass(frozen=True, slots=True)
+class Methods:
+    name: ClassVar[str] = "methods"
+    methods: frozenset[str]  # uppercase (the schema normalises them)
+
+    def __call__(self, facts: RequestFacts) -> str | None:
+        # RFC 9110 9.1: methods are case-sensitive, so "get" is not GET.
+        return None if facts.method in self.methods else METHOD_NOT_ALLOWED

@@ -1,0 +1,24 @@
+"""``max_session_age``: the session started at most this long ago."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ztproxy.policy.model import RequestFacts
+from ztproxy.policy.reasons import AUTHENTICATION_REQUIRED, SESSION_TOO_OLD
+
+
+@dataclass(frozen=True, slots=True)
+class MaxSessionAge:
+    name: ClassVar[str] = "max_session_age"
+    seconds: float
+
+    def __call__(self, facts: RequestFacts) -> str | None:
+        identity = facts.identity
+        if identity is None:
+            return AUTHENTICATION_REQUIRED
+        started = identity.session_started
+        if started is None or (facts.now - started).total_seconds() > self.seconds:
+            return SESSION_TOO_OLD
+        return None

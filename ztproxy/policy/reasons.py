@@ -1,0 +1,43 @@
+"""The named reasons a decision gives, one per way a criterion can fail (plus two for rules).
+
+They are stable identifiers: they go to the decision log and are turned into plain
+sentences on the deny page, so renaming one is a breaking change.
+"""
+
+from __future__ import annotations
+
+PUBLIC = "public"  # the reason of an allow by a ``public: true`` rule
+AUTHENTICATION_REQUIRED = "authentication-required"
+USER_NOT_ALLOWED = "user-not-allowed"
+EMAIL_DOMAIN_NOT_ALLOWED = "email-domain-not-allowed"
+GROUP_MISSING = "group-missing"
+CLAIM_MISMATCH = "claim-mismatch"
+MFA_REQUIRED = "mfa-required"
+AUTH_TOO_OLD = "auth-too-old"
+SESSION_TOO_OLD = "session-too-old"
+DEVICE_UNKNOWN = "device-unknown"
+DEVICE_UNMANAGED = "device-unmanaged"
+DISK_NOT_ENCRYPTED = "disk-not-encrypted"
+PLATFORM_NOT_ALLOWED = "platform-not-allowed"
+OS_TOO_OLD = "os-too-old"
+POSTURE_STALE = "posture-stale"
+DEVICE_SCORE_TOO_LOW = "device-score-too-low"
+DEVICE_OWNER_MISMATCH = "device-owner-mismatch"
+METHOD_NOT_ALLOWED = "method-not-allowed"
+PATH_NOT_ALLOWED = "path-not-allowed"
+SOURCE_NOT_ALLOWED = "source-not-allowed"
+OUTSIDE_TIME_WINDOW = "outside-time-window"
+NO_ALLOW_RULE = "no-allow-rule"
+DENIED_BY_RULE = "denied-by-rule"
+
+# A rule failing only for these would hold after a stronger or fresher login (step-up).
+STEP_UP_REASONS = frozenset({MFA_REQUIRED, AUTH_TOO_OLD})
+
+DENY_REASONS = (
+    AUTHENTICATION_REQUIRED, USER_NOT_ALLOWED, EMAIL_DOMAIN_NOT_ALLOWED, GROUP_MISSING, CLAIM_MISMATCH,
+    MFA_REQUIRED, AUTH_TOO_OLD, SESSION_TOO_OLD, DEVICE_UNKNOWN, DEVICE_UNMANAGED, DISK_NOT_ENCRYPTED,
+    PLATFORM_NOT_ALLOWED, OS_TOO_OLD, POSTURE_STALE, DEVICE_SCORE_TOO_LOW, DEVICE_OWNER_MISMATCH,
+    METHOD_NOT_ALLOWED, PATH_NOT_ALLOWED, SOURCE_NOT_ALLOWED, OUTSIDE_TIME_WINDOW, NO_ALLOW_RULE,
+    DENIED_BY_RULE,
+)
+"""Every reason a DENY or STEP_UP decision can carry."""

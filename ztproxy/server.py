@@ -28,7 +28,8 @@ from aiohttp.web_protocol import RequestHandler
 
 from ztproxy.admin import build_admin_app
 from ztproxy.app import build_app
-from ztproxy.config.schema import Config, split_listen
+from ztproxy.config.schema import Config
+from ztproxy.config.values import split_listen
 from ztproxy.errors import BadRequest, HeadersTooLarge, RequestError, UriTooLong
 from ztproxy.pages import error_response
 from ztproxy.state import Readiness

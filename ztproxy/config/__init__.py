@@ -7,12 +7,12 @@
 from __future__ import annotations
 
 from ztproxy.config.loader import load, load_text
+from ztproxy.config.rules import Rule
 from ztproxy.config.schema import (
     Config,
     LimitsConfig,
     LoggingConfig,
     RouteConfig,
-    Rule,
     ServerConfig,
     TlsConfig,
 )

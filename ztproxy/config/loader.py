@@ -24,7 +24,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from ztproxy.config import checks
-from ztproxy.config.schema import Config, Rule
+from ztproxy.config.rules import Rule
+from ztproxy.config.schema import Config
 from ztproxy.config.source import Document, YamlPath, parse, read_file
 from ztproxy.errors import ConfigError, ConfigIssue
 

@@ -10,7 +10,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
-from ztproxy.config.schema import Rule
+from ztproxy.config.rules import Rule
 from ztproxy.policy import criteria
 from ztproxy.policy.model import CompiledRule, Criterion, Decision, Outcome, RoutePolicy, StepUp
 from ztproxy.policy.reasons import DENIED_BY_RULE, NO_ALLOW_RULE

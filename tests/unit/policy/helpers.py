@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ztproxy.config.schema import Rule
+from ztproxy.config.rules import Rule
 from ztproxy.policy import Decision, Device, Identity, RequestFacts, compile_route_policy, evaluate
 
 NOW = datetime(2024, 5, 6, 10, 0, tzinfo=UTC)  # a Monday

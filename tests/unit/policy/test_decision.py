@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.unit.policy.helpers import NOW, facts, user
-from ztproxy.config.schema import Rule
+from ztproxy.config.rules import Rule
 from ztproxy.policy import (
     Decision,
     Identity,

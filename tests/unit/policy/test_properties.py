@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.policy.helpers import LAPTOP, NOW, USER, device, facts, user
-from ztproxy.config.schema import Rule
+from ztproxy.config.rules import Rule
 from ztproxy.policy import Outcome, RequestFacts, compile_route_policy, evaluate
 
 RULES = [Rule.model_validate(rule) for rule in (

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.unit.policy.helpers import facts
-from ztproxy.config.schema import Rule
+from ztproxy.config.rules import Rule
 from ztproxy.policy import Outcome, compile_route_policy, evaluate
 
 FACTS = facts(identity=None, device=None)

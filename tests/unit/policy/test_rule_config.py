@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from ztproxy.config import load_text
-from ztproxy.config.schema import DeviceRequirement, GroupsRequirement, Rule, TimeWindow
+from ztproxy.config.rules import DeviceRequirement, GroupsRequirement, Rule, TimeWindow
 from ztproxy.errors import ConfigError
 
 

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 from zoneinfo import ZoneInfo
 
+from ztproxy.config.values import WEEKDAYS  # datetime.weekday() order
 from ztproxy.policy.model import RequestFacts
 from ztproxy.policy.reasons import OUTSIDE_TIME_WINDOW
-
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # datetime.weekday() order
 
 
 def minutes(clock: str) -> int:

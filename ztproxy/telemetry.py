@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,9 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def _orjson_dumps(event: Any, default: Any = None) -> bytes:
     return orjson.dumps(event, default=default or str)
+
+
+_ATOMIC_WRITE = select.PIPE_BUF
 
 
 class LogSink:
@@ -57,18 +61,24 @@ class LogSink:
             self.drain()
 
     def drain(self) -> None:
-        view = memoryview(self._buffer)
+        """Write out what is buffered, in whole lines, at most PIPE_BUF bytes per write.
+
+        Workers share stdout, usually a pipe; POSIX keeps a write of up to PIPE_BUF bytes
+        to a pipe in one piece, so lines from different workers never interleave.
+        """
+        buffer = self._buffer
+        start = 0
         try:
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            while start < len(buffer):
+                end = buffer.rfind(b"\n", start, start + _ATOMIC_WRITE) + 1
+                if end <= start:  # one line longer than PIPE_BUF: it goes out alone
+                    end = buffer.find(b"\n", start) + 1 or len(buffer)
+                while start < end:  # slicing copies, so the bytearray stays resizable
+                    start += os.write(self._fd, buffer[start:end])
         except BlockingIOError:  # a non-blocking stdout that is full: keep the rest for later
-            rest = bytes(view)
-            view.release()
-            self._buffer = bytearray(rest)
+            del buffer[:start]
             return
-        view.release()
-        self._buffer.clear()
+        buffer.clear()
 
     @contextlib.asynccontextmanager
     async def batching(self, interval: float) -> AsyncIterator[None]:

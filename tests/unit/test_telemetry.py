@@ -52,3 +52,41 @@ def test_access_timestamp_is_iso_utc_and_current() -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
     parsed = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     assert abs((datetime.datetime.now(datetime.UTC) - parsed).total_seconds()) < 2
+
+
+def test_drain_writes_whole_lines_in_atomic_pieces() -> None:
+    import select
+
+    read_fd, write_fd = os.pipe()
+    writes: list[int] = []
+    sink = LogSink(write_fd)
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes | memoryview) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    lines = [b'{"n": %d, "pad": "%s"}\n' % (index, b"x" * (index % 200)) for index in range(100)]
+    huge = b'{"huge": "' + b"y" * (select.PIPE_BUF * 2) + b'"}\n'
+    for line in [*lines[:50], huge, *lines[50:]]:
+        sink.write(line)
+    os.write, saved = counting_write, os.write  # type: ignore[assignment]
+    try:
+        sink.drain()
+    finally:
+        os.write = saved
+    received = b""
+    os.set_blocking(read_fd, False)
+    while True:
+        try:
+            chunk = os.read(read_fd, 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    assert received == b"".join([*lines[:50], huge, *lines[50:]])
+    assert all(size <= select.PIPE_BUF for size in writes if size != len(huge))
+    assert len(writes) < 20  # batched, not one write per line
+    os.close(read_fd)
+    os.close(write_fd)

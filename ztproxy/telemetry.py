@@ -39,7 +39,7 @@ class LogSink:
     """Where JSON lines go: stdout, one write per line, or batched while a server runs.
 
     A write syscall per access event costs a proxy on a VM about a tenth of its
-    throughput; batching joins the lines of ``interval`` into one write. At most
+    throughput; batching joins the lines of ``interval`` into a few large writes. At most
     ``interval`` of events is lost if the process is killed with SIGKILL.
     """
 

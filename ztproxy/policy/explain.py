@@ -1,0 +1,91 @@
+"""Why a configuration decides what it does for one request: route, decision, every criterion.
+
+:func:`decide` routes a request's facts as the proxy would and evaluates the route's policy,
+noting which rules :func:`~ztproxy.policy.evaluate` looked at (for test coverage);
+:func:`explain` also evaluates every rule of that route criterion by criterion, allow and
+deny rules both, in plain lines for people. Pure: the facts carry the clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ztproxy.config.schema import Config
+from ztproxy.context import compile_routes
+from ztproxy.policy.evaluate import evaluate
+from ztproxy.policy.model import CompiledRule, Decision, RequestFacts, RoutePolicy
+from ztproxy.routing import RouteTable
+
+NO_ROUTE = "no-route"  # the decision of a request no route matches (the proxy answers 404)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """What a configuration decides for one request."""
+
+    route: str | None  # None: no route matches
+    decision: Decision | None  # None when there is no route
+    evaluated: tuple[str, ...] = ()  # labels of the rules looked at (the deciding one included)
+
+    @property
+    def verdict(self) -> str:
+        return NO_ROUTE if self.decision is None else self.decision.outcome.value
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return () if self.decision is None else self.decision.reasons
+
+
+def decide(routes: RouteTable[Any], host: str | None, facts: RequestFacts) -> RouteDecision:
+    """Route and decide as the proxy would (``routes``: a ``compile_routes`` table)."""
+    route = routes.match(host, facts.path)
+    if route is None:
+        return RouteDecision(route=None, decision=None)
+    policy: RoutePolicy = route.policy
+    return RouteDecision(route=str(route.name), decision=evaluate(policy, facts),
+                         evaluated=evaluated_rules(policy, facts))
+
+
+def evaluated_rules(policy: RoutePolicy, facts: RequestFacts) -> tuple[str, ...]:
+    """The labels of the rules ``evaluate`` looks at, in its order, up to the deciding one."""
+    if policy.constant is not None:
+        return (policy.constant.rule,) if policy.constant.rule is not None else ()
+    labels = []
+    for rule in policy.deny:
+        labels.append(rule.label)
+        if rule.holds(facts):
+            return tuple(labels)
+    for rule in policy.allow:
+        labels.append(rule.label)
+        if rule.holds(facts):
+            break
+    return tuple(labels)
+
+
+def criterion_results(rule: CompiledRule, facts: RequestFacts) -> list[tuple[str, str | None]]:
+    """Each criterion of a rule as written, with None when it holds or the reason it fails."""
+    return [(criterion.name, criterion(facts)) for criterion in rule.criteria]
+
+
+def explain(config: Config, host: str | None, facts: RequestFacts) -> list[str]:
+    """The route, the decision with its reasons, and every rule of the route criterion by criterion."""
+    routes = compile_routes(config)
+    lines = [f"request: {facts.method} {host or '-'} {facts.path} from {facts.client_ip} at {facts.now.isoformat()}"]
+    route = routes.match(host, facts.path)
+    if route is None:
+        return [*lines, "route: none", f"decision: {NO_ROUTE}"]
+    policy: RoutePolicy = route.policy
+    decision = evaluate(policy, facts)
+    decided_by = f" by {decision.rule}" if decision.rule else ""
+    lines += [f"route: {route.name}",
+              f"decision: {decision.outcome.value}{decided_by} ({', '.join(decision.reasons)})",
+              "rules:"]
+    if not policy.allow:
+        lines.append("  (no allow rule: everyone is refused)")
+    for rule in (*policy.deny, *policy.allow):
+        results = criterion_results(rule, facts)
+        holds = all(reason is None for _, reason in results)
+        lines.append(f"  {rule.label}: {'holds' if holds else 'does not hold'}")
+        lines.extend(f"    {name}: {'holds' if reason is None else f'fails: {reason}'}" for name, reason in results)
+    return lines

@@ -54,7 +54,8 @@ async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
         trust_env=False,
     )
     timeouts = {
-        route.name: aiohttp.ClientTimeout(total=None, connect=route.connect_timeout,
+        # sock_connect: only opening a new connection is bounded (a pooled one costs no timer).
+        route.name: aiohttp.ClientTimeout(total=None, sock_connect=route.connect_timeout,
                                           sock_read=route.read_timeout)
         for route in app[CONFIG].routes
     }

@@ -138,8 +138,8 @@ def _ratios(result: WrkResult, reference: WrkResult | None) -> tuple[str, str]:
 
 
 def paired_ratios(ztproxy: list[Outcome], bare: list[Outcome]) -> tuple[float, float] | None:
-    """Median over rounds of ztproxy/bare (req/s share, p99 multiple), each round paired with
-    the bare run just before it: neighbours in time share the machine's mood."""
+    """Median over rounds of ztproxy/bare (req/s share, p99 multiple), each round's ztproxy run
+    paired with that round's bare run: neighbours in time share the machine's mood."""
     pairs = [(z.result, b.result) for z, b in zip(ztproxy, bare, strict=False) if z.result and b.result]
     if len(pairs) < 2:
         return None
@@ -257,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             rounds: dict[str, list[Outcome]] = {name: [] for name in args.only}
             for number in range(args.rounds):
                 log(f"round {number + 1} of {args.rounds}")
-                for name in args.only:
+                # Every other round runs the targets in reverse, so running first or last
+                # (a warmer cache, a CPU-credit dip) favours no target.
+                order = args.only if number % 2 == 0 else list(reversed(args.only))
+                for name in order:
                     rounds[name].append(measure(name, env, args))
             outcomes = [median_outcome(runs) for runs in rounds.values()]
             paired = paired_ratios(rounds.get("ztproxy", []), rounds.get("bare", []))

@@ -26,6 +26,7 @@ from ztproxy.state import CONFIG, CONTEXT, INTAKE
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 _BODYLESS_STATUS = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_WHOLE_BODY_LIMIT = 64 * 1024  # larger or unknown-length bodies are streamed
 _POOL_LIMIT = 1000
 _POOL_LIMIT_PER_HOST = 0  # unlimited per host within the pool limit
 
@@ -137,10 +138,24 @@ async def forward(request: web.Request) -> web.StreamResponse:
         raise UpstreamUnavailable() from exc
 
     async with upstream_response:
-        response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason,
-                                      headers=downstream_response_headers(upstream_response.headers))
-        response.headers["X-Request-Id"] = ctx.request_id
+        headers = downstream_response_headers(upstream_response.headers)
+        headers["X-Request-Id"] = ctx.request_id
         has_body = request.method != "HEAD" and upstream_response.status not in _BODYLESS_STATUS
+        length = upstream_response.content_length
+        if has_body and length is not None and length <= _WHOLE_BODY_LIMIT:
+            # Small bodies of known length are read whole and leave in one write with the
+            # headers; nothing has been sent yet, so a failure here is still a clean page.
+            try:
+                body = await upstream_response.read()
+            except TimeoutError as exc:
+                raise UpstreamTimeout() from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamUnavailable() from exc
+            headers.popall("Content-Length", None)
+            return web.Response(status=upstream_response.status, reason=upstream_response.reason,
+                                body=body, headers=headers)
+        response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason,
+                                      headers=headers)
         if not has_body:
             # Keep the upstream's Content-Length for HEAD without sending a body.
             await response.prepare(request)

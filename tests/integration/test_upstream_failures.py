@@ -130,3 +130,22 @@ async def test_upstream_that_never_accepts_gives_504_within_connect_timeout(
         for sock in fillers:
             sock.close()
         listener.close()
+
+
+async def test_small_body_cut_short_by_the_upstream_gives_502(start_upstream: UpstreamFactory,
+                                                              start_proxy: ProxyFactory,
+                                                              client: aiohttp.ClientSession) -> None:
+    async def truncated(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "1000"})
+        await response.prepare(request)
+        await response.write(b"x" * 10)
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    upstream = await start_upstream(truncated)
+    proxy = await start_proxy(proxy_yaml(upstream.url))
+    # Small bodies are read whole before anything is sent: a broken one is still a clean 502.
+    async with client.get(f"{proxy.url}/", headers={"Accept": "application/json"}) as response:
+        assert response.status == 502
+        assert (await response.json())["error"] == "upstream-unavailable"

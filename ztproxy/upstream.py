@@ -3,8 +3,10 @@
 The client never follows redirects, keeps no cookies and never decompresses, so the
 upstream's bytes reach the client unchanged. Connection failures become 502, timeouts
 504, both as pages; a failure after the response has started aborts the connection
-rather than pretend a truncated body is complete. A client that disconnects cancels
-the handler (server ``handler_cancellation``), which cancels the upstream request.
+rather than pretend a truncated body is complete. Response bodies of known length up to
+64 KiB are the exception to streaming: read whole, they leave with the headers in one
+write. A client that disconnects cancels the handler (server ``handler_cancellation``),
+which cancels the upstream request.
 """
 
 from __future__ import annotations

@@ -56,7 +56,6 @@ def authorize(request: web.Request) -> None:
     # STEP_UP cannot happen without an identity; until login exists it is a denial.
     if not decision.allowed:
         raise AccessDenied(explain(decision), reasons=decision.reasons)
-    return None
 
 
 def explain(decision: Decision) -> str:

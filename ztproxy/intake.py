@@ -65,4 +65,3 @@ def intake(request: web.Request) -> None:
         target=target,
         route=route,
     )
-    return None

@@ -48,8 +48,9 @@ class _GuardedRequestHandler(RequestHandler):
 
     aiohttp closes idle keep-alive connections itself (``keepalive_timeout``, which also
     bounds a dribbled second request), but waits forever for a first request that
-    never completes: that is the slowloris hole closed here. Parser errors are
-    rendered as our pages, with 431 for oversized header blocks.
+    never completes: that is the slowloris hole closed here. One timer per connection,
+    nothing per request: when it fires, a connection that has sent a request is left
+    alone. Parser errors are rendered as our pages, 431 or 414 for oversized input.
     """
 
     def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
@@ -60,12 +61,6 @@ class _GuardedRequestHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._header_deadline = self._loop.call_later(self._header_timeout, self._headers_too_slow)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._header_deadline is not None and self._request_count:
-            self._header_deadline.cancel()
-            self._header_deadline = None
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._header_deadline is not None:
@@ -186,25 +181,20 @@ async def _start_admin(config: Config, readiness: Readiness) -> web.AppRunner | 
 async def _serve_proxy(config: Config, sock: socket.socket, readiness: Readiness,
                        stop: asyncio.Event, on_ready: Any = None) -> None:
     async with LOG_SINK.batching(config.logging.flush_interval):
-        await _serve_proxy_logged(config, sock, readiness, stop, on_ready)
-
-
-async def _serve_proxy_logged(config: Config, sock: socket.socket, readiness: Readiness,
-                              stop: asyncio.Event, on_ready: Any) -> None:
-    runner = ProxyRunner(build_app(config), config)
-    await runner.setup()
-    await web.SockSite(runner, sock, ssl_context=ssl_context(config), backlog=_BACKLOG).start()
-    readiness.ready, readiness.reasons = True, []
-    log.info("proxy_listening", listen=config.server.listen, public_url=config.public_url,
-             routes=len(config.routes), pid=os.getpid())
-    if on_ready is not None:
-        on_ready()
-    await stop.wait()
-    readiness.ready, readiness.reasons = False, ["draining"]
-    log.info("draining", grace_s=config.server.shutdown_grace, drain_delay_s=config.server.drain_delay)
-    await asyncio.sleep(config.server.drain_delay)
-    await runner.cleanup()  # closes the listener, then waits up to shutdown_grace for in-flight requests
-    log.info("stopped", pid=os.getpid())
+        runner = ProxyRunner(build_app(config), config)
+        await runner.setup()
+        await web.SockSite(runner, sock, ssl_context=ssl_context(config), backlog=_BACKLOG).start()
+        readiness.ready, readiness.reasons = True, []
+        log.info("proxy_listening", listen=config.server.listen, public_url=config.public_url,
+                 routes=len(config.routes), pid=os.getpid())
+        if on_ready is not None:
+            on_ready()
+        await stop.wait()
+        readiness.ready, readiness.reasons = False, ["draining"]
+        log.info("draining", grace_s=config.server.shutdown_grace, drain_delay_s=config.server.drain_delay)
+        await asyncio.sleep(config.server.drain_delay)
+        await runner.cleanup()  # closes the listener, then waits up to shutdown_grace for in-flight requests
+        log.info("stopped", pid=os.getpid())
 
 
 async def serve(config: Config) -> int:

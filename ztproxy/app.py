@@ -1,8 +1,9 @@
 """The app factory: typed shared state, long-lived resources, and THE request pipeline.
 
-A request travels the stages top to bottom, then the handler; this is the whole data
-path (the driver in ``pipeline.py`` adds the request id, error pages and 499 logging;
-the access event is written by ``telemetry.AccessLogger`` once the response is out):
+A request travels ``STAGES`` top to bottom, then ``handle``: that is the whole data path.
+The driver in ``pipeline.py`` gives each request its id, turns errors into pages and logs
+clients that left (499); ``telemetry.AccessLogger`` writes the access event once the
+response is out.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -82,17 +83,23 @@ async def test_client_disconnect_cancels_upstream_request(start_upstream: Upstre
     await asyncio.wait_for(cancelled.wait(), 5)
 
 
-async def test_upstream_dying_mid_body_aborts_client_connection(start_upstream: UpstreamFactory,
-                                                                start_proxy: ProxyFactory) -> None:
-    async def truncated(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Length": "100000"})
+def truncating(*, declared: int, sent: int) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An upstream that announces ``declared`` body bytes, sends ``sent``, then drops the connection."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(declared)})
         await response.prepare(request)
-        await response.write(b"x" * 1000)
+        await response.write(b"x" * sent)
         assert request.transport is not None
         request.transport.abort()
         return response
 
-    upstream = await start_upstream(truncated)
+    return handler
+
+
+async def test_upstream_dying_mid_body_aborts_client_connection(start_upstream: UpstreamFactory,
+                                                                start_proxy: ProxyFactory) -> None:
+    upstream = await start_upstream(truncating(declared=100_000, sent=1000))
     proxy = await start_proxy(proxy_yaml(upstream.url))
     data, closed = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     head, _, body = data.partition(b"\r\n\r\n")
@@ -135,15 +142,7 @@ async def test_upstream_that_never_accepts_gives_504_within_connect_timeout(
 async def test_small_body_cut_short_by_the_upstream_gives_502(start_upstream: UpstreamFactory,
                                                               start_proxy: ProxyFactory,
                                                               client: aiohttp.ClientSession) -> None:
-    async def truncated(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Length": "1000"})
-        await response.prepare(request)
-        await response.write(b"x" * 10)
-        assert request.transport is not None
-        request.transport.abort()
-        return response
-
-    upstream = await start_upstream(truncated)
+    upstream = await start_upstream(truncating(declared=1000, sent=10))
     proxy = await start_proxy(proxy_yaml(upstream.url))
     # Small bodies are read whole before anything is sent: a broken one is still a clean 502.
     async with client.get(f"{proxy.url}/", headers={"Accept": "application/json"}) as response:

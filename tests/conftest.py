@@ -30,6 +30,9 @@ from ztproxy.server import ProxyRunner, ssl_context
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Fixtures for real external components, one module each.
+pytest_plugins = ["tests.support.redis", "tests.support.idp", "tests.support.posture"]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -9,9 +9,15 @@
         ├── UriTooLong                uri-too-long         414
         ├── HeadersTooLarge           headers-too-large    431
         ├── RouteNotFound             no-route             404
+        ├── LoginFailed               login-failed         400
+        ├── AuthenticationRequired    authentication-required 401
+        │   └── StepUpRequired        insufficient-user-authentication 401
         ├── AccessDenied              access-denied        403
         ├── ExpectationFailed         expectation-failed   417
         ├── InternalError             internal-error       500
+        ├── ServiceUnavailable                             503
+        │   ├── SessionStoreUnavailable  session-store-unavailable 503
+        │   └── IdentityProviderUnavailable idp-unavailable  503
         └── UpstreamError                                  502
             ├── UpstreamUnavailable   upstream-unavailable 502
             └── UpstreamTimeout       upstream-timeout     504
@@ -72,11 +78,15 @@ class RequestError(ZtproxyError):
     status: int = 500
     title: str = "Error"
     hint: str = ""
+    headers: tuple[tuple[str, str], ...] = ()  # added to the response (WWW-Authenticate, Retry-After)
 
-    def __init__(self, detail: str = "", *, hint: str | None = None) -> None:
+    def __init__(self, detail: str = "", *, hint: str | None = None,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.detail = detail
         if hint is not None:
             self.hint = hint
+        if headers:
+            self.headers = headers
         super().__init__(detail or self.title)
 
 
@@ -122,6 +132,32 @@ class RouteNotFound(RequestError):
     hint = "No application is published at this address. Check the link or ask your administrator."
 
 
+class LoginFailed(RequestError):
+    """A sign-in could not be completed: unknown or replayed state, an IdP error, a bad token."""
+
+    code = "login-failed"
+    status = 400
+    title = "Sign-in failed"
+    hint = "Go back to the application's address to sign in again."
+
+
+class AuthenticationRequired(RequestError):
+    """An API client without a session (browsers are redirected to sign in instead)."""
+
+    code = "authentication-required"
+    status = 401
+    title = "Sign-in required"
+    hint = "Sign in through your browser, or send valid credentials."
+
+
+class StepUpRequired(AuthenticationRequired):
+    """RFC 9470: the session is valid but its authentication is too weak or too old."""
+
+    code = "insufficient-user-authentication"
+    title = "Stronger sign-in required"
+    hint = "Sign in again with the required factor, then retry."
+
+
 class AccessDenied(RequestError):
     code = "access-denied"
     status = 403
@@ -147,6 +183,28 @@ class InternalError(RequestError):
     status = 500
     title = "Internal error"
     hint = "Something went wrong inside the proxy. Try again; if it persists, contact your administrator."
+
+
+class ServiceUnavailable(RequestError):
+    code = "service-unavailable"
+    status = 503
+    title = "Service unavailable"
+    hint = "Try again in a moment. If it persists, contact your administrator."
+    headers = (("Retry-After", "5"),)
+
+
+class SessionStoreUnavailable(ServiceUnavailable):
+    """The session store cannot be reached: fail closed, never guess."""
+
+    code = "session-store-unavailable"
+    title = "Sign-in service unavailable"
+    hint = "Sessions cannot be checked right now, so access is paused. Try again in a moment."
+
+
+class IdentityProviderUnavailable(ServiceUnavailable):
+    code = "idp-unavailable"
+    title = "Sign-in unavailable"
+    hint = "The identity provider cannot be reached, so new sign-ins are not possible right now. Try again in a moment."
 
 
 class UpstreamError(RequestError):

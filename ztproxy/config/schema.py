@@ -15,7 +15,11 @@ from typing import Literal
 from pydantic import Field, field_validator
 from yarl import URL
 
+from ztproxy.config.assertion import AssertionConfig
+from ztproxy.config.devices import DevicesConfig
+from ztproxy.config.identity import IdentityProviderConfig
 from ztproxy.config.rules import RuleEntry
+from ztproxy.config.sessions import SessionsConfig
 from ztproxy.config.values import (
     ByteSize,
     Cidr,
@@ -46,6 +50,8 @@ _ROUTE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 class TlsConfig(Model):
     cert_file: str
     key_file: str
+    # Devices: with a CA, the listener asks for (does not require) a client certificate.
+    client_ca_file: str | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"
 
 
@@ -84,6 +90,10 @@ class RouteConfig(Model):
     upstream: HttpUrl
     allow: tuple[RuleEntry, ...] = ()
     deny: tuple[RuleEntry, ...] = ()  # a rule that holds here refuses the request, whatever allow says
+    shadow: tuple[RuleEntry, ...] | None = None  # evaluated and logged beside allow/deny, never enforced
+    identity_provider: str | None = None  # which provider signs users in here; default the first
+    audience: str | None = None  # of the identity assertion; default the route's origin
+    claim_headers: dict[str, str] = {}  # noqa: RUF012 -- header name -> identity claim, added upstream
     preserve_host: bool = False
     connect_timeout: Duration = DEFAULT_CONNECT_TIMEOUT
     read_timeout: Duration = DEFAULT_READ_TIMEOUT
@@ -131,6 +141,10 @@ class RouteConfig(Model):
 class Config(Model):
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
+    identity_providers: tuple[IdentityProviderConfig, ...] = ()
+    sessions: SessionsConfig = SessionsConfig()
+    devices: DevicesConfig = DevicesConfig()
+    assertion: AssertionConfig = AssertionConfig()
     # pydantic copies mutable defaults; ruff sees Model as a pydantic model only in its own file.
     policies: dict[str, tuple[RuleEntry, ...]] = {}  # noqa: RUF012
     routes: tuple[RouteConfig, ...] = Field(min_length=1)

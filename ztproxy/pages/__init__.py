@@ -53,6 +53,8 @@ def error_response(error: RequestError, *, request_id: str, accept: str = "", re
     if request_id != "-":
         response.headers["X-Request-Id"] = request_id
     response.headers["X-Content-Type-Options"] = "nosniff"
+    for name, value in error.headers:
+        response.headers[name] = value
     if close:
         response.force_close()
     return response

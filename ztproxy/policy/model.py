@@ -52,6 +52,7 @@ class Identity:
 
     subject: str
     email: str | None = None
+    name: str | None = None
     groups: frozenset[str] = frozenset()
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     acr: str | None = None

@@ -1,0 +1,1 @@
+"""Test fixtures: idp (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Test fixtures: posture (filled in by its owner)."""

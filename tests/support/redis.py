@@ -1,0 +1,1 @@
+"""Test fixtures: redis (filled in by its owner)."""

@@ -1,0 +1,72 @@
+"""Identity providers: the OpenID Providers users sign in with, and what counts as MFA.
+
+This module imports no aiohttp.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from ztproxy.config.values import Duration, HttpUrl, Model, Name
+
+DEFAULT_SCOPES = ("openid", "email", "profile")
+# RFC 8176 authentication method references that mean more than one factor was used.
+DEFAULT_MFA_AMR = ("mfa", "otp", "hwk", "swk", "sc", "fpt", "face", "iris", "retina", "vbm", "webauthn")
+DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+DEFAULT_HTTP_TIMEOUT = 10.0
+DEFAULT_METADATA_TTL = 3600.0
+DEFAULT_JWKS_REFETCH_COOLDOWN = 30.0
+# Asymmetric JWS algorithms only: HS* would let anyone who knows the client secret forge tokens
+# (and invites RS/HS confusion); "none" is never acceptable (OIDC Core 3.1.3.7).
+_ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                                 "ES256", "ES384", "ES512", "EdDSA"})
+_PROVIDER_NAME = r"[a-z0-9][a-z0-9_-]{0,31}"
+
+
+class MfaConfig(Model):
+    """How to ask the IdP for a second factor, and how to recognise one in a token."""
+
+    acr_values: tuple[Name, ...] = ()  # requested (as an essential acr claim) on step-up
+    accepted_acr: tuple[Name, ...] = ()  # acr values that mean MFA; default: acr_values
+    accepted_amr: tuple[Name, ...] = DEFAULT_MFA_AMR  # amr values that mean MFA
+
+    @property
+    def mfa_acr(self) -> frozenset[str]:
+        return frozenset(self.accepted_acr or self.acr_values)
+
+
+class IdentityProviderConfig(Model):
+    name: Annotated[str, Field(pattern=_PROVIDER_NAME)] = "default"
+    issuer: HttpUrl
+    client_id: Name
+    client_secret: str | None = None  # or client_secret_file; None: a public client (PKCE only)
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "none"] = "client_secret_basic"
+    scopes: tuple[Name, ...] = DEFAULT_SCOPES
+    groups_claim: str = "groups"
+    mfa: MfaConfig = MfaConfig()
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS  # accepted ID token signature algorithms
+    use_userinfo: bool = True  # fetch userinfo after login and at every refresh
+    http_timeout: Duration = DEFAULT_HTTP_TIMEOUT
+    metadata_ttl: Duration = DEFAULT_METADATA_TTL  # discovery document and JWKS cached this long
+    jwks_refetch_cooldown: Duration = DEFAULT_JWKS_REFETCH_COOLDOWN  # unknown kid: refetch at most this often
+    clock_skew: Duration = 60.0
+
+    @field_validator("scopes")
+    @classmethod
+    def _openid_scope(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "openid" not in value:
+            raise ValueError("scopes must include 'openid' (this is an OpenID Connect login)")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _check_algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [alg for alg in value if alg not in _ALLOWED_ALGORITHMS]
+        if bad:
+            raise ValueError(f"unsupported ID token algorithm(s) {', '.join(map(repr, bad))}: "
+                             f"use asymmetric ones such as {', '.join(DEFAULT_ALGORITHMS)}")
+        if not value:
+            raise ValueError("at least one algorithm is required")
+        return value

@@ -1,0 +1,1 @@
+"""OpenID Connect: provider metadata and keys, the login flow, token checks, logout."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ztproxy.authenticate import auth_ctx, authenticate
 from ztproxy.authorize import authorize
 from ztproxy.config.schema import Config
 from ztproxy.context import compile_routes
@@ -23,8 +24,9 @@ from ztproxy.websocket import is_websocket_upgrade, proxy_websocket
 
 STAGES: tuple[Stage, ...] = (
     intake,            # header budget, canonical path, host, client ip, route -> RequestContext
-    proxy_endpoints,   # /.ztproxy/* answered by the proxy, never forwarded
-    authorize,         # policy.evaluate -> allow, or the 403 page
+    proxy_endpoints,   # /.ztproxy/* answered by the proxy (callback, logout...), never forwarded
+    authenticate,      # session cookie -> live session, re-verified at the IdP when due
+    authorize,         # policy.evaluate -> allow, sign-in / step-up redirect, 401, or the 403 page
 )
 
 
@@ -51,6 +53,7 @@ def build_app(config: Config) -> web.Application:
         max_request_body=limits.max_request_body,
     )
     app.cleanup_ctx.append(client_session_ctx)
+    app.cleanup_ctx.append(auth_ctx)
     # Every method and path (newlines included) goes to the pipeline; intake judges the path.
     app.router.add_route("*", r"/{path:[\s\S]*}", build_pipeline(STAGES, handle), expect_handler=_defer_expect)
     return app

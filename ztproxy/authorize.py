@@ -1,4 +1,10 @@
-"""Authorization stage: gather the facts, ask the pure policy engine, enforce its decision."""
+"""Authorization stage: gather the facts, ask the pure policy engine, enforce its decision.
+
+Enforcing means: let the request through; or send a browser to sign in (nobody signed in,
+and only a signed-in user could pass) or to sign in again more strongly (step-up); or
+answer an API client 401 with the RFC 6750/9470 challenge; or show the 403 page that
+says, in plain words, what failed.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,10 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from ztproxy.errors import AccessDenied
-from ztproxy.policy import Decision, RequestFacts, evaluate
+from ztproxy.authenticate import AUTH, SIGNED_IN, Auth
+from ztproxy.errors import AccessDenied, AuthenticationRequired, StepUpRequired
+from ztproxy.pages import wants_json
+from ztproxy.policy import Decision, Outcome, RequestFacts, StepUp, evaluate
 from ztproxy.policy import reasons as why
 from ztproxy.state import CONTEXT, DECISION
 
@@ -40,22 +48,64 @@ REASON_SENTENCES = {
 _FALLBACK = "You are not allowed to use this application."
 
 
-def authorize(request: web.Request) -> None:
+async def authorize(request: web.Request) -> web.StreamResponse | None:
     ctx = request[CONTEXT]
     policy = ctx.route.policy
+    signed_in = request.get(SIGNED_IN)
+    identity = signed_in.session.identity if signed_in is not None else None
     # Routes whose decision is known at config load (public) skip building facts at all.
     decision = policy.constant or evaluate(policy, RequestFacts(
         method=request.method,
         path=ctx.target.path,
         client_ip=ctx.client_ip,
         now=datetime.now(UTC),
-        identity=None,  # no login yet
+        identity=identity,
         device=None,  # no posture providers yet
     ))
     request[DECISION] = decision
-    # STEP_UP cannot happen without an identity; until login exists it is a denial.
-    if not decision.allowed:
-        raise AccessDenied(explain(decision), reasons=decision.reasons)
+    if decision.allowed:
+        return None
+    auth = request.app[AUTH]
+    if auth is not None:
+        if decision.outcome is Outcome.STEP_UP and decision.step_up is not None:
+            return await _sign_in(request, auth, decision.step_up)
+        if identity is None and why.AUTHENTICATION_REQUIRED in decision.reasons:
+            return await _sign_in(request, auth, None)
+    raise AccessDenied(explain(decision), reasons=decision.reasons)
+
+
+def _is_browser_navigation(request: web.Request) -> bool:
+    # A redirect only helps a browser loading a page; an API call or a form post would lose
+    # its body or its caller on the way through the IdP.
+    headers = request.headers
+    return request.method in ("GET", "HEAD") and not wants_json(headers.get("Accept", ""),
+                                                                  headers.get("X-Requested-With", ""))
+
+
+async def _sign_in(request: web.Request, auth: Auth, step_up: StepUp | None) -> web.StreamResponse:
+    ctx = request[CONTEXT]
+    provider = auth.provider_for(ctx.route.config.identity_provider)
+    if _is_browser_navigation(request):
+        query = f"?{ctx.target.query}" if ctx.target.query else ""
+        return_to = auth.return_urls.for_request(ctx.host, ctx.target.path + query)
+        return await auth.login.begin(request, provider, return_to=return_to, step_up=step_up)
+    if step_up is None:
+        raise AuthenticationRequired("This application requires you to sign in.",
+                                     headers=(("WWW-Authenticate", 'Bearer realm="ztproxy"'),))
+    # RFC 9470 3: what the new authentication must satisfy.
+    params = ['error="insufficient_user_authentication"']
+    sentences = []
+    if step_up.mfa:
+        sentences.append("a second factor")
+        acr_values = provider.config.mfa.acr_values
+        if acr_values:
+            params.append(f'acr_values="{" ".join(acr_values)}"')
+    if step_up.max_age is not None:
+        sentences.append("a recent sign-in")
+        params.append(f"max_age={int(step_up.max_age)}")
+    description = f"This application requires {' and '.join(sentences)}."
+    params.insert(1, f'error_description="{description}"')
+    raise StepUpRequired(description, headers=(("WWW-Authenticate", "Bearer " + ", ".join(params)),))
 
 
 def explain(decision: Decision) -> str:

@@ -1,27 +1,50 @@
 """The proxy's own paths on every route host: ``/.ztproxy/*`` and ``/.well-known/ztproxy/*``.
 
 They are answered by the proxy and never forwarded upstream, so an app can't shadow
-them and a client can't reach an upstream through them. Login, logout, ``me`` and the
-JWKS plug in here; until then the namespace answers 404.
+them and a client can't reach an upstream through them. Unknown ones answer 404, and
+so do the sign-in ones when no identity provider is configured.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
+from ztproxy.authenticate import AUTH, Auth
 from ztproxy.errors import RouteNotFound
+from ztproxy.oidc.login import CALLBACK_PATH
+from ztproxy.oidc.logout import BACKCHANNEL_PATH, LOGOUT_PATH, SIGNED_OUT_PATH, signed_out_page
 from ztproxy.state import CONTEXT
 
 PROXY_PREFIXES = ("/.ztproxy/", "/.well-known/ztproxy/")
 _EXACT = frozenset({"/.ztproxy", "/.well-known/ztproxy"})
+
+Endpoint = Callable[[web.Request, Auth], Awaitable[web.StreamResponse]]
+
+
+async def _signed_out(request: web.Request, auth: Auth) -> web.StreamResponse:
+    return signed_out_page()
+
+
+_SIGN_IN_ENDPOINTS: dict[str, Endpoint] = {
+    CALLBACK_PATH: lambda request, auth: auth.login.callback(request),
+    LOGOUT_PATH: lambda request, auth: auth.logout.handle(request),
+    SIGNED_OUT_PATH: _signed_out,
+    BACKCHANNEL_PATH: lambda request, auth: auth.logout.backchannel(request),
+}
 
 
 def is_proxy_path(path: str) -> bool:
     return path.startswith(PROXY_PREFIXES) or path in _EXACT
 
 
-def proxy_endpoints(request: web.Request) -> web.StreamResponse | None:
+async def proxy_endpoints(request: web.Request) -> web.StreamResponse | None:
     path = request[CONTEXT].target.path
-    if is_proxy_path(path):
+    if not is_proxy_path(path):
+        return None
+    endpoint = _SIGN_IN_ENDPOINTS.get(path)
+    auth = request.app[AUTH]
+    if endpoint is None or auth is None:
         raise RouteNotFound("There is no such ztproxy endpoint.")
-    return None
+    return await endpoint(request, auth)

@@ -333,5 +333,16 @@ class RouteTable(Generic[T]):
             return self._any_host.lookup(path)
         return None
 
+    def names_host(self, host: str) -> bool:
+        """Whether a route names this host (exactly or by wildcard); routes for any host don't count."""
+        if host in self._exact:
+            return True
+        dot = host.find(".")
+        while dot >= 0:
+            if host[dot + 1 :] in self._wildcard:
+                return True
+            dot = host.find(".", dot + 1)
+        return False
+
     def __len__(self) -> int:
         return self._size

@@ -19,7 +19,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from ztproxy.authenticate import AUTH
 from ztproxy.context import CompiledRoute, RequestContext
+from ztproxy.cookies import strip_own_cookies
 from ztproxy.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from ztproxy.headers import downstream_response_headers, upstream_request_headers
 from ztproxy.state import CONFIG, CONTEXT, INTAKE
@@ -79,7 +81,7 @@ def upstream_url(route: CompiledRoute, ctx: RequestContext, *, websocket: bool =
 
 
 def forward_headers(request: web.Request, ctx: RequestContext) -> CIMultiDict[str]:
-    return upstream_request_headers(
+    headers = upstream_request_headers(
         request.headers,
         forwarded=ctx.forwarded,
         proto=ctx.scheme,
@@ -87,6 +89,15 @@ def forward_headers(request: web.Request, ctx: RequestContext) -> CIMultiDict[st
         request_id=ctx.request_id,
         upstream_host=None if ctx.route.config.preserve_host else ctx.route.upstream_authority,
     )
+    auth = request.app[AUTH]
+    if auth is not None and "Cookie" in headers:
+        # The session cookie opens the session: the upstream app must never see it.
+        kept = [rest for value in headers.getall("Cookie")
+                if (rest := strip_own_cookies(value, auth.cookies.names)) is not None]
+        headers.popall("Cookie")
+        for value in kept:
+            headers.add("Cookie", value)
+    return headers
 
 
 class _BodyLimit:

@@ -1,0 +1,77 @@
+"""From what the IdP says (ID token, userinfo) to the session's picture of the user.
+
+Used at sign-in and at every identity refresh, so both read claims the same way.
+No aiohttp, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ztproxy.config.identity import IdentityProviderConfig
+from ztproxy.oidc.provider import TokenResponse
+from ztproxy.oidc.tokens import IdTokenClaims, is_mfa
+from ztproxy.sessions.model import Session
+
+# Claims about the token rather than the user: not offered to `claims` rules.
+_TOKEN_CLAIMS = frozenset({"iss", "aud", "exp", "iat", "nbf", "jti", "nonce", "at_hash", "c_hash", "s_hash",
+                           "auth_time", "azp", "sid", "acr", "amr", "sub", "updated_at"})
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _groups(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return ()
+    return tuple(sorted({group for group in value if isinstance(group, str) and group}))
+
+
+def user_claims(id_token: Mapping[str, Any], userinfo: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's claims, userinfo over ID token, without the token bookkeeping ones."""
+    merged = {**id_token, **userinfo}
+    return {name: value for name, value in merged.items()
+            if name not in _TOKEN_CLAIMS and isinstance(value, (str, int, float, bool, list, type(None)))}
+
+
+def session_from_login(config: IdentityProviderConfig, claims: IdTokenClaims, userinfo: Mapping[str, Any],
+                       tokens: TokenResponse, now: float) -> Session:
+    merged = user_claims(claims.raw, userinfo)
+    return Session(
+        provider=config.name,
+        subject=claims.sub,
+        email=_text(merged.get("email")),
+        name=_text(merged.get("name")),
+        groups=_groups(merged.get(config.groups_claim)),
+        claims={k: v for k, v in merged.items() if k not in ("email", "name", config.groups_claim)},
+        acr=claims.acr,
+        amr=claims.amr,
+        mfa=is_mfa(claims.acr, claims.amr, config.mfa),
+        auth_time=claims.auth_time if claims.auth_time is not None else now,
+        created=now,
+        last_seen=now,
+        refreshed=now,
+        refresh_token=tokens.refresh_token,
+        id_token=tokens.id_token,
+        idp_session=claims.sid,
+    )
+
+
+def session_refreshed(config: IdentityProviderConfig, session: Session, userinfo: Mapping[str, Any],
+                      tokens: TokenResponse, now: float) -> Session:
+    """The session with the user's current groups and claims; authentication facts unchanged."""
+    merged = user_claims({}, userinfo)
+    return session.replace(
+        email=_text(merged.get("email")) or session.email,
+        name=_text(merged.get("name")) or session.name,
+        groups=_groups(merged.get(config.groups_claim)) if config.groups_claim in merged else session.groups,
+        claims={**session.claims, **{k: v for k, v in merged.items()
+                                     if k not in ("email", "name", config.groups_claim)}},
+        refreshed=now,
+        refresh_token=tokens.refresh_token or session.refresh_token,
+        id_token=tokens.id_token or session.id_token,
+    )

@@ -1,0 +1,226 @@
+"""The browser's way in: send it to the IdP (code flow + PKCE), take it back at the callback.
+
+The login in progress lives in a cookie sealed with the server's cookie secrets (no store
+write for anonymous visitors): at most ``MAX_PENDING`` logins per browser, each expiring
+after ``login_timeout``. ``state`` binds the callback to the browser that started it and is
+single-use (a store marker refuses a replay even with a copied cookie); ``nonce`` binds the
+ID token to it; the PKCE verifier binds the code to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
+from authlib.oauth2.rfc7636 import create_s256_code_challenge as _untyped_s256
+
+from ztproxy.cookies import CookieSettings, read_ticket
+from ztproxy.errors import AccessDenied, LoginFailed
+from ztproxy.oidc.identity import session_from_login
+from ztproxy.oidc.provider import Provider, TokenRefused
+from ztproxy.oidc.redirects import ReturnUrls
+from ztproxy.oidc.tokens import TokenInvalid
+from ztproxy.pages import page_for
+from ztproxy.policy.model import StepUp
+from ztproxy.sessions.manager import SessionManager
+from ztproxy.sessions.sealing import CookieSealer
+
+_log = structlog.get_logger("ztproxy.login")
+
+MAX_PENDING = 5  # logins in progress per browser (several tabs); the oldest is dropped
+CALLBACK_PATH = "/.ztproxy/callback"
+_LOGIN_COOKIE_PATH = "/.ztproxy/"
+_PURPOSE = "login"
+s256_challenge: Callable[[str], str] = _untyped_s256  # RFC 7636 4.2, from authlib (untyped there)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingLogin:
+    state: str
+    nonce: str
+    verifier: str
+    return_to: str
+    provider: str
+    started: float
+    max_age: float | None  # sent to the IdP: auth_time must then be this recent
+    mfa: bool  # a second factor was asked for
+
+
+class LoginFlow:
+    def __init__(self, *, providers: Mapping[str, Provider], sessions: SessionManager, sealer: CookieSealer,
+                 cookies: CookieSettings, return_urls: ReturnUrls, public_url: str, login_timeout: float,
+                 lifetime: float) -> None:
+        self.providers = providers
+        self.sessions = sessions
+        self.sealer = sealer
+        self.cookies = cookies
+        self.return_urls = return_urls
+        # RFC 9700 2.1 / OIDC Core 3.1.2.1: one exact redirect URI, registered at the IdP.
+        self.redirect_uri = f"{public_url}{CALLBACK_PATH}"
+        self.login_timeout = login_timeout
+        self.lifetime = lifetime
+
+    # --- the way out ----------------------------------------------------------------------
+
+    async def begin(self, request: web.Request, provider: Provider, *, return_to: str,
+                    step_up: StepUp | None = None) -> web.Response:
+        """Redirect the browser to the IdP; ``step_up`` asks for MFA and/or a fresh login."""
+        # A login sent to an IdP that is down strands the user on a browser error: check first.
+        metadata = await provider.metadata(fresh=True)
+        now = time.time()
+        pending = PendingLogin(
+            state=secrets.token_urlsafe(32),
+            nonce=secrets.token_urlsafe(32),
+            verifier=secrets.token_urlsafe(64),  # RFC 7636 4.1: 43-128 unreserved characters
+            return_to=self.return_urls.checked(return_to),
+            provider=provider.name,
+            started=now,
+            max_age=step_up.max_age if step_up else None,
+            mfa=bool(step_up and step_up.mfa),
+        )
+        params: dict[str, Any] = {
+            "nonce": pending.nonce,
+            "code_challenge": s256_challenge(pending.verifier),
+            "code_challenge_method": "S256",
+        }
+        acr_values = provider.config.mfa.acr_values
+        if pending.mfa and acr_values:
+            params["acr_values"] = " ".join(acr_values)
+            if metadata.get("claims_parameter_supported"):
+                # OIDC Core 5.5.1.1: an essential acr claim, which the IdP must satisfy or refuse.
+                params["claims"] = orjson.dumps(
+                    {"id_token": {"acr": {"essential": True, "values": list(acr_values)}}}).decode()
+        if pending.max_age is not None:
+            params["max_age"] = str(int(pending.max_age))
+            params["prompt"] = "login"
+        location = prepare_grant_uri(str(metadata["authorization_endpoint"]), provider.config.client_id, "code",
+                                     redirect_uri=self.redirect_uri, scope=" ".join(provider.config.scopes),
+                                     state=pending.state, **params)
+        logins = [login for login in self._pending(request, now) if login.state != pending.state]
+        logins = [*logins[-(MAX_PENDING - 1):], pending]
+        response = web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})
+        self._save_pending(response, logins, now)
+        _log.info("login_started", provider=provider.name, step_up_mfa=pending.mfa, max_age=pending.max_age)
+        return response
+
+    # --- the way back ---------------------------------------------------------------------
+
+    async def callback(self, request: web.Request) -> web.Response:
+        now = time.time()
+        query = request.query
+        state = query.get("state", "")
+        logins = self._pending(request, now)
+        pending = next((login for login in logins if hmac.compare_digest(login.state, state)), None) \
+            if state else None
+        if pending is None:
+            raise LoginFailed("This sign-in was not started in this browser, has expired, or was already "
+                              "completed.")
+        remaining = [login for login in logins if login is not pending]
+        provider = self.providers.get(pending.provider)
+        if provider is None:
+            raise LoginFailed("This sign-in was started with an identity provider that is no longer configured.")
+        # On failure the state is spent all the same (the store marker); the cookie keeps it
+        # until it expires, harmlessly.
+        response = await self._complete(request, provider, pending, now)
+        self._save_pending(response, remaining, now)
+        return response
+
+    async def _complete(self, request: web.Request, provider: Provider, pending: PendingLogin,
+                        now: float) -> web.Response:
+        query = request.query
+        metadata = await provider.metadata()
+        issuer = query.get("iss")
+        # RFC 9207 2.4: the iss response parameter must match; required once the IdP advertises it.
+        if issuer is not None and issuer != provider.config.issuer:
+            _log.warning("login_refused", reason="iss-mismatch", provider=provider.name)
+            raise LoginFailed("The sign-in response came from an unexpected identity provider.")
+        if issuer is None and metadata.get("authorization_response_iss_parameter_supported"):
+            _log.warning("login_refused", reason="iss-missing", provider=provider.name)
+            raise LoginFailed("The sign-in response did not say which identity provider sent it.")
+        # Single use, even for a replay that carries a copy of the login cookie.
+        marker = "once:state:" + hashlib.sha256(pending.state.encode()).hexdigest()
+        if not await self.sessions.store.put(marker, b"", self.login_timeout, only_new=True):
+            _log.warning("login_refused", reason="state-replayed", provider=provider.name)
+            raise LoginFailed("This sign-in was already completed.")
+        if "error" in query:
+            error = query.get("error", "")[:64]
+            _log.info("login_refused", reason="idp-error", provider=provider.name, error=error,
+                      description=query.get("error_description", "")[:200])
+            if error in ("access_denied", "login_required", "interaction_required", "consent_required"):
+                raise LoginFailed("The identity provider did not complete the sign-in (it was cancelled or "
+                                  "refused).")
+            if error == "unmet_authentication_requirements":
+                raise LoginFailed("The identity provider could not verify you with the required second factor.")
+            raise LoginFailed("The identity provider reported an error during sign-in.")
+        code = query.get("code")
+        if not code:
+            raise LoginFailed("The sign-in response carried no authorization code.")
+        try:
+            tokens = await provider.exchange_code(code, verifier=pending.verifier, redirect_uri=self.redirect_uri)
+        except TokenRefused as exc:
+            _log.warning("login_refused", reason="code-refused", provider=provider.name, error=str(exc))
+            raise LoginFailed("The identity provider refused to complete this sign-in (the link may have "
+                              "been used already).") from exc
+        if tokens.id_token is None:
+            _log.warning("login_refused", reason="no-id-token", provider=provider.name)
+            raise LoginFailed("The identity provider's answer carried no ID token.")
+        try:
+            claims = await provider.validate_id_token(tokens.id_token, nonce=pending.nonce, max_age=pending.max_age,
+                                                      access_token=tokens.access_token)
+        except TokenInvalid as exc:
+            _log.warning("login_refused", reason=f"id-token-{exc.reason}", provider=provider.name, error=str(exc))
+            raise LoginFailed("The identity provider's answer could not be verified.") from exc
+        userinfo: dict[str, Any] = {}
+        if provider.config.use_userinfo and tokens.access_token:
+            userinfo = await provider.userinfo(tokens.access_token)
+            # OIDC Core 5.3.2: the userinfo sub must be the ID token's, or it is someone else's.
+            if userinfo and userinfo.get("sub") != claims.sub:
+                _log.warning("login_refused", reason="userinfo-sub-mismatch", provider=provider.name)
+                raise LoginFailed("The identity provider's answers disagree about who you are.")
+        session = session_from_login(provider.config, claims, userinfo, tokens, now)
+        ticket = await self.sessions.start(session, now, replacing=read_ticket(request, self.cookies))
+        _log.info("login_completed", provider=provider.name, subject=session.subject, mfa=session.mfa,
+                  acr=session.acr, session=ticket.public_id)
+        if pending.mfa and not session.mfa:
+            # Redirecting back would only ask again, forever: say what happened instead.
+            response = page_for(request, AccessDenied(
+                "You signed in, but without a second factor, which this application requires.",
+                reasons=("mfa-required",),
+                hint="Sign in again and use your second factor; if you have none, ask your administrator."))
+        else:
+            response = web.Response(status=303, headers={
+                "Location": self.return_urls.checked(pending.return_to), "Cache-Control": "no-store"})
+        self.cookies.set(response, self.cookies.session_name, ticket.cookie_value(), max_age=self.lifetime)
+        return response
+
+    # --- the login cookie -----------------------------------------------------------------
+
+    def _pending(self, request: web.Request, now: float) -> list[PendingLogin]:
+        token = request.cookies.get(self.cookies.login_name)
+        if not token:
+            return []
+        plain = self.sealer.unseal(token, purpose=_PURPOSE, now=now, max_age=self.login_timeout)
+        if plain is None:
+            return []
+        try:
+            entries = [PendingLogin(**entry) for entry in orjson.loads(plain)]
+        except (orjson.JSONDecodeError, TypeError):
+            return []
+        return [entry for entry in entries if now - entry.started < self.login_timeout]
+
+    def _save_pending(self, response: web.StreamResponse, logins: list[PendingLogin], now: float) -> None:
+        if not logins:
+            self.cookies.clear(response, self.cookies.login_name, path=_LOGIN_COOKIE_PATH)
+            return
+        sealed = self.sealer.seal(orjson.dumps([asdict(login) for login in logins]), purpose=_PURPOSE, now=now)
+        self.cookies.set(response, self.cookies.login_name, sealed, max_age=self.login_timeout,
+                         path=_LOGIN_COOKIE_PATH)

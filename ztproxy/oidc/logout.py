@@ -1,0 +1,159 @@
+"""Ending sessions: the user's sign-out, and the IdP's back-channel logout.
+
+``/.ztproxy/logout``: GET shows a confirmation page, POST (with a token only the page
+knows) ends the session here, clears the cookie, then passes through the IdP's
+end_session endpoint so the IdP session ends too. A cross-site page can neither read the
+token nor, with SameSite=Lax, post with the cookie.
+
+``/.ztproxy/backchannel-logout``: the IdP posts a logout token (OIDC Back-Channel Logout
+1.0); once it is verified and its jti has not been seen before, the sessions of that IdP
+session (``sid``) or else of that user (``sub``) end.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+
+import orjson
+import structlog
+from aiohttp import web
+from authlib.common.urls import add_params_to_uri
+
+from ztproxy.cookies import CookieSettings, read_ticket
+from ztproxy.errors import IdentityProviderUnavailable
+from ztproxy.oidc.provider import Provider
+from ztproxy.oidc.tokens import TokenInvalid
+from ztproxy.pages import info
+from ztproxy.sessions.manager import SessionManager
+from ztproxy.sessions.sealing import Ticket
+
+_log = structlog.get_logger("ztproxy.logout")
+
+LOGOUT_PATH = "/.ztproxy/logout"
+SIGNED_OUT_PATH = "/.ztproxy/signed-out"
+BACKCHANNEL_PATH = "/.ztproxy/backchannel-logout"
+_MAX_LOGOUT_TOKEN = 16 * 1024
+_JTI_MEMORY = 24 * 3600.0  # longer than any logout token is accepted (its iat bound)
+
+
+def _csrf_token(ticket: Ticket) -> str:
+    # Derived from the secret session id: only a page served to this browser can know it.
+    return hashlib.sha256(b"ztproxy-logout\0" + ticket.session_id).hexdigest()
+
+
+class Logout:
+    def __init__(self, *, providers: Mapping[str, Provider], sessions: SessionManager, cookies: CookieSettings,
+                 public_url: str) -> None:
+        self.providers = providers
+        self.sessions = sessions
+        self.cookies = cookies
+        self.public_url = public_url
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ticket = read_ticket(request, self.cookies)
+        if request.method == "POST":
+            return await self._sign_out(request, ticket)
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, headers={"Allow": "GET, HEAD, POST"})
+        if ticket is None or await self.sessions.load(ticket, time.time()) is None:
+            return signed_out_page()
+        return info.render("Sign out?", info.paragraph("You will be signed out of every application behind this "
+                                                       "proxy, and of your identity provider.")
+                           + info.post_button(LOGOUT_PATH, "Sign out", {"csrf": _csrf_token(ticket)}),
+                           kicker="Sign out")
+
+    async def _sign_out(self, request: web.Request, ticket: Ticket | None) -> web.StreamResponse:
+        form = await request.post()
+        token = form.get("csrf")
+        if ticket is None:
+            return self._clear(web.HTTPSeeOther(SIGNED_OUT_PATH))
+        if not isinstance(token, str) or not hmac.compare_digest(token, _csrf_token(ticket)):
+            _log.warning("logout_refused", reason="csrf")
+            return info.render("Sign out?", info.paragraph("That sign-out request did not come from this "
+                                                           "site's sign-out page. Confirm to sign out.")
+                               + info.post_button(LOGOUT_PATH, "Sign out", {"csrf": _csrf_token(ticket)}),
+                               kicker="Sign out", status=403)
+        session = await self.sessions.load(ticket, time.time(), fresh=True)
+        await self.sessions.end(ticket)
+        location = f"{self.public_url}{SIGNED_OUT_PATH}"
+        if session is not None:
+            _log.info("session_ended", reason="logout", subject=session.subject, session=ticket.public_id)
+            provider = self.providers.get(session.provider)
+            if provider is not None:
+                location = await self._end_session_url(provider, session.id_token) or location
+        return self._clear(web.HTTPSeeOther(location))
+
+    async def _end_session_url(self, provider: Provider, id_token: str | None) -> str | None:
+        try:
+            metadata = await provider.metadata()
+        except IdentityProviderUnavailable:
+            return None  # signed out here at least; the page says so
+        endpoint = metadata.get("end_session_endpoint")
+        if not endpoint:
+            return None
+        # OIDC RP-Initiated Logout 1.0 section 2.
+        params = [("client_id", provider.config.client_id),
+                  ("post_logout_redirect_uri", f"{self.public_url}{SIGNED_OUT_PATH}")]
+        if id_token:
+            params.append(("id_token_hint", id_token))
+        return str(add_params_to_uri(str(endpoint), params))
+
+    def _clear(self, response: web.StreamResponse) -> web.StreamResponse:
+        self.cookies.clear(response, self.cookies.session_name)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def backchannel(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.Response(status=405, headers={"Allow": "POST"})
+        form = await request.post()
+        token = form.get("logout_token")
+        if not isinstance(token, str) or not token or len(token) > _MAX_LOGOUT_TOKEN:
+            return _backchannel_error("a logout_token form field is required")
+        provider = self._provider_for(token)
+        if provider is None:
+            return _backchannel_error("the logout token's issuer is not a configured identity provider")
+        try:
+            claims = await provider.validate_logout_token(token)
+        except TokenInvalid as exc:
+            _log.warning("backchannel_logout_refused", provider=provider.name, reason=exc.reason, error=str(exc))
+            return _backchannel_error("the logout token is invalid")
+        # Back-Channel Logout 1.0 2.6: a jti seen before is a replay.
+        marker = "once:jti:" + hashlib.sha256(f"{provider.name}\0{claims.jti}".encode()).hexdigest()
+        if not await self.sessions.store.put(marker, b"", _JTI_MEMORY, only_new=True):
+            _log.warning("backchannel_logout_refused", provider=provider.name, reason="jti-replayed")
+            return _backchannel_error("the logout token was already used")
+        ended = await self.sessions.end_matching(provider.name, subject=claims.sub, idp_session=claims.sid)
+        _log.info("backchannel_logout", provider=provider.name, subject=claims.sub, sessions_ended=ended)
+        return web.Response(status=200, headers={"Cache-Control": "no-store"})
+
+    def _provider_for(self, token: str) -> Provider | None:
+        issuer = _unverified_issuer(token)
+        return next((p for p in self.providers.values() if p.config.issuer == issuer), None)
+
+
+def _unverified_issuer(token: str) -> str | None:
+    """The ``iss`` a token claims, read only to pick whose keys verify it; trusted for nothing else."""
+    try:
+        payload = token.split(".")[1]
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, orjson.JSONDecodeError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None
+
+
+def _backchannel_error(description: str) -> web.Response:
+    # Back-Channel Logout 1.0 2.8: 400 with an OAuth error body.
+    return web.json_response({"error": "invalid_request", "error_description": description}, status=400,
+                             headers={"Cache-Control": "no-store"})
+
+
+def signed_out_page() -> web.Response:
+    return info.render("You are signed out", info.paragraph("Your session has ended. Close this window, or open "
+                                                            "an application again to sign in."),
+                       kicker="Signed out")

@@ -1,0 +1,243 @@
+"""One OpenID Provider as ztproxy talks to it: discovery, keys, token and userinfo endpoints.
+
+Discovery and the JWKS are cached for ``metadata_ttl``; a token signed with a key the
+cached set lacks refetches the JWKS at most once per ``jwks_refetch_cooldown`` (a rotation
+at the IdP is picked up at once, a flood of forged kids costs the IdP nothing). Every
+failure to reach the IdP, or an answer that makes no sense, becomes
+``IdentityProviderUnavailable`` here; a refresh the IdP refuses becomes ``RefreshRejected``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from authlib.oidc.discovery import OpenIDProviderMetadata
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from ztproxy.config.identity import IdentityProviderConfig
+from ztproxy.errors import IdentityProviderUnavailable
+from ztproxy.oidc.tokens import (
+    IdTokenClaims,
+    LogoutTokenClaims,
+    UnknownSigningKey,
+    validate_id_token,
+    validate_logout_token,
+)
+
+_log = structlog.get_logger("ztproxy.oidc")
+
+# How recently the IdP must have answered before a new login is sent to it: a login to an
+# IdP that is down would strand the user on a browser error instead of our 503 page.
+LIVENESS_WINDOW = 5.0
+_MAX_DOCUMENT = 1024 * 1024
+
+
+class RefreshRejected(Exception):
+    """The IdP refused the refresh token (invalid_grant...): the session must end."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResponse:
+    id_token: str | None
+    access_token: str | None
+    refresh_token: str | None
+
+
+class Provider:
+    def __init__(self, config: IdentityProviderConfig, http: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.name = config.name
+        self._http = http
+        self._timeout = aiohttp.ClientTimeout(total=config.http_timeout)
+        self._metadata: OpenIDProviderMetadata | None = None
+        self._metadata_at = float("-inf")
+        self._keys: KeySet | None = None
+        self._keys_at = float("-inf")
+        self._last_answer = float("-inf")
+        self._lock = asyncio.Lock()
+
+    # --- discovery and keys ---------------------------------------------------------------
+
+    async def metadata(self, *, fresh: bool = False) -> OpenIDProviderMetadata:
+        """The discovery document; ``fresh`` insists the IdP answered within LIVENESS_WINDOW."""
+        if not self._metadata_due(fresh):
+            assert self._metadata is not None
+            return self._metadata
+        async with self._lock:
+            if self._metadata_due(fresh):  # another task may have fetched it meanwhile
+                await self._fetch_metadata_locked()
+        assert self._metadata is not None
+        return self._metadata
+
+    def _metadata_due(self, fresh: bool) -> bool:
+        now = time.monotonic()
+        return (self._metadata is None or now - self._metadata_at > self.config.metadata_ttl
+                or (fresh and now - self._last_answer > LIVENESS_WINDOW))
+
+    def _check_metadata(self, document: Mapping[str, Any]) -> OpenIDProviderMetadata:
+        metadata = OpenIDProviderMetadata(document)
+        try:
+            metadata.validate()
+        except ValueError as exc:
+            _log.error("idp_metadata_invalid", provider=self.name, error=str(exc))
+            raise IdentityProviderUnavailable() from exc
+        # OIDC Discovery 4.3: the issuer in the document must be exactly the one we asked.
+        if metadata["issuer"] != self.config.issuer:
+            _log.error("idp_issuer_mismatch", provider=self.name, configured=self.config.issuer,
+                       advertised=str(metadata["issuer"])[:200])
+            raise IdentityProviderUnavailable()
+        methods = metadata.get("code_challenge_methods_supported")
+        if isinstance(methods, list) and "S256" not in methods:
+            _log.warning("idp_pkce_s256_not_advertised", provider=self.name)
+        return metadata
+
+    async def keys(self, *, refetch: bool = False) -> KeySet:
+        """The IdP's signing keys; ``refetch`` (an unknown kid) reloads them, once per cooldown."""
+        if not self._keys_due(refetch):
+            assert self._keys is not None
+            return self._keys
+        async with self._lock:
+            if self._keys_due(refetch):
+                metadata = self._metadata or await self._fetch_metadata_locked()
+                document = await self._get_json(str(metadata["jwks_uri"]))
+                try:
+                    self._keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
+                except (JoseError, ValueError, TypeError, KeyError) as exc:
+                    _log.error("idp_jwks_invalid", provider=self.name, error=str(exc)[:200])
+                    raise IdentityProviderUnavailable() from exc
+                self._keys_at = time.monotonic()
+        assert self._keys is not None
+        return self._keys
+
+    def _keys_due(self, refetch: bool) -> bool:
+        age = time.monotonic() - self._keys_at
+        return self._keys is None or age > self.config.metadata_ttl \
+            or (refetch and age >= self.config.jwks_refetch_cooldown)
+
+    async def _fetch_metadata_locked(self) -> OpenIDProviderMetadata:
+        document = await self._get_json(f"{self.config.issuer}/.well-known/openid-configuration")
+        self._metadata = self._check_metadata(document)
+        self._metadata_at = time.monotonic()
+        return self._metadata
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    async def validate_id_token(self, token: str, *, nonce: str, max_age: float | None,
+                                access_token: str | None) -> IdTokenClaims:
+        async def attempt(keys: KeySet) -> IdTokenClaims:
+            return validate_id_token(token, keys=keys, issuer=self.config.issuer, client_id=self.config.client_id,
+                                     algorithms=self.config.algorithms, nonce=nonce, now=time.time(),
+                                     leeway=self.config.clock_skew, max_age=max_age, access_token=access_token)
+        try:
+            return await attempt(await self.keys())
+        except UnknownSigningKey:
+            return await attempt(await self.keys(refetch=True))
+
+    async def validate_logout_token(self, token: str) -> LogoutTokenClaims:
+        def attempt(keys: KeySet) -> LogoutTokenClaims:
+            return validate_logout_token(token, keys=keys, issuer=self.config.issuer, client_id=self.config.client_id,
+                                         algorithms=self.config.algorithms, now=time.time(),
+                                         leeway=self.config.clock_skew)
+        try:
+            return attempt(await self.keys())
+        except UnknownSigningKey:
+            return attempt(await self.keys(refetch=True))
+
+    async def exchange_code(self, code: str, *, verifier: str, redirect_uri: str) -> TokenResponse:
+        return await self._token_request({"grant_type": "authorization_code", "code": code,
+                                          "redirect_uri": redirect_uri, "code_verifier": verifier})
+
+    async def refresh(self, refresh_token: str) -> TokenResponse:
+        return await self._token_request({"grant_type": "refresh_token", "refresh_token": refresh_token},
+                                         refreshing=True)
+
+    async def userinfo(self, access_token: str) -> dict[str, Any]:
+        metadata = await self.metadata()
+        endpoint = metadata.get("userinfo_endpoint")
+        if not endpoint:
+            return {}
+        document = await self._get_json(str(endpoint), headers={"Authorization": f"Bearer {access_token}"},
+                                        refused=(401, 403))
+        return dict(document)
+
+    async def _token_request(self, form: dict[str, str], *, refreshing: bool = False) -> TokenResponse:
+        metadata = await self.metadata()
+        data = dict(form)
+        auth = None
+        secret = self.config.client_secret
+        method = self.config.token_endpoint_auth_method
+        if secret is not None and method == "client_secret_basic":
+            # RFC 6749 2.3.1: form-encode id and secret before the Basic encoding.
+            from urllib.parse import quote
+            auth = aiohttp.BasicAuth(quote(self.config.client_id, safe=""), quote(secret, safe=""))
+        else:
+            data["client_id"] = self.config.client_id
+            if secret is not None and method == "client_secret_post":
+                data["client_secret"] = secret
+        try:
+            async with self._http.post(str(metadata["token_endpoint"]), data=data, auth=auth,
+                                       headers={"Accept": "application/json"}, timeout=self._timeout) as response:
+                body = await response.content.read(_MAX_DOCUMENT)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            _log.warning("idp_unreachable", provider=self.name, endpoint="token", error=repr(exc)[:200])
+            raise IdentityProviderUnavailable() from exc
+        self._last_answer = time.monotonic()
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            _log.warning("idp_bad_token_response", provider=self.name, status=status)
+            raise IdentityProviderUnavailable()
+        if status != 200:
+            error = str(answer.get("error", ""))[:100]
+            _log.info("idp_token_refused", provider=self.name, status=status, error=error,
+                      grant=form["grant_type"])
+            if refreshing and 400 <= status < 500:
+                raise RefreshRejected(error)
+            raise IdentityProviderUnavailable() if status >= 500 else TokenRefused(error)
+        return TokenResponse(id_token=_str_or_none(answer.get("id_token")),
+                             access_token=_str_or_none(answer.get("access_token")),
+                             refresh_token=_str_or_none(answer.get("refresh_token")))
+
+    async def _get_json(self, url: str, headers: Mapping[str, str] | None = None,
+                        refused: tuple[int, ...] = ()) -> Mapping[str, Any]:
+        try:
+            async with self._http.get(url, headers={"Accept": "application/json", **(headers or {})},
+                                      timeout=self._timeout) as response:
+                body = await response.content.read(_MAX_DOCUMENT)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            _log.warning("idp_unreachable", provider=self.name, url=url[:200], error=repr(exc)[:200])
+            raise IdentityProviderUnavailable() from exc
+        if status in refused:
+            self._last_answer = time.monotonic()
+            raise TokenRefused(f"status {status}")
+        if status != 200:
+            _log.warning("idp_bad_status", provider=self.name, url=url[:200], status=status)
+            raise IdentityProviderUnavailable()
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise IdentityProviderUnavailable() from exc
+        if not isinstance(document, dict):
+            raise IdentityProviderUnavailable()
+        self._last_answer = time.monotonic()
+        return document
+
+
+class TokenRefused(Exception):
+    """The IdP refused a code exchange (invalid_grant: a replayed or expired code...)."""
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -8,7 +8,9 @@ located with the document's YAML paths and lines:
 - duplicate route names, two routes for the same host and path prefix;
 - ``allow`` entries naming a policy not defined under ``policies``;
 - policies naming other policies (nesting is not supported);
-- TLS certificate and key files that cannot be read.
+- TLS certificate and key files that cannot be read;
+- identity providers: unique names, routes naming one that exists, and route hosts the
+  session cookie can reach from the public URL (the callback sets it there).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import stat
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
+from yarl import URL
+
+from ztproxy.config.values import split_listen
 from ztproxy.errors import ConfigIssue
 
 if TYPE_CHECKING:
@@ -43,6 +48,10 @@ def run(document: Document, flagged: Collection[YamlPath]) -> list[ConfigIssue]:
     server = data.get("server")
     if isinstance(server, dict) and isinstance(server.get("tls"), dict):
         issues.extend(_tls_files(context, server["tls"]))
+    providers = [(index, p) for index, p in enumerate(_list(data.get("identity_providers"))) if isinstance(p, dict)]
+    issues.extend(_providers(context, providers, routes))
+    if providers:
+        issues.extend(_cookie_reach(context, data, routes))
     return issues
 
 
@@ -113,7 +122,7 @@ def _unknown_policies(context: _Context, routes: list[tuple[int, dict[Any, Any]]
                       policies: dict[Any, Any]) -> Iterator[ConfigIssue]:
     defined = [name for name in policies if isinstance(name, str)]
     for index, route in routes:
-        entries = [(kind, position, entry) for kind in ("allow", "deny")
+        entries = [(kind, position, entry) for kind in ("allow", "deny", "shadow")
                    for position, entry in enumerate(_list(route.get(kind)))]
         for kind, position, entry in entries:
             entry_path = ("routes", index, kind, position)
@@ -136,6 +145,71 @@ def _nested_policies(context: _Context, policies: dict[Any, Any]) -> Iterator[Co
             name, path = found
             yield context.issue(path, f"policy {policy!r} names policy {name!r}: policies cannot contain "
                                       "other policies; copy its rules or list both in the route's allow")
+
+
+def _providers(context: _Context, providers: list[tuple[int, dict[Any, Any]]],
+               routes: list[tuple[int, dict[Any, Any]]]) -> Iterator[ConfigIssue]:
+    names: dict[str, int | None] = {}
+    for index, provider in providers:
+        name, path = provider.get("name", "default"), ("identity_providers", index, "name")
+        if not isinstance(name, str) or context.skip(path):
+            continue
+        if name in names:
+            yield context.issue(path, f"duplicate identity provider name {name!r} (first at line {names[name]}); "
+                                      "give each provider its own name")
+        names[name] = context.line(path)
+    for index, route in routes:
+        path = ("routes", index, "identity_provider")
+        name = route.get("identity_provider")
+        if name is None or not isinstance(name, str) or context.skip(path) or name in names:
+            continue
+        if not names:
+            yield context.issue(path, f"identity provider {name!r} is named, but identity_providers is empty")
+        else:
+            close = difflib.get_close_matches(name, list(names), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f": configured are {', '.join(map(repr, names))}"
+            yield context.issue(path, f"unknown identity provider {name!r}{hint}")
+
+
+def _needs_sign_in(route: dict[Any, Any]) -> bool:
+    allow = _list(route.get("allow"))
+    return not all(isinstance(rule, dict) and rule.get("public") is True for rule in allow)
+
+
+def _cookie_reach(context: _Context, data: dict[Any, Any], routes: list[tuple[int, dict[Any, Any]]]
+                  ) -> Iterator[ConfigIssue]:
+    """Sign-in completes on the public URL's host; the session cookie set there must reach each route."""
+    server: dict[Any, Any] = data["server"] if isinstance(data.get("server"), dict) else {}
+    sessions: dict[Any, Any] = data["sessions"] if isinstance(data.get("sessions"), dict) else {}
+    try:
+        public = server.get("public_url")
+        public_host = URL(public).host if isinstance(public, str) else split_listen(
+            str(server.get("listen", "127.0.0.1:8080")))[0]
+    except ValueError:
+        return  # reported by the schema
+    public_host = (public_host or "").lower().rstrip(".")
+    domain = sessions.get("cookie_domain")
+    domain = domain.strip().lower().strip(".") if isinstance(domain, str) else None
+    if context.skip(("sessions", "cookie_domain")) or context.skip(("server", "public_url")):
+        return
+
+    def under(host: str) -> bool:
+        return domain is not None and (host == domain or host.endswith("." + domain))
+
+    if domain is not None and not under(public_host):
+        yield context.issue(("sessions", "cookie_domain"),
+                            f"the public URL's host {public_host!r} is not under cookie_domain {domain!r}: "
+                            "browsers would refuse the session cookie set at the sign-in callback")
+        return
+    for index, route in routes:
+        host, path = route.get("host"), ("routes", index, "host")
+        if not isinstance(host, str) or context.skip(path) or not _needs_sign_in(route):
+            continue
+        bare = host.strip().lower().rstrip(".").removeprefix("*.")
+        if bare != public_host and not under(bare):
+            yield context.issue(path, f"host {host!r} needs sign-in, but the session cookie is set on "
+                                      f"{public_host!r} (the public URL's host): set sessions.cookie_domain to a "
+                                      f"domain both are under, or serve this route on {public_host!r}")
 
 
 def _tls_files(context: _Context, tls: dict[Any, Any]) -> Iterator[ConfigIssue]:

@@ -5,9 +5,10 @@ This module imports no aiohttp.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
 from ztproxy.config.values import Duration, HttpUrl, Model, Name
 
@@ -22,7 +23,7 @@ DEFAULT_JWKS_REFETCH_COOLDOWN = 30.0
 # (and invites RS/HS confusion); "none" is never acceptable (OIDC Core 3.1.3.7).
 _ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                                  "ES256", "ES384", "ES512", "EdDSA"})
-_PROVIDER_NAME = r"[a-z0-9][a-z0-9_-]{0,31}"
+_PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
 class MfaConfig(Model):
@@ -38,7 +39,7 @@ class MfaConfig(Model):
 
 
 class IdentityProviderConfig(Model):
-    name: Annotated[str, Field(pattern=_PROVIDER_NAME)] = "default"
+    name: str = "default"
     issuer: HttpUrl
     client_id: Name
     client_secret: str | None = None  # or client_secret_file; None: a public client (PKCE only)
@@ -52,6 +53,13 @@ class IdentityProviderConfig(Model):
     metadata_ttl: Duration = DEFAULT_METADATA_TTL  # discovery document and JWKS cached this long
     jwks_refetch_cooldown: Duration = DEFAULT_JWKS_REFETCH_COOLDOWN  # unknown kid: refetch at most this often
     clock_skew: Duration = 60.0
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _PROVIDER_NAME.fullmatch(value):
+            raise ValueError(f"invalid provider name {value!r}: use up to 32 lowercase letters, digits, '_' and '-'")
+        return value
 
     @field_validator("scopes")
     @classmethod

@@ -1,0 +1,138 @@
+"""The session life cycle over a real (memory) store: cache, lifetime, idle, rotation, ending."""
+
+from __future__ import annotations
+
+from ztproxy.config.sessions import SessionsConfig
+from ztproxy.sessions.manager import SessionManager
+from ztproxy.sessions.memory import MemoryStore
+from ztproxy.sessions.model import Session
+from ztproxy.sessions.sealing import Ticket
+
+T0 = 1_800_000_000.0
+
+
+def make_session(**changes: object) -> Session:
+    fields: dict[str, object] = dict(
+        provider="corp", subject="alice", email="alice@corp.example", name="Alice", groups=("eng",),
+        claims={"department": "r&d"}, acr="urn:pwd", amr=("pwd",), mfa=False, auth_time=T0, created=T0,
+        last_seen=T0, refreshed=T0, refresh_token="rt", id_token="idt", idp_session="op-sid-1")
+    fields.update(changes)
+    return Session(**fields)  # type: ignore[arg-type]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def manager(**config: object) -> tuple[SessionManager, Clock]:
+    clock = Clock()
+    settings = SessionsConfig(**config)  # type: ignore[arg-type]
+    return SessionManager(MemoryStore(settings, clock=clock), settings), clock
+
+
+def test_a_session_round_trips_through_bytes() -> None:
+    session = make_session()
+    again = Session.from_bytes(session.to_bytes())
+    assert again == session
+    assert again is not None and again.identity.groups == frozenset({"eng"})
+    assert again.identity.auth_time is not None and again.identity.auth_time.timestamp() == T0
+
+
+def test_junk_bytes_are_no_session() -> None:
+    for junk in (b"", b"{}", b"[]", b"\xff", b'{"v": 1}', b'{"v": 99, "subject": "x"}', b"null"):
+        assert Session.from_bytes(junk) is None
+
+
+async def test_start_and_load() -> None:
+    sessions, clock = manager()
+    ticket = await sessions.start(make_session(), T0)
+    assert await sessions.load(ticket, T0) == make_session()
+    # Another worker (no cache) opens it from the store with the same cookie.
+    other = SessionManager(sessions.store, sessions.config)
+    assert await other.load(ticket, T0 + 0.5) == make_session()
+
+
+async def test_the_store_holds_no_plaintext_and_no_id() -> None:
+    sessions, _ = manager()
+    ticket = await sessions.start(make_session(), T0)
+    store = sessions.store
+    assert isinstance(store, MemoryStore)
+    raw = await store.get(ticket.store_key)
+    assert raw is not None and b"alice" not in raw and ticket.session_id not in raw
+    assert ticket.session_id.hex() not in ticket.store_key
+
+
+async def test_a_cookie_with_the_right_id_but_another_key_opens_nothing_even_cached() -> None:
+    sessions, _ = manager()
+    ticket = await sessions.start(make_session(), T0)
+    forged = Ticket(ticket.session_id, bytes(32))
+    assert await sessions.load(forged, T0) is None  # served from the cache: key compared
+    other = SessionManager(sessions.store, sessions.config)
+    assert await other.load(forged, T0) is None  # read from the store: AES-GCM refuses
+
+
+async def test_ending_is_seen_at_once_here_and_within_cache_ttl_elsewhere() -> None:
+    sessions, _ = manager(cache_ttl=1.0)
+    ticket = await sessions.start(make_session(), T0)
+    elsewhere = SessionManager(sessions.store, sessions.config)
+    assert await elsewhere.load(ticket, T0) is not None
+    await sessions.end(ticket)
+    assert await sessions.load(ticket, T0) is None
+    assert await elsewhere.load(ticket, T0 + 0.5) is not None  # its copy, within cache_ttl
+    assert await elsewhere.load(ticket, T0 + 1.0) is None
+
+
+async def test_absolute_lifetime() -> None:
+    sessions, clock = manager(lifetime=3600, idle_timeout=3600)
+    ticket = await sessions.start(make_session(), T0)
+    clock.now = T0 + 3599
+    assert await sessions.load(ticket, clock.now) is not None
+    clock.now = T0 + 3600
+    assert await sessions.load(ticket, clock.now) is None
+
+
+async def test_idle_timeout_and_use_extends_it() -> None:
+    sessions, clock = manager(lifetime=86400, idle_timeout=600, cache_ttl=1)
+    ticket = await sessions.start(make_session(), T0)
+    for minute in range(1, 30):  # used every minute for half an hour: stays
+        clock.now = T0 + minute * 60
+        assert await sessions.load(ticket, clock.now) is not None
+    clock.now += 601  # then idle for longer than the timeout
+    assert await sessions.load(ticket, clock.now) is None
+
+
+async def test_update_never_revives_an_ended_session() -> None:
+    sessions, _ = manager()
+    ticket = await sessions.start(make_session(), T0)
+    await sessions.end(ticket)
+    assert not await sessions.update(ticket, make_session(groups=("eng", "admin")), T0 + 1)
+    assert await sessions.load(ticket, T0 + 1, fresh=True) is None
+
+
+async def test_start_rotates_the_id_and_ends_the_replaced_session() -> None:
+    sessions, _ = manager()
+    first = await sessions.start(make_session(), T0)
+    second = await sessions.start(make_session(mfa=True), T0 + 5, replacing=first)
+    assert second.session_id != first.session_id
+    assert await sessions.load(first, T0 + 5) is None
+    loaded = await sessions.load(second, T0 + 5)
+    assert loaded is not None and loaded.mfa
+
+
+async def test_end_matching_by_idp_session_or_user() -> None:
+    sessions, _ = manager()
+    a1 = await sessions.start(make_session(idp_session="op-1"), T0)
+    a2 = await sessions.start(make_session(idp_session="op-2"), T0)
+    bob = await sessions.start(make_session(subject="bob", idp_session="op-3"), T0)
+    assert await sessions.end_matching("corp", idp_session="op-1") == 1
+    assert await sessions.load(a1, T0) is None
+    assert await sessions.load(a2, T0) is not None
+    assert await sessions.end_matching("corp", subject="alice") == 1
+    assert await sessions.load(a2, T0) is None
+    assert await sessions.load(bob, T0) is not None
+    assert await sessions.end_matching("other-idp", subject="bob") == 0
+    assert await sessions.load(bob, T0) is not None

@@ -1,0 +1,159 @@
+"""The session store Protocol, and :func:`open_store`, which picks a store from the config.
+
+Stores move opaque bytes under string keys; the callers hash ids into keys (``s:<hex>``,
+``idx:user:<hex>``, ``once:<hex>``) and seal values (``sealing``) before they get here
+(STYLE 13). Every failure to reach the backend leaves a store as
+:class:`~ztproxy.errors.SessionStoreUnavailable` (fail closed, a 503), and every operation
+is bounded by ``sessions.store_timeout``.
+
+The contract test suite (``tests/integration/sessions/test_store_contract.py``) runs
+against every store; a new one passes it before it is registered in :data:`STORES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from ztproxy.config.sessions import SessionsConfig
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    async def get(self, key: str) -> bytes | None:
+        """The value stored under ``key``, or None when absent or expired."""
+
+    async def put(self, key: str, value: bytes, ttl: float, *, only_new: bool = False,
+                  only_existing: bool = False, indexes: Sequence[str] = ()) -> bool:
+        """Store ``value`` for ``ttl`` seconds; True when it was written.
+
+        ``only_new``: only if ``key`` is absent (single-use markers: the OIDC ``state``, a
+        token's ``jti``); of concurrent writers exactly one wins. ``only_existing``: only
+        if ``key`` is present (never brings back an ended session). ``indexes``: also add
+        ``key`` to each named index (all sessions of a user), only when written.
+        """
+
+    async def touch(self, key: str, ttl: float, *, indexes: Sequence[str] = ()) -> bool:
+        """Let ``key`` live ``ttl`` seconds from now without rewriting it; False if absent.
+
+        Pass the indexes given to ``put``: an index must outlive its members, and a
+        store may keep an index only as long as the members it was told about.
+        """
+
+    async def delete(self, *keys: str) -> None:
+        """Forget every key given (an index name too); absent ones are no error."""
+
+    async def members(self, index: str) -> list[str]:
+        """The keys added to ``index`` that still exist, in no particular order."""
+
+    async def ping(self) -> None:
+        """Raise SessionStoreUnavailable unless the backend answers (for readiness)."""
+
+    async def close(self) -> None:
+        """Release connections; the store is not used afterwards."""
+
+
+StoreFactory = Callable[[SessionsConfig], SessionStore]
+
+# The store config's short name or URL scheme -> the class built from the SessionsConfig.
+STORES: dict[str, str] = {
+    "memory": "ztproxy.sessions.memory:MemoryStore",
+    "redis": "ztproxy.sessions.redis:RedisStore",
+    "rediss": "ztproxy.sessions.redis:RedisStore",
+    "unix": "ztproxy.sessions.redis:RedisStore",
+    "redis+sentinel": "ztproxy.sessions.redis:RedisStore",
+}
+
+_IMPORT_STRING_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def open_store(config: SessionsConfig) -> SessionStore:
+    """Build the store ``config.store`` names (nothing connects before the first operation).
+
+    - ``memory``: in this process only (:mod:`ztproxy.sessions.memory`);
+    - ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS),
+      ``unix://[[user]:password@]/path/to/redis.sock[?db=N]``;
+    - ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/master_name[/db]``
+      ``[?sentinel_password=...&sentinel_username=...]``: the master of ``master_name`` as
+      the listed sentinels (default port 26379) report it, followed across failovers. The
+      password in the URL is the data nodes'; sentinels with their own use the query.
+      Write passwords percent-encoded, or as ``${ENV_VAR}`` (expanded by the config loader);
+    - ``package.module:Class``: any class built as ``Class(config)`` that implements
+      :class:`SessionStore`.
+
+    Raises ValueError, with a message fit for an operator, for anything else.
+    """
+    store = resolve_store(config.store)(config)
+    if not isinstance(store, SessionStore):
+        raise ValueError(f"{config.store!r} did not build a session store: "
+                         "it needs get, put, touch, delete, members, ping and close")
+    return store
+
+
+def check_store(spec: str) -> None:
+    """Validate a store spec without opening anything; ValueError says what is wrong."""
+    factory = resolve_store(spec)
+    check_spec = getattr(factory, "check_spec", None)
+    if callable(check_spec):
+        check_spec(spec)
+
+
+def resolve_store(spec: str) -> StoreFactory:
+    """The class (or factory) that builds the store ``spec`` names."""
+    scheme = _SCHEME_RE.match(spec)
+    if spec in STORES:
+        target = STORES[spec]
+    elif scheme is not None:
+        name = scheme.group(1).lower()
+        if name not in STORES:
+            known = ", ".join(f"{s}://" for s in STORES if s != "memory")
+            raise ValueError(f"unknown session store scheme {name + '://'!r}: expected memory, {known} "
+                             "or an import string package.module:Class")
+        target = STORES[name]
+    elif _IMPORT_STRING_RE.fullmatch(spec):
+        target = spec
+    else:
+        raise ValueError(f"invalid session store {redact_url(spec)!r}: expected memory, a redis:// or "
+                         "redis+sentinel:// URL, or an import string package.module:Class")
+    factory = _import(target)
+    if not callable(factory):
+        raise ValueError(f"session store {target!r} is not a class or factory")
+    return factory  # type: ignore[no-any-return]
+
+
+def _import(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import session store module {module_name!r}: {exc}") from exc
+    for part in attribute.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no {attribute!r}") from None
+    return found
+
+
+def check_put(ttl: float, *, only_new: bool = False, only_existing: bool = False) -> None:
+    """Argument checks every store makes alike (a wrong call is a bug, not bad input)."""
+    if not (ttl > 0 and math.isfinite(ttl)):
+        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    if only_new and only_existing:
+        raise ValueError("only_new and only_existing exclude each other")
+
+
+_QUERY_SECRET_RE = re.compile(r"(?i)([?&][^=&]*password=)[^&]*")
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for an error message or a log: user, password and password=... as ``***``."""
+    at = url.rfind("@")
+    if at >= 0:  # everything up to the last "@", in case the password holds an unencoded "/" or "@"
+        start = url.find("://") + 3 if "://" in url[:at] else 0
+        url = url[:start] + "***" + url[at:]
+    return _QUERY_SECRET_RE.sub(r"\1***", url)

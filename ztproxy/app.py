@@ -13,12 +13,14 @@ from aiohttp import web
 from ztproxy.authenticate import auth_ctx, authenticate
 from ztproxy.authorize import authorize
 from ztproxy.config.schema import Config
-from ztproxy.context import compile_routes
+from ztproxy.context import route_entries
 from ztproxy.endpoints import proxy_endpoints
 from ztproxy.headers import parse_networks
 from ztproxy.intake import intake
 from ztproxy.pipeline import Stage, build_pipeline
-from ztproxy.state import CONFIG, CONTEXT, INTAKE, ROUTES, IntakeSettings
+from ztproxy.policy import policy_hash
+from ztproxy.routing import RouteTable
+from ztproxy.state import CONFIG, CONTEXT, INTAKE, POLICY_HASH, ROUTES, IntakeSettings
 from ztproxy.upstream import client_session_ctx, forward
 from ztproxy.websocket import is_websocket_upgrade, proxy_websocket
 
@@ -44,7 +46,9 @@ async def _defer_expect(request: web.Request) -> None:
 def build_app(config: Config) -> web.Application:
     app = web.Application()
     app[CONFIG] = config
-    app[ROUTES] = compile_routes(config)
+    routes = list(route_entries(config))
+    app[ROUTES] = RouteTable(routes)
+    app[POLICY_HASH] = policy_hash({route.name: route.policy for _, _, route in routes})
     limits = config.server.limits
     app[INTAKE] = IntakeSettings(
         scheme="https" if config.server.tls else "http",

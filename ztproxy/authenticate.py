@@ -63,7 +63,7 @@ SIGNED_IN = web.RequestKey("signed_in", SignedIn)
 
 async def authenticate(request: web.Request) -> None:
     ctx = request[CONTEXT]
-    if ctx.route.policy.constant is not None:
+    if not ctx.route.needs_identity:
         return  # public (or closed) whatever the identity: no cookie, no store
     auth = request.app[AUTH]
     if auth is None:

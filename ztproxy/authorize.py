@@ -8,16 +8,18 @@ says, in plain words, what failed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
 
-from ztproxy.authenticate import AUTH, SIGNED_IN, Auth
+from ztproxy.authenticate import AUTH, SIGNED_IN, Auth, SignedIn
 from ztproxy.errors import AccessDenied, AuthenticationRequired, StepUpRequired
 from ztproxy.pages import wants_json
 from ztproxy.policy import Decision, Outcome, RequestFacts, StepUp, evaluate
 from ztproxy.policy import reasons as why
-from ztproxy.state import CONTEXT, DECISION
+from ztproxy.state import CONTEXT, DECISION, POLICY_HASH
+from ztproxy.telemetry import decision_event
 
 # The deny page in plain words, one sentence per reason. They speak of this application and
 # this request only: never of other routes, rules or internal addresses.
@@ -50,18 +52,24 @@ _FALLBACK = "You are not allowed to use this application."
 
 async def authorize(request: web.Request) -> web.StreamResponse | None:
     ctx = request[CONTEXT]
-    policy = ctx.route.policy
+    route = ctx.route
+    policy = route.policy
     signed_in = request.get(SIGNED_IN)
     identity = signed_in.session.identity if signed_in is not None else None
-    # Routes whose decision is known at config load (public) skip building facts at all.
-    decision = policy.constant or evaluate(policy, RequestFacts(
-        method=request.method,
-        path=ctx.target.path,
-        client_ip=ctx.client_ip,
-        now=datetime.now(UTC),
-        identity=identity,
-        device=None,  # no posture providers yet
-    ))
+    decision = policy.constant
+    if decision is None or route.shadow is not None:
+        facts = RequestFacts(
+            method=request.method,
+            path=ctx.target.path,
+            client_ip=ctx.client_ip,
+            now=datetime.now(UTC),
+            identity=identity,
+            device=None,  # no posture providers yet
+        )
+        # Routes whose decision is known at config load (public) skip building facts at all.
+        decision = decision or evaluate(policy, facts)
+        shadow = None if route.shadow is None else route.shadow.constant or evaluate(route.shadow, facts)
+        log_decision(request, decision, shadow, signed_in)
     request[DECISION] = decision
     if decision.allowed:
         return None
@@ -72,6 +80,45 @@ async def authorize(request: web.Request) -> web.StreamResponse | None:
         if identity is None and why.AUTHENTICATION_REQUIRED in decision.reasons:
             return await _sign_in(request, auth, None)
     raise AccessDenied(explain(decision), reasons=decision.reasons)
+
+
+@dataclass
+class ShadowStats:
+    """Decisions of shadow policies that differ from the enforced ones, since start."""
+
+    evaluated: int = 0
+    disagreements: int = 0
+
+
+SHADOW_STATS = ShadowStats()
+
+
+def log_decision(request: web.Request, decision: Decision, shadow: Decision | None,
+                 signed_in: SignedIn | None) -> None:
+    """The audit trail: who, from what device, on which route, what was decided and why."""
+    ctx = request[CONTEXT]
+    fields: dict[str, object] = {
+        "request_id": ctx.request_id,
+        "route": ctx.route.name,
+        "subject": signed_in.session.subject if signed_in is not None else None,
+        "session": signed_in.ticket.public_id if signed_in is not None else None,
+        "device": None,
+        "client": ctx.client_ip,
+        "method": request.method,
+        "path": ctx.target.path,
+        "decision": decision.outcome.value,
+        "reasons": decision.reasons,
+        "rule": decision.rule,
+        "policy": request.app[POLICY_HASH],
+    }
+    if shadow is not None:
+        SHADOW_STATS.evaluated += 1
+        fields["shadow_decision"] = shadow.outcome.value
+        fields["shadow_reasons"] = shadow.reasons
+        if shadow.outcome is not decision.outcome:
+            SHADOW_STATS.disagreements += 1
+            fields["shadow_disagrees"] = True
+    decision_event(fields)
 
 
 def _is_browser_navigation(request: web.Request) -> bool:

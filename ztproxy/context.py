@@ -22,6 +22,12 @@ class CompiledRoute:
     upstream: URL
     upstream_authority: str  # the Host header the upstream expects
     policy: RoutePolicy
+    shadow: RoutePolicy | None = None  # evaluated and logged beside ``policy``, never enforced
+
+    @property
+    def needs_identity(self) -> bool:
+        """Whether any decision here can depend on who is asking (else no session lookup)."""
+        return self.policy.constant is None or (self.shadow is not None and self.shadow.constant is None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +43,10 @@ class RequestContext:
 
 
 def compile_routes(config: Config) -> RouteTable[CompiledRoute]:
-    return RouteTable(_entries(config))
+    return RouteTable(route_entries(config))
 
 
-def _entries(config: Config) -> Iterator[tuple[str | None, str, CompiledRoute]]:
+def route_entries(config: Config) -> Iterator[tuple[str | None, str, CompiledRoute]]:
     for route in config.routes:
         upstream = URL(route.upstream)
         authority = upstream.raw_host or ""
@@ -54,5 +60,7 @@ def _entries(config: Config) -> Iterator[tuple[str | None, str, CompiledRoute]]:
             upstream=upstream.with_path("/"),
             upstream_authority=authority,
             policy=compile_route_policy(route.allow, config.policies, route.deny),
+            # A candidate allow list, judged with the same deny rules as the enforced one.
+            shadow=None if route.shadow is None else compile_route_policy(route.shadow, config.policies, route.deny),
         )
         yield route.host, route.path, compiled

@@ -33,6 +33,7 @@ CONFIG = web.AppKey("config", Config)
 ROUTES = web.AppKey("routes", RouteTable[CompiledRoute])
 INTAKE = web.AppKey("intake", IntakeSettings)
 READINESS = web.AppKey("readiness", Readiness)
+POLICY_HASH = web.AppKey("policy_hash", str)  # of every route's compiled rules: the policy version in the audit log
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CONTEXT = web.RequestKey("context", RequestContext)

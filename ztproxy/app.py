@@ -13,7 +13,7 @@ from aiohttp import web
 from ztproxy.authenticate import auth_ctx, authenticate
 from ztproxy.authorize import authorize
 from ztproxy.config.schema import Config
-from ztproxy.context import route_entries
+from ztproxy.context import endpoints_route, route_entries
 from ztproxy.endpoints import proxy_endpoints
 from ztproxy.headers import parse_networks
 from ztproxy.intake import intake
@@ -55,6 +55,7 @@ def build_app(config: Config) -> web.Application:
         trusted_proxies=parse_networks(config.server.trusted_proxies),
         max_header_bytes=limits.max_header_bytes,
         max_request_body=limits.max_request_body,
+        endpoints_route=endpoints_route(),
     )
     app.cleanup_ctx.append(client_session_ctx)
     app.cleanup_ctx.append(auth_ctx)

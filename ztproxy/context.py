@@ -42,6 +42,16 @@ class RequestContext:
     route: CompiledRoute
 
 
+ENDPOINTS_ROUTE_NAME = ".ztproxy"
+
+
+def endpoints_route() -> CompiledRoute:
+    """The route of proxy endpoints requested where no configured route matches: nothing passes it."""
+    config = RouteConfig(name="ztproxy", upstream="http://127.0.0.1:9", websockets=False)
+    return CompiledRoute(name=ENDPOINTS_ROUTE_NAME, config=config, upstream=URL(config.upstream),
+                         upstream_authority="127.0.0.1:9", policy=compile_route_policy((), {}))
+
+
 def compile_routes(config: Config) -> RouteTable[CompiledRoute]:
     return RouteTable(route_entries(config))
 

@@ -15,10 +15,8 @@ from ztproxy.authenticate import AUTH, Auth
 from ztproxy.errors import RouteNotFound
 from ztproxy.oidc.login import CALLBACK_PATH
 from ztproxy.oidc.logout import BACKCHANNEL_PATH, LOGOUT_PATH, SIGNED_OUT_PATH, signed_out_page
+from ztproxy.routing import is_proxy_path
 from ztproxy.state import CONTEXT
-
-PROXY_PREFIXES = ("/.ztproxy/", "/.well-known/ztproxy/")
-_EXACT = frozenset({"/.ztproxy", "/.well-known/ztproxy"})
 
 Endpoint = Callable[[web.Request, Auth], Awaitable[web.StreamResponse]]
 
@@ -33,10 +31,6 @@ _SIGN_IN_ENDPOINTS: dict[str, Endpoint] = {
     SIGNED_OUT_PATH: _signed_out,
     BACKCHANNEL_PATH: lambda request, auth: auth.logout.backchannel(request),
 }
-
-
-def is_proxy_path(path: str) -> bool:
-    return path.startswith(PROXY_PREFIXES) or path in _EXACT
 
 
 async def proxy_endpoints(request: web.Request) -> web.StreamResponse | None:

@@ -15,7 +15,7 @@ from aiohttp import web
 from ztproxy.context import RequestContext
 from ztproxy.errors import BadRequest, ExpectationFailed, HeadersTooLarge, PayloadTooLarge, RouteNotFound
 from ztproxy.headers import forwarded_for
-from ztproxy.routing import normalize_host, parse_target
+from ztproxy.routing import is_proxy_path, normalize_host, parse_target
 from ztproxy.state import CONTEXT, INTAKE, REQUEST_ID, ROUTES
 
 # Each header line costs its name, value, ": " and CRLF.
@@ -50,7 +50,10 @@ def intake(request: web.Request) -> None:
 
     route = request.app[ROUTES].match(host, target.path)
     if route is None:
-        raise RouteNotFound()
+        # The proxy's own endpoints (the sign-in callback...) answer on any host.
+        if not is_proxy_path(target.path):
+            raise RouteNotFound()
+        route = settings.endpoints_route
 
     trusted = settings.trusted_proxies
     forwarded = forwarded_for(request.remote or "", headers.getall("X-Forwarded-For", ()) if trusted else (),

@@ -173,6 +173,15 @@ def _remove_dot_segments(path: str) -> str:
     return "/" + "/".join(kept) + trailing
 
 
+# The proxy's own namespace on every host (see ztproxy.endpoints): never forwarded upstream.
+PROXY_PREFIXES = ("/.ztproxy/", "/.well-known/ztproxy/")
+_PROXY_EXACT = frozenset({"/.ztproxy", "/.well-known/ztproxy"})
+
+
+def is_proxy_path(path: str) -> bool:
+    return path.startswith(PROXY_PREFIXES) or path in _PROXY_EXACT
+
+
 @functools.lru_cache(maxsize=4096)  # hot path; a client flooding distinct hosts only evicts
 def normalize_host(value: str) -> str | None:
     """A Host header value -> lowercase host without port or trailing dot; None if invalid.

@@ -27,6 +27,7 @@ class IntakeSettings:
     trusted_proxies: tuple[IPNetwork, ...]
     max_header_bytes: int
     max_request_body: int | None
+    endpoints_route: CompiledRoute  # what proxy endpoints belong to where no route matches
 
 
 CONFIG = web.AppKey("config", Config)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -171,20 +172,20 @@ class Provider:
     async def _token_request(self, form: dict[str, str], *, refreshing: bool = False) -> TokenResponse:
         metadata = await self.metadata()
         data = dict(form)
-        auth = None
+        headers = {"Accept": "application/json"}
         secret = self.config.client_secret
         method = self.config.token_endpoint_auth_method
         if secret is not None and method == "client_secret_basic":
             # RFC 6749 2.3.1: form-encode id and secret before the Basic encoding.
-            from urllib.parse import quote
-            auth = aiohttp.BasicAuth(quote(self.config.client_id, safe=""), quote(secret, safe=""))
+            headers["Authorization"] = aiohttp.encode_basic_auth(quote(self.config.client_id, safe=""),
+                                                                 quote(secret, safe=""))
         else:
             data["client_id"] = self.config.client_id
             if secret is not None and method == "client_secret_post":
                 data["client_secret"] = secret
         try:
-            async with self._http.post(str(metadata["token_endpoint"]), data=data, auth=auth,
-                                       headers={"Accept": "application/json"}, timeout=self._timeout) as response:
+            async with self._http.post(str(metadata["token_endpoint"]), data=data, headers=headers,
+                                       timeout=self._timeout) as response:
                 body = await response.content.read(_MAX_DOCUMENT)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:

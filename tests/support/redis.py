@@ -1,7 +1,7 @@
 """Test fixtures: real ``redis-server`` and ``redis-sentinel`` processes on free loopback ports.
 
 - ``redis_factory``: a :class:`RedisFactory`; ``start()`` a server (options: persistence,
-  a unix socket, a password, extra config lines), ``sentinel()`` a master with replicas
+  a unix socket, a password, TLS, extra config lines), ``sentinel()`` a master with replicas
   watched by sentinels. Everything it started is stopped by PID at the end of the test.
 - ``redis_server``: one fresh server for this test.
 - ``shared_sentinel``: one Sentinel setup for the whole session, for tests that only read
@@ -14,6 +14,8 @@ redis-server installed the fixtures fail and say how to install it.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import signal
 import socket
@@ -26,6 +28,10 @@ from typing import Any
 
 import pytest
 import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_SENTINEL = "/usr/bin/redis-sentinel"
@@ -60,12 +66,21 @@ class RedisServer:
     config_lines: list[str]
     binary: str = REDIS_SERVER
     password: str | None = None
+    tls_port: int | None = None
+    ca_file: Path | None = None  # the CA that signed the server's TLS certificate
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def tls_url(self) -> str:
+        if self.tls_port is None or self.ca_file is None:
+            raise RuntimeError("started without tls=True")
+        auth = f":{self.password}@" if self.password else ""
+        return f"rediss://{auth}127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.ca_file}"
 
     @property
     def unix_socket(self) -> Path:
@@ -88,8 +103,9 @@ class RedisServer:
     def start(self) -> None:
         if self.running:
             return
-        config = self.directory / "redis.conf"  # a file: Sentinel rewrites configs on failover
-        config.write_text("\n".join(self.config_lines) + "\n", encoding="utf-8")
+        config = self.directory / "redis.conf"
+        if not config.exists():  # a restart keeps what Sentinel's CONFIG REWRITE made of it
+            config.write_text("\n".join(self.config_lines) + "\n", encoding="utf-8")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([self.binary, str(config)], stdout=log, stderr=subprocess.STDOUT,
                                             cwd=self.directory)
@@ -208,8 +224,12 @@ class RedisFactory:
         self.started: list[RedisServer] = []
 
     def start(self, *extra_lines: str, persist: bool = False, unix_socket: bool = False,
-              password: str | None = None) -> RedisServer:
-        """A redis-server; ``persist`` saves the data on shutdown and loads it at start."""
+              password: str | None = None, tls: bool = False) -> RedisServer:
+        """A redis-server; ``persist`` saves the data on shutdown and loads it at start.
+
+        ``tls`` adds a TLS port (``tls_url``) with a certificate for 127.0.0.1 from a CA made
+        for this server; the plain port stays open for the test's own checks.
+        """
         _require(REDIS_SERVER)
         port = free_port()
         directory = self._new_directory(f"redis-{port}")
@@ -223,8 +243,14 @@ class RedisFactory:
             lines += [f"unixsocket {directory / 'redis.sock'}", "unixsocketperm 700"]
         if password:
             lines.append(f"requirepass {password}")
+        tls_port, ca_file = None, None
+        if tls:
+            tls_port = free_port()
+            ca_file, cert_file, key_file = write_tls_files(directory)
+            lines += [f"tls-port {tls_port}", f"tls-cert-file {cert_file}", f"tls-key-file {key_file}",
+                      f"tls-ca-cert-file {ca_file}", "tls-auth-clients no"]
         server = RedisServer(port=port, directory=directory, config_lines=[*lines, *extra_lines],
-                             password=password)
+                             password=password, tls_port=tls_port, ca_file=ca_file)
         self.started.append(server)
         server.start()
         return server
@@ -277,6 +303,35 @@ class RedisFactory:
         directory = self.directory / name
         directory.mkdir(parents=True)
         return directory
+
+
+def write_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A fresh CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key) PEM files."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
+                    issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_cert = certificate("redis test CA", ca_key, "redis test CA", ca_key, ca=True)
+    server_cert = certificate("127.0.0.1", server_key, "redis test CA", ca_key, ca=False)
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return paths
 
 
 def _require(binary: str) -> None:

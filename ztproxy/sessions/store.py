@@ -58,25 +58,26 @@ class SessionStore(Protocol):
 
 StoreFactory = Callable[[SessionsConfig], SessionStore]
 
-# The store config's short name or URL scheme -> the class built from the SessionsConfig.
+# A store's short name, or a URL scheme with its "://" -> the class built from the SessionsConfig.
 STORES: dict[str, str] = {
     "memory": "ztproxy.sessions.memory:MemoryStore",
-    "redis": "ztproxy.sessions.redis:RedisStore",
-    "rediss": "ztproxy.sessions.redis:RedisStore",
-    "unix": "ztproxy.sessions.redis:RedisStore",
-    "redis+sentinel": "ztproxy.sessions.redis:RedisStore",
+    "redis://": "ztproxy.sessions.redis:RedisStore",
+    "rediss://": "ztproxy.sessions.redis:RedisStore",
+    "unix://": "ztproxy.sessions.redis:RedisStore",
+    "redis+sentinel://": "ztproxy.sessions.redis:RedisStore",
 }
 
 _IMPORT_STRING_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
-_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def open_store(config: SessionsConfig) -> SessionStore:
     """Build the store ``config.store`` names (nothing connects before the first operation).
 
     - ``memory``: in this process only (:mod:`ztproxy.sessions.memory`);
-    - ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS),
-      ``unix://[[user]:password@]/path/to/redis.sock[?db=N]``;
+    - ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS; a private CA
+      as ``?ssl_ca_certs=/path/ca.pem``, a client certificate as ``ssl_certfile`` and
+      ``ssl_keyfile``: redis-py's URL options), ``unix://[[user]:password@]/path/to/redis.sock[?db=N]``;
     - ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/master_name[/db]``
       ``[?sentinel_password=...&sentinel_username=...]``: the master of ``master_name`` as
       the listed sentinels (default port 26379) report it, followed across failovers. The
@@ -105,15 +106,14 @@ def check_store(spec: str) -> None:
 def resolve_store(spec: str) -> StoreFactory:
     """The class (or factory) that builds the store ``spec`` names."""
     scheme = _SCHEME_RE.match(spec)
-    if spec in STORES:
-        target = STORES[spec]
-    elif scheme is not None:
-        name = scheme.group(1).lower()
-        if name not in STORES:
-            known = ", ".join(f"{s}://" for s in STORES if s != "memory")
-            raise ValueError(f"unknown session store scheme {name + '://'!r}: expected memory, {known} "
+    if scheme is not None:
+        prefix = scheme.group(0).lower()
+        if prefix not in STORES:
+            raise ValueError(f"unknown session store scheme {prefix!r}: expected {', '.join(STORES)} "
                              "or an import string package.module:Class")
-        target = STORES[name]
+        target = STORES[prefix]
+    elif spec in STORES:
+        target = STORES[spec]
     elif _IMPORT_STRING_RE.fullmatch(spec):
         target = spec
     else:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.redis import RedisFactory, RedisServer
+from tests.support.redis import RedisFactory, RedisServer, free_port
 from ztproxy.config.sessions import SessionsConfig
 from ztproxy.errors import SessionStoreUnavailable
 from ztproxy.sessions.redis import RedisStore
@@ -87,8 +87,6 @@ async def test_redis_down_is_unavailable_not_a_hang(redis_server: RedisServer,
 
 
 async def test_redis_never_reachable_is_unavailable(open_redis: Callable[[str], RedisStore]) -> None:
-    from tests.support.redis import free_port
-
     await assert_unavailable(open_redis(f"redis://127.0.0.1:{free_port()}/0"))
 
 
@@ -101,7 +99,12 @@ async def test_a_hung_redis_is_unavailable_within_the_timeout(redis_server: Redi
         await assert_unavailable(store)
     finally:
         redis_server.thaw()
-    assert await store.get("s:a") == b"x"
+    # Connections cut mid-command are not reused: no answer is read for the wrong question.
+    for number in range(3):
+        assert await store.get("s:a") == b"x"
+        assert await store.put(f"s:after{number}", b"y", 60, only_new=True) is True
+        assert await store.members(f"idx:user:none{number}") == []
+        assert await store.get(f"s:after{number}") == b"y"
 
 
 async def test_the_same_store_works_again_after_a_redis_restart(redis_server: RedisServer,
@@ -230,6 +233,21 @@ async def test_unix_socket_and_password(redis_factory: RedisFactory,
     wrong = open_redis(f"redis://:wrong@127.0.0.1:{server.port}/0")
     with pytest.raises(SessionStoreUnavailable):
         await wrong.get("s:a")
+
+
+async def test_tls_with_the_servers_ca(redis_factory: RedisFactory,
+                                       open_redis: Callable[[str], RedisStore]) -> None:
+    server = redis_factory.start(tls=True)
+    store = open_redis(server.tls_url)
+    await store.put("s:a", b"over TLS", 60, indexes=["idx:user:u"])
+    assert await store.get("s:a") == b"over TLS"
+    # Without that CA the certificate is not trusted: refused, not sent in the clear.
+    untrusting = open_redis(f"rediss://127.0.0.1:{server.tls_port}/0")
+    with pytest.raises(SessionStoreUnavailable):
+        await untrusting.get("s:a")
+    plain_to_tls = open_redis(f"redis://127.0.0.1:{server.tls_port}/0")
+    with pytest.raises(SessionStoreUnavailable):
+        await plain_to_tls.get("s:a")
 
 
 async def test_a_redis_dump_leaks_no_session(redis_factory: RedisFactory,

@@ -63,6 +63,7 @@ def test_an_import_string_builds_the_class_with_the_config() -> None:
 @pytest.mark.parametrize(("spec", "message"), [
     ("mongodb://127.0.0.1", "unknown session store scheme 'mongodb://'"),
     ("memcached", "invalid session store 'memcached'"),
+    ("redis", "invalid session store 'redis'"),
     ("", "invalid session store"),
     ("no_such_package.module:Store", "cannot import session store module 'no_such_package.module'"),
     ("tests.unit.sessions.test_store:Missing", "has no 'Missing'"),

@@ -71,7 +71,7 @@ class MemoryStore:
             self._indexes.setdefault(index, set()).add(key)
         return True
 
-    async def touch(self, key: str, ttl: float, *, indexes: Sequence[str] = ()) -> bool:
+    async def touch(self, key: str, ttl: float, *, indexes: Sequence[str]) -> bool:
         check_put(ttl)
         now = self._clock()
         entry = self._live(key, now)

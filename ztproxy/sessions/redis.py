@@ -177,7 +177,7 @@ class RedisStore:
         result = await self._run(lambda: self._script(keys=[key, *indexes], args=["put", value, ttl_ms, mode]))
         return bool(result)
 
-    async def touch(self, key: str, ttl: float, *, indexes: Sequence[str] = ()) -> bool:
+    async def touch(self, key: str, ttl: float, *, indexes: Sequence[str]) -> bool:
         check_put(ttl)
         ttl_ms = _milliseconds(ttl)
         if not indexes:

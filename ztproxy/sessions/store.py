@@ -36,11 +36,12 @@ class SessionStore(Protocol):
         ``key`` to each named index (all sessions of a user), only when written.
         """
 
-    async def touch(self, key: str, ttl: float, *, indexes: Sequence[str] = ()) -> bool:
+    async def touch(self, key: str, ttl: float, *, indexes: Sequence[str]) -> bool:
         """Let ``key`` live ``ttl`` seconds from now without rewriting it; False if absent.
 
-        Pass the indexes given to ``put``: an index must outlive its members, and a
-        store may keep an index only as long as the members it was told about.
+        ``indexes`` (required, ``()`` for none): the indexes the key was put in. A store
+        may keep an index only as long as the expiries it was told about, so a key touched
+        without its indexes can drop out of them while it lives (and escape a revocation).
         """
 
     async def delete(self, *keys: str) -> None:

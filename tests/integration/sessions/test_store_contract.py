@@ -132,7 +132,7 @@ async def test_only_existing_never_creates(store: SessionStore) -> None:
 
 async def test_touch_sets_a_new_expiry_without_rewriting(store: SessionStore) -> None:
     await store.put("s:a", b"kept", LONG_TTL)
-    assert await store.touch("s:a", SHORT_TTL) is True
+    assert await store.touch("s:a", SHORT_TTL, indexes=()) is True
     assert await store.get("s:a") == b"kept"
 
     async def gone() -> bool:
@@ -143,13 +143,13 @@ async def test_touch_sets_a_new_expiry_without_rewriting(store: SessionStore) ->
 
 async def test_touch_extends_the_expiry(store: SessionStore) -> None:
     await store.put("s:a", b"kept", SHORT_TTL)
-    assert await store.touch("s:a", LONG_TTL) is True
+    assert await store.touch("s:a", LONG_TTL, indexes=()) is True
     await asyncio.sleep(SHORT_TTL * 2)
     assert await store.get("s:a") == b"kept"
 
 
 async def test_touch_of_an_absent_key_creates_nothing(store: SessionStore) -> None:
-    assert await store.touch("s:missing", LONG_TTL) is False
+    assert await store.touch("s:missing", LONG_TTL, indexes=()) is False
     assert await store.touch("s:missing", LONG_TTL, indexes=["idx:user:u"]) is False
     assert await store.get("s:missing") is None
     assert await store.members("idx:user:u") == []
@@ -215,7 +215,7 @@ async def test_a_ttl_that_is_not_a_positive_number_is_refused(store: SessionStor
     with pytest.raises(ValueError, match="ttl"):
         await store.put("s:a", b"x", ttl)
     with pytest.raises(ValueError, match="ttl"):
-        await store.touch("s:a", ttl)
+        await store.touch("s:a", ttl, indexes=())
     assert await store.get("s:a") is None
 
 

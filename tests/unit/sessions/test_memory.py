@@ -88,7 +88,7 @@ async def test_rewriting_one_key_keeps_the_expiry_heap_bounded(clock: Clock) -> 
     store = MemoryStore(clock=clock)
     for _ in range(5000):
         await store.put("s:hot", b"x", 60)
-        await store.touch("s:hot", 60)
+        await store.touch("s:hot", 60, indexes=())
     assert len(store._expiries) <= 2 * len(store) + 1024 + 1
 
 

@@ -16,6 +16,7 @@ from ztproxy.config.schema import Config
 from ztproxy.context import endpoints_route, route_entries
 from ztproxy.endpoints import proxy_endpoints
 from ztproxy.headers import parse_networks
+from ztproxy.identity import assertion_ctx
 from ztproxy.intake import intake
 from ztproxy.pipeline import Stage, build_pipeline
 from ztproxy.policy import policy_hash
@@ -59,6 +60,7 @@ def build_app(config: Config) -> web.Application:
     )
     app.cleanup_ctx.append(client_session_ctx)
     app.cleanup_ctx.append(auth_ctx)
+    app.cleanup_ctx.append(assertion_ctx)
     # Every method and path (newlines included) goes to the pipeline; intake judges the path.
     app.router.add_route("*", r"/{path:[\s\S]*}", build_pipeline(STAGES, handle), expect_handler=_defer_expect)
     return app

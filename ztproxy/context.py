@@ -22,6 +22,7 @@ class CompiledRoute:
     upstream: URL
     upstream_authority: str  # the Host header the upstream expects
     policy: RoutePolicy
+    audience: str = ""  # of the identity assertion: configured, else the route's origin
     shadow: RoutePolicy | None = None  # evaluated and logged beside ``policy``, never enforced
 
     @property
@@ -56,7 +57,17 @@ def compile_routes(config: Config) -> RouteTable[CompiledRoute]:
     return RouteTable(route_entries(config))
 
 
+def route_origin(public_url: str, host: str | None) -> str:
+    """``https://wiki.corp.example`` for a route host (scheme and port from the public URL)."""
+    public = URL(public_url)
+    if host is None:
+        return str(public.origin())
+    port = "" if public.explicit_port is None else f":{public.explicit_port}"
+    return f"{public.scheme}://{host}{port}"
+
+
 def route_entries(config: Config) -> Iterator[tuple[str | None, str, CompiledRoute]]:
+    public_url = config.public_url
     for route in config.routes:
         upstream = URL(route.upstream)
         authority = upstream.raw_host or ""
@@ -70,6 +81,7 @@ def route_entries(config: Config) -> Iterator[tuple[str | None, str, CompiledRou
             upstream=upstream.with_path("/"),
             upstream_authority=authority,
             policy=compile_route_policy(route.allow, config.policies, route.deny),
+            audience=route.audience or route_origin(public_url, route.host),
             # A candidate allow list, judged with the same deny rules as the enforced one.
             shadow=None if route.shadow is None else compile_route_policy(route.shadow, config.policies, route.deny),
         )

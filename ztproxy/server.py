@@ -137,6 +137,16 @@ class ProxyRunner(web.AppRunner):
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The listener's TLS context; with ``client_ca_file`` it asks for a device certificate.
+
+    A client certificate is asked for, never required: without one the request is served
+    with no device. One issued by the device CA passes whatever its dates (OpenSSL's
+    X509_V_FLAG_NO_CHECK_TIME, which the ssl module has no name for): an expired device
+    certificate would otherwise fail the handshake and lock the browser out of every route,
+    so ``ztproxy.posture.client_cert`` checks the dates against the request's clock instead
+    and gives no device. One from another CA fails the handshake (alert unknown_ca): the
+    stdlib offers no verify callback to accept it as "no certificate".
+    """
     tls = config.server.tls
     if tls is None:
         return None
@@ -144,6 +154,10 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
     context.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(tls.cert_file, tls.key_file)
     context.set_alpn_protocols(["http/1.1"])
+    if tls.client_ca_file is not None:
+        context.verify_mode = ssl.CERT_OPTIONAL  # RFC 8446 4.3.2: request, don't require
+        context.load_verify_locations(tls.client_ca_file)
+        context.verify_flags |= 0x200000  # X509_V_FLAG_NO_CHECK_TIME (OpenSSL x509_vfy.h)
     return context
 
 
@@ -171,7 +185,7 @@ def _stop_event() -> asyncio.Event:
 async def _start_admin(config: Config, readiness: Readiness) -> web.AppRunner | None:
     if config.server.admin_listen is None:
         return None
-    runner = web.AppRunner(build_admin_app(readiness), handle_signals=False, access_log=None)
+    runner = web.AppRunner(build_admin_app(readiness, config), handle_signals=False, access_log=None)
     await runner.setup()
     host, port = split_listen(config.server.admin_listen)
     await web.TCPSite(runner, host, port).start()

@@ -127,3 +127,15 @@ routes:
   - {name: app, upstream: 'http://127.0.0.1:1', allow: [{public: true}], shadow: [employes]}
 """)
     assert found == ["routes[0].shadow[0]: unknown policy 'employes' (did you mean 'employees'?)"]
+
+
+def test_claim_headers_cannot_take_over_headers_the_proxy_controls() -> None:
+    found = issues("""
+routes:
+  - name: app
+    upstream: http://127.0.0.1:1
+    allow: [{public: true}]
+    claim_headers: {Host: email, X-Ztproxy-User: sub, X-Employee-Id: employee_id}
+""")
+    assert len(found) == 1 and found[0].startswith("routes[0].claim_headers: header 'Host' cannot carry a claim")
+    assert "'X-Ztproxy-User' cannot carry a claim" in found[0] and "X-Employee-Id" not in found[0]

@@ -129,6 +129,16 @@ class RouteConfig(Model):
                              "or a wildcard such as *.corp.example (ports are not part of a route host)")
         return host
 
+    @field_validator("claim_headers")
+    @classmethod
+    def _check_claim_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        # Imported here: ztproxy.assertion imports the config package, which imports this module.
+        from ztproxy.assertion.headers import claim_header_problem
+        problems = [problem for name in value if (problem := claim_header_problem(name)) is not None]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
     @field_validator("upstream")
     @classmethod
     def _check_upstream(cls, value: str) -> str:

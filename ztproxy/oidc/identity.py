@@ -47,7 +47,7 @@ def session_from_login(config: IdentityProviderConfig, claims: IdTokenClaims, us
         email=_text(merged.get("email")),
         name=_text(merged.get("name")),
         groups=_groups(merged.get(config.groups_claim)),
-        claims={k: v for k, v in merged.items() if k not in ("email", "name", config.groups_claim)},
+        claims=merged,
         acr=claims.acr,
         amr=claims.amr,
         mfa=is_mfa(claims.acr, claims.amr, config.mfa),
@@ -69,8 +69,7 @@ def session_refreshed(config: IdentityProviderConfig, session: Session, userinfo
         email=_text(merged.get("email")) or session.email,
         name=_text(merged.get("name")) or session.name,
         groups=_groups(merged.get(config.groups_claim)) if config.groups_claim in merged else session.groups,
-        claims={**session.claims, **{k: v for k, v in merged.items()
-                                     if k not in ("email", "name", config.groups_claim)}},
+        claims={**session.claims, **merged},
         refreshed=now,
         refresh_token=tokens.refresh_token or session.refresh_token,
         id_token=tokens.id_token or session.id_token,

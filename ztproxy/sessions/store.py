@@ -83,7 +83,8 @@ def open_store(config: SessionsConfig) -> SessionStore:
       ``[?sentinel_password=...&sentinel_username=...]``: the master of ``master_name`` as
       the listed sentinels (default port 26379) report it, followed across failovers. The
       password in the URL is the data nodes'; sentinels with their own use the query.
-      Write passwords percent-encoded, or as ``${ENV_VAR}`` (expanded by the config loader);
+      Passwords are percent-encoded (``@`` as ``%40``), also when they come from a
+      ``${ENV_VAR}`` that the config loader expands;
     - ``package.module:Class``: any class built as ``Class(config)`` that implements
       :class:`SessionStore`.
 

@@ -31,6 +31,10 @@ routes:
     path: /payroll
     upstream: {upstream}
     allow: [{{groups: [payroll], mfa: true}}]
+  - name: mfa
+    path: /mfa
+    upstream: {upstream}
+    allow: [{{email_domains: [corp.example], mfa: true}}]
   - name: fresh
     path: /fresh
     upstream: {upstream}

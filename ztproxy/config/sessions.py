@@ -25,7 +25,7 @@ class SessionsConfig(Model):
     # "memory" (one process), "redis://host:port/db", "rediss://...",
     # "redis+sentinel://host:port,host:port/master-name/db", or "package.module:Class".
     store: str = "memory"
-    store_timeout: Duration = DEFAULT_STORE_TIMEOUT  # each store operation; then 503, fail closed
+    store_timeout: Duration = Field(default=DEFAULT_STORE_TIMEOUT, gt=0)  # each store operation; then 503, fail closed
     # Secrets sealing the proxy's own short-lived cookies (login state), newest first: 32+ bytes
     # each, hex or base64 or plain text. Without one, each start generates a fresh secret (a
     # login in progress during a restart then has to start over). Workers share it.
@@ -37,6 +37,22 @@ class SessionsConfig(Model):
     refresh_interval: Duration = Field(default=DEFAULT_REFRESH_INTERVAL, gt=0)  # re-verify at the IdP
     cache_ttl: Duration = DEFAULT_CACHE_TTL  # how long a worker trusts its in-process copy
     login_timeout: Duration = Field(default=DEFAULT_LOGIN_TIMEOUT, gt=0)  # from redirect to callback
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        # Imported here: ztproxy.sessions.store imports this module.
+        from ztproxy.sessions.store import check_store
+        check_store(value)
+        return value
+
+    @field_validator("cookie_secrets")
+    @classmethod
+    def _check_secrets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from ztproxy.sessions.sealing import parse_secret
+        for secret in value:
+            parse_secret(secret)
+        return value
 
     @field_validator("cookie_name")
     @classmethod

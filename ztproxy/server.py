@@ -142,10 +142,11 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
     A client certificate is asked for, never required: without one the request is served
     with no device. One issued by the device CA passes whatever its dates (OpenSSL's
     X509_V_FLAG_NO_CHECK_TIME, which the ssl module has no name for): an expired device
-    certificate would otherwise fail the handshake and lock the browser out of every route,
-    so ``ztproxy.posture.client_cert`` checks the dates against the request's clock instead
-    and gives no device. One from another CA fails the handshake (alert unknown_ca): the
-    stdlib offers no verify callback to accept it as "no certificate".
+    certificate would otherwise fail the handshake, and its client would get no page at all,
+    public routes included, while it presents it. ``ztproxy.posture.client_cert`` checks the
+    dates against the request's clock instead and gives no device. One from another CA fails
+    the connection (alert unknown_ca): the stdlib offers no verify callback to accept it as
+    "no certificate" (tests/integration/posture/test_tls.py shows each case).
     """
     tls = config.server.tls
     if tls is None:

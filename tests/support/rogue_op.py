@@ -1,0 +1,104 @@
+"""A rogue OpenID Provider the tests control: it answers the login with tokens broken on purpose.
+
+It speaks the protocol just far enough for ztproxy's login (discovery, JWKS, authorize,
+token, userinfo) and signs with its own real key, so a ``mode`` can break exactly one
+thing: the signature, the audience, the nonce, the algorithm...
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from aiohttp import web
+from joserfc import jwt
+from joserfc.jwk import KeySet, OctKey, RSAKey
+
+MODES = ("valid", "forged-signature", "expired", "wrong-audience", "wrong-nonce", "alg-none", "hs256-client-secret",
+         "wrong-issuer", "iss-parameter-mismatch", "userinfo-other-subject", "no-id-token", "future-iat")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass
+class RogueOp:
+    client_secret: str
+    mode: str = "valid"
+    issuer: str = ""
+    key: RSAKey = field(default_factory=lambda: RSAKey.generate_key(2048, parameters={"kid": "op-key"}))
+    other_key: RSAKey = field(default_factory=lambda: RSAKey.generate_key(2048, parameters={"kid": "op-key"}))
+    nonces: dict[str, str] = field(default_factory=dict)  # code -> nonce of its authorization request
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/.well-known/openid-configuration", self.discovery)
+        app.router.add_get("/jwks", self.jwks)
+        app.router.add_get("/authorize", self.authorize)
+        app.router.add_post("/token", self.token)
+        app.router.add_get("/userinfo", self.userinfo)
+        return app
+
+    async def discovery(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "issuer": self.issuer, "authorization_endpoint": f"{self.issuer}/authorize",
+            "token_endpoint": f"{self.issuer}/token", "userinfo_endpoint": f"{self.issuer}/userinfo",
+            "jwks_uri": f"{self.issuer}/jwks", "response_types_supported": ["code"],
+            "subject_types_supported": ["public"], "id_token_signing_alg_values_supported": ["RS256"],
+            "code_challenge_methods_supported": ["S256"], "claims_parameter_supported": True,
+            "authorization_response_iss_parameter_supported": True,
+        })
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        return web.json_response(KeySet([self.key]).as_dict(private=False))
+
+    async def authorize(self, request: web.Request) -> web.Response:
+        query = request.query
+        code = _b64(time.time_ns().to_bytes(8, "big"))
+        self.nonces[code] = query["nonce"]
+        issuer = "https://attacker.example" if self.mode == "iss-parameter-mismatch" else self.issuer
+        params = urlencode({"code": code, "state": query["state"], "iss": issuer})
+        raise web.HTTPFound(f"{query['redirect_uri']}?{params}")
+
+    async def token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        nonce = self.nonces.pop(str(form["code"]), "")
+        answer: dict[str, Any] = {"access_token": "at-" + str(form["code"]), "token_type": "Bearer",
+                                  "expires_in": 300}
+        if self.mode != "no-id-token":
+            answer["id_token"] = self.id_token(nonce)
+        return web.json_response(answer)
+
+    async def userinfo(self, request: web.Request) -> web.Response:
+        subject = "someone-else" if self.mode == "userinfo-other-subject" else "mallory"
+        return web.json_response({"sub": subject, "email": "mallory@corp.example"})
+
+    def id_token(self, nonce: str) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {"iss": self.issuer, "sub": "mallory", "aud": "ztproxy", "iat": now,
+                                  "exp": now + 300, "auth_time": now, "nonce": nonce,
+                                  "email": "mallory@corp.example"}
+        mode = self.mode
+        if mode == "expired":
+            claims.update(iat=now - 4000, exp=now - 3600, auth_time=now - 4000)
+        elif mode == "wrong-audience":
+            claims["aud"] = "some-other-client"
+        elif mode == "wrong-nonce":
+            claims["nonce"] = "not-the-nonce-we-were-sent"
+        elif mode == "wrong-issuer":
+            claims["iss"] = "https://attacker.example"
+        elif mode == "future-iat":
+            claims.update(iat=now + 3600, exp=now + 7200)
+        if mode == "alg-none":
+            header = _b64(orjson.dumps({"alg": "none", "typ": "JWT"}))
+            return f"{header}.{_b64(orjson.dumps(claims))}."
+        if mode == "hs256-client-secret":
+            return jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(self.client_secret.encode()),
+                              algorithms=["HS256"])
+        key = self.other_key if mode == "forged-signature" else self.key
+        return jwt.encode({"alg": "RS256", "kid": "op-key"}, claims, key)

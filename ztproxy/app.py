@@ -14,6 +14,7 @@ from ztproxy.authenticate import auth_ctx, authenticate
 from ztproxy.authorize import authorize
 from ztproxy.config.schema import Config
 from ztproxy.context import endpoints_route, route_entries
+from ztproxy.device import assess_device, posture_ctx
 from ztproxy.endpoints import proxy_endpoints
 from ztproxy.headers import parse_networks
 from ztproxy.identity import assertion_ctx
@@ -29,6 +30,7 @@ STAGES: tuple[Stage, ...] = (
     intake,            # header budget, canonical path, host, client ip, route -> RequestContext
     proxy_endpoints,   # /.ztproxy/* answered by the proxy (callback, logout...), never forwarded
     authenticate,      # session cookie -> live session, re-verified at the IdP when due
+    assess_device,     # client certificate, signed posture, inventory, MDM -> the device and its posture
     authorize,         # policy.evaluate -> allow, sign-in / step-up redirect, 401, or the 403 page
 )
 
@@ -61,6 +63,7 @@ def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(client_session_ctx)
     app.cleanup_ctx.append(auth_ctx)
     app.cleanup_ctx.append(assertion_ctx)
+    app.cleanup_ctx.append(posture_ctx)
     # Every method and path (newlines included) goes to the pipeline; intake judges the path.
     app.router.add_route("*", r"/{path:[\s\S]*}", build_pipeline(STAGES, handle), expect_handler=_defer_expect)
     return app

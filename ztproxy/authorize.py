@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from ztproxy.authenticate import AUTH, SIGNED_IN, Auth, SignedIn
+from ztproxy.device import DEVICE
 from ztproxy.errors import AccessDenied, AuthenticationRequired, StepUpRequired
 from ztproxy.pages import wants_json
 from ztproxy.policy import Decision, Outcome, RequestFacts, StepUp, evaluate
@@ -64,7 +65,7 @@ async def authorize(request: web.Request) -> web.StreamResponse | None:
             client_ip=ctx.client_ip,
             now=datetime.now(UTC),
             identity=identity,
-            device=None,  # no posture providers yet
+            device=request.get(DEVICE),
         )
         # Routes whose decision is known at config load (public) skip building facts at all.
         decision = decision or evaluate(policy, facts)
@@ -102,7 +103,7 @@ def log_decision(request: web.Request, decision: Decision, shadow: Decision | No
         "route": ctx.route.name,
         "subject": signed_in.session.subject if signed_in is not None else None,
         "session": signed_in.ticket.public_id if signed_in is not None else None,
-        "device": None,
+        "device": device.id if (device := request.get(DEVICE)) is not None else None,
         "client": ctx.client_ip,
         "method": request.method,
         "path": ctx.target.path,

@@ -22,6 +22,7 @@ from yarl import URL
 from ztproxy.authenticate import AUTH, SIGNED_IN
 from ztproxy.context import CompiledRoute, RequestContext
 from ztproxy.cookies import strip_own_cookies
+from ztproxy.device import DEVICE
 from ztproxy.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from ztproxy.headers import downstream_response_headers, upstream_request_headers
 from ztproxy.identity import add_identity
@@ -90,12 +91,14 @@ def forward_headers(request: web.Request, ctx: RequestContext) -> CIMultiDict[st
         request_id=ctx.request_id,
         upstream_host=None if ctx.route.config.preserve_host else ctx.route.upstream_authority,
     )
-    claim_headers = ctx.route.config.claim_headers
-    for name in claim_headers:
+    for name in ctx.route.config.claim_headers:
         headers.popall(name, None)  # only the proxy may set them
+    signed = request.app[CONFIG].devices.signed
+    if signed is not None:
+        headers.popall(signed.header, None)  # a posture token is a credential: the app never sees it
     signed_in = request.get(SIGNED_IN)
     if signed_in is not None:
-        add_identity(headers, request.app, ctx.route, signed_in, None)
+        add_identity(headers, request.app, ctx.route, signed_in, request.get(DEVICE))
     auth = request.app[AUTH]
     if auth is not None and "Cookie" in headers:
         # The session cookie opens the session: the upstream app must never see it.

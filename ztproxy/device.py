@@ -1,0 +1,48 @@
+"""Device stage: from what device the request comes, and in what state (posture providers).
+
+Runs after authentication and before authorization, only on routes whose decision can
+depend on the request (never on public ones), and only when providers are configured.
+Posture is assessed on every request; providers cache for at most their configured TTL,
+so a device that falls out of compliance loses access within that TTL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from ztproxy.authenticate import SIGNED_IN
+from ztproxy.policy.model import Device
+from ztproxy.posture import Posture, PostureQuery, peer_certificate
+from ztproxy.state import CONFIG, CONTEXT
+
+POSTURE = web.AppKey[Posture | None]("posture")
+DEVICE = web.RequestKey("device", Device)
+
+
+async def posture_ctx(app: web.Application) -> AsyncIterator[None]:
+    posture = Posture.from_config(app[CONFIG])
+    if not posture.names:
+        app[POSTURE] = None
+        yield
+        return
+    async with posture:
+        app[POSTURE] = posture
+        yield
+
+
+async def assess_device(request: web.Request) -> None:
+    posture = request.app[POSTURE]
+    if posture is None or not request[CONTEXT].route.needs_identity:
+        return
+    signed_in = request.get(SIGNED_IN)
+    device = await posture.device_for(PostureQuery(
+        peer_certificate=peer_certificate(request.transport),
+        headers=request.headers,
+        subject=signed_in.session.subject if signed_in is not None else None,
+        now=datetime.now(UTC),
+    ))
+    if device is not None:
+        request[DEVICE] = device

@@ -139,3 +139,14 @@ routes:
 """)
     assert len(found) == 1 and found[0].startswith("routes[0].claim_headers: header 'Host' cannot carry a claim")
     assert "'X-Ztproxy-User' cannot carry a claim" in found[0] and "X-Employee-Id" not in found[0]
+
+
+def test_device_certificates_need_a_device_ca_on_the_listener(tmp_path: object) -> None:
+    found = issues("""
+devices:
+  client_certificate: {}
+routes:
+  - {name: app, upstream: 'http://127.0.0.1:1', allow: [{public: true}]}
+""")
+    assert found == ["devices.client_certificate: device certificates need server.tls with client_ca_file (the CA "
+                     "that issues them), so the listener can ask for and verify them"]

@@ -29,7 +29,8 @@ from ztproxy.errors import ConfigIssue
 if TYPE_CHECKING:
     from ztproxy.config.source import Document, YamlPath
 
-_TLS_FILES = {"cert_file": "the certificate", "key_file": "the private key"}
+_TLS_FILES = {"cert_file": "the certificate", "key_file": "the private key",
+              "client_ca_file": "the device CA certificate"}
 
 
 def run(document: Document, flagged: Collection[YamlPath]) -> list[ConfigIssue]:
@@ -48,6 +49,14 @@ def run(document: Document, flagged: Collection[YamlPath]) -> list[ConfigIssue]:
     server = data.get("server")
     if isinstance(server, dict) and isinstance(server.get("tls"), dict):
         issues.extend(_tls_files(context, server["tls"]))
+    devices = data.get("devices")
+    if isinstance(devices, dict) and devices.get("client_certificate") is not None \
+            and not context.skip(("devices", "client_certificate")):
+        tls = server.get("tls") if isinstance(server, dict) else None
+        if not isinstance(tls, dict) or not tls.get("client_ca_file"):
+            issues.append(context.issue(("devices", "client_certificate"),
+                                        "device certificates need server.tls with client_ca_file (the CA that "
+                                        "issues them), so the listener can ask for and verify them"))
     providers = [(index, p) for index, p in enumerate(_list(data.get("identity_providers"))) if isinstance(p, dict)]
     issues.extend(_providers(context, providers, routes))
     if providers:

@@ -37,7 +37,6 @@ LOGOUT_PATH = "/.ztproxy/logout"
 SIGNED_OUT_PATH = "/.ztproxy/signed-out"
 BACKCHANNEL_PATH = "/.ztproxy/backchannel-logout"
 _MAX_LOGOUT_TOKEN = 16 * 1024
-_JTI_MEMORY = 24 * 3600.0  # longer than any logout token is accepted (its iat bound)
 
 
 def _csrf_token(ticket: Ticket) -> str:
@@ -70,7 +69,7 @@ class Logout:
         form = await request.post()
         token = form.get("csrf")
         if ticket is None:
-            return self._clear(web.HTTPSeeOther(SIGNED_OUT_PATH))
+            return self._clear(_see_other(SIGNED_OUT_PATH))
         if not isinstance(token, str) or not hmac.compare_digest(token, _csrf_token(ticket)):
             _log.warning("logout_refused", reason="csrf")
             return info.render("Sign out?", info.paragraph("That sign-out request did not come from this "
@@ -85,7 +84,7 @@ class Logout:
             provider = self.providers.get(session.provider)
             if provider is not None:
                 location = await self._end_session_url(provider, session.id_token) or location
-        return self._clear(web.HTTPSeeOther(location))
+        return self._clear(_see_other(location))
 
     async def _end_session_url(self, provider: Provider, id_token: str | None) -> str | None:
         try:
@@ -124,7 +123,9 @@ class Logout:
             return _backchannel_error("the logout token is invalid")
         # Back-Channel Logout 1.0 2.6: a jti seen before is a replay.
         marker = "once:jti:" + hashlib.sha256(f"{provider.name}\0{claims.jti}".encode()).hexdigest()
-        if not await self.sessions.store.put(marker, b"", _JTI_MEMORY, only_new=True):
+        # Remembered as long as the token itself would be accepted; then its age refuses it.
+        remember = max(1.0, claims.accept_until - time.time())
+        if not await self.sessions.store.put(marker, b"", remember, only_new=True):
             _log.warning("backchannel_logout_refused", provider=provider.name, reason="jti-replayed")
             return _backchannel_error("the logout token was already used")
         ended = await self.sessions.end_matching(provider.name, subject=claims.sub, idp_session=claims.sid)
@@ -145,6 +146,10 @@ def _unverified_issuer(token: str) -> str | None:
         return None
     issuer = claims.get("iss") if isinstance(claims, dict) else None
     return issuer if isinstance(issuer, str) else None
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
 
 
 def _backchannel_error(description: str) -> web.Response:

@@ -63,6 +63,7 @@ class Provider:
         self._keys: KeySet | None = None
         self._keys_at = float("-inf")
         self._last_answer = float("-inf")
+        self._last_failure = float("-inf")
         self._lock = asyncio.Lock()
 
     # --- discovery and keys ---------------------------------------------------------------
@@ -80,8 +81,9 @@ class Provider:
 
     def _metadata_due(self, fresh: bool) -> bool:
         now = time.monotonic()
+        # Fresh: the IdP answered recently, and has not failed since.
         return (self._metadata is None or now - self._metadata_at > self.config.metadata_ttl
-                or (fresh and now - self._last_answer > LIVENESS_WINDOW))
+                or (fresh and (now - self._last_answer > LIVENESS_WINDOW or self._last_failure > self._last_answer)))
 
     def _check_metadata(self, document: Mapping[str, Any]) -> OpenIDProviderMetadata:
         metadata = OpenIDProviderMetadata(document)
@@ -189,6 +191,7 @@ class Provider:
                 body = await response.content.read(_MAX_DOCUMENT)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self._last_failure = time.monotonic()
             _log.warning("idp_unreachable", provider=self.name, endpoint="token", error=repr(exc)[:200])
             raise IdentityProviderUnavailable() from exc
         self._last_answer = time.monotonic()
@@ -218,6 +221,7 @@ class Provider:
                 body = await response.content.read(_MAX_DOCUMENT)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self._last_failure = time.monotonic()
             _log.warning("idp_unreachable", provider=self.name, url=url[:200], error=repr(exc)[:200])
             raise IdentityProviderUnavailable() from exc
         if status in refused:

@@ -315,9 +315,9 @@ def validate_logout_token(token: str, *, keys: KeySet, issuer: str, client_id: s
     if "nonce" in claims:
         raise TokenInvalid("nonce", "a logout token must not carry a nonce")
     _check_types(claims)
-    # 2.6 (4): iss, aud, iat and (when present) exp as for ID tokens; 2.4: jti is REQUIRED.
+    # 2.6 (4): iss, aud, iat and exp as for ID tokens; 2.4 (final, 2023): iat, exp and jti are REQUIRED.
     _check_registered_claims(claims, issuer=issuer, client_id=client_id, now=now, leeway=leeway,
-                             essential=("iat", "jti"))
+                             essential=("iat", "exp", "jti"))
     _check_iat_age(claims["iat"], now=now, leeway=leeway, max_age=max_token_age)
     # 2.6 (6) / 2.4: the events claim is what makes this JWT a logout token.
     events = claims.get("events")

@@ -76,7 +76,7 @@ def id_claims(**changes: Any) -> dict[str, Any]:
 def logout_claims(**changes: Any) -> dict[str, Any]:
     """A good logout token's claims (Back-Channel Logout 2.4); a change to None removes the claim."""
     claims: dict[str, Any] = {
-        "iss": ISSUER, "aud": CLIENT_ID, "iat": NOW - 5, "jti": "bWJq", "sub": "248289761001",
+        "iss": ISSUER, "aud": CLIENT_ID, "iat": NOW - 5, "exp": NOW + 115, "jti": "bWJq", "sub": "248289761001",
         "sid": "08a5019c-17e1", "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
     }
     return _apply(claims, changes)

@@ -129,3 +129,8 @@ def test_an_unknown_kid_asks_for_a_jwks_refetch() -> None:
 @pytest.mark.parametrize("garbage", ["", "logout", "a.b.c", "a.b.c.d.e"])
 def test_garbage_is_malformed(garbage: str) -> None:
     assert refusal(check, garbage) == "malformed"
+
+
+def test_a_logout_token_without_exp_is_refused() -> None:
+    # Back-Channel Logout 1.0 (final) 2.4: exp is REQUIRED.
+    assert refusal(check, sign(logout_claims(exp=None))) == "expired"

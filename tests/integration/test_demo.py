@@ -2,7 +2,7 @@
 
 The demo runs as its own process (``python -m ztproxy.demo``, what ``ztproxy demo`` calls) on a
 free port with a temporary state directory; ``UserAgent`` plays the browser. The demo is stopped
-with SIGTERM and its OpenID Provider (a ``node`` child) must be gone with it.
+with SIGTERM or SIGINT (Ctrl+C), and its OpenID Provider (a ``node`` child) must be gone with it.
 """
 
 from __future__ import annotations
@@ -100,9 +100,9 @@ def _is_running(pid: int, command: str) -> bool:
     return stat[0] != "Z" and current == command
 
 
-def _stop(demo: RunningDemo) -> int:
+def _stop(demo: RunningDemo, signum: int = signal.SIGTERM) -> int:
     if demo.process.poll() is None:
-        demo.process.send_signal(signal.SIGTERM)
+        demo.process.send_signal(signum)
     try:
         return demo.process.wait(timeout=15)
     except subprocess.TimeoutExpired:
@@ -209,7 +209,9 @@ async def test_sign_in_step_up_and_the_identity_the_app_receives(tmp_path: Path,
     _wait_ready(again)
     assert again.totp_secret == secret
     assert sorted((state_dir / "assertion-keys").iterdir()) == keys
-    assert _stop(again) == 0
+    children = _children(again.process.pid)
+    assert _stop(again, signal.SIGINT) == 0  # Ctrl+C
+    assert not [pid for pid, command in children.items() if _is_running(pid, command)]
 
 
 async def test_the_app_refuses_a_forged_assertion(tmp_path: Path, start_demo: list[RunningDemo]) -> None:

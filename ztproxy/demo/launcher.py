@@ -174,6 +174,9 @@ async def _demo(port: int, log_format: LogFormat, state_dir: Path) -> int:
     except ConfigError as exc:  # a bug in the demo's own configuration: say where
         print(exc.render(), file=sys.stderr, flush=True)
         return 1
+    except OSError as exc:  # a full disk, a file made unreadable under us...
+        print(f"ztproxy demo: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

@@ -10,6 +10,7 @@ demo's portal: the users, the routes to try, bob's TOTP secret.
 from __future__ import annotations
 
 import html
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -86,13 +87,17 @@ async def verify_request(verifier: Verifier, headers: Mapping[str, str]) -> Veri
 
 def _when(value: Any, now: float) -> str:
     """A unix time as UTC plus how far it is from ``now``: "12:00:05 UTC (3 min ago)"."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return repr(value)
     delta = round(value - now)
     span = abs(delta)
     amount = f"{span} s" if span < 120 else f"{span // 60} min" if span < 7200 else f"{span // 3600} h"
     relative = "now" if delta == 0 else f"in {amount}" if delta > 0 else f"{amount} ago"
-    return f"{datetime.fromtimestamp(value, UTC):%Y-%m-%d %H:%M:%S} UTC ({relative})"
+    try:
+        moment = f"{datetime.fromtimestamp(value, UTC):%Y-%m-%d %H:%M:%S} UTC"
+    except (OverflowError, OSError, ValueError):  # outside what datetime can show
+        moment = repr(value)
+    return f"{moment} ({relative})"
 
 
 def _claim_text(name: str, value: Any, now: float) -> str:

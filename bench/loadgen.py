@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 WRK = "wrk"
@@ -43,7 +44,14 @@ class WrkResult:
 
 def run_wrk(url: str, *, threads: int, connections: int, duration: float) -> WrkResult:
     """One ``wrk -t -c -d --latency`` run against ``url``."""
-    argv = [WRK, "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--latency", url]
+    return parse_report(wrk_output(url, threads=threads, connections=connections, duration=duration))
+
+
+def wrk_output(url: str, *, threads: int, connections: int, duration: float,
+               extra_args: Sequence[str] = ()) -> str:
+    """What one ``wrk -t -c -d --latency [extra_args]`` run against ``url`` prints."""
+    argv = [WRK, "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--latency",
+            *extra_args, url]
     try:
         completed = subprocess.run(argv, capture_output=True, text=True, timeout=duration + WRK_GRACE,
                                    check=False, stdin=subprocess.DEVNULL)
@@ -53,7 +61,7 @@ def run_wrk(url: str, *, threads: int, connections: int, duration: float) -> Wrk
         raise WrkFailed(f"{WRK} still running {duration + WRK_GRACE:.0f}s after start") from exc
     if completed.returncode != 0:
         raise WrkFailed(f"{WRK} exited with {completed.returncode}: {completed.stderr.strip()[-500:]}")
-    return parse_report(completed.stdout)
+    return completed.stdout
 
 
 def parse_report(text: str) -> WrkResult:

@@ -105,6 +105,23 @@ class ManagedProcess:
                 time.sleep(POLL_INTERVAL)
 
 
+def group_cpu_seconds(group: int) -> float:
+    """User + system CPU time used so far by the live processes of a process group (Linux /proc)."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
+        except OSError:  # exited meanwhile
+            continue
+        # The command name (field 2) may hold spaces and parentheses: split after the last ")".
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == group:  # pgrp; then utime and stime are fields 14 and 15 of the line
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _group_exists(group: int) -> bool:
     try:
         os.killpg(group, 0)

@@ -102,14 +102,18 @@ def _start_nginx(name: str, workdir: Path, port: int, workers: int, http_body: s
     return process
 
 
-def start_upstream(workdir: Path) -> tuple[ManagedProcess, str]:
-    """nginx answering every ``GET`` with 200, a fixed body and two Set-Cookie lines."""
+def start_upstream(workdir: Path, extra_locations: str = "") -> tuple[ManagedProcess, str]:
+    """nginx answering every ``GET`` with 200, a fixed body and two Set-Cookie lines.
+
+    ``extra_locations``: more ``location`` blocks for the server (``run_auth.py``'s probe).
+    """
     port = free_port()
     cookies = "\n".join(f'            add_header Set-Cookie "{cookie}" always;'
                         for cookie in UPSTREAM_COOKIES)
     body = f"""\
     server {{
         listen 127.0.0.1:{port} backlog=4096;
+{extra_locations}
         location / {{
             default_type text/plain;
 {cookies}

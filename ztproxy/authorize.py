@@ -17,7 +17,7 @@ from ztproxy.authenticate import AUTH, SIGNED_IN, Auth, SignedIn
 from ztproxy.device import DEVICE
 from ztproxy.errors import AccessDenied, AuthenticationRequired, StepUpRequired
 from ztproxy.pages import wants_json
-from ztproxy.policy import Decision, Outcome, RequestFacts, StepUp, evaluate
+from ztproxy.policy import Decision, Outcome, RequestFacts, RoutePolicy, StepUp, evaluate
 from ztproxy.policy import reasons as why
 from ztproxy.state import CONTEXT, DECISION, POLICY_HASH
 from ztproxy.telemetry import decision_event
@@ -77,9 +77,13 @@ async def authorize(request: web.Request) -> web.StreamResponse | None:
     auth = request.app[AUTH]
     if auth is not None:
         if decision.outcome is Outcome.STEP_UP and decision.step_up is not None:
-            return await _sign_in(request, auth, decision.step_up)
+            step_up = decision.step_up
+            if why.AUTH_TOO_OLD not in decision.reasons:
+                # Only MFA is missing: a fresh password (prompt=login) would add nothing.
+                step_up = StepUp(mfa=step_up.mfa, max_age=None)
+            return await _sign_in(request, auth, step_up)
         if identity is None and why.AUTHENTICATION_REQUIRED in decision.reasons:
-            return await _sign_in(request, auth, None)
+            return await _sign_in(request, auth, _first_sign_in(policy))
     raise AccessDenied(explain(decision), reasons=decision.reasons)
 
 
@@ -122,6 +126,13 @@ def log_decision(request: web.Request, decision: Decision, shadow: Decision | No
     decision_event(fields)
 
 
+def _first_sign_in(policy: RoutePolicy) -> StepUp | None:
+    """What the first sign-in should ask for: MFA at once when every way in needs it."""
+    if policy.allow and all(rule.step_up is not None and rule.step_up.mfa for rule in policy.allow):
+        return StepUp(mfa=True, max_age=None)
+    return None
+
+
 def _is_browser_navigation(request: web.Request) -> bool:
     # A redirect only helps a browser loading a page; an API call or a form post would lose
     # its body or its caller on the way through the IdP.
@@ -137,7 +148,7 @@ async def _sign_in(request: web.Request, auth: Auth, step_up: StepUp | None) -> 
         query = f"?{ctx.target.query}" if ctx.target.query else ""
         return_to = auth.return_urls.for_request(ctx.host, ctx.target.path + query)
         return await auth.login.begin(request, provider, return_to=return_to, step_up=step_up)
-    if step_up is None:
+    if step_up is None or request.get(SIGNED_IN) is None:
         raise AuthenticationRequired("This application requires you to sign in.",
                                      headers=(("WWW-Authenticate", 'Bearer realm="ztproxy"'),))
     # RFC 9470 3: what the new authentication must satisfy.

@@ -2,7 +2,7 @@
 
     ztproxy run   -c FILE [--workers N] [--log-format json|console]
     ztproxy check -c FILE
-    ztproxy demo  [--port PORT]
+    ztproxy demo  [--port PORT] [--state-dir DIR]
     ztproxy policy test    -c FILE TESTS.yaml
     ztproxy policy explain -c FILE --url URL [--method M] [--sub S --email E --group G --mfa ...]
     ztproxy policy diff    -c OLD -c NEW TESTS.yaml
@@ -49,9 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a configuration file and print every error")
     config_arg(check)
 
-    demo = commands.add_parser("demo", help="run a sample app behind ztproxy on loopback")
+    demo = commands.add_parser("demo", help="sign-in, step-up and the identity an app receives, on loopback")
     demo.add_argument("--port", type=int, default=8080, help="proxy port on 127.0.0.1 (default 8080)")
     demo.add_argument("--log-format", choices=("json", "console"), default="console")
+    demo.add_argument("--state-dir", help="keys and secrets kept across restarts (default "
+                                          "$XDG_STATE_HOME/ztproxy-demo or ~/.local/state/ztproxy-demo)")
     _policy_parser(commands.add_parser("policy", help="test, explain and compare route policies"), config_arg)
     _keys_parser(commands.add_parser("keys", help="create, rotate and list the keys signing identity assertions"))
     return parser
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from ztproxy.demo import run_demo
 
-        return run_demo(port=args.port, log_format=args.log_format)
+        return run_demo(port=args.port, log_format=args.log_format, state_dir=args.state_dir)
     if args.command == "policy":
         return _policy(args)
     if args.command == "keys":

@@ -182,10 +182,12 @@ async def test_sign_in_step_up_and_the_identity_the_app_receives(tmp_path: Path,
         step_up = await ua.get(url + "/payroll")
         assert step_up.status == 302 and step_up.location is not None
         params = parse_qs(urlsplit(step_up.location).query)
-        assert params["acr_values"] == ["urn:ztproxy:mfa"] and params["max_age"] == ["600"]
+        # His password is seconds old: only the second factor is asked for, not the password again.
+        assert params["acr_values"] == ["urn:ztproxy:mfa"] and "prompt" not in params
         before_step_up = len(ua.history)
         payroll = await ua.login(url + "/payroll", "bob", "bob", secret)
         assert any(response.form("code") is not None for response in ua.history[before_step_up:])
+        assert not any(response.form("password") is not None for response in ua.history[before_step_up:])
         assert payroll.status == 200 and payroll.url == url + "/payroll", payroll.text[:500]
         assert "Verified." in payroll.text
         assert row(payroll, "email") == "bob@corp.example"

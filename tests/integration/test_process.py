@@ -218,30 +218,3 @@ def test_run_without_config_is_a_clear_error() -> None:
     result = run_cli("run", env={"ZTPROXY_CONFIG": ""})
     assert result.returncode == 2
     assert "pass -c FILE" in result.stderr
-
-
-async def test_demo_serves_the_sample_app_and_a_deny_page(tmp_path: Path) -> None:
-    port = free_port()
-    log_path = tmp_path / "demo.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "ztproxy", "demo", "--port", str(port)],
-                                   stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        deadline = time.monotonic() + 20
-        async with aiohttp.ClientSession() as client:
-            while True:
-                try:
-                    async with client.get(f"http://127.0.0.1:{port}/") as response:
-                        page = await response.text()
-                        break
-                except aiohttp.ClientConnectionError:
-                    assert time.monotonic() < deadline, log_path.read_text()
-                    await asyncio.sleep(0.1)
-            assert response.status == 200
-            assert "X-Forwarded-For" in page
-            async with client.get(f"http://127.0.0.1:{port}/locked") as response:
-                assert response.status == 403
-        assert f"http://127.0.0.1:{port}/" in log_path.read_text()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0

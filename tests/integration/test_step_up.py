@@ -68,7 +68,7 @@ async def test_a_user_without_a_second_factor_sees_why_instead_of_a_loop(world: 
         final = await world.login(agent, "/mfa/", "alice", ALICE_PASSWORD)
         assert final.status == 403
         assert "You signed in, but without a second factor" in final.text
-        to_idp = [r for r in agent.history[start:] if r.url.startswith(world.idp.issuer + "/auth")]
+        to_idp = [r for r in agent.history[start:] if r.url.startswith(world.idp.issuer + "/auth?")]
         assert len(to_idp) == 1
         # Where MFA would not help (not in the group), there is no step-up at all: a plain denial.
         denied = await agent.get(world.url + "/payroll/")
@@ -87,3 +87,15 @@ async def test_max_auth_age_asks_for_a_fresh_login(world: LoginWorld) -> None:
         assert final.form("password") is not None  # the IdP asks for the password again
         done = await world.login(agent, "/fresh/", "alice", ALICE_PASSWORD)
         assert done.status == 200 and done.url == world.url + "/fresh/"
+
+
+async def test_a_route_that_always_needs_mfa_asks_for_it_at_the_first_sign_in(world: LoginWorld) -> None:
+    async with UserAgent() as agent:
+        redirect = await agent.get(world.url + "/mfa/")
+        assert redirect.status == 302 and redirect.location is not None
+        params = parse_qs(urlsplit(redirect.location).query)
+        assert params["acr_values"] == [world.idp.mfa_acr] and "prompt" not in params
+        final = await world.login(agent, "/mfa/", "bob", BOB_PASSWORD, BOB_TOTP_SECRET)
+        assert final.status == 200 and final.url == world.url + "/mfa/"
+        # One trip to the IdP, not a password sign-in followed by a step-up.
+        assert len([r for r in agent.history if r.url.startswith(world.idp.issuer + "/auth?")]) == 1

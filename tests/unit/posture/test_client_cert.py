@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 
 from tests.support.posture import DAY, CertificateAuthority, DevicePki, Issued
 from ztproxy.config import load_text
+from ztproxy.config.devices import ClientCertificateConfig
 from ztproxy.errors import ConfigError
 from ztproxy.policy.model import Device
 from ztproxy.posture import Posture, PostureQuery, peer_certificate
@@ -112,13 +113,19 @@ def test_peer_certificate_without_a_tls_transport_is_none() -> None:
 
 
 def test_it_needs_the_client_ca_file(device_pki: DevicePki) -> None:
-    config = load_text(f"""
+    # `ztproxy check` (config loading) reports it, and building the provider refuses it too.
+    text = f"""
 server: {{tls: {device_pki.tls_yaml(client_ca=False)}}}
 devices: {{client_certificate: {{}}}}
 routes: [{{name: app, upstream: 'http://127.0.0.1:1'}}]
-""")
+"""
+    with pytest.raises(ConfigError, match=r"devices.client_certificate: device certificates need server.tls"):
+        load_text(text)
+    unchecked = load_text(text.replace("devices: {client_certificate: {}}", ""))
+    unchecked = unchecked.model_copy(update={"devices": unchecked.devices.model_copy(
+        update={"client_certificate": ClientCertificateConfig()})})
     with pytest.raises(ConfigError, match=r"devices.client_certificate: needs server.tls.client_ca_file"):
-        Posture.from_config(config)
+        Posture.from_config(unchecked)
     config = load_text(f"""
 server: {{tls: {device_pki.tls_yaml()}}}
 devices: {{client_certificate: {{uri_prefix: 'spiffe://corp.example/device/', common_name: false}}}}

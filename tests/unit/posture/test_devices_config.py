@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from tests.support.posture import PostureSigner
+from tests.support.posture import DevicePki, PostureSigner
 from ztproxy.config import load_text
 from ztproxy.config.devices import (
     ClientCertificateConfig,
@@ -28,12 +28,13 @@ def issues(devices: str) -> list[tuple[str, str]]:
     return [(issue.path, issue.message) for issue in caught.value.issues]
 
 
-def test_defaults(tmp_path: Path, posture_signer: PostureSigner) -> None:
+def test_defaults(tmp_path: Path, posture_signer: PostureSigner, device_pki: DevicePki) -> None:
     inventory = tmp_path / "devices.yaml"
     inventory.write_text("{}")
     key_file = tmp_path / "posture.pem"
     key_file.write_text(posture_signer.public_pem)
     devices = load_text(f"""
+server: {{tls: {device_pki.tls_yaml()}}}
 devices:
   client_certificate: {{}}
   signed: {{public_key_file: '{key_file}'}}

@@ -119,6 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         print("ztproxy: --workers must be at least 1", file=sys.stderr)
         return 2
+    if args.workers > 1 and config.identity_providers and config.sessions.store == "memory":
+        print(f"ztproxy: sessions.store is memory, which one process alone can see: with --workers "
+              f"{args.workers}, a sign-in on one worker would be unknown to the others. Use a Redis store "
+              "(sessions.store: redis://...) or run one worker.", file=sys.stderr)
+        return 2
     log_format = args.log_format or config.logging.format
     configure_logging(config.logging.level, log_format)
     try:

@@ -15,11 +15,15 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
+import shutil
 import signal
 import socket
 import ssl
 import sys
-from collections.abc import Coroutine
+import tempfile
+import time
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +35,7 @@ from ztproxy.app import build_app
 from ztproxy.config.schema import Config
 from ztproxy.config.values import split_listen
 from ztproxy.errors import BadRequest, HeadersTooLarge, RequestError, UriTooLong
+from ztproxy.keys import KeyRing
 from ztproxy.pages import error_response
 from ztproxy.state import Readiness
 from ztproxy.telemetry import LOG_SINK, AccessLogger, get_logger
@@ -326,6 +331,38 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
 
 
 def run(config: Config, *, workers: int = 1, log_format: str = "json") -> int:
-    if workers <= 1:
-        return run_loop(serve(config))
-    return run_loop(supervise(config, workers, log_format))
+    with shared_secrets(config) as config:
+        if workers <= 1:
+            return run_loop(serve(config))
+        return run_loop(supervise(config, workers, log_format))
+
+
+@contextlib.contextmanager
+def shared_secrets(config: Config) -> Iterator[Config]:
+    """Fill in secrets the config leaves out, once, so every worker shares them.
+
+    Without ``sessions.cookie_secrets`` a random one is made; without assertion keys, a
+    key directory for this run is made with one key in it. Both last as long as this
+    process: a restart drops sign-ins in progress and changes the assertion key, which
+    the warnings say, pointing at the settings that make them persistent.
+    """
+    temporary: str | None = None
+    try:
+        if config.identity_providers and not config.sessions.cookie_secrets:
+            log.warning("cookie_secret_generated", hint="set sessions.cookie_secrets (or cookie_secrets_file) "
+                                                         "so sign-ins in progress survive a restart")
+            sessions = config.sessions.model_copy(update={"cookie_secrets": (secrets.token_hex(32),)})
+            config = config.model_copy(update={"sessions": sessions})
+        assertion = config.assertion
+        if assertion.keys_dir is None and not assertion.key_files:
+            temporary = tempfile.mkdtemp(prefix="ztproxy-keys-")
+            log.warning("assertion_key_ephemeral", keys_dir=temporary,
+                         hint="set assertion.keys_dir (see `ztproxy keys generate`) so apps can keep verifying "
+                              "assertions across restarts")
+            assertion = assertion.model_copy(update={"keys_dir": temporary})
+            KeyRing.from_config(assertion, now=time.time())  # writes the first key, before any worker starts
+            config = config.model_copy(update={"assertion": assertion})
+        yield config
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)

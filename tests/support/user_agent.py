@@ -140,10 +140,13 @@ def _matches(stop_at: StopAt, url: str) -> bool:
 class UserAgent:
     """A cookie-keeping HTTP client that follows redirects one by one and fills in forms."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, new_connection_per_request: bool = False) -> None:
         # unsafe=True: keep cookies for IP-address hosts (everything here is on 127.0.0.1).
         self.cookie_jar = aiohttp.CookieJar(unsafe=True)
-        self.session = aiohttp.ClientSession(cookie_jar=self.cookie_jar, timeout=aiohttp.ClientTimeout(total=15))
+        # A new connection each time spreads requests over the workers of a multi-process server.
+        connector = aiohttp.TCPConnector(force_close=new_connection_per_request)
+        self.session = aiohttp.ClientSession(cookie_jar=self.cookie_jar, connector=connector,
+                                             timeout=aiohttp.ClientTimeout(total=15))
         self.history: list[Response] = []
 
     async def __aenter__(self) -> UserAgent:

@@ -22,7 +22,7 @@ from ztproxy.intake import intake
 from ztproxy.pipeline import Stage, build_pipeline
 from ztproxy.policy import policy_hash
 from ztproxy.routing import RouteTable
-from ztproxy.state import CONFIG, CONTEXT, INTAKE, POLICY_HASH, ROUTES, IntakeSettings
+from ztproxy.state import CONFIG, CONTEXT, INTAKE, POLICY_HASH, ROUTE_LIST, ROUTES, IntakeSettings
 from ztproxy.upstream import client_session_ctx, forward
 from ztproxy.websocket import is_websocket_upgrade, proxy_websocket
 
@@ -51,6 +51,7 @@ def build_app(config: Config) -> web.Application:
     app[CONFIG] = config
     routes = list(route_entries(config))
     app[ROUTES] = RouteTable(routes)
+    app[ROUTE_LIST] = tuple(route for _, _, route in routes)
     app[POLICY_HASH] = policy_hash({route.name: route.policy for _, _, route in routes})
     limits = config.server.limits
     app[INTAKE] = IntakeSettings(

@@ -68,21 +68,28 @@ async def authenticate(request: web.Request) -> None:
     auth = request.app[AUTH]
     if auth is None:
         return
+    signed_in = await current_session(request, auth, ctx.route.config.identity_provider)
+    if signed_in is not None:
+        request[SIGNED_IN] = signed_in
+
+
+async def current_session(request: web.Request, auth: Auth, route_provider: str | None) -> SignedIn | None:
+    """The live session the request's cookie opens, re-verified at the IdP when due."""
     ticket = read_ticket(request, auth.cookies)
     if ticket is None:
-        return
+        return None
     now = time.time()
     session = await auth.sessions.load(ticket, now)
     if session is None:
-        return
+        return None
     if auth.refresher.due(session, now):
         session = await auth.refresher.refresh(ticket, session, now)
         if session is None:
-            return
+            return None
     # A session from another provider than the route's is no sign-in for this route.
-    if session.provider != (ctx.route.config.identity_provider or auth.default_provider):
-        return
-    request[SIGNED_IN] = SignedIn(ticket, session)
+    if session.provider != (route_provider or auth.default_provider):
+        return None
+    return SignedIn(ticket, session)
 
 
 async def auth_ctx(app: web.Application) -> AsyncIterator[None]:

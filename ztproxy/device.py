@@ -37,12 +37,16 @@ async def assess_device(request: web.Request) -> None:
     posture = request.app[POSTURE]
     if posture is None or not request[CONTEXT].route.needs_identity:
         return
+    device = await device_of(request, posture)
+    if device is not None:
+        request[DEVICE] = device
+
+
+async def device_of(request: web.Request, posture: Posture) -> Device | None:
     signed_in = request.get(SIGNED_IN)
-    device = await posture.device_for(PostureQuery(
+    return await posture.device_for(PostureQuery(
         peer_certificate=peer_certificate(request.transport),
         headers=request.headers,
         subject=signed_in.session.subject if signed_in is not None else None,
         now=datetime.now(UTC),
     ))
-    if device is not None:
-        request[DEVICE] = device

@@ -14,6 +14,7 @@ from aiohttp import web
 from ztproxy.authenticate import AUTH, Auth
 from ztproxy.errors import RouteNotFound
 from ztproxy.identity import JWKS_PATH, jwks
+from ztproxy.me import ME_PATH, me
 from ztproxy.oidc.login import CALLBACK_PATH
 from ztproxy.oidc.logout import BACKCHANNEL_PATH, LOGOUT_PATH, SIGNED_OUT_PATH, signed_out_page
 from ztproxy.routing import is_proxy_path
@@ -40,6 +41,8 @@ async def proxy_endpoints(request: web.Request) -> web.StreamResponse | None:
         return None
     if path == JWKS_PATH:
         return await jwks(request)
+    if path == ME_PATH:
+        return await me(request, request.app[AUTH])
     endpoint = _SIGN_IN_ENDPOINTS.get(path)
     auth = request.app[AUTH]
     if endpoint is None or auth is None:

@@ -32,6 +32,7 @@ class IntakeSettings:
 
 CONFIG = web.AppKey("config", Config)
 ROUTES = web.AppKey("routes", RouteTable[CompiledRoute])
+ROUTE_LIST = web.AppKey("route_list", tuple[CompiledRoute, ...])  # in configuration order
 INTAKE = web.AppKey("intake", IntakeSettings)
 READINESS = web.AppKey("readiness", Readiness)
 POLICY_HASH = web.AppKey("policy_hash", str)  # of every route's compiled rules: the policy version in the audit log

@@ -1,0 +1,105 @@
+"""``/.ztproxy/me``: who the proxy thinks you are, how fresh your sign-in is, your device, your apps.
+
+The list of applications is every route whose policy would let this user, from this
+device, open its front page now (or would after a step-up); routes that refuse them are
+not named, so the page reveals nothing about apps the user cannot use. HTML for people,
+JSON for API clients. Never cached.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from ztproxy.authenticate import Auth, SignedIn, current_session
+from ztproxy.context import CompiledRoute, route_origin
+from ztproxy.device import POSTURE, device_of
+from ztproxy.pages import info, wants_json
+from ztproxy.policy import Outcome, RequestFacts, evaluate
+from ztproxy.policy.model import Device
+from ztproxy.state import CONFIG, CONTEXT, ROUTE_LIST
+
+ME_PATH = "/.ztproxy/me"
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} seconds ago"
+    if seconds < 7200:
+        return f"{seconds // 60} minutes ago"
+    return f"{seconds // 3600} hours ago"
+
+
+def _route_url(route: CompiledRoute, public_url: str) -> str:
+    return route_origin(public_url, route.config.host) + route.config.path
+
+
+def _reachable(request: web.Request, signed_in: SignedIn | None, device: Device | None) -> list[dict[str, str]]:
+    ctx = request[CONTEXT]
+    now = datetime.now(UTC)
+    public_url = request.app[CONFIG].public_url
+    apps = []
+    for route in request.app[ROUTE_LIST]:
+        facts = RequestFacts(method="GET", path=route.config.path, client_ip=ctx.client_ip, now=now,
+                             identity=signed_in.session.identity if signed_in else None, device=device)
+        decision = route.policy.constant or evaluate(route.policy, facts)
+        if decision.outcome is Outcome.DENY:
+            continue
+        apps.append({"name": route.name, "url": _route_url(route, public_url),
+                     "access": "yes" if decision.allowed else "after signing in again"})
+    return apps
+
+
+async def me(request: web.Request, auth: Auth | None) -> web.StreamResponse:
+    signed_in = await current_session(request, auth, None) if auth is not None else None
+    posture = request.app[POSTURE]
+    device = await device_of(request, posture) if posture is not None else None
+    now = time.time()
+    data: dict[str, Any] = {"signed_in": signed_in is not None}
+    if signed_in is not None:
+        session = signed_in.session
+        data.update(subject=session.subject, email=session.email, name=session.name, groups=list(session.groups),
+                    provider=session.provider, mfa=session.mfa, acr=session.acr, amr=list(session.amr),
+                    auth_time=int(session.auth_time), session_started=int(session.created),
+                    session=signed_in.ticket.public_id)
+    if device is not None:
+        data["device"] = {"id": device.id, "managed": device.managed, "disk_encrypted": device.disk_encrypted,
+                          "platform": device.platform, "os_version": device.os_version, "score": device.score,
+                          "last_seen": device.last_seen.isoformat() if device.last_seen else None}
+    data["applications"] = _reachable(request, signed_in, device)
+    headers = {"Cache-Control": "no-store"}
+    if wants_json(request.headers.get("Accept", ""), request.headers.get("X-Requested-With", "")):
+        return web.json_response(data, headers=headers)
+    body = []
+    if signed_in is not None:
+        session = signed_in.session
+        body.append(info.table([
+            ("User", session.subject), ("Email", session.email or "-"), ("Name", session.name or "-"),
+            ("Groups", ", ".join(session.groups) or "-"),
+            ("Signed in", _age(now - session.auth_time)),
+            ("Second factor", "yes" if session.mfa else "no"),
+            ("Session started", _age(now - session.created)),
+        ]))
+    else:
+        body.append(info.paragraph("You are not signed in. Open an application below to sign in."))
+    if device is not None:
+        body.append(info.table([
+            ("Device", device.id), ("Managed", "yes" if device.managed else "no"),
+            ("Disk encrypted", "yes" if device.disk_encrypted else "no"),
+            ("System", " ".join(filter(None, [device.platform, device.os_version])) or "-"),
+            ("Posture reported", _age(now - device.last_seen.timestamp()) if device.last_seen else "-"),
+        ]))
+    else:
+        body.append(info.paragraph("No device information: this browser presented no device certificate or "
+                                   "posture report."))
+    apps = data["applications"]
+    body.append(info.paragraph("Applications you can use:" if apps else "No application is open to you right now."))
+    if apps:
+        body.append(info.table((app["name"] + " \u2014 " + app["url"], app["access"]) for app in apps))
+    if signed_in is not None:
+        body.append(info.link_button("/.ztproxy/logout", "Sign out"))
+    return info.render("Your access", "".join(body), kicker="ztproxy")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 
 import aiohttp
 import pytest
 from aiohttp import web
+from joserfc.jwk import RSAKey
 from yarl import URL
 
 from tests.conftest import Proxy, ProxyFactory, UpstreamFactory, free_port
@@ -155,3 +157,43 @@ async def test_tokens_from_a_rogue_provider(mode: str, start_proxy: ProxyFactory
             assert final.url.startswith(proxy.url + "/.ztproxy/callback")
     finally:
         await runner.cleanup()
+
+
+async def test_a_provider_key_rotation_is_picked_up_and_unknown_kids_cost_one_fetch_per_cooldown(
+        start_proxy: ProxyFactory, start_upstream: UpstreamFactory) -> None:
+    op, proxy, runner = await rogue_world("valid", start_proxy, start_upstream)
+    try:
+        async with UserAgent() as agent:
+            assert (await agent.navigate(proxy.url + "/app/")).status == 200
+        assert op.jwks_fetches == 1
+        # The IdP rotates to a new key with a new kid: the next login refetches and works.
+        op.key = RSAKey.generate_key(2048, parameters={"kid": "op-key-2"})
+        async with UserAgent() as agent:
+            assert (await agent.navigate(proxy.url + "/app/")).status == 200
+        assert op.jwks_fetches == 2
+        # Tokens with a kid nobody publishes: refused, and no refetch within the cooldown.
+        op.published = []
+        op.key = RSAKey.generate_key(2048, parameters={"kid": "op-key-3"})
+        for _ in range(3):
+            async with UserAgent() as agent:
+                assert (await agent.navigate(proxy.url + "/app/")).status == 400
+        assert op.jwks_fetches == 2
+    finally:
+        await runner.cleanup()
+
+
+async def test_logins_in_progress_are_bounded_per_browser_and_expire(
+        start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory) -> None:
+    world = await start_world(start_idp, start_proxy, start_upstream, sessions="  login_timeout: 2s")
+    async with UserAgent() as agent:
+        stop = world.url + "/.ztproxy/callback"
+        held = [await agent.login(world.url + f"/app/{i}", "alice", ALICE_PASSWORD,
+                                  stop_at=lambda url: str(url).startswith(stop)) for i in range(6)]
+        # Six logins started in one browser: the oldest no longer fits in its login cookie.
+        first = await agent.get(held[0].location or "")
+        assert first.status == 400
+        last = await agent.get(held[5].location or "")
+        assert last.status == 303 and last.location == world.url + "/app/5"
+        await asyncio.sleep(2.1)
+        late = await agent.get(held[4].location or "")
+        assert late.status == 400  # older than login_timeout

@@ -34,6 +34,8 @@ class RogueOp:
     key: RSAKey = field(default_factory=lambda: RSAKey.generate_key(2048, parameters={"kid": "op-key"}))
     other_key: RSAKey = field(default_factory=lambda: RSAKey.generate_key(2048, parameters={"kid": "op-key"}))
     nonces: dict[str, str] = field(default_factory=dict)  # code -> nonce of its authorization request
+    published: list[RSAKey] | None = None  # the JWKS; default: the signing key
+    jwks_fetches: int = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -55,7 +57,9 @@ class RogueOp:
         })
 
     async def jwks(self, request: web.Request) -> web.Response:
-        return web.json_response(KeySet([self.key]).as_dict(private=False))
+        self.jwks_fetches += 1
+        keys = [self.key] if self.published is None else self.published
+        return web.json_response(KeySet(list(keys)).as_dict(private=False))
 
     async def authorize(self, request: web.Request) -> web.Response:
         query = request.query
@@ -101,4 +105,4 @@ class RogueOp:
             return jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(self.client_secret.encode()),
                               algorithms=["HS256"])
         key = self.other_key if mode == "forged-signature" else self.key
-        return jwt.encode({"alg": "RS256", "kid": "op-key"}, claims, key)
+        return jwt.encode({"alg": "RS256", "kid": self.key.kid}, claims, key)

@@ -62,6 +62,7 @@ class Provider:
         self._metadata_at = float("-inf")
         self._keys: KeySet | None = None
         self._keys_at = float("-inf")
+        self._last_refetch = float("-inf")  # by an unknown kid: at most once per cooldown
         self._last_answer = float("-inf")
         self._last_failure = float("-inf")
         self._lock = asyncio.Lock()
@@ -109,6 +110,8 @@ class Provider:
             return self._keys
         async with self._lock:
             if self._keys_due(refetch):
+                if refetch:
+                    self._last_refetch = time.monotonic()
                 metadata = self._metadata or await self._fetch_metadata_locked()
                 document = await self._get_json(str(metadata["jwks_uri"]))
                 try:
@@ -121,9 +124,9 @@ class Provider:
         return self._keys
 
     def _keys_due(self, refetch: bool) -> bool:
-        age = time.monotonic() - self._keys_at
-        return self._keys is None or age > self.config.metadata_ttl \
-            or (refetch and age >= self.config.jwks_refetch_cooldown)
+        now = time.monotonic()
+        return self._keys is None or now - self._keys_at > self.config.metadata_ttl \
+            or (refetch and now - self._last_refetch >= self.config.jwks_refetch_cooldown)
 
     async def _fetch_metadata_locked(self) -> OpenIDProviderMetadata:
         document = await self._get_json(f"{self.config.issuer}/.well-known/openid-configuration")

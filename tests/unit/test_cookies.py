@@ -21,3 +21,18 @@ def test_lenient_about_odd_pairs_but_strict_about_names() -> None:
     header = 'weird; x="q"; ZTPROXY_SESSION=kept-other-case; ztproxy_sessionx=1;; '
     # Cookie names are case-sensitive: only the exact names are the proxy's.
     assert strip_own_cookies(header, NAMES) == 'weird; x="q"; ZTPROXY_SESSION=kept-other-case; ztproxy_sessionx=1'
+
+
+def test_cookie_attributes_follow_the_public_url_and_cookie_domain() -> None:
+    from aiohttp import web
+    response = web.Response()
+    CookieSettings(session_name="ztproxy_session", domain="corp.example", secure=True).set(
+        response, "ztproxy_session", "v", max_age=60)
+    header = response.headers["Set-Cookie"].lower()
+    for attribute in ("domain=corp.example", "httponly", "secure", "samesite=lax", "path=/", "max-age=60"):
+        assert attribute in header
+    plain = web.Response()
+    CookieSettings(session_name="ztproxy_session", domain=None, secure=False).set(plain, "ztproxy_session", "v",
+                                                                                  max_age=None)
+    header = plain.headers["Set-Cookie"].lower()
+    assert "secure" not in header and "domain" not in header and "max-age" not in header

@@ -28,11 +28,11 @@ def test_cookie_attributes_follow_the_public_url_and_cookie_domain() -> None:
     response = web.Response()
     CookieSettings(session_name="ztproxy_session", domain="corp.example", secure=True).set(
         response, "ztproxy_session", "v", max_age=60)
-    header = response.headers["Set-Cookie"].lower()
+    header = response.cookies["ztproxy_session"].output().lower()
     for attribute in ("domain=corp.example", "httponly", "secure", "samesite=lax", "path=/", "max-age=60"):
         assert attribute in header
     plain = web.Response()
     CookieSettings(session_name="ztproxy_session", domain=None, secure=False).set(plain, "ztproxy_session", "v",
                                                                                   max_age=None)
-    header = plain.headers["Set-Cookie"].lower()
+    header = plain.cookies["ztproxy_session"].output().lower()
     assert "secure" not in header and "domain" not in header and "max-age" not in header

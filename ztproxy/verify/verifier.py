@@ -102,6 +102,7 @@ class Verifier:
         self._lock = threading.Lock()
         self._keys: KeySet | None = KeySet.import_key_set(dict(jwks)) if jwks is not None else None  # type: ignore[arg-type]
         self._fetched_at = -float("inf")
+        self._refetched_at = -float("inf")  # for an unknown kid: at most once per cooldown
         self._claims = jwt.JWTClaimsRegistry(
             leeway=int(leeway),
             iss={"essential": True, "value": issuer},
@@ -118,8 +119,12 @@ class Verifier:
                 return self._keys
             now = self._clock()
             stale = now - self._fetched_at > self._cache_ttl
-            may_refetch = now - self._fetched_at > self._cooldown
+            # Counted from the last refetch an unknown kid caused, not from the last fetch: a key
+            # rotated in just after a routine fetch is still picked up at once.
+            may_refetch = now - self._refetched_at > self._cooldown
             if self._keys is None or stale or (refresh and may_refetch):
+                if refresh and not stale and self._keys is not None:
+                    self._refetched_at = now
                 try:
                     document = self._fetch(self._jwks_url)
                     self._keys = KeySet.import_key_set(document)  # type: ignore[arg-type]

@@ -122,3 +122,18 @@ def test_jwks_cached_and_refetched_on_unknown_kid_with_cooldown(issuer: TestIssu
         with pytest.raises(AssertionInvalid):
             verifier.verify(forged)
     assert endpoint.calls == 2
+
+
+def test_a_key_rotated_in_right_after_a_fetch_is_picked_up_at_once(issuer: TestIssuer) -> None:
+    endpoint = FakeJwksEndpoint(issuer.jwks)
+    now = [1000.0]
+    verifier = Verifier(issuer=issuer.issuer, audience=AUDIENCE, jwks_url="https://proxy/jwks.json",
+                        fetch=endpoint, clock=lambda: now[0], refetch_cooldown=30, cache_ttl=300)
+    verifier.verify(issuer.mint())
+    rotated = ECKey.generate_key("P-256", parameters={"kid": "rotated"}, private=True)
+    endpoint.jwks = {"keys": [*issuer.jwks["keys"], rotated.as_dict(private=False)]}
+    now[0] += 1  # the cooldown bounds refetches caused by unknown kids, not routine fetches
+    token = jwt.encode({"alg": "ES256", "kid": "rotated"},
+                       {"iss": issuer.issuer, "aud": AUDIENCE, "sub": "bob", "exp": int(time.time()) + 60}, rotated)
+    assert verifier.verify(token).subject == "bob"
+    assert endpoint.calls == 2

@@ -37,7 +37,8 @@ async def test_rotation_across_two_proxies_without_a_verification_failure(
     public = f"http://127.0.0.1:{ports[0]}"  # replicas behind one name: one issuer, one audience
     idp = await start_idp(clients=[IdpClient(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
                                              redirect_uris=(f"{public}/.ztproxy/callback",))])
-    proxies = [proxy_process(f"""
+    for port in ports:
+        proxy_process(f"""
 server: {{listen: 127.0.0.1:{port}, public_url: '{public}', admin_listen: 127.0.0.1:{free_port()}}}
 identity_providers:
   - {{name: demo, issuer: '{idp.issuer}', client_id: {CLIENT_ID}, client_secret: {CLIENT_SECRET}}}
@@ -47,7 +48,8 @@ sessions:
 assertion: {{keys_dir: '{key_dir}', ttl: 5s, publish_before_use: 1s, verifier_leeway: 2s}}
 routes:
   - {{name: app, upstream: '{upstream.url}', allow: [{{email_domains: [corp.example]}}]}}
-""") for port in ports]
+""")
+    proxies = [f"http://127.0.0.1:{port}" for port in ports]  # each replica, by its own address
     verifier = Verifier(issuer=public, audience=public, jwks_url=f"{public}/.well-known/ztproxy/jwks.json")
     kids: set[str] = set()
     last: dict[str, str] = {}
@@ -62,16 +64,16 @@ routes:
                 await asyncio.to_thread(keys, "rotate", "--dir", str(key_dir), "--force")
                 rotated = True
             for proxy in proxies:
-                async with agent.session.get(proxy.url + "/x", headers={"Accept": "application/json"}) as response:
+                async with agent.session.get(proxy + "/x", headers={"Accept": "application/json"}) as response:
                     assert response.status == 200
                     headers = dict((await response.json())["headers"])
                 token = headers["X-Ztproxy-Jwt-Assertion"]
                 try:
                     await verifier.averify(token)
                 except AssertionInvalid as exc:
-                    failures.append(f"{proxy.url}: {exc}")
+                    failures.append(f"{proxy}: {exc}")
                 kids.add(_kid(token))
-                last[proxy.url] = _kid(token)
+                last[proxy] = _kid(token)
             await asyncio.sleep(0.1)
     assert failures == []
     assert len(kids) == 2, kids

@@ -16,6 +16,7 @@ from aiohttp import web
 from ztproxy.authenticate import AUTH, SIGNED_IN, Auth, SignedIn
 from ztproxy.device import DEVICE
 from ztproxy.errors import AccessDenied, AuthenticationRequired, StepUpRequired
+from ztproxy.me import ME_PATH
 from ztproxy.pages import wants_json
 from ztproxy.policy import Decision, Outcome, RequestFacts, RoutePolicy, StepUp, evaluate
 from ztproxy.policy import reasons as why
@@ -84,7 +85,11 @@ async def authorize(request: web.Request) -> web.StreamResponse | None:
             return await _sign_in(request, auth, step_up)
         if identity is None and why.AUTHENTICATION_REQUIRED in decision.reasons:
             return await _sign_in(request, auth, _first_sign_in(policy))
-    raise AccessDenied(explain(decision), reasons=decision.reasons)
+    hint = None
+    if identity is not None:
+        hint = (f"You are signed in as {identity.email or identity.subject}. {AccessDenied.hint} "
+                f"{ME_PATH} shows your sign-in, your device and the applications open to you.")
+    raise AccessDenied(explain(decision), reasons=decision.reasons, hint=hint)
 
 
 @dataclass

@@ -62,6 +62,8 @@ async def test_signed_in_but_not_allowed_gets_the_deny_page(world: LoginWorld) -
         denied = await agent.get(world.url + "/alice/")
         assert denied.status == 403
         assert "Your account is not on the list of users of this application." in denied.text
+        # Who they are signed in as, and where to look next.
+        assert "You are signed in as bob@corp.example." in denied.text and "/.ztproxy/me" in denied.text
 
 
 async def test_public_routes_need_no_sign_in(world: LoginWorld) -> None:

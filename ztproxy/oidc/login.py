@@ -115,6 +115,8 @@ class LoginFlow:
     # --- the way back ---------------------------------------------------------------------
 
     async def callback(self, request: web.Request) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
         now = time.time()
         query = request.query
         state = query.get("state", "")

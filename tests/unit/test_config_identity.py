@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from textwrap import dedent
 
 import pytest
@@ -150,3 +151,14 @@ routes:
 """)
     assert found == ["devices.client_certificate: device certificates need server.tls with client_ca_file (the CA "
                      "that issues them), so the listener can ask for and verify them"]
+
+
+def test_cookie_secrets_from_a_file_one_per_line(tmp_path: Path) -> None:
+    secrets = tmp_path / "cookie-secrets"
+    secrets.write_text("a" * 64 + "\n\n" + "b" * 64 + "\n")
+    config = load_text(f"""
+sessions: {{cookie_secrets_file: '{secrets}'}}
+routes:
+  - {{name: app, upstream: 'http://127.0.0.1:1', allow: [{{public: true}}]}}
+""", env={})
+    assert config.sessions.cookie_secrets == ("a" * 64, "b" * 64)

@@ -14,7 +14,7 @@ import math
 import re
 import zoneinfo
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_origin
 
 from annotated_types import MinLen
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainValidator, model_validator
@@ -265,10 +265,15 @@ class Model(BaseModel):
             if not isinstance(data[key], str) or not data[key]:
                 raise ValueError(f"{key}: expected a file path")
             try:
-                resolved[target] = Path(data[key]).read_text(encoding="utf-8").rstrip("\r\n")
+                text = Path(data[key]).read_text(encoding="utf-8")
             except OSError as exc:
                 raise ValueError(f"{key}: cannot read {data[key]!r}: {exc.strerror}") from None
             except UnicodeDecodeError:
                 raise ValueError(f"{key}: cannot read {data[key]!r}: not UTF-8 text") from None
+            if get_origin(fields[target].annotation) in (tuple, list):
+                # A list from a file: one value per line (secrets, newest first), blank lines skipped.
+                resolved[target] = [line.strip() for line in text.splitlines() if line.strip()]
+            else:
+                resolved[target] = text.rstrip("\r\n")
             del resolved[key]
         return resolved

@@ -32,7 +32,7 @@ class Session:
     amr: tuple[str, ...]
     mfa: bool  # the last authentication used a second factor (per the provider's mfa settings)
     auth_time: float  # when the user last authenticated at the IdP
-    created: float  # sign-in (a step-up starts a new session but keeps this)
+    created: float  # sign-in; a step-up is a new sign-in, so a new session with a new start
     last_seen: float  # last use, coarse (for the idle timeout)
     refreshed: float  # last successful identity refresh at the IdP
     refresh_token: str | None = None

@@ -139,11 +139,13 @@ def _first_sign_in(policy: RoutePolicy) -> StepUp | None:
 
 
 def _is_browser_navigation(request: web.Request) -> bool:
-    # A redirect only helps a browser loading a page; an API call or a form post would lose
-    # its body or its caller on the way through the IdP.
+    # A redirect only helps a browser loading a page (browsers always ask for text/html when
+    # they navigate); an API call (curl's */*, JSON, XHR) or a form post would lose its body
+    # or its caller on the way through the IdP.
     headers = request.headers
-    return request.method in ("GET", "HEAD") and not wants_json(headers.get("Accept", ""),
-                                                                  headers.get("X-Requested-With", ""))
+    accept = headers.get("Accept", "")
+    return request.method in ("GET", "HEAD") and "text/html" in accept.lower() \
+        and not wants_json(accept, headers.get("X-Requested-With", ""))
 
 
 async def _sign_in(request: web.Request, auth: Auth, step_up: StepUp | None) -> web.StreamResponse:

@@ -54,6 +54,8 @@ async def test_an_api_client_without_a_session_gets_401_not_a_redirect(world: Lo
         assert body["error"] == "authentication-required"
         post = await agent.session.post(world.url + "/app/data", data=b"x", allow_redirects=False)
         assert post.status == 401  # a form post would lose its body on the way through the IdP
+        curl = await agent.session.get(world.url + "/app/data", headers={"Accept": "*/*"}, allow_redirects=False)
+        assert curl.status == 401  # not a browser loading a page
 
 
 async def test_signed_in_but_not_allowed_gets_the_deny_page(world: LoginWorld) -> None:

@@ -16,7 +16,7 @@ from tests.conftest import Proxy, ProxyFactory, UpstreamFactory, free_port
 from tests.integration.login_env import LoginWorld, start_world
 from tests.support.idp import ALICE_PASSWORD, IdpFactory
 from tests.support.rogue_op import MODES, RogueOp
-from tests.support.user_agent import UserAgent
+from tests.support.user_agent import BROWSER_ACCEPT, UserAgent
 
 
 @pytest.fixture
@@ -79,7 +79,8 @@ async def test_a_pre_set_session_cookie_is_replaced_at_sign_in(world: LoginWorld
 ])
 async def test_junk_session_cookies_are_no_session_never_an_error(world: LoginWorld, cookie: str) -> None:
     async with aiohttp.ClientSession() as client:
-        async with client.get(world.url + "/app/", headers={"Cookie": f"ztproxy_session={cookie}"},
+        async with client.get(world.url + "/app/", headers={"Cookie": f"ztproxy_session={cookie}",
+                                                            "Accept": BROWSER_ACCEPT},
                               allow_redirects=False) as response:
             assert response.status == 302  # off to sign in, as if there were no cookie
 
@@ -91,7 +92,8 @@ async def test_a_tampered_session_cookie_is_no_session(world: LoginWorld) -> Non
         assert value is not None
     for tampered in (value[:-1] + ("A" if value[-1] != "A" else "B"), value[:40], value[:10] + value[11:] + "x"):
         async with aiohttp.ClientSession() as client:
-            async with client.get(world.url + "/app/", headers={"Cookie": f"ztproxy_session={tampered}"},
+            async with client.get(world.url + "/app/", headers={"Cookie": f"ztproxy_session={tampered}",
+                                                                "Accept": BROWSER_ACCEPT},
                                   allow_redirects=False) as response:
                 assert response.status == 302
 

@@ -137,6 +137,9 @@ def _matches(stop_at: StopAt, url: str) -> bool:
     return URL(url).origin() == URL(stop_at).origin()
 
 
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
 class UserAgent:
     """A cookie-keeping HTTP client that follows redirects one by one and fills in forms."""
 
@@ -145,7 +148,9 @@ class UserAgent:
         self.cookie_jar = aiohttp.CookieJar(unsafe=True)
         # A new connection each time spreads requests over the workers of a multi-process server.
         connector = aiohttp.TCPConnector(force_close=new_connection_per_request)
+        # What a browser sends when it navigates: servers tell page loads from API calls by it.
         self.session = aiohttp.ClientSession(cookie_jar=self.cookie_jar, connector=connector,
+                                             headers={"Accept": BROWSER_ACCEPT},
                                              timeout=aiohttp.ClientTimeout(total=15))
         self.history: list[Response] = []
 

@@ -64,7 +64,8 @@ async def me(request: web.Request, auth: Auth | None) -> web.StreamResponse:
         session = signed_in.session
         data.update(subject=session.subject, email=session.email, name=session.name, groups=list(session.groups),
                     provider=session.provider, mfa=session.mfa, acr=session.acr, amr=list(session.amr),
-                    auth_time=int(session.auth_time), session_started=int(session.created),
+                    auth_time=None if session.auth_time is None else int(session.auth_time),
+                    session_started=int(session.created),
                     session=signed_in.ticket.public_id)
     if device is not None:
         data["device"] = {"id": device.id, "managed": device.managed, "disk_encrypted": device.disk_encrypted,
@@ -80,7 +81,7 @@ async def me(request: web.Request, auth: Auth | None) -> web.StreamResponse:
         body.append(info.table([
             ("User", session.subject), ("Email", session.email or "-"), ("Name", session.name or "-"),
             ("Groups", ", ".join(session.groups) or "-"),
-            ("Signed in", _age(now - session.auth_time)),
+            ("Signed in", "unknown" if session.auth_time is None else _age(now - session.auth_time)),
             ("Second factor", "yes" if session.mfa else "no"),
             ("Session started", _age(now - session.created)),
         ]))

@@ -136,3 +136,11 @@ async def test_end_matching_by_idp_session_or_user() -> None:
     assert await sessions.load(bob, T0) is not None
     assert await sessions.end_matching("other-idp", subject="bob") == 0
     assert await sessions.load(bob, T0) is not None
+
+
+def test_an_unknown_auth_time_stays_unknown() -> None:
+    # The IdP did not say when the user authenticated: max_auth_age rules then ask again.
+    session = make_session(auth_time=None)
+    assert session.identity.auth_time is None
+    again = Session.from_bytes(session.to_bytes())
+    assert again is not None and again.auth_time is None

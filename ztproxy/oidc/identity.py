@@ -51,7 +51,9 @@ def session_from_login(config: IdentityProviderConfig, claims: IdTokenClaims, us
         acr=claims.acr,
         amr=claims.amr,
         mfa=is_mfa(claims.acr, claims.amr, config.mfa),
-        auth_time=claims.auth_time if claims.auth_time is not None else now,
+        # Unknown stays unknown: taking "now" would make a silent sign-on to an IdP session
+        # hours old look fresh to max_auth_age (which then asks for one with max_age).
+        auth_time=claims.auth_time,
         created=now,
         last_seen=now,
         refreshed=now,

@@ -92,13 +92,15 @@ class LoginFlow:
             "code_challenge": s256_challenge(pending.verifier),
             "code_challenge_method": "S256",
         }
+        # OIDC Core 5.5: ask for auth_time always (max_auth_age rules need it), and for MFA an
+        # essential acr claim, which the IdP must satisfy or refuse (5.5.1.1).
+        wanted: dict[str, Any] = {"auth_time": {"essential": True}}
         acr_values = provider.config.mfa.acr_values
         if pending.mfa and acr_values:
             params["acr_values"] = " ".join(acr_values)
-            if metadata.get("claims_parameter_supported"):
-                # OIDC Core 5.5.1.1: an essential acr claim, which the IdP must satisfy or refuse.
-                params["claims"] = orjson.dumps(
-                    {"id_token": {"acr": {"essential": True, "values": list(acr_values)}}}).decode()
+            wanted["acr"] = {"essential": True, "values": list(acr_values)}
+        if metadata.get("claims_parameter_supported"):
+            params["claims"] = orjson.dumps({"id_token": wanted}).decode()
         if pending.max_age is not None:
             params["max_age"] = str(int(pending.max_age))
             params["prompt"] = "login"

@@ -31,7 +31,7 @@ class Session:
     acr: str | None
     amr: tuple[str, ...]
     mfa: bool  # the last authentication used a second factor (per the provider's mfa settings)
-    auth_time: float  # when the user last authenticated at the IdP
+    auth_time: float | None  # when the user last authenticated at the IdP; None: it did not say
     created: float  # sign-in; a step-up is a new sign-in, so a new session with a new start
     last_seen: float  # last use, coarse (for the idle timeout)
     refreshed: float  # last successful identity refresh at the IdP
@@ -50,7 +50,7 @@ class Session:
             claims=MappingProxyType(dict(self.claims)),
             acr=self.acr,
             amr=self.amr,
-            auth_time=datetime.fromtimestamp(self.auth_time, UTC),
+            auth_time=None if self.auth_time is None else datetime.fromtimestamp(self.auth_time, UTC),
             session_started=datetime.fromtimestamp(self.created, UTC),
             mfa=self.mfa,
         ))

@@ -4,23 +4,40 @@ A session is stored sealed under its hashed id (``sealing``), with a store expir
 is the idle timeout, capped by what is left of its absolute lifetime: the store forgets
 an idle session by itself, and a use extends it (``touch``, which never recreates a
 session that was ended meanwhile). Each worker keeps what it read for ``cache_ttl``
-seconds, so the hot path does not pay a store round trip per request; an ending in this
-process drops the entry at once, elsewhere within ``cache_ttl``.
-No aiohttp; ``now`` is always a parameter.
+seconds, so the hot path does not pay a store round trip per request.
+
+Ending is authoritative in the store (the key is deleted), then announced to every worker
+and replica (:mod:`ztproxy.sessions.revocation`): a worker that follows the announcements
+drops its copy at once, one that missed them re-reads the store within ``cache_ttl``.
+
+Sessions are indexed by user, by IdP session (back-channel logout), by public handle (the
+admin API's name for a session: it sees store keys, never ids) and by device (a marker
+per device and session, written in the background the first time a worker serves the
+session from that device). No aiohttp; ``now`` is always a parameter.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
+from typing import Any
+
+import structlog
 
 from ztproxy.config.sessions import SessionsConfig
+from ztproxy.errors import SessionStoreUnavailable
 from ztproxy.sessions.model import Session
-from ztproxy.sessions.sealing import Ticket, seal, unseal
+from ztproxy.sessions.revocation import STORE_KEY_RE, RevocationFeed
+from ztproxy.sessions.sealing import Ticket, public_handle, seal, unseal
 from ztproxy.sessions.store import SessionStore
 
 DEFAULT_CACHE_SIZE = 100_000
+DEVICES_NOTED_SIZE = 100_000  # (session, device) pairs this worker remembers having recorded
+
+_log = structlog.get_logger("ztproxy.sessions")
 
 
 def user_index(provider: str, subject: str) -> str:
@@ -31,11 +48,33 @@ def idp_session_index(provider: str, idp_session: str) -> str:
     return "idx:sid:" + hashlib.sha256(f"{provider}\0{idp_session}".encode()).hexdigest()
 
 
-def _indexes(session: Session) -> list[str]:
-    indexes = [user_index(session.provider, session.subject)]
+def handle_index(handle: str) -> str:
+    return "idx:handle:" + handle
+
+
+def device_index(device_id: str) -> str:
+    return "idx:device:" + hashlib.sha256(device_id.encode()).hexdigest()
+
+
+def device_marker(device_id: str, store_key: str) -> str:
+    """The key saying "this session was used from this device"; its value is the store key."""
+    return "dev:" + hashlib.sha256(f"{device_id}\0{store_key}".encode()).hexdigest()
+
+
+def _indexes(store_key: str, session: Session) -> list[str]:
+    indexes = [user_index(session.provider, session.subject), handle_index(public_handle(store_key))]
     if session.idp_session:
         indexes.append(idp_session_index(session.provider, session.idp_session))
     return indexes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """What the admin API can tell of a session without opening it."""
+
+    handle: str
+    provider: str
+    expires_in: float  # seconds until the store forgets it unless it is used (idle, capped by lifetime)
 
 
 @dataclass(slots=True)
@@ -54,6 +93,9 @@ class SessionManager:
         self._cache_size = cache_size
         # Extend the store expiry at most this often per session and worker.
         self._touch_every = min(config.idle_timeout / 8, 60.0)
+        self.revocations = RevocationFeed(store, forget=self.forget, forget_all=self._cache.clear, spawn=self._spawn)
+        self._devices_noted: dict[tuple[str, str], None] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _expiry(self, session: Session, now: float) -> float:
         return min(self.config.idle_timeout, session.created + self.config.lifetime - now)
@@ -86,7 +128,7 @@ class SessionManager:
             return None
         touched_at = cached.touched_at if cached is not None else now
         if now - touched_at >= self._touch_every:
-            await self.store.touch(key, self._expiry(session, now), indexes=_indexes(session))
+            await self.store.touch(key, self._expiry(session, now), indexes=_indexes(key, session))
             touched_at = now
         self._remember(key, _Cached(ticket.key, session, now, touched_at))
         return session
@@ -97,14 +139,15 @@ class SessionManager:
             await self.end(replacing)
         ticket = Ticket.new()
         await self.store.put(ticket.store_key, seal(ticket, session.to_bytes()), self._expiry(session, now),
-                             indexes=_indexes(session))
+                             indexes=_indexes(ticket.store_key, session))
         self._remember(ticket.store_key, _Cached(ticket.key, session, now, now))
         return ticket
 
     async def update(self, ticket: Ticket, session: Session, now: float) -> bool:
         """Replace the session's content (an identity refresh); False when it was ended meanwhile."""
         written = await self.store.put(ticket.store_key, seal(ticket, session.to_bytes()),
-                                       self._expiry(session, now), only_existing=True, indexes=_indexes(session))
+                                       self._expiry(session, now), only_existing=True,
+                                       indexes=_indexes(ticket.store_key, session))
         if written:
             self._remember(ticket.store_key, _Cached(ticket.key, session, now, now))
         else:
@@ -112,8 +155,14 @@ class SessionManager:
         return written
 
     async def end(self, ticket: Ticket, session: Session | None = None) -> None:
-        self._cache.pop(ticket.store_key, None)
-        await self.store.delete(ticket.store_key)
+        await self.end_keys([ticket.store_key])
+
+    async def end_keys(self, keys: Collection[str]) -> None:
+        """End the sessions stored under ``keys``: deleted from the store, then announced."""
+        if not keys:
+            return
+        await self.store.delete(*keys)
+        await self.revocations.announce(keys)
 
     async def end_matching(self, provider: str, *, subject: str | None = None,
                            idp_session: str | None = None) -> int:
@@ -123,15 +172,86 @@ class SessionManager:
             keys.update(await self.store.members(idp_session_index(provider, idp_session)))
         elif subject is not None:
             keys.update(await self.store.members(user_index(provider, subject)))
-        for key in keys:
-            self.forget(key)
-        if keys:
-            await self.store.delete(*keys)
+        await self.end_keys(keys)
         return len(keys)
+
+    async def end_handle(self, handle: str) -> int:
+        """End the session with this public handle; how many ended (0 or 1)."""
+        keys = await self.store.members(handle_index(handle))
+        await self.end_keys(keys)
+        return len(keys)
+
+    async def end_device(self, device_id: str) -> int:
+        """End every session served from this device so far; how many were live."""
+        index = device_index(device_id)
+        markers = await self.store.members(index)
+        values = await asyncio.gather(*(self.store.get(marker) for marker in markers))
+        candidates = {value.decode("ascii", errors="replace") for value in values if value is not None}
+        keys = sorted(key for key in candidates if STORE_KEY_RE.fullmatch(key))
+        remaining = await asyncio.gather(*(self.store.ttl(key) for key in keys))
+        live = [key for key, ttl in zip(keys, remaining, strict=True) if ttl is not None]
+        await self.end_keys(live)
+        await self.store.delete(*markers, index)
+        return len(live)
+
+    async def sessions_of(self, provider: str, subject: str) -> list[StoredSession]:
+        """The live sessions of a user at one provider, soonest to expire first."""
+        keys = await self.store.members(user_index(provider, subject))
+        remaining = await asyncio.gather(*(self.store.ttl(key) for key in keys))
+        found = [StoredSession(public_handle(key), provider, ttl)
+                 for key, ttl in zip(keys, remaining, strict=True) if ttl is not None]
+        return sorted(found, key=lambda entry: (entry.expires_in, entry.handle))
+
+    def note_device(self, store_key: str, session: Session, device_id: str, now: float) -> None:
+        """Record, off the request's path, that this session is used from this device.
+
+        Once per session, device and worker: the first sighting spawns one store write (a
+        marker living as long as the session may, indexed by device, so revoking the device
+        finds the session); later ones cost a dict lookup. A failed write is retried at the
+        next sighting.
+        """
+        seen = (store_key, device_id)
+        if seen in self._devices_noted:
+            return
+        left = session.created + self.config.lifetime - now
+        if left <= 0:
+            return
+        noted = self._devices_noted
+        if len(noted) >= DEVICES_NOTED_SIZE:
+            del noted[next(iter(noted))]  # the oldest: at worst it is written once more
+        noted[seen] = None
+        self._spawn(self._record_device(store_key, device_id, left))
+
+    async def _record_device(self, store_key: str, device_id: str, left: float) -> None:
+        try:
+            await self.store.put(device_marker(device_id, store_key), store_key.encode("ascii"), left,
+                                 only_new=True, indexes=[device_index(device_id)])
+        except SessionStoreUnavailable:
+            self._devices_noted.pop((store_key, device_id), None)
+            _log.warning("session_device_not_recorded", session=public_handle(store_key))
+
+    def watch(self, store_key: str, on_end: Callable[[], None]) -> Callable[[], None]:
+        """Call ``on_end()`` once if this session ends (see :meth:`RevocationFeed.watch`)."""
+        return self.revocations.watch(store_key, on_end)
+
+    async def follow_revocations(self) -> None:
+        """Drop copies of sessions ended elsewhere, until cancelled (a task for the app's lifetime)."""
+        await self.revocations.follow()
 
     def forget(self, store_key: str) -> None:
         """Drop this worker's copy (after a revocation seen elsewhere)."""
         self._cache.pop(store_key, None)
+
+    async def close(self) -> None:
+        """Stop background work (device records, checks of watched sessions)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _remember(self, key: str, entry: _Cached) -> None:
         cache = self._cache

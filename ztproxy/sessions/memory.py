@@ -8,18 +8,28 @@ twelve-hour session). Index memberships are tracked per key, so they vanish with
 
 Every method runs without awaiting in between, which makes each one atomic for asyncio:
 two concurrent ``only_new`` writes of one key cannot both win.
+
+``open(config)`` (what ``sessions.store: memory`` uses) gives everyone in the process who
+opens the same configuration object the same store until the last of them closes it: in
+one process, the proxy and its admin listener see the same sessions. Published messages
+reach that store's subscribers at once, in the publisher's call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import structlog
+
 from ztproxy.config.sessions import SessionsConfig
 from ztproxy.sessions.store import check_put
+
+_log = structlog.get_logger("ztproxy.sessions")
 
 DEFAULT_MAX_ENTRIES = 100_000
 PRUNE_PER_WRITE = 16  # expired entries dropped per write, at most: bounded work per call
@@ -31,6 +41,10 @@ class _Entry:
     expires_at: float
     serial: int  # tells this entry's place in the expiry heap from stale ones
     indexes: frozenset[str]
+
+
+# id(config) -> (config, its store): the config is held, so its id is not reused meanwhile.
+_OPENED: dict[int, tuple[SessionsConfig, MemoryStore]] = {}
 
 
 class MemoryStore:
@@ -47,6 +61,19 @@ class MemoryStore:
         # (expires_at, serial, key); entries rewritten since are skipped when popped.
         self._expiries: list[tuple[float, int, str]] = []
         self._serials = itertools.count()
+        self._subscribers: dict[str, list[Callable[[bytes], None]]] = {}
+        self._users = 1  # close() forgets everything when the last user of an opened store calls it
+
+    @classmethod
+    def open(cls, config: SessionsConfig) -> MemoryStore:
+        """The process's store for this configuration object (see the module docstring)."""
+        opened = _OPENED.get(id(config))
+        if opened is not None and opened[0] is config:
+            opened[1]._users += 1
+            return opened[1]
+        store = cls(config)
+        _OPENED[id(config)] = (config, store)
+        return store
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -93,10 +120,40 @@ class MemoryStore:
         now = self._clock()
         return [key for key in list(self._indexes.get(index, ())) if self._live(key, now) is not None]
 
+    async def ttl(self, key: str) -> float | None:
+        now = self._clock()
+        entry = self._live(key, now)
+        return entry.expires_at - now if entry is not None else None
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        for deliver in list(self._subscribers.get(channel, ())):
+            try:
+                deliver(message)
+            except Exception:  # one subscriber's bug must not fail the publisher's revocation
+                _log.exception("subscriber_failed", channel=channel)
+
+    async def subscribe(self, channel: str, on_message: Callable[[bytes], None],
+                        on_subscribed: Callable[[], None]) -> None:
+        subscribers = self._subscribers.setdefault(channel, [])
+        subscribers.append(on_message)
+        try:
+            on_subscribed()
+            await asyncio.Event().wait()  # nothing to reconnect to: wait to be cancelled
+        finally:
+            subscribers.remove(on_message)
+            if not subscribers:
+                self._subscribers.pop(channel, None)
+
     async def ping(self) -> None:
         return None
 
     async def close(self) -> None:
+        self._users -= 1
+        if self._users > 0:
+            return
+        for config_id, (_, store) in list(_OPENED.items()):
+            if store is self:
+                del _OPENED[config_id]
         self._entries.clear()
         self._indexes.clear()
         self._expiries.clear()

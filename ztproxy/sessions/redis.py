@@ -14,24 +14,33 @@ Failures are bounded and translated: every operation runs under ``store_timeout`
 pooled connection (Redis restarted) is retried once on a fresh one, so the same store
 object works again as soon as Redis does; with Sentinel, each new connection asks the
 sentinels for the current master, so writes follow a failover.
+
+``subscribe`` holds one connection of its own (Redis pub/sub). It notices a lost
+connection by the error (Redis restarted) or by a PING left unanswered (a silent network),
+then subscribes again on a new one, retrying with a capped backoff for as long as Redis is
+away; every subscription, redis-py's own resubscription after a reconnect included,
+confirms with a ``subscribe`` message, which is when ``on_subscribed`` runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from structlog import get_logger
 
 from ztproxy.config.sessions import SessionsConfig
 from ztproxy.errors import SessionStoreUnavailable
@@ -43,6 +52,13 @@ DEFAULT_SENTINEL_PORT = 26379
 MAX_CONNECTIONS = 64  # per process; callers beyond it wait (within store_timeout) for a free one
 HEALTH_CHECK_INTERVAL = 30  # seconds idle before a pooled connection is PINGed before use
 _SENTINEL_QUERY = frozenset({"sentinel_username", "sentinel_password"})
+SUBSCRIBER_CONNECTIONS = 1  # held by subscribe(), beside the MAX_CONNECTIONS for operations
+LISTEN_TICK = 1.0  # seconds one wait for a message lasts, at most
+LIVENESS_PING_INTERVAL = 5.0  # a subscription quiet this long is PINGed; no answer: reconnect
+RESUBSCRIBE_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)  # after a failure, then 1 s until Redis is back
+_LIVENESS_TOKEN = b"ztproxy-subscriber-liveness"
+
+_log = get_logger("ztproxy.sessions")
 
 # One script for every write that involves indexes; ARGV[1] names the operation.
 # Keys outside KEYS (the members of an index) are read: fine on standalone and Sentinel
@@ -132,7 +148,7 @@ class RedisStore:
             # operation's time is spent, and a write may have happened.
             "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             "health_check_interval": HEALTH_CHECK_INTERVAL,
-            "max_connections": MAX_CONNECTIONS,
+            "max_connections": MAX_CONNECTIONS + SUBSCRIBER_CONNECTIONS,
         }
         self._sentinel: Sentinel | None = None
         if url.lower().startswith("redis+sentinel://"):
@@ -192,6 +208,59 @@ class RedisStore:
         found = await self._run(lambda: self._script(keys=[index], args=["members"]))
         return [member.decode() for member in found]
 
+    async def ttl(self, key: str) -> float | None:
+        remaining = int(await self._run(lambda: self._client.pttl(key)))
+        if remaining == -2:
+            return None
+        return math.inf if remaining == -1 else remaining / 1000
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        await self._run(lambda: self._client.publish(channel, message))
+
+    async def subscribe(self, channel: str, on_message: Callable[[bytes], None],
+                        on_subscribed: Callable[[], None]) -> None:
+        failures = 0
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                async for kind, data in self._listen(pubsub, channel):
+                    if kind == "subscribe":
+                        failures = 0
+                        _deliver(on_subscribed, (), channel)
+                    else:
+                        _deliver(on_message, (data,), channel)
+            except (RedisError, OSError, TimeoutError) as exc:
+                # The first failure of an outage is news; its retries are not.
+                (_log.warning if failures == 0 else _log.debug)(
+                    "subscription_lost", channel=channel, error=f"{type(exc).__name__}: {exc}")
+            finally:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(RESUBSCRIBE_DELAYS[min(failures, len(RESUBSCRIBE_DELAYS) - 1)])
+            failures += 1
+
+    async def _listen(self, pubsub: PubSub, channel: str) -> AsyncIterator[tuple[str, bytes]]:
+        """Yield (``subscribe``, b"") at each (re)subscription and (``message``, data) for each message."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._timeout):
+            await pubsub.subscribe(channel)
+        heard = pinged = loop.time()
+        while True:
+            message = await pubsub.get_message(timeout=LISTEN_TICK)
+            now = loop.time()
+            if message is not None:
+                heard = now
+                if message["type"] == "subscribe":
+                    yield "subscribe", b""
+                elif message["type"] == "message" and isinstance(message["data"], bytes):
+                    yield "message", message["data"]
+            if pinged > heard and now - pinged > self._timeout + LISTEN_TICK:
+                raise RedisConnectionError("the subscription connection stopped answering")
+            if pinged <= heard and now - heard >= LIVENESS_PING_INTERVAL:
+                async with asyncio.timeout(self._timeout):
+                    await pubsub.ping(_LIVENESS_TOKEN)
+                pinged = now
+
     async def ping(self) -> None:
         await self._run(lambda: self._client.ping())
 
@@ -208,6 +277,13 @@ class RedisStore:
                     return await operation()
         except (RedisError, OSError, TimeoutError) as exc:
             raise SessionStoreUnavailable("The session store cannot be reached.") from exc
+
+
+def _deliver(callback: Callable[..., None], args: tuple[bytes, ...], channel: str) -> None:
+    try:
+        callback(*args)
+    except Exception:  # a subscriber's bug must not end the subscription
+        _log.exception("subscriber_failed", channel=channel)
 
 
 def _milliseconds(ttl: float) -> int:

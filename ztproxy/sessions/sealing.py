@@ -95,8 +95,17 @@ class Ticket:
 
     @property
     def public_id(self) -> str:
-        """A short id for logs and the admin API; a different hash, so it opens nothing."""
-        return hashlib.sha256(b"ztproxy public session id\0" + self.session_id).hexdigest()[:16]
+        """A short id for logs, assertions (``sid``) and the admin API: :func:`public_handle`."""
+        return public_handle(self.store_key)
+
+
+def public_handle(store_key: str) -> str:
+    """The public handle of the session stored under ``store_key``.
+
+    A hash of the store key (itself a hash of the id), so it opens nothing and names no
+    store key; the admin API, which sees store keys but never ids, derives the same handle.
+    """
+    return hashlib.sha256(b"ztproxy public session id\0" + store_key.encode("ascii")).hexdigest()[:16]
 
 
 def seal(ticket: Ticket, plaintext: bytes) -> bytes:

@@ -6,6 +6,11 @@ Stores move opaque bytes under string keys; the callers hash ids into keys (``s:
 :class:`~ztproxy.errors.SessionStoreUnavailable` (fail closed, a 503), and every operation
 is bounded by ``sessions.store_timeout``.
 
+Stores also carry one broadcast channel per name (``publish`` / ``subscribe``), which
+announces revocations to every worker and replica (``ztproxy.sessions.revocation``). It is
+at most once: a subscriber that was disconnected misses what was published meanwhile, and
+is told when it is subscribed again, so it can re-read what it holds.
+
 The contract test suite (``tests/integration/sessions/test_store_contract.py``) runs
 against every store; a new one passes it before it is registered in :data:`STORES`.
 """
@@ -50,6 +55,21 @@ class SessionStore(Protocol):
     async def members(self, index: str) -> list[str]:
         """The keys added to ``index`` that still exist, in no particular order."""
 
+    async def ttl(self, key: str) -> float | None:
+        """The seconds ``key`` has left to live, or None when it is absent."""
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        """Send ``message`` to whoever subscribes to ``channel`` now (at most once, never kept)."""
+
+    async def subscribe(self, channel: str, on_message: Callable[[bytes], None],
+                        on_subscribed: Callable[[], None]) -> None:
+        """Call ``on_message`` with each message published on ``channel``, until cancelled.
+
+        Never returns otherwise: when the backend goes away it reconnects and subscribes
+        again, for as long as it takes. ``on_subscribed`` is called after every
+        subscription, the first included: messages published before it may have been missed.
+        """
+
     async def ping(self) -> None:
         """Raise SessionStoreUnavailable unless the backend answers (for readiness)."""
 
@@ -88,12 +108,17 @@ def open_store(config: SessionsConfig) -> SessionStore:
     - ``package.module:Class``: any class built as ``Class(config)`` that implements
       :class:`SessionStore`.
 
+    A class with an ``open(config)`` class method is built with it instead: the memory store
+    gives everyone in the process who opens the same configuration the same store.
+
     Raises ValueError, with a message fit for an operator, for anything else.
     """
-    store = resolve_store(config.store)(config)
+    factory = resolve_store(config.store)
+    opener = getattr(factory, "open", None)
+    store = opener(config) if callable(opener) else factory(config)
     if not isinstance(store, SessionStore):
-        raise ValueError(f"{config.store!r} did not build a session store: "
-                         "it needs get, put, touch, delete, members, ping and close")
+        raise ValueError(f"{config.store!r} did not build a session store: it needs get, put, touch, delete, "
+                         "members, ttl, publish, subscribe, ping and close")
     return store
 
 

@@ -6,6 +6,7 @@ A new store is registered once it passes this file unchanged (add it to ``STORE_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import time
@@ -226,3 +227,94 @@ async def test_only_new_and_only_existing_together_are_refused(store: SessionSto
 
 async def test_ping_answers(store: SessionStore) -> None:
     await store.ping()
+
+
+async def test_ttl_tells_how_long_a_key_has_left(store: SessionStore) -> None:
+    assert await store.ttl("s:absent") is None
+    await store.put("s:a", b"x", LONG_TTL)
+    left = await store.ttl("s:a")
+    assert left is not None and LONG_TTL - EXPIRY_BOUND < left <= LONG_TTL
+    await store.touch("s:a", 10, indexes=())
+    left = await store.ttl("s:a")
+    assert left is not None and 10 - EXPIRY_BOUND < left <= 10
+    await store.delete("s:a")
+    assert await store.ttl("s:a") is None
+
+
+# --- the broadcast channel: publish, subscribe (at most once, to whoever listens now) ---
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.subscriptions = 0
+
+    def on_message(self, message: bytes) -> None:
+        self.messages.append(message)
+
+    def on_subscribed(self) -> None:
+        self.subscriptions += 1
+
+
+@contextlib.asynccontextmanager
+async def listening(store: SessionStore, channel: str, listener: Listener | None = None) -> AsyncIterator[Listener]:
+    """``store.subscribe`` in a task, subscribed on entry, cancelled on exit."""
+    listener = listener or Listener()
+    task = asyncio.create_task(store.subscribe(channel, listener.on_message, listener.on_subscribed))
+
+    async def subscribed() -> bool:
+        assert not task.done(), task
+        return listener.subscriptions >= 1
+
+    await eventually(subscribed, "the subscription is confirmed")
+    try:
+        yield listener
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_every_subscriber_of_a_channel_receives_what_is_published(store: SessionStore) -> None:
+    messages = [b"one", b"", bytes(range(256)), b"s:" + b"a" * 64, b"last"]
+    async with listening(store, "chan") as first, listening(store, "chan") as second, \
+            listening(store, "other") as bystander:
+        for message in messages:
+            await store.publish("chan", message)
+
+        async def delivered() -> bool:
+            return first.messages == messages and second.messages == messages
+
+        await eventually(delivered, "both subscribers receive every message, in order")
+        await store.publish("other", b"for the bystander")  # sent after: the earlier ones arrived first
+        await eventually(lambda: _true(bystander.messages == [b"for the bystander"]), "the other channel's message")
+    assert (first.subscriptions, second.subscriptions) == (1, 1)
+
+
+async def test_publishing_with_no_subscriber_is_no_error(store: SessionStore) -> None:
+    await store.publish("nobody-listens", b"x")
+
+
+async def test_a_cancelled_subscription_receives_nothing_more(store: SessionStore) -> None:
+    async with listening(store, "chan") as gone:
+        pass
+    async with listening(store, "chan") as current:
+        await store.publish("chan", b"after")
+        await eventually(lambda: _true(current.messages == [b"after"]), "the current subscriber receives it")
+    assert gone.messages == []
+
+
+async def test_a_subscriber_that_raises_keeps_its_subscription(store: SessionStore) -> None:
+    class Failing(Listener):
+        def on_message(self, message: bytes) -> None:
+            super().on_message(message)
+            raise RuntimeError("a bug in the subscriber")
+
+    async with listening(store, "chan", Failing()) as failing:
+        await store.publish("chan", b"first")
+        await store.publish("chan", b"second")
+        await eventually(lambda: _true(failing.messages == [b"first", b"second"]), "both messages, despite errors")
+
+
+async def _true(value: bool) -> bool:
+    return value

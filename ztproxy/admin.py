@@ -1,12 +1,26 @@
-"""The admin listener: liveness (/healthz), readiness (/readyz) and the assertion JWKS, on its own address."""
+"""The admin listener: liveness (/healthz), readiness (/readyz), metrics (/metrics) and the assertion JWKS.
+
+With several workers it runs in the supervisor: /metrics then reads each worker's
+exposition from its private unix socket and merges them, one ``worker`` label per process.
+"""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
 
 from aiohttp import web
 
 from ztproxy.config.schema import Config
 from ztproxy.identity import JWKS_PATH, assertion_ctx, jwks
+from ztproxy.metrics import CONTENT_TYPE, exposition, merge_expositions
 from ztproxy.state import CONFIG, READINESS, Readiness
+
+# (worker label, its exposition socket) of each running worker; None in a single process.
+WorkerSockets = Callable[[], list[tuple[str, str]]]
+WORKER_SOCKETS = web.AppKey[WorkerSockets | None]("worker_sockets")
+_WORKER_READ_TIMEOUT = 2.0  # a busy worker still answers within it; a stuck one is left out
+_MAX_EXPOSITION = 16 * 1024 * 1024
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -20,12 +34,43 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "not-ready", "reasons": readiness.reasons}, status=503)
 
 
-def build_admin_app(readiness: Readiness, config: Config) -> web.Application:
+async def metrics(request: web.Request) -> web.Response:
+    worker_sockets = request.app[WORKER_SOCKETS]
+    if worker_sockets is None:
+        body = exposition()
+    else:
+        workers = worker_sockets()
+        texts = await asyncio.gather(*(_read_exposition(path) for _, path in workers))
+        body = merge_expositions([("supervisor", exposition().decode()),
+                                  *((label, text) for (label, _), text in zip(workers, texts, strict=True))])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
+
+
+async def _read_exposition(path: str) -> str | None:
+    """A worker's exposition (it writes it and closes); None when it does not answer whole in time."""
+    try:
+        async with asyncio.timeout(_WORKER_READ_TIMEOUT):
+            reader, writer = await asyncio.open_unix_connection(path)
+            try:
+                data = bytearray()
+                while len(data) <= _MAX_EXPOSITION and (chunk := await reader.read(1 << 16)):
+                    data += chunk
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return None
+    return data.decode("utf-8", "replace") if len(data) <= _MAX_EXPOSITION else None
+
+
+def build_admin_app(readiness: Readiness, config: Config, *,
+                    worker_sockets: WorkerSockets | None = None) -> web.Application:
     app = web.Application(handler_args={"access_log": None})
     app[READINESS] = readiness
     app[CONFIG] = config
+    app[WORKER_SOCKETS] = worker_sockets
     app.cleanup_ctx.append(assertion_ctx)  # the same key directory as the proxy's workers
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get(JWKS_PATH, jwks)
+    app.router.add_get("/metrics", metrics)
     return app

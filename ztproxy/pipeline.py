@@ -4,7 +4,8 @@ A stage looks at the request and either annotates it (typed request keys), answe
 (returns a response: the proxy's own endpoints), or refuses it (raises a RequestError,
 which becomes its page). One driver instead of one aiohttp middleware per stage keeps
 the per-request cost of the pipeline to a loop over a tuple. The driver also gives every
-request its id, renders every error in one place, and logs requests whose client left.
+request its id, renders every error in one place, logs requests whose client left, and
+counts every request in the metrics (``metrics.REQUESTS``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from typing import cast
 import structlog
 from aiohttp import web
 
+from ztproxy import tracing
 from ztproxy.errors import InternalError, RequestError
+from ztproxy.metrics import NO_VALUE, REQUESTS, RequestMetrics
 from ztproxy.pages import page_for
-from ztproxy.state import CONFIG, REQUEST_ID
+from ztproxy.state import CONFIG, CONTEXT, DECISION, REQUEST_ID
 from ztproxy.telemetry import access_event
 
 StageResult = web.StreamResponse | None
@@ -32,7 +35,9 @@ _log = structlog.get_logger("ztproxy.pipeline")
 
 
 def build_pipeline(stages: Sequence[Stage], handler: Handler) -> Handler:
+    """The driver; inside a server span when tracing is on (``tracing.start`` came first)."""
     compiled = tuple((stage, inspect.iscoroutinefunction(stage)) for stage in stages)
+    requests = REQUESTS
 
     async def pipeline(request: web.Request) -> web.StreamResponse:
         rid = os.urandom(16).hex()
@@ -45,19 +50,28 @@ def build_pipeline(stages: Sequence[Stage], handler: Handler) -> Handler:
                 if is_async:
                     answer = await cast(Awaitable[StageResult], answer)
                 if answer is not None:
-                    return cast(web.StreamResponse, answer)
-            return await handler(request)
+                    response = cast(web.StreamResponse, answer)
+                    break
+            else:
+                response = await handler(request)
         except RequestError as error:
-            return page_for(request, error)
-        except asyncio.CancelledError:
+            response = page_for(request, error)
+        except (asyncio.CancelledError, ConnectionError) as gone:
             # The client went away (nginx's 499); aiohttp logs no access for it.
-            if request.app[CONFIG].logging.access_log:
-                access_event(request, 499, 0, time.perf_counter() - started)
-            raise
-        except ConnectionError:
+            duration = time.perf_counter() - started
+            _observe(requests, request, 499, duration)
+            if isinstance(gone, asyncio.CancelledError) and request.app[CONFIG].logging.access_log:
+                access_event(request, 499, 0, duration)
             raise
         except Exception:
             _log.exception("internal_error", path=request.raw_path[:256])
-            return page_for(request, InternalError())
+            response = page_for(request, InternalError())
+        _observe(requests, request, response.status, time.perf_counter() - started)
+        return response
 
-    return pipeline
+    return pipeline if tracing.TRACER is None else tracing.traced(pipeline)
+
+
+def _observe(requests: RequestMetrics, request: web.Request, status: int, duration: float) -> None:
+    ctx = request.get(CONTEXT)
+    requests.observe(ctx.route.name if ctx is not None else NO_VALUE, status, request.get(DECISION), duration)

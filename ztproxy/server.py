@@ -30,12 +30,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from ztproxy.admin import build_admin_app
+from ztproxy import tracing
+from ztproxy.admin import WorkerSockets, build_admin_app
 from ztproxy.app import build_app
 from ztproxy.config.schema import Config
 from ztproxy.config.values import split_listen
 from ztproxy.errors import BadRequest, HeadersTooLarge, RequestError, UriTooLong
 from ztproxy.keys import KeyRing
+from ztproxy.metrics import serve_exposition
 from ztproxy.pages import error_response
 from ztproxy.state import Readiness
 from ztproxy.telemetry import LOG_SINK, AccessLogger, get_logger
@@ -45,6 +47,8 @@ log = get_logger("ztproxy.server")
 _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                     b"Content-Type: text/plain\r\nContent-Length: 25\r\n\r\nRequest headers too slow\n")
 _RESTART_BACKOFF_MAX = 30.0
+# Where a worker serves its metrics exposition: a socket in the supervisor's private directory.
+WORKER_METRICS_ENV = "ZTPROXY_WORKER_METRICS_SOCKET"
 _BACKLOG = 1024
 
 
@@ -188,10 +192,12 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def _start_admin(config: Config, readiness: Readiness) -> web.AppRunner | None:
+async def _start_admin(config: Config, readiness: Readiness,
+                       worker_sockets: WorkerSockets | None = None) -> web.AppRunner | None:
     if config.server.admin_listen is None:
         return None
-    runner = web.AppRunner(build_admin_app(readiness, config), handle_signals=False, access_log=None)
+    runner = web.AppRunner(build_admin_app(readiness, config, worker_sockets=worker_sockets),
+                           handle_signals=False, access_log=None)
     await runner.setup()
     host, port = split_listen(config.server.admin_listen)
     await web.TCPSite(runner, host, port).start()
@@ -200,8 +206,8 @@ async def _start_admin(config: Config, readiness: Readiness) -> web.AppRunner | 
 
 async def _serve_proxy(config: Config, sock: socket.socket, readiness: Readiness,
                        stop: asyncio.Event, on_ready: Any = None) -> None:
-    async with LOG_SINK.batching(config.logging.flush_interval):
-        runner = ProxyRunner(build_app(config), config)
+    async with LOG_SINK.batching(config.logging.flush_interval), tracing.tracing_from_env():
+        runner = ProxyRunner(build_app(config), config)  # after tracing starts: the pipeline is chosen here
         await runner.setup()
         await web.SockSite(runner, sock, ssl_context=ssl_context(config), backlog=_BACKLOG).start()
         readiness.ready, readiness.reasons = True, []
@@ -239,7 +245,8 @@ async def serve_worker(config: Config, sock: socket.socket, ready_fd: int) -> in
         os.write(ready_fd, b"1")
         os.close(ready_fd)
 
-    await _serve_proxy(config, sock, Readiness(), stop, on_ready=announce)
+    async with serve_exposition(os.environ.get(WORKER_METRICS_ENV)):
+        await _serve_proxy(config, sock, Readiness(), stop, on_ready=announce)
     return 0
 
 
@@ -256,7 +263,13 @@ async def supervise(config: Config, workers: int, log_format: str) -> int:
     readiness = Readiness(reasons=["starting"])
     stop = _stop_event()
     pool = [_Worker(i, bind_socket(config.server.listen, reuse_port=True)) for i in range(workers)]
-    admin = await _start_admin(config, readiness)
+    metrics_dir = tempfile.mkdtemp(prefix="ztproxy-metrics-")  # mode 0700: this user's processes only
+
+    def metrics_socket(worker: _Worker) -> str:
+        return os.path.join(metrics_dir, f"worker-{worker.index}.sock")
+
+    admin = await _start_admin(config, readiness,
+                               worker_sockets=lambda: [(str(w.index), metrics_socket(w)) for w in pool if w.ready])
     payload = config.model_dump_json().encode()
 
     def update_readiness() -> None:
@@ -273,7 +286,8 @@ async def supervise(config: Config, workers: int, log_format: str) -> int:
             worker.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ztproxy.worker", "--socket-fd", str(worker.sock.fileno()),
                 "--ready-fd", str(write_fd), "--log-format", log_format,
-                stdin=asyncio.subprocess.PIPE, pass_fds=(worker.sock.fileno(), write_fd))
+                stdin=asyncio.subprocess.PIPE, pass_fds=(worker.sock.fileno(), write_fd),
+                env={**os.environ, WORKER_METRICS_ENV: metrics_socket(worker)})
             os.close(write_fd)
             assert worker.process.stdin is not None
             worker.process.stdin.write(payload)
@@ -317,6 +331,7 @@ async def supervise(config: Config, workers: int, log_format: str) -> int:
         worker.sock.close()
     if admin is not None:
         await admin.cleanup()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     log.info("stopped", pid=os.getpid())
     return 0
 

@@ -1,7 +1,9 @@
 """Telemetry: structlog configured once, JSON lines on stdout, one access event per request.
 
 Events are snake_case names with key=value fields; the request id travels in
-contextvars so every event logged while serving a request carries it.
+contextvars so every event logged while serving a request carries it. While tracing is
+on (``ztproxy.tracing``), events logged inside a span carry its ``trace_id`` and
+``span_id``; the access event carries those of the request's server span.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from ztproxy import tracing
 from ztproxy.state import CONTEXT, DECISION, REQUEST_ID
 
 LogFormat = Literal["json", "console"]
@@ -114,6 +117,7 @@ def configure_logging(level: str = "info", log_format: LogFormat = "json") -> No
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        tracing.add_trace_ids,
     ]
     renderer: Any
     if log_format == "console":
@@ -187,7 +191,7 @@ _write_event: Callable[[str, dict[str, Any]], None] = _event_via_structlog
 def access_event(request: web.BaseRequest, status: int, sent: int, duration: float) -> None:
     ctx = request.get(CONTEXT)
     decision = request.get(DECISION)
-    _write_event("access", {
+    fields = {
         "request_id": request.get(REQUEST_ID, "-"),
         "client": ctx.client_ip if ctx else request.remote,
         "method": request.method,
@@ -198,11 +202,18 @@ def access_event(request: web.BaseRequest, status: int, sent: int, duration: flo
         "status": status,
         "bytes": sent,
         "duration_ms": int(duration * 1_000_000) / 1000,
-    })
+    }
+    if tracing.TRACER is not None and (span := request.get(tracing.SERVER_SPAN)) is not None:
+        span_context = span.get_span_context()
+        fields["trace_id"] = format(span_context.trace_id, "032x")
+        fields["span_id"] = format(span_context.span_id, "016x")
+    _write_event("access", fields)
 
 
 def decision_event(fields: dict[str, Any]) -> None:
     """The audit trail: one event per evaluated decision (see ``authorize.log_decision``)."""
+    if tracing.TRACER is not None and (ids := tracing.current_ids()) is not None:
+        fields["trace_id"], fields["span_id"] = ids
     _write_event("decision", fields)
 
 

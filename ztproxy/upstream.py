@@ -11,6 +11,7 @@ which cancels the upstream request.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from ztproxy import tracing
 from ztproxy.authenticate import AUTH, SIGNED_IN
 from ztproxy.context import CompiledRoute, RequestContext
 from ztproxy.cookies import strip_own_cookies
@@ -26,6 +28,7 @@ from ztproxy.device import DEVICE
 from ztproxy.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from ztproxy.headers import downstream_response_headers, upstream_request_headers
 from ztproxy.identity import add_identity
+from ztproxy.metrics import REQUESTS
 from ztproxy.state import CONFIG, CONTEXT, INTAKE
 
 # aiohttp's client adds these unless told not to; the proxy sends only what the client sent.
@@ -147,11 +150,16 @@ async def forward(request: web.Request) -> web.StreamResponse:
         else:
             body = limited = _BodyLimit(request.content, limit)
 
+    url = upstream_url(route, ctx)
+    span = None if tracing.TRACER is None else tracing.start_client_span(request.method, url, headers)
+    answered = 0
+    sent = time.perf_counter()
     try:
         upstream_response = await upstream.session.request(
-            request.method, upstream_url(route, ctx), headers=headers, data=body,
+            request.method, url, headers=headers, data=body,
             allow_redirects=False, timeout=upstream.timeouts[route.name],
         )
+        answered = upstream_response.status
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout() from exc
     except aiohttp.ClientError as exc:
@@ -159,6 +167,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
             # The upload was cut off on purpose: the upstream never got a complete body.
             raise PayloadTooLarge(f"The request body is larger than {limited.limit} bytes.") from exc
         raise UpstreamUnavailable() from exc
+    finally:
+        if span is not None:
+            tracing.end_client_span(span, answered)
+    REQUESTS.observe_upstream(route.name, time.perf_counter() - sent)
 
     async with upstream_response:
         headers = downstream_response_headers(upstream_response.headers)

@@ -13,6 +13,7 @@ import asyncio
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from ztproxy import tracing
 from ztproxy.context import RequestContext
 from ztproxy.errors import UpstreamTimeout, UpstreamUnavailable
 from ztproxy.state import CONTEXT
@@ -70,16 +71,24 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
     for name in _HANDSHAKE_HEADERS:
         headers.popall(name, None)
     timeout = upstream.timeouts[ctx.route.name]
+    url = upstream_url(ctx.route, ctx, websocket=True)
+    # The client span covers the handshake only: a socket may stay open for hours.
+    span = None if tracing.TRACER is None else tracing.start_client_span(request.method, url, headers)
+    answered = 0
     try:
         upstream_ws = await upstream.session.ws_connect(
-            upstream_url(ctx.route, ctx, websocket=True), headers=headers,
+            url, headers=headers,
             protocols=_offered_protocols(request), autoping=False, autoclose=False, max_msg_size=0,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeout.sock_read or 10.0),
         )
+        answered = 101
     except TimeoutError as exc:
         raise UpstreamTimeout() from exc
     except (aiohttp.ClientError, aiohttp.WSServerHandshakeError) as exc:
         raise UpstreamUnavailable("The application refused the WebSocket connection.") from exc
+    finally:
+        if span is not None:
+            tracing.end_client_span(span, answered)
 
     async with upstream_ws:
         client_ws = web.WebSocketResponse(

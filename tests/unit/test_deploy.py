@@ -532,6 +532,9 @@ def test_compose_services_and_ztproxy_config_agree() -> None:
     assert app_env["DEMO_PUBLIC_URL"] == config["server"]["public_url"]
     assert {route["upstream"] for route in config["routes"]} == {f"http://app:{port_of(app_env['DEMO_APP_LISTEN'])}"}
     assert port_of(config["server"]["admin_listen"]) == 9090  # the image's HEALTHCHECK port
+    server = config["server"]
+    drain = parse_duration(server["drain_delay"]) + parse_duration(server["shutdown_grace"])
+    assert parse_duration(services["ztproxy"]["stop_grace_period"]) > drain
     state, read_only = volume_target(services["ztproxy"], "demo-state")
     assert read_only and volume_target(services["init"], "demo-state") == (state, False)
     for path in (config["identity_providers"][0]["client_secret_file"], config["sessions"]["cookie_secrets_file"],

@@ -131,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:  # port in use, unreadable TLS key...
         print(f"ztproxy: cannot start: {error}", file=sys.stderr)
         return 1
+    except ConfigError as error:  # found only at start: unusable key files, providers that can't be built
+        print(f"ztproxy: cannot start: {error.render()}", file=sys.stderr)
+        return 1
 
 
 def _policy(args: argparse.Namespace) -> int:

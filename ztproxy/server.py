@@ -375,8 +375,10 @@ def shared_secrets(config: Config) -> Iterator[Config]:
                          hint="set assertion.keys_dir (see `ztproxy keys generate`) so apps can keep verifying "
                               "assertions across restarts")
             assertion = assertion.model_copy(update={"keys_dir": temporary})
-            KeyRing.from_config(assertion, now=time.time())  # writes the first key, before any worker starts
             config = config.model_copy(update={"assertion": assertion})
+        # Once, before any worker starts: writes the first key of an empty directory, and
+        # refuses unusable key files with a ConfigError instead of workers crashing in a loop.
+        KeyRing.from_config(config.assertion, now=time.time())
         yield config
     finally:
         if temporary is not None:

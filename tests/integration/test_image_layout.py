@@ -222,8 +222,6 @@ def test_an_empty_key_directory_on_a_read_only_root_stops_the_start(
 
 
 @needs_sandbox
-@pytest.mark.xfail(strict=True, reason="`ztproxy run` lets the ConfigError that KeyRing.from_config raises at "
-                                       "start escape as a traceback (cli.py catches only OSError around run)")
 def test_an_empty_key_directory_is_reported_without_a_traceback(
         tmp_path: Path, container_tmp: Path, redis_factory: RedisFactory) -> None:
     _, output = start_without_keys(tmp_path / "root", container_tmp, tmp_path / "log", redis_factory.start().url)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from ztproxy.admin_api import add_admin_api
 from ztproxy.config.schema import Config
 from ztproxy.identity import JWKS_PATH, assertion_ctx, jwks
 from ztproxy.metrics import CONTENT_TYPE, exposition, merge_expositions
@@ -73,4 +74,5 @@ def build_admin_app(readiness: Readiness, config: Config, *,
     app.router.add_get("/readyz", readyz)
     app.router.add_get(JWKS_PATH, jwks)
     app.router.add_get("/metrics", metrics)
+    add_admin_api(app, config)  # /admin/*, behind server.admin_token
     return app

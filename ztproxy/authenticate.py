@@ -9,9 +9,10 @@ request goes on anonymous and the policy decides what that means.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,11 +104,35 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
     store = open_store(config.sessions)
     auth = build_auth(config, app[ROUTES], http, store=store)
     app[AUTH] = auth
+    # Sessions ended by other workers and replicas leave this worker's cache at once.
+    following = asyncio.create_task(auth.sessions.follow_revocations())
+    app.on_response_prepare.append(_device_recorder(auth))
     try:
         yield
     finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        await auth.sessions.close()
         await store.close()
         await http.close()
+
+
+def _device_recorder(auth: Auth) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """Remember which devices serve each session, so revoking a device ends its sessions.
+
+    Runs as each response is sent, once the device stage has run: a dict lookup per
+    request, one background store write per session, device and worker.
+    """
+    # Imported here: ztproxy.device imports this module.
+    from ztproxy.device import DEVICE
+
+    async def record(request: web.Request, response: web.StreamResponse) -> None:
+        signed_in = request.get(SIGNED_IN)
+        device = request.get(DEVICE) if signed_in is not None else None
+        if signed_in is not None and device is not None:
+            auth.sessions.note_device(signed_in.ticket.store_key, signed_in.session, device.id, time.time())
+
+    return record
 
 
 def build_auth(config: Config, routes: RouteTable[Any], http: aiohttp.ClientSession, *,

@@ -7,6 +7,8 @@
     ztproxy policy explain -c FILE --url URL [--method M] [--sub S --email E --group G --mfa ...]
     ztproxy policy diff    -c OLD -c NEW TESTS.yaml
     ztproxy keys generate|rotate|list|jwks --dir DIR   (or -c FILE: its assertion section)
+    ztproxy sessions list --user SUB | revoke --session HANDLE | --user SUB | --device ID
+                          [-c FILE | --admin-url URL --token-file FILE]
     ztproxy --version
 
 ``-c`` defaults to the ``ZTPROXY_CONFIG`` environment variable.
@@ -56,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                                           "$XDG_STATE_HOME/ztproxy-demo or ~/.local/state/ztproxy-demo)")
     _policy_parser(commands.add_parser("policy", help="test, explain and compare route policies"), config_arg)
     _keys_parser(commands.add_parser("keys", help="create, rotate and list the keys signing identity assertions"))
+    _sessions_parser(commands.add_parser("sessions", help="list and revoke sessions through the admin API"),
+                     config_arg)
     return parser
 
 
@@ -98,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _policy(args)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "sessions":
+        return _sessions(args)
 
     from ztproxy.config import load
     from ztproxy.telemetry import configure_logging
@@ -301,3 +307,80 @@ def _key_lines(statuses: Sequence[KeyStatus]) -> list[str]:
         }[status.state]
         lines.append(f"{status.key.kid}  created {_when(status.key.created)}  {status.state.value:<8}  {detail}")
     return lines
+
+
+def _sessions_parser(sessions: argparse.ArgumentParser,
+                     config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
+    actions = sessions.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def where(sub: argparse.ArgumentParser) -> None:
+        config_arg(sub)
+        sub.add_argument("--admin-url", help="the admin listener, e.g. http://127.0.0.1:9090 "
+                                             "(default: server.admin_listen of -c)")
+        sub.add_argument("--token-file", help="file holding the admin token (default: server.admin_token of -c)")
+        sub.add_argument("--provider", help="only this identity provider's sessions (with --user)")
+
+    listing = actions.add_parser("list", help="a user's live sessions: handle, provider, idle expiry")
+    where(listing)
+    listing.add_argument("--user", required=True, help="the user's subject (sub), as in the logs")
+    listing.add_argument("--json", action="store_true", help="print the admin API's JSON answer")
+    revoke = actions.add_parser("revoke", help="end sessions on every worker and replica at once")
+    where(revoke)
+    target = revoke.add_mutually_exclusive_group(required=True)
+    target.add_argument("--session", metavar="HANDLE", help="one session, by the handle `list` shows")
+    target.add_argument("--user", help="every session of this subject")
+    target.add_argument("--device", metavar="ID", help="every session served from this device")
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    """Exit 2 for unusable arguments or configuration, 1 when the admin API refuses or cannot be reached."""
+    from ztproxy.admin_client import AdminApiError, AdminClient, admin_url
+
+    url, token = args.admin_url, None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            print(f"ztproxy sessions: cannot read --token-file {args.token_file}: {error}", file=sys.stderr)
+            return 2
+    if (url is None or token is None) and args.config:
+        from ztproxy.config import load
+
+        try:
+            server = load(args.config).server
+        except ConfigError as error:
+            print(error.render(), file=sys.stderr)
+            return 2
+        url = url or (admin_url(server.admin_listen) if server.admin_listen else None)
+        token = token or server.admin_token
+    if not url or not token:
+        print("ztproxy sessions: " + ("no admin URL: pass --admin-url URL or -c FILE with server.admin_listen"
+                                      if not url else "no admin token: pass --token-file FILE or -c FILE with "
+                                      "server.admin_token_file"), file=sys.stderr)
+        return 2
+    if args.provider and args.action == "revoke" and not args.user:
+        print("ztproxy sessions: --provider goes with --user", file=sys.stderr)
+        return 2
+    try:
+        api = AdminClient(url, token)
+        if args.action == "list":
+            answer = api.list_sessions(args.user, args.provider)
+        elif args.session:
+            answer = api.revoke_session(args.session)
+        elif args.user:
+            answer = api.revoke_user(args.user, args.provider)
+        else:
+            answer = api.revoke_device(args.device)
+    except AdminApiError as error:
+        print(f"ztproxy sessions: {error}", file=sys.stderr)
+        return 1
+    if args.action == "revoke":
+        count = answer.get("revoked", 0)
+        print(f"revoked {count} session{'' if count == 1 else 's'}")
+    elif args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        listed = answer.get("sessions", [])
+        print("\n".join(f"{item['handle']}  {item['provider']}  idle expiry {item['expires_at']}" for item in listed)
+              if listed else f"no live sessions for {args.user}")
+    return 0

@@ -3,17 +3,21 @@
 The upstream connection is opened before the client's upgrade is accepted, so a
 refused upstream gives the client a 502 page instead of a socket that closes at once.
 Text, binary, ping/pong and close (with its code and reason) pass through unchanged;
-the subprotocol the upstream chose is the one offered to the client.
+the subprotocol the upstream chose is the one offered to the client. A socket opened
+with a session is closed with 1008 as soon as that session is revoked, here or on any
+other worker or replica (``SessionManager.watch``).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
 
 from ztproxy import tracing
+from ztproxy.authenticate import AUTH, SIGNED_IN
 from ztproxy.context import RequestContext
 from ztproxy.errors import UpstreamTimeout, UpstreamUnavailable
 from ztproxy.state import CONTEXT
@@ -24,6 +28,8 @@ _HANDSHAKE_HEADERS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSock
                       "Sec-WebSocket-Protocol", "Sec-WebSocket-Accept")
 # RFC 6455 7.4.1: 1005 and 1006 describe a close; they must never be sent in one.
 _UNSENDABLE = frozenset({1005, 1006})
+# RFC 6455 7.4.1: 1008, a policy violation: the session that opened the socket is no longer valid.
+SESSION_ENDED_CLOSE = 1008
 
 
 def is_websocket_upgrade(request: web.Request) -> bool:
@@ -64,6 +70,15 @@ async def _relay(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse
             return
 
 
+def _watch_session(request: web.Request, ended: asyncio.Event) -> Callable[[], None]:
+    """Set ``ended`` when the session that opened this socket ends; returns how to stop watching."""
+    signed_in = request.get(SIGNED_IN)
+    auth = request.app.get(AUTH)
+    if signed_in is None or auth is None:
+        return lambda: None
+    return auth.sessions.watch(signed_in.ticket.store_key, ended.set)
+
+
 async def proxy_websocket(request: web.Request) -> web.StreamResponse:
     ctx: RequestContext = request[CONTEXT]
     upstream = request.app[UPSTREAM]
@@ -96,16 +111,27 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
             autoping=False, autoclose=False, max_msg_size=0)
         client_ws.headers["X-Request-Id"] = ctx.request_id
         await client_ws.prepare(request)
+        session_ended = asyncio.Event()
+        stop_watching = _watch_session(request, session_ended)
         to_upstream = asyncio.create_task(_relay(client_ws, upstream_ws))
         to_client = asyncio.create_task(_relay(upstream_ws, client_ws))
+        ended = asyncio.create_task(session_ended.wait())
         try:
-            _, pending = await asyncio.wait((to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED)
-            # The first side to close has sent its close frame on; let the other side answer it.
-            await asyncio.wait(pending, timeout=timeout.sock_read or 10.0)
+            done, pending = await asyncio.wait((to_upstream, to_client, ended), return_when=asyncio.FIRST_COMPLETED)
+            if ended in done:
+                # Revoked: not one more frame either way, then tell the client why.
+                to_upstream.cancel()
+                to_client.cancel()
+                await asyncio.gather(to_upstream, to_client, return_exceptions=True)
+                await client_ws.close(code=SESSION_ENDED_CLOSE, message=b"session ended")
+            else:
+                # The first side to close has sent its close frame on; let the other side answer it.
+                await asyncio.wait(pending - {ended}, timeout=timeout.sock_read or 10.0)
         finally:
-            for task in (to_upstream, to_client):
+            stop_watching()
+            for task in (to_upstream, to_client, ended):
                 task.cancel()
-            await asyncio.gather(to_upstream, to_client, return_exceptions=True)
+            await asyncio.gather(to_upstream, to_client, ended, return_exceptions=True)
             if not client_ws.closed:
                 await client_ws.close()
         return client_ws

@@ -45,6 +45,8 @@ DEFAULT_MAX_LINE_BYTES = 8 * 1024
 DEFAULT_LOG_FLUSH_INTERVAL = 0.1
 
 _ROUTE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+MIN_ADMIN_TOKEN_LENGTH = 32
+_BEARER_TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750 2.1: b64token
 
 
 class TlsConfig(Model):
@@ -68,11 +70,27 @@ class ServerConfig(Model):
     listen: ListenAddress = DEFAULT_LISTEN
     public_url: HttpUrl | None = None
     admin_listen: ListenAddress | None = DEFAULT_ADMIN_LISTEN
+    # The bearer token of the admin API (better: admin_token_file); None: the admin API is off.
+    admin_token: str | None = None
     trusted_proxies: tuple[Cidr, ...] = ()
     tls: TlsConfig | None = None
     shutdown_grace: Duration = DEFAULT_SHUTDOWN_GRACE
     drain_delay: Duration = 0.0
     limits: LimitsConfig = LimitsConfig()
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # The value itself is never repeated in a message: it is a secret.
+        if not _BEARER_TOKEN_RE.fullmatch(value):
+            raise ValueError("the admin token may hold only letters, digits and -._~+/ (then = padding), "
+                             "e.g. the output of `openssl rand -hex 32`")
+        if len(value) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(f"the admin token is too short: at least {MIN_ADMIN_TOKEN_LENGTH} characters, "
+                             "e.g. the output of `openssl rand -hex 32`")
+        return value
 
 
 class LoggingConfig(Model):

@@ -93,7 +93,9 @@ class SessionManager:
         self._cache_size = cache_size
         # Extend the store expiry at most this often per session and worker.
         self._touch_every = min(config.idle_timeout / 8, 60.0)
-        self.revocations = RevocationFeed(store, forget=self.forget, forget_all=self._cache.clear, spawn=self._spawn)
+        # Counts the copies dropped for endings: a store read overtaken by one is not kept.
+        self._forgets = 0
+        self.revocations = RevocationFeed(store, forget=self.forget, forget_all=self._forget_all, spawn=self._spawn)
         self._devices_noted: dict[tuple[str, str], None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -114,6 +116,7 @@ class SessionManager:
             if hmac.compare_digest(cached.key, ticket.key) and self.live(cached.session, now):
                 return cached.session
             return None
+        forgets = self._forgets
         sealed = await self.store.get(key)
         if sealed is None:
             self._cache.pop(key, None)
@@ -130,7 +133,7 @@ class SessionManager:
         if now - touched_at >= self._touch_every:
             await self.store.touch(key, self._expiry(session, now), indexes=_indexes(key, session))
             touched_at = now
-        self._remember(key, _Cached(ticket.key, session, now, touched_at))
+        self._remember(key, _Cached(ticket.key, session, now, touched_at), unless_forgotten_since=forgets)
         return session
 
     async def start(self, session: Session, now: float, *, replacing: Ticket | None = None) -> Ticket:
@@ -145,11 +148,12 @@ class SessionManager:
 
     async def update(self, ticket: Ticket, session: Session, now: float) -> bool:
         """Replace the session's content (an identity refresh); False when it was ended meanwhile."""
+        forgets = self._forgets
         written = await self.store.put(ticket.store_key, seal(ticket, session.to_bytes()),
                                        self._expiry(session, now), only_existing=True,
                                        indexes=_indexes(ticket.store_key, session))
         if written:
-            self._remember(ticket.store_key, _Cached(ticket.key, session, now, now))
+            self._remember(ticket.store_key, _Cached(ticket.key, session, now, now), unless_forgotten_since=forgets)
         else:
             self._cache.pop(ticket.store_key, None)
         return written
@@ -240,7 +244,12 @@ class SessionManager:
 
     def forget(self, store_key: str) -> None:
         """Drop this worker's copy (after a revocation seen elsewhere)."""
+        self._forgets += 1
         self._cache.pop(store_key, None)
+
+    def _forget_all(self) -> None:
+        self._forgets += 1
+        self._cache.clear()
 
     async def close(self) -> None:
         """Stop background work (device records, checks of watched sessions)."""
@@ -253,7 +262,12 @@ class SessionManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _remember(self, key: str, entry: _Cached) -> None:
+    def _remember(self, key: str, entry: _Cached, *, unless_forgotten_since: int | None = None) -> None:
+        if unless_forgotten_since is not None and self._forgets != unless_forgotten_since:
+            # An ending was announced while this copy was read: it may be the copy of an ended
+            # session, read just before the deletion. Served once, never kept.
+            self._cache.pop(key, None)
+            return
         cache = self._cache
         if key not in cache and len(cache) >= self._cache_size:
             del cache[next(iter(cache))]  # the oldest insertion

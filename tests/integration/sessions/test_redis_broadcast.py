@@ -33,8 +33,8 @@ class Listener:
 
 
 @contextlib.asynccontextmanager
-async def subscribed(server: RedisServer, *, timeout: float = 1.0) -> AsyncIterator[tuple[RedisStore, Listener]]:
-    store = RedisStore(SessionsConfig(store=server.url, store_timeout=timeout))
+async def subscribed(server: RedisServer, *, store_timeout: float = 1.0) -> AsyncIterator[tuple[RedisStore, Listener]]:
+    store = RedisStore(SessionsConfig(store=server.url, store_timeout=store_timeout))
     listener = Listener()
 
     def on_subscribed() -> None:
@@ -85,7 +85,7 @@ async def test_resubscribes_after_its_connection_is_killed(redis_factory: RedisF
 
 async def test_keeps_trying_through_an_outage(redis_factory: RedisFactory) -> None:
     server = redis_factory.start()
-    async with subscribed(server, timeout=0.3) as (_, listener):
+    async with subscribed(server, store_timeout=0.3) as (_, listener):
         server.stop()
         await asyncio.sleep(1.5)  # several failed attempts: the backoff reaches its cap of 1 s
         assert listener.subscriptions == 1
@@ -98,7 +98,7 @@ async def test_a_silent_connection_is_noticed_and_replaced(redis_factory: RedisF
     monkeypatch.setattr(redis_store, "LIVENESS_PING_INTERVAL", 0.3)
     monkeypatch.setattr(redis_store, "LISTEN_TICK", 0.1)
     server = redis_factory.start()
-    async with subscribed(server, timeout=0.3) as (_, listener):
+    async with subscribed(server, store_timeout=0.3) as (_, listener):
         server.freeze()  # the connection stays open; nothing answers (a silent network)
         try:
             await asyncio.sleep(1.5)  # a liveness PING goes unanswered; resubscribing times out

@@ -233,3 +233,38 @@ def test_announcements_carry_store_keys_only() -> None:
     assert sorted(key for message in messages for key in decode_keys(message)) == sorted(keys)
     assert decode_keys(b"s:abc idx:user:x " + b"\xff" * 10 + b" s:" + b"A" * 64) == []
     assert decode_keys(b"") == []
+
+
+class GatedStore(MemoryStore):
+    """Reads wait at a gate when it is closed: a store read still in flight while things happen."""
+
+    def __init__(self, config: SessionsConfig) -> None:
+        super().__init__(config)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = asyncio.Event()
+
+    async def get(self, key: str) -> bytes | None:
+        value = await super().get(key)
+        if not self.gate.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+        return value
+
+
+async def test_a_read_overtaken_by_an_ending_is_not_kept() -> None:
+    store = GatedStore(LONG_CACHE)
+    here, there = SessionManager(store, LONG_CACHE), SessionManager(store, LONG_CACHE)
+    following = asyncio.create_task(there.follow_revocations())
+    try:
+        ticket = await here.start(make_session(), T0)
+        store.gate.clear()
+        reading = asyncio.create_task(there.load(ticket, T0))
+        await store.waiting.wait()  # the value is read; the reply has not been acted on yet
+        store.gate.set()
+        await here.end(ticket)  # deleted and announced before the reader resumes
+        assert await reading is not None  # the read began before the ending: served once
+        assert await there.load(ticket, T0) is None  # but not kept for the hour of cache_ttl
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)

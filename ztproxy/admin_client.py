@@ -1,0 +1,89 @@
+"""A small client of the admin API (``ztproxy.admin_api``), for ``ztproxy sessions``.
+
+Synchronous and stdlib-only (urllib): a CLI call makes one or two requests and exits.
+Every failure is an :class:`AdminApiError` with a message fit for an operator.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import orjson
+
+from ztproxy.config.values import split_listen
+
+DEFAULT_TIMEOUT = 10.0
+_MAX_ANSWER = 4 * 1024 * 1024
+
+
+class AdminApiError(Exception):
+    """The admin API could not be asked, or said no; ``str()`` says why."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def admin_url(listen: str) -> str:
+    """The URL of an admin listener bound to ``listen`` (a wildcard address means this host)."""
+    host, port = split_listen(listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class AdminClient:
+    def __init__(self, base_url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise AdminApiError(f"the admin URL must start with http:// or https://, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+
+    def list_sessions(self, user: str, provider: str | None = None) -> dict[str, Any]:
+        query = {"user": user, **({"provider": provider} if provider else {})}
+        return self._call("GET", "/admin/sessions?" + urllib.parse.urlencode(query))
+
+    def revoke_session(self, handle: str) -> dict[str, Any]:
+        return self._call("DELETE", "/admin/sessions/" + urllib.parse.quote(handle, safe=""))
+
+    def revoke_user(self, user: str, provider: str | None = None) -> dict[str, Any]:
+        return self._call("POST", "/admin/sessions/revoke", {"user": user, **({"provider": provider} if provider
+                                                                               else {})})
+
+    def revoke_device(self, device: str) -> dict[str, Any]:
+        return self._call("POST", "/admin/sessions/revoke", {"device": device})
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = orjson.dumps(body)
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # http(s): checked above
+                return _answer(response.read(_MAX_ANSWER))
+        except urllib.error.HTTPError as error:
+            with error:
+                answer = _answer(error.read(_MAX_ANSWER), strict=False)
+            message = answer.get("message") or f"HTTP {error.code} {error.reason}"
+            raise AdminApiError(str(message), error.code) from None
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise AdminApiError(f"cannot reach the admin API at {self.base_url}: {reason}") from None
+
+
+def _answer(raw: bytes, *, strict: bool = True) -> dict[str, Any]:
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        answer = None
+    if isinstance(answer, dict):
+        return answer
+    if strict:
+        raise AdminApiError("the admin API answered something other than a JSON object "
+                            "(is the URL the admin listener's?)")
+    return {}

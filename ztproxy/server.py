@@ -320,6 +320,9 @@ async def supervise(config: Config, workers: int, log_format: str) -> int:
     for worker in pool:
         if worker.process is not None and worker.process.returncode is None:
             worker.process.send_signal(signal.SIGTERM)
+        # The workers hold the listening sockets while they drain; once they close them, the
+        # kernel must refuse new connections, not queue them on our copies until we exit.
+        worker.sock.close()
     deadline = config.server.drain_delay + config.server.shutdown_grace + 5.0
     await asyncio.wait(tasks, timeout=deadline)
     for worker in pool:

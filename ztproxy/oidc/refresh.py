@@ -12,11 +12,12 @@ the old one as theft and revoke the whole grant).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 
 import structlog
 
-from ztproxy.errors import IdentityProviderUnavailable
+from ztproxy.errors import IdentityProviderUnavailable, SessionStoreUnavailable
 from ztproxy.oidc.identity import session_refreshed
 from ztproxy.oidc.provider import Provider, RefreshRejected, TokenRefused
 from ztproxy.sessions.manager import SessionManager
@@ -60,8 +61,11 @@ class Refresher:
             await self._end(ticket, session, "no-refresh-token" if provider else "provider-removed")
             return None
         lock = "lock:refresh:" + ticket.store_key
-        if not await self.sessions.store.put(lock, b"", provider.config.http_timeout * 2 + 1, only_new=True):
+        # Long enough for one refresh (token + userinfo calls); a lock left by a worker that died
+        # or lost the store mid-refresh delays the next re-check by at most this much.
+        if not await self.sessions.store.put(lock, b"", provider.config.http_timeout + 1, only_new=True):
             return session  # another worker or replica is on it
+        store_failed = False
         try:
             # Our copy may predate a refresh another worker finished: redeeming its spent
             # refresh token again would look like token theft to the IdP.
@@ -95,8 +99,13 @@ class Refresher:
                           added=sorted(set(refreshed.groups) - set(session.groups)),
                           removed=sorted(set(session.groups) - set(refreshed.groups)))
             return refreshed
+        except SessionStoreUnavailable:
+            store_failed = True
+            raise
         finally:
-            await self.sessions.store.delete(lock)
+            if not store_failed:  # else the delete would wait out the store timeout a second time
+                with contextlib.suppress(SessionStoreUnavailable):
+                    await self.sessions.store.delete(lock)
 
     async def _end(self, ticket: Ticket, session: Session, reason: str, **fields: str) -> None:
         await self.sessions.end(ticket)

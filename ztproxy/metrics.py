@@ -111,7 +111,7 @@ class RequestMetrics:
         self._refusals: dict[tuple[Outcome, str, str], int] = {}
 
     def observe(self, route: str, status: int, decision: Decision | None, seconds: float) -> None:
-        """One answered request: ``seconds`` from its first byte read to its answer handed over."""
+        """One answered request, ``seconds`` after its handling began (streamed bodies included)."""
         # _value_ is a plain attribute; Enum.value is a property, a few hundred ns on this path.
         outcome = NO_VALUE if decision is None else decision.outcome._value_
         series = self._requests.get((route, status, outcome))
@@ -119,7 +119,8 @@ class RequestMetrics:
             latency = self._latency.setdefault((route, outcome), _Latency())
             series = self._requests[(route, status, outcome)] = _RequestSeries(latency)
         series.count += 1
-        series.latency.record(seconds)
+        if status != 101:  # a WebSocket's time is the socket's lifetime, not the proxy's latency
+            series.latency.record(seconds)
         if decision is not None and decision.outcome is not Outcome.ALLOW:
             refusals = self._refusals
             for reason in decision.reasons:
@@ -151,8 +152,8 @@ class RequestMetrics:
         return [
             _sum("ztproxy.requests", "Requests answered, by route, HTTP status and policy decision "
                  "('-': refused before a route or a decision)", requests),
-            _histogram("ztproxy.request.duration", "Time from reading a request to handing over its answer",
-                       latency),
+            _histogram("ztproxy.request.duration", "Time from the start of a request's handling to its answer "
+                       "(streamed bodies included, WebSockets left out)", latency),
             _histogram("ztproxy.upstream.duration", "Time from sending a request upstream to its response "
                        "headers (answered requests only: failures count in requests by status)", upstream),
             _sum("ztproxy.denials", "Requests the policy denied, once per reason of each denial", denials),

@@ -81,6 +81,15 @@ def test_latency_buckets_hold_values_up_to_their_bound() -> None:
     assert point.min == LATENCY_BOUNDS[2] and point.max == LATENCY_BOUNDS[-1] * 2  # type: ignore[union-attr]
 
 
+def test_a_websocket_counts_as_a_request_but_its_lifetime_is_no_latency() -> None:
+    requests = RequestMetrics()
+    requests.observe("chat", 101, ALLOW, 3600.0)
+    produced = {metric.name: metric for metric in requests.produce()}
+    [count] = produced["ztproxy.requests"].data.data_points
+    [latency] = produced["ztproxy.request.duration"].data.data_points
+    assert count.value == 1 and latency.count == 0  # type: ignore[union-attr]
+
+
 def test_upstream_latency_per_route() -> None:
     requests = RequestMetrics()
     requests.observe_upstream("a", 0.002)

@@ -23,6 +23,7 @@ from aiohttp import web
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge as _untyped_s256
 
+from ztproxy import metrics
 from ztproxy.cookies import CookieSettings, read_ticket
 from ztproxy.errors import AccessDenied, LoginFailed
 from ztproxy.oidc.identity import session_from_login
@@ -112,6 +113,7 @@ class LoginFlow:
         response = web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})
         self._save_pending(response, logins, now)
         _log.info("login_started", provider=provider.name, step_up_mfa=pending.mfa, max_age=pending.max_age)
+        metrics.login_started(provider.name)
         return response
 
     # --- the way back ---------------------------------------------------------------------
@@ -126,6 +128,7 @@ class LoginFlow:
         pending = next((login for login in logins if hmac.compare_digest(login.state, state)), None) \
             if state else None
         if pending is None:
+            metrics.login_refused("-", "state-unknown")
             raise LoginFailed("This sign-in was not started in this browser, has expired, or was already "
                               "completed.")
         remaining = [login for login in logins if login is not pending]
@@ -145,55 +148,54 @@ class LoginFlow:
         issuer = query.get("iss")
         # RFC 9207 2.4: the iss response parameter must match; required once the IdP advertises it.
         if issuer is not None and issuer != provider.config.issuer:
-            _log.warning("login_refused", reason="iss-mismatch", provider=provider.name)
-            raise LoginFailed("The sign-in response came from an unexpected identity provider.")
+            raise _refused(provider, "iss-mismatch", "The sign-in response came from an unexpected identity provider.")
         if issuer is None and metadata.get("authorization_response_iss_parameter_supported"):
-            _log.warning("login_refused", reason="iss-missing", provider=provider.name)
-            raise LoginFailed("The sign-in response did not say which identity provider sent it.")
+            raise _refused(provider, "iss-missing", "The sign-in response did not say which identity provider sent it.")
         # Single use, even for a replay that carries a copy of the login cookie.
         marker = "once:state:" + hashlib.sha256(pending.state.encode()).hexdigest()
         if not await self.sessions.store.put(marker, b"", self.login_timeout, only_new=True):
-            _log.warning("login_refused", reason="state-replayed", provider=provider.name)
-            raise LoginFailed("This sign-in was already completed.")
+            raise _refused(provider, "state-replayed", "This sign-in was already completed.")
         if "error" in query:
             error = query.get("error", "")[:64]
-            _log.info("login_refused", reason="idp-error", provider=provider.name, error=error,
-                      description=query.get("error_description", "")[:200])
+            detail = "The identity provider reported an error during sign-in."
             if error in ("access_denied", "login_required", "interaction_required", "consent_required"):
-                raise LoginFailed("The identity provider did not complete the sign-in (it was cancelled or "
-                                  "refused).")
-            if error == "unmet_authentication_requirements":
-                raise LoginFailed("The identity provider could not verify you with the required second factor.")
-            raise LoginFailed("The identity provider reported an error during sign-in.")
+                detail = "The identity provider did not complete the sign-in (it was cancelled or refused)."
+            elif error == "unmet_authentication_requirements":
+                detail = "The identity provider could not verify you with the required second factor."
+            raise _refused(provider, "idp-error", detail, error=error,
+                           description=query.get("error_description", "")[:200])
         code = query.get("code")
         if not code:
-            raise LoginFailed("The sign-in response carried no authorization code.")
+            raise _refused(provider, "no-code", "The sign-in response carried no authorization code.")
         try:
             tokens = await provider.exchange_code(code, verifier=pending.verifier, redirect_uri=self.redirect_uri)
         except TokenRefused as exc:
-            _log.warning("login_refused", reason="code-refused", provider=provider.name, error=str(exc))
-            raise LoginFailed("The identity provider refused to complete this sign-in (the link may have "
-                              "been used already).") from exc
+            raise _refused(provider, "code-refused", "The identity provider refused to complete this sign-in (the "
+                                                     "link may have been used already).", error=str(exc)) from exc
         if tokens.id_token is None:
-            _log.warning("login_refused", reason="no-id-token", provider=provider.name)
-            raise LoginFailed("The identity provider's answer carried no ID token.")
+            raise _refused(provider, "no-id-token", "The identity provider's answer carried no ID token.")
         try:
             claims = await provider.validate_id_token(tokens.id_token, nonce=pending.nonce, max_age=pending.max_age,
                                                       access_token=tokens.access_token)
         except TokenInvalid as exc:
-            _log.warning("login_refused", reason=f"id-token-{exc.reason}", provider=provider.name, error=str(exc))
-            raise LoginFailed("The identity provider's answer could not be verified.") from exc
+            raise _refused(provider, f"id-token-{exc.reason}", "The identity provider's answer could not be "
+                                                               "verified.", error=str(exc)) from exc
         userinfo: dict[str, Any] = {}
         if provider.config.use_userinfo and tokens.access_token:
-            userinfo = await provider.userinfo(tokens.access_token)
+            try:
+                userinfo = await provider.userinfo(tokens.access_token)
+            except TokenRefused as exc:
+                raise _refused(provider, "userinfo-refused", "The identity provider refused to say who you are.",
+                               error=str(exc)) from exc
             # OIDC Core 5.3.2: the userinfo sub must be the ID token's, or it is someone else's.
             if userinfo and userinfo.get("sub") != claims.sub:
-                _log.warning("login_refused", reason="userinfo-sub-mismatch", provider=provider.name)
-                raise LoginFailed("The identity provider's answers disagree about who you are.")
+                raise _refused(provider, "userinfo-sub-mismatch", "The identity provider's answers disagree about "
+                                                                  "who you are.")
         session = session_from_login(provider.config, claims, userinfo, tokens, now)
         ticket = await self.sessions.start(session, now, replacing=read_ticket(request, self.cookies))
         _log.info("login_completed", provider=provider.name, subject=session.subject, mfa=session.mfa,
                   acr=session.acr, session=ticket.public_id)
+        metrics.login_completed(provider.name)
         if pending.mfa and not session.mfa:
             # Redirecting back would only ask again, forever: say what happened instead.
             response = page_for(request, AccessDenied(
@@ -228,3 +230,10 @@ class LoginFlow:
         sealed = self.sealer.seal(orjson.dumps([asdict(login) for login in logins]), purpose=_PURPOSE, now=now)
         self.cookies.set(response, self.cookies.login_name, sealed, max_age=self.login_timeout,
                          path=_LOGIN_COOKIE_PATH)
+
+
+def _refused(provider: Provider, reason: str, detail: str, **fields: str) -> LoginFailed:
+    """Log and count a refused sign-in; the error to raise, with ``detail`` for the user."""
+    _log.warning("login_refused", reason=reason, provider=provider.name, **fields)
+    metrics.login_refused(provider.name, reason)
+    return LoginFailed(detail)

@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 from authlib.common.urls import add_params_to_uri
 
+from ztproxy import metrics
 from ztproxy.cookies import CookieSettings, read_ticket
 from ztproxy.errors import IdentityProviderUnavailable
 from ztproxy.oidc.provider import Provider
@@ -81,6 +82,7 @@ class Logout:
         location = f"{self.public_url}{SIGNED_OUT_PATH}"
         if session is not None:
             _log.info("session_ended", reason="logout", subject=session.subject, session=ticket.public_id)
+            metrics.session_ended("logout")
             provider = self.providers.get(session.provider)
             if provider is not None:
                 location = await self._end_session_url(provider, session.id_token) or location
@@ -130,6 +132,7 @@ class Logout:
             return _backchannel_error("the logout token was already used")
         ended = await self.sessions.end_matching(provider.name, subject=claims.sub, idp_session=claims.sid)
         _log.info("backchannel_logout", provider=provider.name, subject=claims.sub, sessions_ended=ended)
+        metrics.session_ended("backchannel", ended)
         return web.Response(status=200, headers={"Cache-Control": "no-store"})
 
     def _provider_for(self, token: str) -> Provider | None:

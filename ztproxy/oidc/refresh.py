@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import structlog
 
+from ztproxy import metrics
 from ztproxy.errors import IdentityProviderUnavailable, SessionStoreUnavailable
 from ztproxy.oidc.identity import session_refreshed
 from ztproxy.oidc.provider import Provider, RefreshRejected, TokenRefused
@@ -110,6 +111,7 @@ class Refresher:
     async def _end(self, ticket: Ticket, session: Session, reason: str, **fields: str) -> None:
         await self.sessions.end(ticket)
         _log.info("session_ended", reason=reason, subject=session.subject, session=ticket.public_id, **fields)
+        metrics.session_ended(reason)
 
     def _prune(self, now: float) -> None:
         if len(self._retry_after) > 10_000:

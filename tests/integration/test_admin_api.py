@@ -68,6 +68,9 @@ async def test_the_token_guards_the_admin_api_of_a_supervisor(start_replicas: Wo
         assert status == 200 and [s["handle"] for s in body["sessions"]] == [world.ticket().public_id]
         log = world.signed_in_on.process.log_path.read_text()
         assert "admin_token_refused" in log and ADMIN_TOKEN not in log
+        world.redis.stop()
+        status, body = await admin_status(url, {"Authorization": "Bearer " + ADMIN_TOKEN})
+        assert (status, body["error"]) == (503, "session-store-unavailable")  # fail closed, said plainly
 
 
 async def test_without_a_token_the_admin_api_is_off(start_upstream: UpstreamFactory,

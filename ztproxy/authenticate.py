@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +106,6 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
     app[AUTH] = auth
     # Sessions ended by other workers and replicas leave this worker's cache at once.
     following = asyncio.create_task(auth.sessions.follow_revocations())
-    app.on_response_prepare.append(_device_recorder(auth))
     try:
         yield
     finally:
@@ -115,24 +114,6 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
         await auth.sessions.close()
         await store.close()
         await http.close()
-
-
-def _device_recorder(auth: Auth) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """Remember which devices serve each session, so revoking a device ends its sessions.
-
-    Runs as each response is sent, once the device stage has run: a dict lookup per
-    request, one background store write per session, device and worker.
-    """
-    # Imported here: ztproxy.device imports this module.
-    from ztproxy.device import DEVICE
-
-    async def record(request: web.Request, response: web.StreamResponse) -> None:
-        signed_in = request.get(SIGNED_IN)
-        device = request.get(DEVICE) if signed_in is not None else None
-        if signed_in is not None and device is not None:
-            auth.sessions.note_device(signed_in.ticket.store_key, signed_in.session, device.id, time.time())
-
-    return record
 
 
 def build_auth(config: Config, routes: RouteTable[Any], http: aiohttp.ClientSession, *,

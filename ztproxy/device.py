@@ -8,12 +8,13 @@ so a device that falls out of compliance loses access within that TTL.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from aiohttp import web
 
-from ztproxy.authenticate import SIGNED_IN
+from ztproxy.authenticate import AUTH, SIGNED_IN
 from ztproxy.policy.model import Device
 from ztproxy.posture import Posture, PostureQuery, peer_certificate
 from ztproxy.state import CONFIG, CONTEXT
@@ -40,6 +41,12 @@ async def assess_device(request: web.Request) -> None:
     device = await device_of(request, posture)
     if device is not None:
         request[DEVICE] = device
+        signed_in = request.get(SIGNED_IN)
+        auth = request.app[AUTH]
+        if signed_in is not None and auth is not None:
+            # So revoking a device ends its sessions: a dict lookup, one background write per
+            # session, device and worker.
+            auth.sessions.note_device(signed_in.ticket.store_key, signed_in.session, device.id, time.time())
 
 
 async def device_of(request: web.Request, posture: Posture) -> Device | None:

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ztproxy import metrics
 from ztproxy.config.schema import Config
 from ztproxy.errors import SessionStoreUnavailable
 from ztproxy.sessions.manager import SessionManager
@@ -145,6 +146,7 @@ async def revoke_session(request: web.Request) -> web.Response:
     if not await sessions.end_handle(handle):
         raise ApiError(404, "not-found", f"No live session has the handle {handle}.")
     log.info("sessions_revoked", by="admin", handle=handle, sessions_ended=1)
+    metrics.session_ended("admin")
     return _json({"revoked": 1, "handle": handle})
 
 
@@ -162,6 +164,7 @@ async def revoke_sessions(request: web.Request) -> web.Response:
         device = _identifier(body["device"], "device")
         ended = await sessions.end_device(device)
         log.info("sessions_revoked", by="admin", device=device, sessions_ended=ended)
+        metrics.session_ended("admin", ended)
         return _json({"revoked": ended, "device": device})
     subject = _identifier(body["user"], "user")
     provider = body.get("provider")
@@ -171,6 +174,7 @@ async def revoke_sessions(request: web.Request) -> web.Response:
     for name in _providers(request, provider):
         ended += await sessions.end_matching(name, subject=subject)
     log.info("sessions_revoked", by="admin", subject=subject, provider=provider, sessions_ended=ended)
+    metrics.session_ended("admin", ended)
     return _json({"revoked": ended, "user": subject})
 
 

@@ -20,6 +20,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from ztproxy import metrics
 from ztproxy.config.schema import Config
 from ztproxy.cookies import CookieSettings, read_ticket
 from ztproxy.oidc.login import LoginFlow
@@ -106,9 +107,11 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
     app[AUTH] = auth
     # Sessions ended by other workers and replicas leave this worker's cache at once.
     following = asyncio.create_task(auth.sessions.follow_revocations())
+    unwatch = metrics.watch_active_sessions(lambda: auth.sessions.active(time.time()))
     try:
         yield
     finally:
+        unwatch()
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)
         await auth.sessions.close()

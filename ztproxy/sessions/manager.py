@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from ztproxy import metrics
 from ztproxy.config.sessions import SessionsConfig
 from ztproxy.errors import SessionStoreUnavailable
 from ztproxy.sessions.model import Session
@@ -120,6 +121,9 @@ class SessionManager:
         sealed = await self.store.get(key)
         if sealed is None:
             self._cache.pop(key, None)
+            ended_at = self.revocations.ended_at.pop(key, None)
+            if ended_at is not None:  # the first request an ending refused here
+                metrics.revocation_enforced(key, ended_at, now)
             return None
         plain = unseal(ticket, sealed)
         session = Session.from_bytes(plain) if plain is not None else None
@@ -128,6 +132,7 @@ class SessionManager:
             # an expired session is removed.
             if session is not None:
                 await self.end(ticket, session)
+                metrics.session_ended("expired")
             return None
         touched_at = cached.touched_at if cached is not None else now
         if now - touched_at >= self._touch_every:
@@ -241,6 +246,11 @@ class SessionManager:
     async def follow_revocations(self) -> None:
         """Drop copies of sessions ended elsewhere, until cancelled (a task for the app's lifetime)."""
         await self.revocations.follow()
+
+    def active(self, now: float, *, within: float = 300.0) -> int:
+        """Sessions this worker served in the last ``within`` seconds (the active-sessions gauge)."""
+        return sum(1 for entry in self._cache.values()
+                   if now - entry.read_at < within and self.live(entry.session, now))
 
     def forget(self, store_key: str) -> None:
         """Drop this worker's copy (after a revocation seen elsewhere)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable, Collection, Coroutine, Iterable
 from typing import Any
 
@@ -28,14 +29,17 @@ from ztproxy.sessions.store import SessionStore
 REVOCATION_CHANNEL = "ztproxy:sessions:ended"
 STORE_KEY_RE = re.compile(r"s:[0-9a-f]{64}")
 MAX_KEYS_PER_MESSAGE = 1000  # a long list goes out as several messages
+MAX_REMEMBERED_ENDINGS = 10_000
 
 _log = structlog.get_logger("ztproxy.sessions")
 
 
-def encode_keys(keys: Iterable[str]) -> list[bytes]:
-    """The messages announcing ``keys``: store keys separated by spaces, a bounded number each."""
+def encode_keys(keys: Iterable[str], at: float | None = None) -> list[bytes]:
+    """The messages announcing ``keys``: store keys separated by spaces, a bounded number each,
+    after ``t=<unix ms>`` (when they ended, for the revocation delay metric) if ``at`` is given."""
     ordered = sorted(set(keys))
-    return [" ".join(ordered[i:i + MAX_KEYS_PER_MESSAGE]).encode("ascii")
+    stamp = [] if at is None else [f"t={int(at * 1000)}"]
+    return [" ".join(stamp + ordered[i:i + MAX_KEYS_PER_MESSAGE]).encode("ascii")
             for i in range(0, len(ordered), MAX_KEYS_PER_MESSAGE)]
 
 
@@ -43,6 +47,14 @@ def decode_keys(message: bytes) -> list[str]:
     """The store keys in an announcement; anything else in it is ignored."""
     text = message.decode("ascii", errors="replace")
     return [key for key in text.split(" ") if STORE_KEY_RE.fullmatch(key)]
+
+
+def decode_time(message: bytes) -> float | None:
+    """When the announced sessions ended (Unix seconds), if the message says."""
+    first = message.split(b" ", 1)[0]
+    if first.startswith(b"t=") and first[2:].isdigit() and len(first) < 20:
+        return int(first[2:]) / 1000
+    return None
 
 
 class RevocationFeed:
@@ -56,21 +68,26 @@ class RevocationFeed:
         self._spawn = spawn  # runs a check in the background, owned (and cancelled) by the caller
         self._watchers: dict[str, set[Callable[[], None]]] = {}
         self.subscriptions = 0  # how many times the feed was (re)subscribed
+        # When recently ended sessions ended, until a request of theirs is denied here.
+        self.ended_at: dict[str, float] = {}
 
     async def announce(self, keys: Collection[str]) -> None:
         """Tell every worker and replica that these sessions ended (after deleting them)."""
-        self.ended_here(keys)
+        now = time.time()
+        self.ended_here(keys, at=now)
         try:
-            for message in encode_keys(keys):
+            for message in encode_keys(keys, at=now):
                 await self.store.publish(REVOCATION_CHANNEL, message)
         except SessionStoreUnavailable:
             # The deletion holds: other workers deny within their cache_ttl all the same.
             _log.warning("revocation_not_announced", sessions=len(keys))
 
-    def ended_here(self, keys: Iterable[str]) -> None:
+    def ended_here(self, keys: Iterable[str], at: float | None = None) -> None:
         """These sessions are known to be gone: drop them and close what watches them."""
         for key in keys:
             self._forget(key)
+            if at is not None:
+                self._note_end(key, at)
             for on_end in self._watchers.pop(key, ()):
                 _call(on_end)
 
@@ -98,8 +115,11 @@ class RevocationFeed:
 
     def _heard(self, message: bytes) -> None:
         keys = decode_keys(message)
+        at = decode_time(message)
         for key in keys:
             self._forget(key)
+            if at is not None:
+                self._note_end(key, at)
         watched = [key for key in keys if key in self._watchers]
         if watched:
             self._spawn(self._confirm(watched))
@@ -112,6 +132,12 @@ class RevocationFeed:
         self._forget_all()
         if self._watchers:
             self._spawn(self._confirm(list(self._watchers)))
+
+    def _note_end(self, key: str, at: float) -> None:
+        ended = self.ended_at
+        if key not in ended and len(ended) >= MAX_REMEMBERED_ENDINGS:
+            del ended[next(iter(ended))]
+        ended[key] = at
 
     async def _confirm(self, keys: list[str]) -> None:
         """Close the watchers of those ``keys`` that the store no longer has."""

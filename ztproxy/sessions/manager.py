@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import time
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -123,7 +124,8 @@ class SessionManager:
             self._cache.pop(key, None)
             ended_at = self.revocations.ended_at.pop(key, None)
             if ended_at is not None:  # the first request an ending refused here
-                metrics.revocation_enforced(key, ended_at, now)
+                # Wall clock on both ends (announcements carry the ending's wall-clock time).
+                metrics.revocation_enforced(key, ended_at, time.time())
             return None
         plain = unseal(ticket, sealed)
         session = Session.from_bytes(plain) if plain is not None else None

@@ -8,11 +8,11 @@ says, in plain words, what failed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
 
+from ztproxy import metrics
 from ztproxy.authenticate import AUTH, SIGNED_IN, Auth, SignedIn
 from ztproxy.device import DEVICE
 from ztproxy.errors import AccessDenied, AuthenticationRequired, StepUpRequired
@@ -92,17 +92,6 @@ async def authorize(request: web.Request) -> web.StreamResponse | None:
     raise AccessDenied(explain(decision), reasons=decision.reasons, hint=hint)
 
 
-@dataclass
-class ShadowStats:
-    """Decisions of shadow policies that differ from the enforced ones, since start."""
-
-    evaluated: int = 0
-    disagreements: int = 0
-
-
-SHADOW_STATS = ShadowStats()
-
-
 def log_decision(request: web.Request, decision: Decision, shadow: Decision | None,
                  signed_in: SignedIn | None) -> None:
     """The audit trail: who, from what device, on which route, what was decided and why."""
@@ -122,11 +111,10 @@ def log_decision(request: web.Request, decision: Decision, shadow: Decision | No
         "policy": request.app[POLICY_HASH],
     }
     if shadow is not None:
-        SHADOW_STATS.evaluated += 1
         fields["shadow_decision"] = shadow.outcome.value
         fields["shadow_reasons"] = shadow.reasons
         if shadow.outcome is not decision.outcome:
-            SHADOW_STATS.disagreements += 1
+            metrics.shadow_disagreement(ctx.route.name, decision.outcome.value, shadow.outcome.value)
             fields["shadow_disagrees"] = True
     decision_event(fields)
 

@@ -205,6 +205,9 @@ _sessions_ended = _meter.create_counter(
     "ztproxy.sessions.ended", description="Sessions ended, by reason (logout, backchannel, refresh-rejected, "
     "admin, expired...)")
 _reloads = _meter.create_counter("ztproxy.config.reloads", description="Configuration reloads, by result")
+_shadow_disagreements = _meter.create_counter(
+    "ztproxy.shadow.disagreements", description="Requests a route's shadow policy decided differently from the "
+    "enforced one, by route and the two decisions")
 _revocation_delay = _meter.create_histogram(
     "ztproxy.revocation.delay", unit="s",
     description="Time from a revocation to the first request it denied in this process")
@@ -229,6 +232,11 @@ def exposition() -> bytes:
 
 
 # --- events other modules report ---------------------------------------------------------------
+
+def shadow_disagreement(route: str, enforced: str, shadow: str) -> None:
+    """A shadow policy decided ``shadow`` where the enforced one decided ``enforced``."""
+    _shadow_disagreements.add(1, {"route": route, "enforced": enforced, "shadow": shadow})
+
 
 def login_started(provider: str) -> None:
     _logins.add(1, {"provider": provider, "result": "started"})

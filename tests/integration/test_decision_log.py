@@ -62,3 +62,8 @@ routes:
     assert "shadow_decision" not in closed
     # Public routes are decided at load time: their requests show in the access log only.
     assert [event["route"] for event in found] == ["office", "closed"]
+    # Disagreements are counted for the dashboards too.
+    async with aiohttp.ClientSession() as client:
+        async with client.get(proxy.admin_url + "/metrics") as response:
+            scrape = await response.text()
+    assert 'ztproxy_shadow_disagreements_total{enforced="allow",route="office",shadow="deny"} 1.0' in scrape

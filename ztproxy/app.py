@@ -19,12 +19,15 @@ from ztproxy.endpoints import proxy_endpoints
 from ztproxy.headers import parse_networks
 from ztproxy.identity import assertion_ctx
 from ztproxy.intake import intake
-from ztproxy.pipeline import Stage, build_pipeline
+from ztproxy.pipeline import Handler, Stage, build_pipeline
 from ztproxy.policy import policy_hash
 from ztproxy.routing import RouteTable
 from ztproxy.state import CONFIG, CONTEXT, INTAKE, POLICY_HASH, ROUTE_LIST, ROUTES, IntakeSettings
 from ztproxy.upstream import client_session_ctx, forward
 from ztproxy.websocket import is_websocket_upgrade, proxy_websocket
+
+# The app's pipeline, for the dispatcher of ``reload.LiveApp`` that serves this app's configuration.
+PIPELINE = web.AppKey[Handler]("pipeline")
 
 STAGES: tuple[Stage, ...] = (
     intake,            # header budget, canonical path, host, client ip, route -> RequestContext
@@ -65,6 +68,11 @@ def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(auth_ctx)
     app.cleanup_ctx.append(assertion_ctx)
     app.cleanup_ctx.append(posture_ctx)
-    # Every method and path (newlines included) goes to the pipeline; intake judges the path.
-    app.router.add_route("*", r"/{path:[\s\S]*}", build_pipeline(STAGES, handle), expect_handler=_defer_expect)
+    app[PIPELINE] = build_pipeline(STAGES, handle)
+    add_catch_all(app, app[PIPELINE])
     return app
+
+
+def add_catch_all(app: web.Application, handler: Handler) -> None:
+    """Every method and path (newlines included) goes to ``handler``; intake judges the path."""
+    app.router.add_route("*", r"/{path:[\s\S]*}", handler, expect_handler=_defer_expect)

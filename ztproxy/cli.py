@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_format = args.log_format or config.logging.format
     configure_logging(config.logging.level, log_format)
     try:
-        return run(config, workers=args.workers, log_format=log_format)
+        return run(config, workers=args.workers, log_format=log_format, config_path=str(args.config))
     except OSError as error:  # port in use, unreadable TLS key...
         print(f"ztproxy: cannot start: {error}", file=sys.stderr)
         return 1

@@ -7,6 +7,11 @@ the admin listener, restarts crashed workers, and on SIGTERM drains them all.
 
 SIGTERM (or SIGINT): readiness fails at once, after ``drain_delay`` the listeners
 close, in-flight requests get ``shutdown_grace`` to finish, then the process exits 0.
+
+SIGHUP: the config file is read and validated again; a valid one is swapped in without
+dropping a connection (``ztproxy.reload``), an invalid one is logged with every issue and
+the running one keeps serving. The supervisor validates it once and hands it to each
+worker as one more JSON line on the worker's stdin.
 """
 
 from __future__ import annotations
@@ -15,30 +20,36 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
 import ssl
 import sys
 import tempfile
-import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from ztproxy import tracing
+from ztproxy import metrics, tracing
 from ztproxy.admin import WorkerSockets, build_admin_app
 from ztproxy.app import build_app
 from ztproxy.config.schema import Config
 from ztproxy.config.values import split_listen
 from ztproxy.errors import BadRequest, HeadersTooLarge, RequestError, UriTooLong
-from ztproxy.keys import KeyRing
 from ztproxy.metrics import serve_exposition
 from ztproxy.pages import error_response
+from ztproxy.reload import (
+    ConfigFollower,
+    GeneratedSecrets,
+    LiveApp,
+    on_sighup,
+    reload_on_sighup,
+    reread,
+    shared_secrets,
+)
 from ztproxy.state import Readiness
 from ztproxy.telemetry import LOG_SINK, AccessLogger, get_logger
 
@@ -50,6 +61,8 @@ _RESTART_BACKOFF_MAX = 30.0
 # Where a worker serves its metrics exposition: a socket in the supervisor's private directory.
 WORKER_METRICS_ENV = "ZTPROXY_WORKER_METRICS_SOCKET"
 _BACKLOG = 1024
+# A worker's configuration line on stdin; far above any real configuration.
+MAX_CONFIG_LINE = 64 * 1024 * 1024
 
 
 class _GuardedRequestHandler(RequestHandler):
@@ -205,9 +218,10 @@ async def _start_admin(config: Config, readiness: Readiness,
 
 
 async def _serve_proxy(config: Config, sock: socket.socket, readiness: Readiness,
-                       stop: asyncio.Event, on_ready: Any = None) -> None:
+                       stop: asyncio.Event, on_ready: Any = None, follow: ConfigFollower | None = None) -> None:
     async with LOG_SINK.batching(config.logging.flush_interval), tracing.tracing_from_env():
-        runner = ProxyRunner(build_app(config), config)  # after tracing starts: the pipeline is chosen here
+        live = LiveApp(config, build_app)  # after tracing starts: the pipeline is chosen when an app is built
+        runner = ProxyRunner(live.front_app(), config)
         await runner.setup()
         await web.SockSite(runner, sock, ssl_context=ssl_context(config), backlog=_BACKLOG).start()
         readiness.ready, readiness.reasons = True, []
@@ -215,39 +229,69 @@ async def _serve_proxy(config: Config, sock: socket.socket, readiness: Readiness
                  routes=len(config.routes), pid=os.getpid())
         if on_ready is not None:
             on_ready()
+        follower = asyncio.create_task(follow(live)) if follow is not None else None
         await stop.wait()
+        if follower is not None:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
         readiness.ready, readiness.reasons = False, ["draining"]
-        log.info("draining", grace_s=config.server.shutdown_grace, drain_delay_s=config.server.drain_delay)
-        await asyncio.sleep(config.server.drain_delay)
+        server = live.config.server  # as reloaded; shutdown_grace is the runner's, fixed at start
+        log.info("draining", grace_s=server.shutdown_grace, drain_delay_s=server.drain_delay)
+        await asyncio.sleep(server.drain_delay)
         await runner.cleanup()  # closes the listener, then waits up to shutdown_grace for in-flight requests
         log.info("stopped", pid=os.getpid())
 
 
-async def serve(config: Config) -> int:
-    """Single process: proxy and admin listener in this event loop."""
+async def serve(config: Config, *, config_path: str | None = None,
+                generated: GeneratedSecrets | None = None) -> int:
+    """Single process: proxy and admin listener in this event loop; SIGHUP reloads ``config_path``."""
     readiness = Readiness(reasons=["starting"])
     stop = _stop_event()
     sock = bind_socket(config.server.listen, reuse_port=False)
     admin = await _start_admin(config, readiness)
     try:
-        await _serve_proxy(config, sock, readiness, stop)
+        await _serve_proxy(config, sock, readiness, stop,
+                           follow=reload_on_sighup(config_path, generated or GeneratedSecrets()))
     finally:
         if admin is not None:
             await admin.cleanup()
     return 0
 
 
-async def serve_worker(config: Config, sock: socket.socket, ready_fd: int) -> int:
-    """One worker under the supervisor: the proxy on an inherited socket, no admin listener."""
+async def serve_worker(config: Config, sock: socket.socket, ready_fd: int,
+                       updates: asyncio.StreamReader | None = None) -> int:
+    """One worker under the supervisor: the proxy on an inherited socket, no admin listener.
+
+    Each line of ``updates`` is a configuration the supervisor has validated, as JSON.
+    """
     stop = _stop_event()
 
     def announce() -> None:
         os.write(ready_fd, b"1")
         os.close(ready_fd)
 
+    async def follow(live: LiveApp) -> None:
+        while updates is not None and (line := await updates.readline()):
+            try:
+                new = Config.model_validate_json(line)
+            except ValueError as error:  # the supervisor validated it: only a bug lands here
+                log.error("config_reload_failed", issues=[str(error)[:2000]])
+                metrics.config_reloaded(False)
+                continue
+            await live.reload(new)
+
     async with serve_exposition(os.environ.get(WORKER_METRICS_ENV)):
-        await _serve_proxy(config, sock, Readiness(), stop, on_ready=announce)
+        await _serve_proxy(config, sock, Readiness(), stop, on_ready=announce, follow=follow)
     return 0
+
+
+async def _send_line(worker: _Worker, line: bytes) -> None:
+    process = worker.process
+    if process is None or process.returncode is not None or process.stdin is None:
+        return  # a worker starting later reads the newest payload
+    with contextlib.suppress(ConnectionError):
+        process.stdin.write(line)
+        await process.stdin.drain()
 
 
 class _Worker:
@@ -258,8 +302,9 @@ class _Worker:
         self.ready = False
 
 
-async def supervise(config: Config, workers: int, log_format: str) -> int:
-    """Several workers sharing the port; the supervisor owns readiness and restarts."""
+async def supervise(config: Config, workers: int, log_format: str, *, config_path: str | None = None,
+                    generated: GeneratedSecrets | None = None) -> int:
+    """Several workers sharing the port; the supervisor owns readiness, restarts and reloads."""
     readiness = Readiness(reasons=["starting"])
     stop = _stop_event()
     pool = [_Worker(i, bind_socket(config.server.listen, reuse_port=True)) for i in range(workers)]
@@ -270,7 +315,8 @@ async def supervise(config: Config, workers: int, log_format: str) -> int:
 
     admin = await _start_admin(config, readiness,
                                worker_sockets=lambda: [(str(w.index), metrics_socket(w)) for w in pool if w.ready])
-    payload = config.model_dump_json().encode()
+    # The configuration a worker starts with: the latest valid one, so a restarted worker has it too.
+    payload = config.model_dump_json().encode() + b"\n"
 
     def update_readiness() -> None:
         missing = [str(w.index) for w in pool if not w.ready]
@@ -290,8 +336,7 @@ async def supervise(config: Config, workers: int, log_format: str) -> int:
                 env={**os.environ, WORKER_METRICS_ENV: metrics_socket(worker)})
             os.close(write_fd)
             assert worker.process.stdin is not None
-            worker.process.stdin.write(payload)
-            worker.process.stdin.close()
+            worker.process.stdin.write(payload)  # stays open: reloads follow, one line each
             started = asyncio.get_running_loop().time()
             ready_task = asyncio.create_task(asyncio.to_thread(os.read, read_fd, 1))
             exit_task = asyncio.create_task(worker.process.wait())
@@ -300,6 +345,7 @@ async def supervise(config: Config, workers: int, log_format: str) -> int:
                 worker.ready = True
                 update_readiness()
             code = await exit_task
+            worker.process.stdin.close()
             await asyncio.gather(ready_task, return_exceptions=True)
             os.close(read_fd)
             worker.ready = False
@@ -312,9 +358,27 @@ async def supervise(config: Config, workers: int, log_format: str) -> int:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=backoff)
 
+    hangup = on_sighup()  # before the first worker: a SIGHUP from now on reloads, never ends the supervisor
+
+    async def broadcast_reloads() -> None:
+        nonlocal payload, config
+        while True:
+            await hangup.wait()
+            hangup.clear()
+            log.info("config_reload_requested", config=config_path)
+            new = await reread(config_path, generated or GeneratedSecrets(), workers=workers)
+            if new is None:
+                continue  # reported once, here; the workers keep serving what they have
+            config, payload = new, new.model_dump_json().encode() + b"\n"
+            await asyncio.gather(*(_send_line(worker, payload) for worker in pool))
+            log.info("config_reload_sent", workers=workers)
+
     tasks = [asyncio.create_task(run_worker(w)) for w in pool]
+    reloader = asyncio.create_task(broadcast_reloads())
     log.info("supervisor_started", workers=workers, listen=config.server.listen, pid=os.getpid())
     await stop.wait()
+    reloader.cancel()
+    await asyncio.gather(reloader, return_exceptions=True)
     update_readiness()
     log.info("supervisor_draining", workers=workers)
     for worker in pool:
@@ -348,41 +412,10 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(main)
 
 
-def run(config: Config, *, workers: int = 1, log_format: str = "json") -> int:
-    with shared_secrets(config) as config:
+def run(config: Config, *, workers: int = 1, log_format: str = "json", config_path: str | None = None) -> int:
+    """Serve ``config``; SIGHUP reloads it from ``config_path`` (the file it was loaded from)."""
+    with shared_secrets() as generated:
+        config = generated.fill(config)
         if workers <= 1:
-            return run_loop(serve(config))
-        return run_loop(supervise(config, workers, log_format))
-
-
-@contextlib.contextmanager
-def shared_secrets(config: Config) -> Iterator[Config]:
-    """Fill in secrets the config leaves out, once, so every worker shares them.
-
-    Without ``sessions.cookie_secrets`` a random one is made; without assertion keys, a
-    key directory for this run is made with one key in it. Both last as long as this
-    process: a restart drops sign-ins in progress and changes the assertion key, which
-    the warnings say, pointing at the settings that make them persistent.
-    """
-    temporary: str | None = None
-    try:
-        if config.identity_providers and not config.sessions.cookie_secrets:
-            log.warning("cookie_secret_generated", hint="set sessions.cookie_secrets (or cookie_secrets_file) "
-                                                         "so sign-ins in progress survive a restart")
-            sessions = config.sessions.model_copy(update={"cookie_secrets": (secrets.token_hex(32),)})
-            config = config.model_copy(update={"sessions": sessions})
-        assertion = config.assertion
-        if assertion.keys_dir is None and not assertion.key_files:
-            temporary = tempfile.mkdtemp(prefix="ztproxy-keys-")
-            log.warning("assertion_key_ephemeral", keys_dir=temporary,
-                         hint="set assertion.keys_dir (see `ztproxy keys generate`) so apps can keep verifying "
-                              "assertions across restarts")
-            assertion = assertion.model_copy(update={"keys_dir": temporary})
-            config = config.model_copy(update={"assertion": assertion})
-        # Once, before any worker starts: writes the first key of an empty directory, and
-        # refuses unusable key files with a ConfigError instead of workers crashing in a loop.
-        KeyRing.from_config(config.assertion, now=time.time())
-        yield config
-    finally:
-        if temporary is not None:
-            shutil.rmtree(temporary, ignore_errors=True)
+            return run_loop(serve(config, config_path=config_path, generated=generated))
+        return run_loop(supervise(config, workers, log_format, config_path=config_path, generated=generated))

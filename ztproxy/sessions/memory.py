@@ -10,8 +10,9 @@ Every method runs without awaiting in between, which makes each one atomic for a
 two concurrent ``only_new`` writes of one key cannot both win.
 
 ``open(config)`` (what ``sessions.store: memory`` uses) gives everyone in the process who
-opens the same configuration object the same store until the last of them closes it: in
-one process, the proxy and its admin listener see the same sessions. Published messages
+opens a configuration naming the same store the same store until the last of them closes
+it: in one process, the proxy and its admin listener see the same sessions, and so does
+the configuration a reload swaps in (it opens the store before the old one closes it). Published messages
 reach that store's subscribers at once, in the publisher's call.
 """
 
@@ -21,6 +22,7 @@ import asyncio
 import heapq
 import itertools
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -43,8 +45,9 @@ class _Entry:
     indexes: frozenset[str]
 
 
-# id(config) -> (config, its store): the config is held, so its id is not reused meanwhile.
-_OPENED: dict[int, tuple[SessionsConfig, MemoryStore]] = {}
+# The store spec (``sessions.store``) -> the process's open store for it. Held weakly: a store
+# its users dropped without closing (a test's, say) must not be handed to the next opener.
+_OPENED: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDictionary()
 
 
 class MemoryStore:
@@ -66,13 +69,13 @@ class MemoryStore:
 
     @classmethod
     def open(cls, config: SessionsConfig) -> MemoryStore:
-        """The process's store for this configuration object (see the module docstring)."""
-        opened = _OPENED.get(id(config))
-        if opened is not None and opened[0] is config:
-            opened[1]._users += 1
-            return opened[1]
+        """The process's store for ``config.store`` (see the module docstring)."""
+        opened = _OPENED.get(config.store)
+        if opened is not None:
+            opened._users += 1
+            return opened
         store = cls(config)
-        _OPENED[id(config)] = (config, store)
+        _OPENED[config.store] = store
         return store
 
     def __len__(self) -> int:
@@ -151,9 +154,9 @@ class MemoryStore:
         self._users -= 1
         if self._users > 0:
             return
-        for config_id, (_, store) in list(_OPENED.items()):
+        for spec, store in list(_OPENED.items()):
             if store is self:
-                del _OPENED[config_id]
+                del _OPENED[spec]
         self._entries.clear()
         self._indexes.clear()
         self._expiries.clear()

@@ -1,0 +1,152 @@
+"""LiveApp: one configuration per request, the atomic swap, retiring the old app, and what survives."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import UpstreamFactory, free_port, proxy_yaml
+from ztproxy.app import build_app
+from ztproxy.config import load_text
+from ztproxy.config.schema import Config
+from ztproxy.reload import LiveApp, keep_listener, restart_only
+from ztproxy.server import ProxyRunner
+from ztproxy.sessions.memory import MemoryStore
+from ztproxy.upstream import UPSTREAM
+
+CLOSED = "[{source_cidrs: [192.0.2.0/24]}]"
+Serve = Callable[[LiveApp, Config], Awaitable[str]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    runners: list[web.AppRunner] = []
+
+    async def start(live: LiveApp, config: Config) -> str:
+        runner = ProxyRunner(live.front_app(), config)
+        await runner.setup()
+        host, _, port = config.server.listen.rpartition(":")
+        await web.TCPSite(runner, host, int(port)).start()
+        runners.append(runner)
+        return f"http://{host}:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def status_of(url: str) -> int:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        await response.read()
+        return response.status
+
+
+async def test_a_reload_changes_what_new_requests_see(start_upstream: UpstreamFactory, serve: Serve) -> None:
+    upstream = await start_upstream()
+    port = free_port()
+    first = load_text(proxy_yaml(upstream.url, port=port))
+    live = LiveApp(first, build_app)
+    url = await serve(live, first)
+    assert await status_of(url + "/x") == 200
+    closed = load_text(proxy_yaml(upstream.url, port=port, allow=CLOSED))
+    assert await live.reload(closed)
+    assert live.config.routes[0].allow != first.routes[0].allow
+    assert await status_of(url + "/x") == 403
+    assert await live.reload(first)
+    assert await status_of(url + "/x") == 200
+
+
+async def test_a_request_keeps_its_configuration_and_the_old_app_closes_after_it(
+        start_upstream: UpstreamFactory, serve: Serve) -> None:
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(text="done")
+
+    upstream = await start_upstream(slow)
+    port = free_port()
+    first = load_text(proxy_yaml(upstream.url, port=port))
+    live = LiveApp(first, build_app)
+    url = await serve(live, first)
+    in_flight = asyncio.create_task(status_of(url + "/slow"))
+    await asyncio.wait_for(arrived.wait(), 5)
+    old_client = live.app[UPSTREAM].session
+    assert await live.reload(load_text(proxy_yaml(upstream.url, port=port, allow=CLOSED)))
+    assert await status_of(url + "/other") == 403  # new requests: the new configuration
+    assert not old_client.closed  # the old app still serves the request it started
+    release.set()
+    assert await asyncio.wait_for(in_flight, 5) == 200  # served to the end by the old configuration
+    for _ in range(100):
+        if old_client.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert old_client.closed  # then its resources close
+    assert not live.app[UPSTREAM].session.closed
+
+
+async def test_a_configuration_that_cannot_start_keeps_the_running_one(
+        start_upstream: UpstreamFactory, serve: Serve) -> None:
+    upstream = await start_upstream()
+    port = free_port()
+    first = load_text(proxy_yaml(upstream.url, port=port))
+    live = LiveApp(first, build_app)
+    url = await serve(live, first)
+
+    def broken(config: Config) -> web.Application:
+        if config is not first:
+            raise RuntimeError("provider cannot be built")
+        return build_app(config)
+
+    live._build = broken
+    closed = load_text(proxy_yaml(upstream.url, port=port, allow=CLOSED))
+    assert not await live.reload(closed)
+    assert live.config is first
+    assert await status_of(url + "/x") == 200
+
+
+def test_listener_settings_need_a_restart_and_keep_their_running_values() -> None:
+    running = load_text(proxy_yaml("http://127.0.0.1:1", port=free_port()))
+    new = load_text(proxy_yaml("http://127.0.0.1:2", port=free_port(),
+                               server="  limits: {keepalive_timeout: 3s, max_request_body: 1KiB}"))
+    assert restart_only(running, new) == ["server.listen", "server.limits.keepalive_timeout"]
+    kept = keep_listener(running, new)
+    assert kept.server.listen == running.server.listen
+    assert kept.server.limits.keepalive_timeout == running.server.limits.keepalive_timeout
+    assert kept.server.limits.max_request_body == 1024  # not a listener setting: applied
+    assert str(kept.routes[0].upstream).startswith("http://127.0.0.1:2")
+    assert restart_only(running, kept) == []
+
+
+async def test_the_memory_store_is_shared_by_every_configuration_that_names_it() -> None:
+    first = load_text(proxy_yaml("http://127.0.0.1:1", port=free_port())).sessions
+    second = first.model_copy(update={"idle_timeout": 60.0})  # what a reload that changes sessions makes
+    assert first is not second and first.store == second.store == "memory"
+    store = MemoryStore.open(first)
+    await store.put("session", b"sealed", 60)
+    reloaded = MemoryStore.open(second)  # the new configuration opens before the old one closes
+    assert reloaded is store
+    await store.close()
+    assert await reloaded.get("session") == b"sealed"
+    await reloaded.close()
+    fresh = MemoryStore.open(second)  # the last user closed it: a new, empty store
+    assert fresh is not store and await fresh.get("session") is None
+    await fresh.close()
+
+
+async def test_a_memory_store_dropped_without_closing_is_not_handed_to_the_next_opener() -> None:
+    config = load_text(proxy_yaml("http://127.0.0.1:1", port=free_port())).sessions
+    dropped = MemoryStore.open(config)
+    await dropped.put("leftover", b"x", 60)
+    del dropped
+    gc.collect()
+    fresh = MemoryStore.open(config)
+    assert await fresh.get("leftover") is None
+    await fresh.close()

@@ -1,0 +1,300 @@
+"""Configuration reload: one app per configuration, swapped in atomically while requests go on.
+
+The runner serves a small front app whose only handler dispatches each request to the
+current *generation*: the app ``app.build_app`` made from one configuration, started
+(its cleanup contexts: upstream client, sessions, keys, posture) but never served by a
+runner itself. The request is pinned to that generation's app from its first stage to
+its last (``match_info.current_app``, what aiohttp does for sub-apps), so every
+``request.app[KEY]`` it reads comes from one configuration.
+
+A reload builds and starts the next generation first (a failure keeps the current one),
+swaps one reference, then retires the previous generation: once the requests it serves
+(WebSockets included) have finished, or ``server.shutdown_grace`` has passed, its
+resources close. Settings of the listener itself can't change without a restart:
+``restart_only`` names those that differ and ``keep_listener`` keeps them as they run.
+
+Where new configurations come from: ``reread`` loads and validates the file again (every
+issue logged when it is invalid), ``reload_on_sighup`` does it on each SIGHUP. Secrets a
+file leaves out are generated once per run (``GeneratedSecrets``) and filled into every
+configuration after it, so a reload keeps sign-ins and assertion keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from ztproxy import metrics
+from ztproxy.app import PIPELINE, add_catch_all
+from ztproxy.config import load
+from ztproxy.config.schema import Config
+from ztproxy.errors import ConfigError
+from ztproxy.keys import KeyRing
+from ztproxy.state import CONFIG
+from ztproxy.telemetry import get_logger
+
+log = get_logger("ztproxy.reload")
+
+# What the listening socket, its parser and the admin listener were set up with.
+_LISTENER_SETTINGS: tuple[tuple[str, ...], ...] = (
+    ("server", "listen"), ("server", "admin_listen"), ("server", "admin_token"), ("server", "tls"),
+    ("server", "limits", "max_header_count"), ("server", "limits", "max_line_bytes"),
+    ("server", "limits", "header_timeout"), ("server", "limits", "keepalive_timeout"),
+    ("server", "shutdown_grace"), ("logging",),
+)
+
+
+def _setting(config: Config, path: tuple[str, ...]) -> Any:
+    value: Any = config
+    for name in path:
+        value = getattr(value, name)
+    return value
+
+
+def restart_only(running: Config, new: Config) -> list[str]:
+    """The dotted names of listener settings that differ: they need a restart to change."""
+    return [".".join(path) for path in _LISTENER_SETTINGS if _setting(running, path) != _setting(new, path)]
+
+
+def keep_listener(running: Config, new: Config) -> Config:
+    """``new`` with the listener settings ``running`` serves with, so the app says what is in effect."""
+    limits = new.server.limits.model_copy(update={
+        name: getattr(running.server.limits, name)
+        for name in ("max_header_count", "max_line_bytes", "header_timeout", "keepalive_timeout")})
+    server = new.server.model_copy(update={
+        "listen": running.server.listen, "admin_listen": running.server.admin_listen,
+        "admin_token": running.server.admin_token, "tls": running.server.tls, "limits": limits,
+        "shutdown_grace": running.server.shutdown_grace})
+    return new.model_copy(update={"server": server, "logging": running.logging})
+
+
+def issue_list(error: ConfigError) -> list[str]:
+    return [str(issue) for issue in error.issues]
+
+
+@dataclass(eq=False)
+class Generation:
+    """One configuration's started app, and how many requests it is serving now."""
+
+    app: web.Application
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
+class LiveApp:
+    """The current generation, the dispatcher that serves it, and the swap to the next one."""
+
+    def __init__(self, config: Config, build: Callable[[Config], web.Application]) -> None:
+        self._build = build
+        self._first = config
+        self._current: Generation | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+
+    @property
+    def app(self) -> web.Application:
+        """The app of the configuration being served now (started)."""
+        if self._current is None:
+            raise RuntimeError("no configuration is being served: the front app has not started")
+        return self._current.app
+
+    @property
+    def config(self) -> Config:
+        return self._current.app[CONFIG] if self._current is not None else self._first
+
+    def front_app(self) -> web.Application:
+        """The app the runner serves: the dispatcher, and the generations' lifecycle."""
+        front = web.Application()
+        front[CONFIG] = self._first  # what the runner's own parts (access log) read outside a request
+        front.cleanup_ctx.append(self._lifecycle)
+        add_catch_all(front, self.dispatch)
+        return front
+
+    async def _lifecycle(self, _front: web.Application) -> AsyncIterator[None]:
+        self._current = await self._start(self._first)
+        try:
+            yield
+        finally:
+            await self.close()
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        generation = self._current
+        assert generation is not None, "the front app serves only between startup and cleanup"
+        # One request, one configuration: every request.app[KEY] reads this generation's app.
+        request.match_info.current_app = generation.app
+        generation.in_flight += 1
+        generation.idle.clear()
+        try:
+            return await generation.app[PIPELINE](request)
+        finally:
+            generation.in_flight -= 1
+            if generation.in_flight == 0:
+                generation.idle.set()
+
+    async def reload(self, config: Config) -> bool:
+        """Swap ``config`` in; False (logged, the current one still serving) if it can't start."""
+        async with self._lock:
+            previous = self._current
+            if previous is None:
+                return False
+            running = previous.app[CONFIG]
+            restart = restart_only(running, config)
+            if restart:
+                log.warning("config_reload_needs_restart", settings=restart,
+                            hint="these settings keep their running values until ztproxy restarts")
+                config = keep_listener(running, config)
+            try:
+                generation = await self._start(config)
+            except Exception as error:  # a provider that can't be built, unreadable keys...
+                issues = issue_list(error) if isinstance(error, ConfigError) else [f"{type(error).__name__}: {error}"]
+                log.error("config_reload_failed", issues=issues, error_count=len(issues))
+                metrics.config_reloaded(False)
+                return False
+            self._current = generation  # the swap: requests from now on see the new configuration
+            task = asyncio.create_task(self._retire(previous, config.server.shutdown_grace))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        log.info("config_reloaded", routes=len(config.routes))
+        metrics.config_reloaded(True)
+        return True
+
+    async def close(self) -> None:
+        """Stop every generation: the current one and any still retiring."""
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        current, self._current = self._current, None
+        if current is not None:
+            await current.app.cleanup()
+
+    async def _start(self, config: Config) -> Generation:
+        app = self._build(config)
+        app.on_startup.freeze()  # as aiohttp's AppRunner starts an app: startup, then freeze the rest
+        await app.startup()
+        app.freeze()
+        return Generation(app)
+
+    async def _retire(self, generation: Generation, grace: float) -> None:
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(generation.idle.wait(), timeout=grace)
+            if generation.in_flight:
+                log.warning("config_retired_with_requests", in_flight=generation.in_flight, grace_s=grace)
+        finally:
+            # Cancelled (shutdown): close anyway, the runner has waited for in-flight requests.
+            await generation.app.cleanup()
+
+
+# Follows configuration changes for a running proxy (SIGHUP, or the supervisor's lines) until cancelled.
+ConfigFollower = Callable[[LiveApp], Coroutine[Any, Any, None]]
+
+
+def on_sighup() -> asyncio.Event:
+    hangup = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup.set)
+    return hangup
+
+
+async def reread(config_path: str | None, generated: GeneratedSecrets, *, workers: int = 1) -> Config | None:
+    """The config file read and validated again; None, logged with every issue, when it is unusable."""
+    if config_path is None:
+        log.error("config_reload_failed", issues=["ztproxy was started without a config file path"], error_count=1)
+        metrics.config_reloaded(False)
+        return None
+
+    def read() -> Config:
+        config = generated.fill(load(config_path))
+        if workers > 1 and config.identity_providers and config.sessions.store == "memory":
+            raise ValueError(f"sessions.store is memory, which one process alone can see: it can't serve "
+                             f"{workers} workers")
+        return config
+
+    try:
+        return await asyncio.to_thread(read)  # file reads and key checks: off the event loop
+    except ConfigError as error:
+        issues = issue_list(error)
+    except Exception as error:  # bad key files, a store the workers can't share...
+        issues = [f"{type(error).__name__}: {error}"]
+    log.error("config_reload_failed", config=config_path, issues=issues, error_count=len(issues))
+    metrics.config_reloaded(False)
+    return None
+
+
+def reload_on_sighup(config_path: str | None, generated: GeneratedSecrets) -> ConfigFollower:
+    """Reloads ``config_path`` on each SIGHUP, from now on: one during startup waits for the proxy.
+
+    The handler stays when the follower stops (draining): a late SIGHUP is ignored, not fatal.
+    """
+    hangup = on_sighup()
+
+    async def follow(live: LiveApp) -> None:
+        while True:
+            await hangup.wait()
+            hangup.clear()  # SIGHUPs during a reload make one more reload, after it
+            log.info("config_reload_requested", config=config_path)
+            config = await reread(config_path, generated)
+            if config is not None:
+                await live.reload(config)
+
+    return follow
+
+
+@dataclass
+class GeneratedSecrets:
+    """Secrets the config leaves out, made once per run so every worker and reload shares them.
+
+    Without ``sessions.cookie_secrets`` a random one is made; without assertion keys, a
+    key directory for this run is made with one key in it. Both last as long as this
+    process: a restart drops sign-ins in progress and changes the assertion key, which
+    the warnings say, pointing at the settings that make them persistent.
+    """
+
+    cookie_secret: str | None = None
+    keys_dir: str | None = None
+
+    def fill(self, config: Config) -> Config:
+        """``config`` with the generated secrets where it has none; raises ConfigError for unusable keys."""
+        if config.identity_providers and not config.sessions.cookie_secrets:
+            if self.cookie_secret is None:
+                log.warning("cookie_secret_generated", hint="set sessions.cookie_secrets (or cookie_secrets_file) "
+                                                             "so sign-ins in progress survive a restart")
+                self.cookie_secret = secrets.token_hex(32)
+            sessions = config.sessions.model_copy(update={"cookie_secrets": (self.cookie_secret,)})
+            config = config.model_copy(update={"sessions": sessions})
+        assertion = config.assertion
+        if assertion.keys_dir is None and not assertion.key_files:
+            if self.keys_dir is None:
+                self.keys_dir = tempfile.mkdtemp(prefix="ztproxy-keys-")
+                log.warning("assertion_key_ephemeral", keys_dir=self.keys_dir,
+                            hint="set assertion.keys_dir (see `ztproxy keys generate`) so apps can keep "
+                                 "verifying assertions across restarts")
+            assertion = assertion.model_copy(update={"keys_dir": self.keys_dir})
+            config = config.model_copy(update={"assertion": assertion})
+        # Before any worker starts (or reloads): writes the first key of an empty directory, and
+        # refuses unusable key files with a ConfigError instead of workers crashing in a loop.
+        KeyRing.from_config(config.assertion, now=time.time())
+        return config
+
+
+@contextlib.contextmanager
+def shared_secrets() -> Iterator[GeneratedSecrets]:
+    """The run's generated secrets; the temporary key directory goes when the run ends."""
+    generated = GeneratedSecrets()
+    try:
+        yield generated
+    finally:
+        if generated.keys_dir is not None:
+            shutil.rmtree(generated.keys_dir, ignore_errors=True)

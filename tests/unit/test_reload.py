@@ -92,6 +92,34 @@ async def test_a_request_keeps_its_configuration_and_the_old_app_closes_after_it
     assert not live.app[UPSTREAM].session.closed
 
 
+async def test_an_open_websocket_keeps_its_configuration_until_it_closes(
+        start_upstream: UpstreamFactory, serve: Serve) -> None:
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            await ws.send_str(message.data)
+        return ws
+
+    upstream = await start_upstream(routes=[web.get("/ws", echo)])
+    port = free_port()
+    first = load_text(proxy_yaml(upstream.url, port=port))
+    live = LiveApp(first, build_app)
+    url = await serve(live, first)
+    async with aiohttp.ClientSession() as session, session.ws_connect(url + "/ws") as ws:
+        old_client = live.app[UPSTREAM].session
+        assert await live.reload(load_text(proxy_yaml(upstream.url, port=port, allow=CLOSED)))
+        assert await status_of(url + "/ws") == 403  # new requests: the new configuration
+        await ws.send_str("still here")
+        assert await ws.receive_str(timeout=5) == "still here"  # the open one is not dropped
+        assert not old_client.closed
+    for _ in range(100):
+        if old_client.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert old_client.closed  # closed with the WebSocket, not before
+
+
 async def test_a_configuration_that_cannot_start_keeps_the_running_one(
         start_upstream: UpstreamFactory, serve: Serve) -> None:
     upstream = await start_upstream()

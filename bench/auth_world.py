@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import redis
 from apache import CLAIM_PREFIX, PUBLIC_PATH, SESSION_COOKIE, ApacheOidc, start_apache
 from processes import ManagedProcess, TargetFailed, free_port, wait_until_ok
@@ -203,7 +204,10 @@ async def start_world(stack: AsyncExitStack, env: BenchEnv, redis_port: int) -> 
 async def sign_in(start_url: str, cookie_name: str) -> str:
     """Sign in through the IdP's pages as ``USER``; the ``Cookie`` header value that carries the session."""
     async with UserAgent() as agent:
-        page = await agent.login(start_url, USER.username, USER.password)
+        try:
+            page = await agent.login(start_url, USER.username, USER.password)
+        except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:  # RuntimeError: a redirect loop
+            raise TargetFailed(f"signing in at {start_url} failed: {exc!r}") from exc
         cookie = agent.cookie_jar.filter_cookies(page.url).get(cookie_name)
     if page.status != 200 or page.text.encode() != UPSTREAM_BODY:
         raise TargetFailed(f"signing in at {start_url} ended at {page.method} {page.url} with status "
@@ -216,7 +220,10 @@ async def sign_in(start_url: str, cookie_name: str) -> str:
 async def check_refused(start_url: str) -> None:
     """A signed-in user outside the email domain must be refused: both proxies enforce the policy."""
     async with UserAgent() as agent:
-        page = await agent.login(start_url, OUTSIDER.username, OUTSIDER.password)
+        try:
+            page = await agent.login(start_url, OUTSIDER.username, OUTSIDER.password)
+        except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
+            raise TargetFailed(f"signing in at {start_url} as {OUTSIDER.username} failed: {exc!r}") from exc
     if page.status not in (401, 403) or page.text.encode() == UPSTREAM_BODY:
         raise TargetFailed(f"{OUTSIDER.email} signed in at {start_url} and got {page.status} at {page.url}, "
                            "not a refusal: the policy is not enforced")
@@ -248,7 +255,10 @@ def probe(target: LoadTarget) -> None:
 
 def identity_seen(origin: str, cookie: str) -> dict[str, str]:
     """The identity headers (and their values) the upstream received on a signed-in request."""
-    status, _, body = _get(origin + IDENTITY_PATH, cookie)
+    try:
+        status, _, body = _get(origin + IDENTITY_PATH, cookie)
+    except OSError as exc:
+        raise TargetFailed(f"GET {origin}{IDENTITY_PATH} failed: {exc}") from exc
     if status != 200:
         raise TargetFailed(f"GET {origin}{IDENTITY_PATH} answered {status}")
     seen = {}

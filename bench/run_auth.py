@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from pathlib import Path
 import redis
 from apache import APACHE, ApacheMissing, check_installed
 from auth_world import AuthWorld, LoadTarget, ProbeFailed, identity_location, probe, start_redis, start_world
-from loadgen import WRK, WrkFailed, parse_report, wrk_output
+from loadgen import WRK, WrkFailed, WrkResult, parse_report, wrk_output
 from processes import TargetFailed, group_cpu_seconds
 from run import BUSY_SHARE, WARMUP_SECONDS, Outcome, cpu_busy_share, log, median_outcome
 from run import _one_line as run_one_line
@@ -156,19 +157,23 @@ def _share(result: Outcome | None, reference: Outcome | None) -> str:
 
 
 def checks(rounds: dict[str, list[AuthOutcome]]) -> list[str]:
-    """PASS/FAIL lines from the medians of the round-by-round ratios (each pair run minutes apart)."""
+    """PASS/FAIL lines from the medians of the round-by-round ratios (the two runs of a pair are
+    measured in the same round, seconds apart)."""
     auth = rounds["ztproxy-auth"]
-    goals = [
-        (f"ztproxy-auth req/s >= {MIN_RPS_MULTIPLE_OF_APACHE:g}x apache-oidc", rounds["apache-oidc"], "rps",
-         lambda value: value >= MIN_RPS_MULTIPLE_OF_APACHE, "{:.2f}x"),
-        ("ztproxy-auth p99 < apache-oidc p99", rounds["apache-oidc"], "p99",
-         lambda value: value < MAX_P99_MULTIPLE_OF_APACHE, "{:.2f}x apache-oidc's"),
-        (f"ztproxy-auth req/s >= {MIN_RPS_SHARE_OF_PUBLIC:.0%} of ztproxy-public", rounds["ztproxy-public"], "rps",
-         lambda value: value >= MIN_RPS_SHARE_OF_PUBLIC, "{:.1%}"),
+    goals: list[tuple[str, list[AuthOutcome], Callable[[WrkResult], float], Callable[[float], bool], str]] = [
+        (f"ztproxy-auth req/s >= {MIN_RPS_MULTIPLE_OF_APACHE:g}x apache-oidc", rounds["apache-oidc"],
+         _requests_per_second, lambda value: value >= MIN_RPS_MULTIPLE_OF_APACHE, "{:.2f}x"),
+        ("ztproxy-auth p99 < apache-oidc p99", rounds["apache-oidc"],
+         _p99, lambda value: value < MAX_P99_MULTIPLE_OF_APACHE, "{:.2f}x apache-oidc's"),
+        (f"ztproxy-auth req/s >= {MIN_RPS_SHARE_OF_PUBLIC:.0%} of ztproxy-public", rounds["ztproxy-public"],
+         _requests_per_second, lambda value: value >= MIN_RPS_SHARE_OF_PUBLIC, "{:.1%}"),
     ]
     lines = []
-    for goal, references, measure_of, met, shape in goals:
-        ratios = paired_ratio(auth, references, measure_of)
+    for goal, references, metric, met, shape in goals:
+        ratios = [metric(run) / metric(reference) for run, reference in zip(map(clean_result, auth),
+                                                                            map(clean_result, references),
+                                                                            strict=True)
+                  if run is not None and reference is not None]
         if not ratios:
             lines.append(f"{goal}: SKIP (no round measured both cleanly)")
             continue
@@ -178,23 +183,21 @@ def checks(rounds: dict[str, list[AuthOutcome]]) -> list[str]:
     return lines
 
 
-def paired_ratio(runs: list[AuthOutcome], references: list[AuthOutcome], measure_of: str) -> list[float]:
-    """Round by round, ``runs``' req/s (``rps``) or p99 (``p99``) over the reference's, valid rounds only."""
-    ratios = []
-    for run, reference in zip(runs, references, strict=True):
-        if valid(run) and valid(reference):
-            assert run.result is not None and reference.result is not None
-            if measure_of == "rps":
-                ratios.append(run.result.requests_per_second / reference.result.requests_per_second)
-            else:
-                ratios.append(run.result.p99_ms / reference.result.p99_ms)
-    return ratios
+def _requests_per_second(result: WrkResult) -> float:
+    return result.requests_per_second
 
 
-def valid(run: AuthOutcome) -> bool:
-    """A run that measured what it should: every response a 200 and both probes reached the upstream.
-    (Socket errors are the target's behaviour under load: reported, but the run counts.)"""
-    return run.error is None and run.result is not None and run.result.non_2xx == 0
+def _p99(result: WrkResult) -> float:
+    return result.p99_ms
+
+
+def clean_result(run: AuthOutcome) -> WrkResult | None:
+    """The result of a run that measured what it should (every response a 200, both probes
+    reached the upstream), else None. Socket errors are the target's behaviour under load:
+    reported, but the run counts."""
+    if run.error is None and run.result is not None and run.result.non_2xx == 0:
+        return run.result
+    return None
 
 
 def report(world: AuthWorld, rounds: dict[str, list[AuthOutcome]], duration: float) -> list[str]:
@@ -291,7 +294,8 @@ def run(args: argparse.Namespace) -> int:
           f"mod_auth_openidc {facts['mod_auth_openidc']}, Redis {facts['redis']}, wrk {facts['wrk']}")
     if args.json:
         write_json(args.json, args, facts, rounds, checks(rounds))
-    unclean = [run for runs in rounds.values() for run in runs if not valid(run) or run.result.errors]
+    unclean = [run for runs in rounds.values() for run in runs
+               if (result := clean_result(run)) is None or result.errors]
     return 1 if unclean else 0
 
 

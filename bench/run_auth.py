@@ -33,9 +33,14 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
 from apache import APACHE, ApacheMissing, check_installed
-from auth_world import AuthWorld, LoadTarget, ProbeFailed, identity_location, probe, start_redis, start_world
+
+try:
+    import redis
+    from auth_world import AuthWorld, LoadTarget, ProbeFailed, identity_location, probe, start_redis, start_world
+except ModuleNotFoundError as missing:  # run by a python without the project installed
+    sys.exit(f"run_auth.py needs the project's venv ({missing.name} is not installed here): "
+             ".venv/bin/python bench/run_auth.py")
 from loadgen import WRK, WrkFailed, WrkResult, parse_report, wrk_output
 from processes import TargetFailed, group_cpu_seconds
 from run import BUSY_SHARE, WARMUP_SECONDS, Outcome, cpu_busy_share, log, median_outcome

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from ztproxy.config.sessions import SessionsConfig
 from ztproxy.sessions.manager import SessionManager
 from ztproxy.sessions.memory import MemoryStore
@@ -144,3 +146,29 @@ def test_an_unknown_auth_time_stays_unknown() -> None:
     assert session.identity.auth_time is None
     again = Session.from_bytes(session.to_bytes())
     assert again is not None and again.auth_time is None
+
+
+class CountingStore(MemoryStore):
+    reads = 0
+
+    async def get(self, key: str) -> bytes | None:
+        self.reads += 1
+        await asyncio.sleep(0.01)  # a store round trip, during which more requests arrive
+        return await super().get(key)
+
+
+async def test_concurrent_requests_of_one_session_share_one_store_read() -> None:
+    clock = Clock()
+    settings = SessionsConfig(cache_ttl=1.0)
+    store = CountingStore(settings, clock=clock)
+    writer = SessionManager(store, settings)
+    ticket = await writer.start(make_session(), T0)
+    reader = SessionManager(store, settings)  # another worker: nothing cached
+    results = await asyncio.gather(*(reader.load(ticket, T0) for _ in range(20)))
+    assert all(result == make_session() for result in results)
+    assert store.reads == 1
+    # A cookie with the same id but another key waits for that read, then is refused on its own.
+    forged = Ticket(ticket.session_id, bytes(32))
+    other = SessionManager(store, settings)
+    loads = await asyncio.gather(other.load(ticket, T0), other.load(forged, T0))
+    assert loads == [make_session(), None]

@@ -92,6 +92,7 @@ class SessionManager:
         self.store = store
         self.config = config
         self._cache: dict[str, _Cached] = {}
+        self._reading: dict[str, asyncio.Future[tuple[bytes, Session] | None]] = {}  # store reads under way
         self._cache_size = cache_size
         # Extend the store expiry at most this often per session and worker.
         self._touch_every = min(config.idle_timeout / 8, 60.0)
@@ -118,6 +119,32 @@ class SessionManager:
             if hmac.compare_digest(cached.key, ticket.key) and self.live(cached.session, now):
                 return cached.session
             return None
+        if fresh:
+            return await self._read(ticket, now, cached)
+        # One store read per expired copy, however many requests of the session are in flight:
+        # they wait for the read already under way instead of each reading the store.
+        reading = self._reading.get(key)
+        if reading is not None:
+            opened = await asyncio.shield(reading)
+            if opened is not None and hmac.compare_digest(opened[0], ticket.key):
+                return opened[1]
+            return await self._read(ticket, now, cached)  # the read was another cookie's: our own
+        reading = asyncio.get_running_loop().create_future()
+        self._reading[key] = reading
+        try:
+            session = await self._read(ticket, now, cached)
+        except BaseException as exc:
+            reading.set_exception(exc)
+            reading.exception()  # the waiters, if any, get it; none is no error
+            raise
+        else:
+            reading.set_result(None if session is None else (ticket.key, session))
+            return session
+        finally:
+            del self._reading[key]
+
+    async def _read(self, ticket: Ticket, now: float, cached: _Cached | None) -> Session | None:
+        key = ticket.store_key
         forgets = self._forgets
         sealed = await self.store.get(key)
         if sealed is None:

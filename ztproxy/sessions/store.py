@@ -109,7 +109,7 @@ def open_store(config: SessionsConfig) -> SessionStore:
       :class:`SessionStore`.
 
     A class with an ``open(config)`` class method is built with it instead: the memory store
-    gives everyone in the process who opens the same configuration the same store.
+    gives everyone in the process who opens a configuration naming the same store the same store.
 
     Raises ValueError, with a message fit for an operator, for anything else.
     """

@@ -62,6 +62,7 @@ class LoadTarget:
     process: ManagedProcess
     # The identity headers the upstream saw on a signed-in request (None: not asked).
     identity: dict[str, str] | None = None
+    metrics_url: str | None = None  # ztproxy's /metrics, for its assertion signs
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ async def start_world(stack: AsyncExitStack, env: BenchEnv, redis_port: int) -> 
     targets = [
         LoadTarget("ztproxy-public", f"{ztproxy_url}{PUBLIC_PATH}/", ztproxy_cookie, ztproxy),
         LoadTarget("ztproxy-auth", ztproxy_url + "/", ztproxy_cookie, ztproxy,
-                   identity_seen(ztproxy_url, ztproxy_cookie)),
+                   identity_seen(ztproxy_url, ztproxy_cookie), f"http://127.0.0.1:{admin_port}/metrics"),
         LoadTarget("apache-public", f"{apache.url}{PUBLIC_PATH}/", apache_cookie, apache_process),
         LoadTarget("apache-oidc", apache.url + "/", apache_cookie, apache_process,
                    identity_seen(apache.url, apache_cookie)),

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class AuthOutcome(Outcome):
     redis_commands: dict[str, int] = field(default_factory=dict)
     cpu_seconds: float | None = None
     redis_cpu_seconds: float | None = None
+    signs: float | None = None  # identity assertions ztproxy signed during the run
 
     def per_request(self, amount: float | None, scale: float = 1.0) -> str:
         if amount is None or self.result is None or not self.result.requests:
@@ -119,6 +121,14 @@ def redis_calls(client: redis.Redis) -> dict[str, int]:
             if not name.startswith(("cmdstat_info", "cmdstat_config"))}
 
 
+def assertion_signs(metrics_url: str) -> float:
+    """ztproxy's running total of signed assertions, summed over its workers."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("ztproxy_assertion_signs_total"))
+
+
 def measure(target: LoadTarget, redis_watch: RedisWatch, args: argparse.Namespace) -> AuthOutcome:
     outcome = AuthOutcome(target.name)
     try:
@@ -126,7 +136,10 @@ def measure(target: LoadTarget, redis_watch: RedisWatch, args: argparse.Namespac
         run_load(target, args, WARMUP_SECONDS)
         redis_watch.client.config_resetstat()
         cpu_before = group_cpu_seconds(target.process.pid), group_cpu_seconds(redis_watch.pid)
+        signs_before = assertion_signs(target.metrics_url) if target.metrics_url else None
         text, non_200, first_other = run_load(target, args, args.duration)
+        if target.metrics_url and signs_before is not None:
+            outcome.signs = assertion_signs(target.metrics_url) - signs_before
         outcome.cpu_seconds = group_cpu_seconds(target.process.pid) - cpu_before[0]
         outcome.redis_cpu_seconds = group_cpu_seconds(redis_watch.pid) - cpu_before[1]
         outcome.redis_commands = redis_calls(redis_watch.client)
@@ -151,8 +164,9 @@ def _one_line(outcome: AuthOutcome) -> str:
     line = run_one_line(outcome)
     if outcome.result is None:
         return line
+    signs = "" if outcome.signs is None else f", {outcome.per_request(outcome.signs)} signs"
     return (f"{line}, {outcome.per_request(sum(outcome.redis_commands.values()))} Redis commands and "
-            f"{outcome.per_request(outcome.cpu_seconds, 1e6)} CPU us per request")
+            f"{outcome.per_request(outcome.cpu_seconds, 1e6)} CPU us per request{signs}")
 
 
 def _share(result: Outcome | None, reference: Outcome | None) -> str:

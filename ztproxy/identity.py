@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ztproxy import metrics
 from ztproxy.assertion import ASSERTION_HEADER, AssertionSigner, identity_headers
 from ztproxy.authenticate import SignedIn
 from ztproxy.context import CompiledRoute
@@ -34,7 +35,11 @@ async def assertion_ctx(app: web.Application) -> AsyncIterator[None]:
     keyring = KeyRing.from_config(config.assertion, now=time.time())
     app[KEYRING] = keyring
     app[SIGNER] = signer = AssertionSigner(keyring, issuer=config.public_url)
-    yield
+    unwatch = metrics.watch_assertion_signs(lambda: signer.signs)
+    try:
+        yield
+    finally:
+        unwatch()
     # For the benchmark's signs-per-request figure, and for operators curious about the cache.
     structlog.get_logger("ztproxy.assertion").info("assertion_stats", signs=signer.signs)
 

@@ -219,6 +219,16 @@ def _observe_active(options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(sum(source() for source in _active_sources))
 
 
+_sign_sources: list[Callable[[], int]] = []
+
+
+def _observe_signs(options: CallbackOptions) -> Iterable[Observation]:
+    yield Observation(sum(count() for count in _sign_sources))
+
+
+_meter.create_observable_counter(
+    "ztproxy.assertion.signs", callbacks=[_observe_signs],
+    description="Identity assertions signed (the rest were served from the per-(session, route) cache)")
 _meter.create_observable_gauge(
     "ztproxy.sessions.active", callbacks=[_observe_active],
     description="Sessions this process has served recently (see watch_active_sessions)")
@@ -278,6 +288,12 @@ def revocation_enforced(revocation: str, revoked_at: float, now: float) -> None:
         del _timed_revocations[next(iter(_timed_revocations))]
     _timed_revocations[revocation] = None
     _revocation_delay.record(max(0.0, now - revoked_at))
+
+
+def watch_assertion_signs(count: Callable[[], int]) -> Callable[[], None]:
+    """Report ``count()`` (a signer's running total) in ``ztproxy_assertion_signs_total``."""
+    _sign_sources.append(count)
+    return lambda: _sign_sources.remove(count)
 
 
 def watch_active_sessions(count: Callable[[], int]) -> Callable[[], None]:

@@ -40,3 +40,16 @@ async def test_sign_in_back_channel_logout_and_the_delay_to_the_first_refusal(
                                   allow_redirects=False) as response:
                 assert response.status == 401
     assert sample("ztproxy_revocation_delay_seconds_count") == delays + 1
+
+
+async def test_assertions_are_signed_once_per_session_and_route(
+        start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory) -> None:
+    world = await start_world(start_idp, start_proxy, start_upstream)
+    async with UserAgent() as agent:
+        await world.login(agent, "/app/", "alice", ALICE_PASSWORD)
+        signs = sample("ztproxy_assertion_signs_total")
+        for _ in range(10):
+            assert (await agent.get(world.url + "/app/x")).status == 200
+        assert sample("ztproxy_assertion_signs_total") == signs  # the cached assertion, ten times
+        assert (await agent.get(world.url + "/alice/x")).status == 200
+        assert sample("ztproxy_assertion_signs_total") == signs + 1  # another route, another audience

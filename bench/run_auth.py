@@ -252,8 +252,12 @@ def report(world: AuthWorld, rounds: dict[str, list[AuthOutcome]], duration: flo
         if target.identity is not None:
             seen = ", ".join(f"{name}={_short(value)}" for name, value in target.identity.items()) or "none"
             print(f"{target.name}: identity headers at the upstream: {seen}")
-    print(f"ztproxy: {_describe_log(world.ztproxy_access_log)}; signs per request: not exposed by ztproxy "
-          "(no counter on the admin listener)")
+    signed = [o for o in rounds.get("ztproxy-auth", []) if o.signs is not None and o.result is not None]
+    signs = sum(o.signs or 0 for o in signed)
+    requests = sum(o.result.requests for o in signed if o.result is not None)
+    per_request = f"{signs / requests:.6f} ({signs:.0f} signed for {requests:,} requests)" if requests else "-"
+    print(f"ztproxy: {_describe_log(world.ztproxy_access_log)}; assertion signs per signed-in request: "
+          f"{per_request}")
     lines = checks(rounds)
     print()
     for line in lines:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import shutil
 import signal
@@ -198,6 +199,8 @@ class LiveApp:
             await generation.app.cleanup()
 
 
+WATCH_INTERVAL = 1.0  # seconds between checks of the config file (server.watch_config)
+
 # Follows configuration changes for a running proxy (SIGHUP, or the supervisor's lines) until cancelled.
 ConfigFollower = Callable[[LiveApp], Coroutine[Any, Any, None]]
 
@@ -233,23 +236,54 @@ async def reread(config_path: str | None, generated: GeneratedSecrets, *, worker
     return None
 
 
-def reload_on_sighup(config_path: str | None, generated: GeneratedSecrets) -> ConfigFollower:
+def reload_on_sighup(config_path: str | None, generated: GeneratedSecrets, *,
+                     watch: bool = False) -> ConfigFollower:
     """Reloads ``config_path`` on each SIGHUP, from now on: one during startup waits for the proxy.
 
-    The handler stays when the follower stops (draining): a late SIGHUP is ignored, not fatal.
+    With ``watch``, a change of the file counts as a SIGHUP. The handler stays when the
+    follower stops (draining): a late SIGHUP is ignored, not fatal.
     """
     hangup = on_sighup()
 
     async def follow(live: LiveApp) -> None:
-        while True:
-            await hangup.wait()
-            hangup.clear()  # SIGHUPs during a reload make one more reload, after it
-            log.info("config_reload_requested", config=config_path)
-            config = await reread(config_path, generated)
-            if config is not None:
-                await live.reload(config)
+        watcher = asyncio.create_task(watch_file(config_path, hangup)) if watch and config_path else None
+        try:
+            while True:
+                await hangup.wait()
+                hangup.clear()  # SIGHUPs during a reload make one more reload, after it
+                log.info("config_reload_requested", config=config_path)
+                config = await reread(config_path, generated)
+                if config is not None:
+                    await live.reload(config)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
 
     return follow
+
+
+async def watch_file(path: str, changed: asyncio.Event, interval: float = WATCH_INTERVAL) -> None:
+    """Set ``changed`` whenever the file at ``path`` is rewritten or replaced, until cancelled.
+
+    Polled, so it works on every filesystem; ``stat`` follows symlinks, so the swap of a
+    Kubernetes ConfigMap's ``..data`` link counts as a change.
+    """
+    def stamp() -> tuple[int, int, int] | None:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None  # being replaced: the next poll sees the new file
+        return info.st_mtime_ns, info.st_size, info.st_ino
+
+    last = await asyncio.to_thread(stamp)
+    while True:
+        await asyncio.sleep(interval)
+        now = await asyncio.to_thread(stamp)
+        if now is not None and now != last:
+            last = now
+            log.info("config_file_changed", config=path)
+            changed.set()
 
 
 @dataclass

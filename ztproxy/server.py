@@ -49,6 +49,7 @@ from ztproxy.reload import (
     reload_on_sighup,
     reread,
     shared_secrets,
+    watch_file,
 )
 from ztproxy.state import Readiness
 from ztproxy.telemetry import LOG_SINK, AccessLogger, get_logger
@@ -251,7 +252,8 @@ async def serve(config: Config, *, config_path: str | None = None,
     admin = await _start_admin(config, readiness)
     try:
         await _serve_proxy(config, sock, readiness, stop,
-                           follow=reload_on_sighup(config_path, generated or GeneratedSecrets()))
+                           follow=reload_on_sighup(config_path, generated or GeneratedSecrets(),
+                                                   watch=config.server.watch_config))
     finally:
         if admin is not None:
             await admin.cleanup()
@@ -375,10 +377,14 @@ async def supervise(config: Config, workers: int, log_format: str, *, config_pat
 
     tasks = [asyncio.create_task(run_worker(w)) for w in pool]
     reloader = asyncio.create_task(broadcast_reloads())
+    watcher = asyncio.create_task(watch_file(config_path, hangup)) \
+        if config.server.watch_config and config_path else None
     log.info("supervisor_started", workers=workers, listen=config.server.listen, pid=os.getpid())
     await stop.wait()
-    reloader.cancel()
-    await asyncio.gather(reloader, return_exceptions=True)
+    for task in (reloader, watcher):
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     update_readiness()
     log.info("supervisor_draining", workers=workers)
     for worker in pool:

@@ -240,3 +240,25 @@ routes:
         assert (await agent.get(f"{public}/new/x")).status == 200  # the new configuration serves
         again = await agent.get(f"{public}/app/other")
         assert again.status == 200, again.location  # still signed in: no redirect to the IdP
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_with_watch_config_a_changed_file_reloads_without_a_signal(
+        start_upstream: UpstreamFactory, proxy_process: StartProcess, tmp_path: Path, workers: int) -> None:
+    upstream = await start_upstream()
+    port, admin_port = free_port(), free_port()
+
+    def watched(other_allow: str) -> str:
+        return reload_yaml(upstream.url, port, admin_port, other_allow=other_allow).replace(
+            "  shutdown_grace: 10s", "  shutdown_grace: 10s\n  watch_config: true")
+
+    proxy = proxy_process(watched("[{public: true}]"), "--workers", str(workers))
+    assert await status_of(f"{proxy.url}/other/x") == 200
+    # Replaced, not edited in place: what editors and ConfigMap updates do.
+    config_path = tmp_path / "ztproxy-0.yaml"
+    staged = tmp_path / "staged.yaml"
+    staged.write_text(watched(CLOSED), encoding="utf-8")
+    staged.replace(config_path)
+    await wait_for_events(proxy, "config_reloaded", workers)
+    await expect_everywhere(f"{proxy.url}/other/x", 403, workers)
+    assert events(proxy, "config_file_changed")

@@ -76,6 +76,7 @@ class ServerConfig(Model):
     tls: TlsConfig | None = None
     shutdown_grace: Duration = DEFAULT_SHUTDOWN_GRACE
     drain_delay: Duration = 0.0
+    watch_config: bool = False  # reload when the config file changes, as on SIGHUP (read at start)
     limits: LimitsConfig = LimitsConfig()
 
     @field_validator("admin_token")

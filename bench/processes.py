@@ -7,6 +7,7 @@ it after a timeout, then the same for anything it left behind in its own process
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ from typing import IO
 STOP_TIMEOUT = 5.0
 POLL_INTERVAL = 0.1
 TAIL_LINES = 15
+MAX_TREE = 1000  # processes tree_rss_bytes follows at most
 
 # An empty ProxyHandler: never send a loopback probe through an *_proxy environment variable.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -120,6 +122,40 @@ def group_cpu_seconds(group: int) -> float:
         if int(fields[2]) == group:  # pgrp; then utime and stime are fields 14 and 15 of the line
             ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tree_rss_bytes(root: int) -> dict[int, int]:
+    """Resident memory (bytes) of ``root`` and of every live descendant, by PID (Linux /proc).
+
+    For a process that does not start its own session (a supervisor and its workers in the
+    caller's group): follows the kernel's child lists rather than the process group.
+    """
+    page = os.sysconf("SC_PAGE_SIZE")
+    found: dict[int, int] = {}
+    pending = [root]
+    while pending and len(found) < MAX_TREE:  # bounded, even if PIDs were reused into a cycle
+        pid = pending.pop()
+        if pid in found:
+            continue
+        try:
+            resident = int((Path("/proc") / str(pid) / "statm").read_text(encoding="ascii").split()[1])
+        except (OSError, IndexError, ValueError):  # exited meanwhile
+            continue
+        found[pid] = resident * page
+        pending.extend(_children(pid))
+    return dict(sorted(found.items()))
+
+
+def _children(pid: int) -> list[int]:
+    # Each thread has its own list: a child started from another thread is listed there.
+    children: list[int] = []
+    try:
+        for task in (Path("/proc") / str(pid) / "task").iterdir():
+            with contextlib.suppress(OSError):
+                children.extend(int(child) for child in (task / "children").read_text(encoding="ascii").split())
+    except OSError:
+        pass
+    return children
 
 
 def _group_exists(group: int) -> bool:

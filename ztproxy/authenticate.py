@@ -128,7 +128,7 @@ def build_auth(config: Config, routes: RouteTable[Any], http: aiohttp.ClientSess
     cookies = CookieSettings(session_name=sessions_config.cookie_name, domain=sessions_config.cookie_domain,
                              secure=public_url.startswith("https://"))
     secrets = [parse_secret(secret) for secret in sessions_config.cookie_secrets]
-    if not secrets:
+    if not secrets:  # `ztproxy run` fills one in first (shared by workers); apps built directly get their own
         _log.warning("cookie_secret_generated", hint="set sessions.cookie_secrets (or cookie_secrets_file) so "
                                                      "sign-ins in progress survive a restart")
         secrets = [os.urandom(32)]

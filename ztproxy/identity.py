@@ -56,10 +56,10 @@ def add_identity(headers: CIMultiDict[str], app: web.Application, route: Compile
 
 
 async def jwks(request: web.Request) -> web.StreamResponse:
-    body, etag, max_age = request.app[KEYRING].jwks_document(time.time())
-    headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}", "X-Content-Type-Options": "nosniff"}
     if request.method not in ("GET", "HEAD"):
         return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+    body, etag, max_age = request.app[KEYRING].jwks_document(time.time())
+    headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}", "X-Content-Type-Options": "nosniff"}
     if _etag_matches(etag, request.headers.get("If-None-Match", "")):
         return web.Response(status=304, headers=headers)
     return web.Response(body=body, content_type="application/json", headers=headers)

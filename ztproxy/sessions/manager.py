@@ -160,7 +160,7 @@ class SessionManager:
             # Foreign or tampered bytes are left alone (the right cookie may still open them);
             # an expired session is removed.
             if session is not None:
-                await self.end(ticket, session)
+                await self.end(ticket)
                 metrics.session_ended("expired")
             return None
         touched_at = cached.touched_at if cached is not None else now
@@ -192,7 +192,7 @@ class SessionManager:
             self._cache.pop(ticket.store_key, None)
         return written
 
-    async def end(self, ticket: Ticket, session: Session | None = None) -> None:
+    async def end(self, ticket: Ticket) -> None:
         await self.end_keys([ticket.store_key])
 
     async def end_keys(self, keys: Collection[str]) -> None:

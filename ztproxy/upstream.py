@@ -1,12 +1,13 @@
-"""Forwarding to the upstream: one pooled client per process, bodies streamed both ways.
+"""Forwarding to the upstream: one connection pool per process, bodies streamed both ways.
 
-The client never follows redirects, keeps no cookies and never decompresses, so the
-upstream's bytes reach the client unchanged. Connection failures become 502, timeouts
-504, both as pages; a failure after the response has started aborts the connection
-rather than pretend a truncated body is complete. Response bodies of known length up to
-64 KiB are the exception to streaming: read whole, they leave with the headers in one
-write. A client that disconnects cancels the handler (server ``handler_cancellation``),
-which cancels the upstream request.
+HTTP requests go through ``upstream_client.UpstreamPool`` (keep-alive HTTP/1.1, llhttp);
+WebSockets through an aiohttp ``ClientSession`` (``websocket.py``). Neither follows
+redirects, keeps cookies or decompresses, so the upstream's bytes reach the client
+unchanged. Connection failures become 502, timeouts 504, both as pages; a failure after
+the response has started aborts the connection rather than pretend a truncated body is
+complete. Response bodies of known length up to 64 KiB are the exception to streaming:
+read whole, they leave with the headers in one write. A client that disconnects cancels
+the handler (server ``handler_cancellation``), which cancels the upstream request.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ztproxy.headers import downstream_response_headers, upstream_request_header
 from ztproxy.identity import add_identity
 from ztproxy.metrics import REQUESTS
 from ztproxy.state import CONFIG, CONTEXT, INTAKE
+from ztproxy.upstream_client import Origin, UpstreamError, UpstreamPool, UpstreamTimeoutError
 
 # aiohttp's client adds these unless told not to; the proxy sends only what the client sent.
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -40,12 +42,27 @@ _POOL_LIMIT = 1000
 _POOL_LIMIT_PER_HOST = 0  # unlimited per host within the pool limit
 
 
+# RFC 9110 8.6: a request with a body-carrying method and no body says so with Content-Length: 0.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a route's requests go and how long the upstream may take."""
+
+    origin: Origin
+    connect_timeout: float
+    read_timeout: float
+
+
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """The process-wide client and the per-route timeouts."""
+    """The process-wide connection pool and WebSocket client, and each route's target."""
 
+    pool: UpstreamPool
     session: aiohttp.ClientSession
     timeouts: dict[str, aiohttp.ClientTimeout]
+    targets: dict[str, Target]
 
 
 UPSTREAM = web.AppKey("upstream", Upstream)
@@ -69,9 +86,21 @@ async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
                                           sock_read=route.read_timeout)
         for route in app[CONFIG].routes
     }
-    app[UPSTREAM] = Upstream(session=session, timeouts=timeouts)
+    targets = {
+        route.name: Target(origin=origin_of(URL(route.upstream)), connect_timeout=route.connect_timeout,
+                           read_timeout=route.read_timeout)
+        for route in app[CONFIG].routes
+    }
+    pool = UpstreamPool(limit=_POOL_LIMIT)
+    app[UPSTREAM] = Upstream(pool=pool, session=session, timeouts=timeouts, targets=targets)
     yield
+    await pool.close()
     await session.close()
+
+
+def origin_of(url: URL) -> Origin:
+    assert url.scheme in ("http", "https") and url.host is not None and url.port is not None  # config checked
+    return Origin(scheme=url.scheme, host=url.host, port=url.port)
 
 
 def upstream_url(route: CompiledRoute, ctx: RequestContext, *, websocket: bool = False) -> URL:
@@ -116,18 +145,17 @@ def forward_headers(request: web.Request, ctx: RequestContext) -> CIMultiDict[st
 class _BodyLimit:
     """Streams the request body upstream, stopping it once it passes ``limit`` bytes."""
 
-    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+    def __init__(self, content: aiohttp.StreamReader, limit: int | None) -> None:
         self._content = content
         self.limit = limit
-        self.exceeded = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         seen = 0
+        limit = self.limit
         async for chunk in self._content.iter_any():
             seen += len(chunk)
-            if seen > self.limit:
-                self.exceeded = True
-                raise PayloadTooLarge(f"The request body is larger than {self.limit} bytes.")
+            if limit is not None and seen > limit:
+                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
             yield chunk
 
 
@@ -136,36 +164,39 @@ async def forward(request: web.Request) -> web.StreamResponse:
     ctx = request[CONTEXT]
     route = ctx.route
     upstream = request.app[UPSTREAM]
+    target = upstream.targets[route.name]
     headers = forward_headers(request, ctx)
+    if "Host" not in headers:  # an HTTP/1.0 client with preserve_host; RFC 9112 3.2 wants one
+        headers["Host"] = route.upstream_authority
 
-    body: object = None
-    limited: _BodyLimit | None = None
+    body: _BodyLimit | None = None
+    chunked = False
     if request.body_exists:
         if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
             # Sent only now, after authorization: a denied client never uploads its body.
             await request.writer.write(_CONTINUE)
-        limit = request.app[INTAKE].max_request_body
-        if limit is None:
-            body = request.content
-        else:
-            body = limited = _BodyLimit(request.content, limit)
+        body = _BodyLimit(request.content, request.app[INTAKE].max_request_body)
+        if request.content_length is None:
+            chunked = True  # the client's chunks end at the proxy; the upstream gets chunks of its own
+            headers.popall("Content-Length", None)
+    elif request.method in _BODY_METHODS and "Content-Length" not in headers:
+        headers["Content-Length"] = "0"
 
-    url = upstream_url(route, ctx)
-    span = None if tracing.TRACER is None else tracing.start_client_span(request.method, url, headers)
+    path = f"{ctx.target.path}?{ctx.target.query}" if ctx.target.query else ctx.target.path
+    span = None
+    if tracing.TRACER is not None:
+        span = tracing.start_client_span(request.method, upstream_url(route, ctx), headers)
     answered = 0
     sent = time.perf_counter()
     try:
-        upstream_response = await upstream.session.request(
-            request.method, url, headers=headers, data=body,
-            allow_redirects=False, timeout=upstream.timeouts[route.name],
+        upstream_response = await upstream.pool.request(
+            target.origin, request.method, path, headers.items(), body, chunked=chunked,
+            connect_timeout=target.connect_timeout, read_timeout=target.read_timeout,
         )
         answered = upstream_response.status
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except UpstreamTimeoutError as exc:
         raise UpstreamTimeout() from exc
-    except aiohttp.ClientError as exc:
-        if limited is not None and limited.exceeded:
-            # The upload was cut off on purpose: the upstream never got a complete body.
-            raise PayloadTooLarge(f"The request body is larger than {limited.limit} bytes.") from exc
+    except UpstreamError as exc:
         raise UpstreamUnavailable() from exc
     finally:
         if span is not None:
@@ -173,7 +204,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     REQUESTS.observe_upstream(route.name, time.perf_counter() - sent)
 
     async with upstream_response:
-        headers = downstream_response_headers(upstream_response.headers)
+        headers = downstream_response_headers(upstream_response.raw_headers)
         headers["X-Request-Id"] = ctx.request_id
         has_body = request.method != "HEAD" and upstream_response.status not in _BODYLESS_STATUS
         length = upstream_response.content_length
@@ -181,14 +212,14 @@ async def forward(request: web.Request) -> web.StreamResponse:
             # Small bodies of known length are read whole and leave in one write with the
             # headers; nothing has been sent yet, so a failure here is still a clean page.
             try:
-                body = await upstream_response.read()
-            except TimeoutError as exc:
+                whole = await upstream_response.read()
+            except UpstreamTimeoutError as exc:
                 raise UpstreamTimeout() from exc
-            except aiohttp.ClientError as exc:
+            except UpstreamError as exc:
                 raise UpstreamUnavailable() from exc
             headers.popall("Content-Length", None)
             return web.Response(status=upstream_response.status, reason=upstream_response.reason,
-                                body=body, headers=headers)
+                                body=whole, headers=headers)
         response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason,
                                       headers=headers)
         if not has_body:
@@ -198,9 +229,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
             return response
         await response.prepare(request)
         try:
-            async for chunk in upstream_response.content.iter_any():
+            async for chunk in upstream_response.iter_chunks():
                 await response.write(chunk)
-        except (TimeoutError, aiohttp.ClientError):
+        except UpstreamError:
             # Headers are out: the only honest signal left is to cut the connection.
             if request.transport is not None:
                 request.transport.abort()

@@ -8,7 +8,7 @@ Neither is ever forwarded upstream (``strip_own_cookies``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -22,14 +22,15 @@ class CookieSettings:
     session_name: str
     domain: str | None
     secure: bool
+    names: frozenset[str] = field(init=False, compare=False)  # both cookies' names, never sent upstream
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", frozenset({self.session_name, self.login_name}))
 
     @property
     def login_name(self) -> str:
         return self.session_name + LOGIN_COOKIE_SUFFIX
 
-    @property
-    def names(self) -> frozenset[str]:
-        return frozenset({self.session_name, self.login_name})
 
     def set(self, response: web.StreamResponse, name: str, value: str, *, max_age: float | None,
             path: str = "/") -> None:
@@ -40,10 +41,45 @@ class CookieSettings:
         response.del_cookie(name, path=path, domain=self.domain, secure=self.secure, httponly=True, samesite="Lax")
 
 
+# Parsed tickets by cookie value: a signed-in browser sends the same value on every request,
+# and parsing it costs a base64 decode and two SHA-256. Only valid tickets are kept, and the
+# whole map is dropped when it fills (a flood of valid-looking tickets gains nothing).
+_TICKETS: dict[str, Ticket] = {}
+_TICKETS_MAX = 4096
+
+
 def read_ticket(request: web.BaseRequest, settings: CookieSettings) -> Ticket | None:
     """The session ticket the client sent, or None (no cookie, or one that is not ours)."""
-    value = request.cookies.get(settings.session_name)
-    return Ticket.parse(value) if value else None
+    # The first Cookie header only, as request.cookies: HTTP/1.1 clients send one (RFC 6265 5.4).
+    value = cookie_value(request.headers.get("Cookie", ""), settings.session_name)
+    if not value:
+        return None
+    ticket = _TICKETS.get(value)
+    if ticket is None:
+        ticket = Ticket.parse(value)
+        if ticket is not None:
+            if len(_TICKETS) >= _TICKETS_MAX:
+                _TICKETS.clear()
+            _TICKETS[value] = ticket
+    return ticket
+
+
+def cookie_value(cookie_header: str, name: str) -> str | None:
+    """The value of cookie ``name``, as ``request.cookies`` reads it: the last one, unquoted.
+
+    Only the one cookie is looked for: parsing every cookie of the header into morsels,
+    on every request, cost more than the rest of reading the session.
+    """
+    if name not in cookie_header:
+        return None
+    found = None
+    for pair in cookie_header.split(";"):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip() == name:
+            found = value.strip()
+    if found is not None and len(found) >= 2 and found[0] == found[-1] == '"':
+        found = found[1:-1]
+    return found
 
 
 def strip_own_cookies(cookie_header: str, names: frozenset[str]) -> str | None:
@@ -58,3 +94,26 @@ def strip_own_cookies(cookie_header: str, names: frozenset[str]) -> str | None:
         if name.strip() not in names and pair.strip():
             kept.append(pair.strip())
     return "; ".join(kept) or None
+
+
+_STRIPPED: dict[tuple[str, frozenset[str]], str | None] = {}
+_STRIPPED_MAX = 2048
+_STRIPPED_LONGEST = 2048
+
+
+def strip_own_cookies_cached(cookie_header: str, names: frozenset[str]) -> str | None:
+    """:func:`strip_own_cookies`, remembered: a browser sends the same ``Cookie`` again and again.
+
+    Bounded in entries and in the length of a header worth keeping; dropped whole when full.
+    """
+    key = (cookie_header, names)
+    try:
+        return _STRIPPED[key]
+    except KeyError:
+        pass
+    stripped = strip_own_cookies(cookie_header, names)
+    if len(cookie_header) <= _STRIPPED_LONGEST:
+        if len(_STRIPPED) >= _STRIPPED_MAX:
+            _STRIPPED.clear()
+        _STRIPPED[key] = stripped
+    return stripped

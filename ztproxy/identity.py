@@ -10,7 +10,7 @@ listener, with an ETag and a max-age shorter than the key publication lead time.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import structlog
 from aiohttp import web
@@ -21,7 +21,7 @@ from ztproxy.assertion import ASSERTION_HEADER, AssertionSigner, identity_header
 from ztproxy.authenticate import SignedIn
 from ztproxy.context import CompiledRoute
 from ztproxy.keys import KeyRing
-from ztproxy.policy.model import Device
+from ztproxy.policy.model import Device, Identity
 from ztproxy.state import CONFIG
 
 JWKS_PATH = "/.well-known/ztproxy/jwks.json"
@@ -51,8 +51,27 @@ def add_identity(headers: CIMultiDict[str], app: web.Application, route: Compile
     token = app[SIGNER].assertion(session=signed_in.ticket.public_id, route=route.name, audience=route.audience,
                                   identity=identity, device=device, now=time.time())
     headers[ASSERTION_HEADER] = token
-    for name, value in identity_headers(identity, claim_headers=route.config.claim_headers):
+    for name, value in _identity_headers(identity, route.config.claim_headers):
         headers[name] = value
+
+
+# The headers of an identity for a route's claim_headers, by the objects' ids: a session's
+# identity object lives as long as its cached copy, so its headers are worked out once.
+# Each entry holds both objects, so neither id can be reused while the entry is there.
+_HEADERS: dict[tuple[int, int], tuple[Identity, Mapping[str, str], list[tuple[str, str]]]] = {}
+_HEADERS_MAX = 4096
+
+
+def _identity_headers(identity: Identity, claim_headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    key = (id(identity), id(claim_headers))
+    entry = _HEADERS.get(key)
+    if entry is not None and entry[0] is identity and entry[1] is claim_headers:
+        return entry[2]
+    pairs = identity_headers(identity, claim_headers=claim_headers)
+    if len(_HEADERS) >= _HEADERS_MAX:
+        _HEADERS.clear()
+    _HEADERS[key] = (identity, claim_headers, pairs)
+    return pairs
 
 
 async def jwks(request: web.Request) -> web.StreamResponse:

@@ -24,7 +24,7 @@ from yarl import URL
 from ztproxy import tracing
 from ztproxy.authenticate import AUTH, SIGNED_IN
 from ztproxy.context import CompiledRoute, RequestContext
-from ztproxy.cookies import strip_own_cookies
+from ztproxy.cookies import strip_own_cookies_cached
 from ztproxy.device import DEVICE
 from ztproxy.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from ztproxy.headers import downstream_response_headers, upstream_request_headers
@@ -93,9 +93,13 @@ async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
     }
     pool = UpstreamPool(limit=_POOL_LIMIT)
     app[UPSTREAM] = Upstream(pool=pool, session=session, timeouts=timeouts, targets=targets)
-    yield
-    await pool.close()
-    await session.close()
+    try:
+        yield
+    finally:
+        try:
+            await session.close()
+        finally:
+            await pool.close()
 
 
 def origin_of(url: URL) -> Origin:
@@ -135,7 +139,7 @@ def forward_headers(request: web.Request, ctx: RequestContext) -> CIMultiDict[st
     if auth is not None and "Cookie" in headers:
         # The session cookie opens the session: the upstream app must never see it.
         kept = [rest for value in headers.getall("Cookie")
-                if (rest := strip_own_cookies(value, auth.cookies.names)) is not None]
+                if (rest := strip_own_cookies_cached(value, auth.cookies.names)) is not None]
         headers.popall("Cookie")
         for value in kept:
             headers.add("Cookie", value)

@@ -111,8 +111,11 @@ class UpstreamResponse:
         conn = self._conn
         if conn is None:
             return b""
-        if conn.complete and not conn.body:
-            return b""
+        if conn.complete:  # the usual case for a small answer: it came with the head
+            body = b"".join(conn.body)
+            conn.body.clear()
+            conn.buffered = 0
+            return body
         return b"".join([chunk async for chunk in self.iter_chunks()])
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
@@ -402,6 +405,9 @@ class _Connection(asyncio.Protocol):
         """The exchange is over: stop its timer and any upload still running."""
         self._cancel_timer()
         self.in_exchange = False
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False  # a connection kept for the next exchange must be read again
+            self.transport.resume_reading()
         if self.body_task is not None and not self.body_task.done():
             self.body_task.cancel()
 
@@ -583,14 +589,10 @@ class UpstreamPool:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        conns = list(self._open)
-        for conn in conns:
+        for conn in list(self._open):
             conn.close()
         self._idle.clear()
-        for _ in range(50):
-            if not self._open:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # the transports finish closing on the loop's next turn
 
 
 def _content_length(headers: list[tuple[str, str]]) -> int | None:

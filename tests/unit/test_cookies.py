@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ztproxy.cookies import CookieSettings, strip_own_cookies
 
 NAMES = CookieSettings(session_name="ztproxy_session", domain=None, secure=True).names
@@ -36,3 +38,69 @@ def test_cookie_attributes_follow_the_public_url_and_cookie_domain() -> None:
                                                                                   max_age=None)
     header = plain.cookies["ztproxy_session"].output().lower()
     assert "secure" not in header and "domain" not in header and "max-age" not in header
+
+
+def test_cookie_value_finds_exactly_the_named_cookie() -> None:
+    from ztproxy.cookies import cookie_value
+    name = "ztproxy_session"
+    assert cookie_value("a=1; ztproxy_session=abc; b=2", name) == "abc"
+    # A longer name, another case, a name inside a value, a pair without '=': not ours.
+    assert cookie_value("xztproxy_session=1; ztproxy_sessionx=2; ZTPROXY_SESSION=3", name) is None
+    assert cookie_value("a=ztproxy_session=zzz; ztproxy_session", name) is None
+    assert cookie_value(" ztproxy_session = spaced ; c=1", name) == "spaced"
+    assert cookie_value("", name) is None
+
+
+def test_cookie_value_reads_as_request_cookies_does() -> None:
+    from aiohttp.test_utils import make_mocked_request
+    from multidict import CIMultiDict
+
+    from ztproxy.cookies import cookie_value
+    for header in ("ztproxy_session=first; a=1; ztproxy_session=second", 'a=1; ztproxy_session="quoted"',
+                   "ztproxy_session=; a=1"):
+        request = make_mocked_request("GET", "/", headers=CIMultiDict(Cookie=header))
+        assert cookie_value(header, "ztproxy_session") == request.cookies["ztproxy_session"]
+
+
+def test_read_ticket_refuses_junk_and_remembers_only_valid_tickets() -> None:
+    from aiohttp.test_utils import make_mocked_request
+    from multidict import CIMultiDict
+
+    from ztproxy import cookies
+    from ztproxy.sessions.sealing import Ticket
+    settings = CookieSettings(session_name="ztproxy_session", domain=None, secure=True)
+
+    def read(value: str) -> Ticket | None:
+        request = make_mocked_request("GET", "/", headers=CIMultiDict(Cookie=f"ztproxy_session={value}"))
+        return cookies.read_ticket(request, settings)
+
+    ticket = Ticket.new()
+    cookies._TICKETS.clear()
+    for junk in ("", "x" * 10, ticket.cookie_value()[:-1] + "!", ticket.cookie_value() + "A"):
+        assert read(junk) is None
+    assert not cookies._TICKETS  # junk is never kept
+    first = read(ticket.cookie_value())
+    assert first == ticket and read(ticket.cookie_value()) is first  # parsed once
+    assert first is not None and first.store_key == ticket.store_key and first.public_id == ticket.public_id
+
+
+def test_the_caches_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiohttp.test_utils import make_mocked_request
+    from multidict import CIMultiDict
+
+    from ztproxy import cookies
+    from ztproxy.sessions.sealing import Ticket
+    monkeypatch.setattr(cookies, "_TICKETS_MAX", 8)
+    monkeypatch.setattr(cookies, "_STRIPPED_MAX", 8)
+    settings = CookieSettings(session_name="ztproxy_session", domain=None, secure=True)
+    for _ in range(20):
+        value = Ticket.new().cookie_value()
+        request = make_mocked_request("GET", "/", headers=CIMultiDict(Cookie=f"ztproxy_session={value}"))
+        assert cookies.read_ticket(request, settings) is not None
+        assert len(cookies._TICKETS) <= 8
+    for n in range(20):
+        assert cookies.strip_own_cookies_cached(f"a={n}; ztproxy_session=s", NAMES) == f"a={n}"
+        assert len(cookies._STRIPPED) <= 8
+    long_header = "a=" + "x" * (cookies._STRIPPED_LONGEST + 1)
+    assert cookies.strip_own_cookies_cached(long_header, NAMES) == long_header
+    assert (long_header, NAMES) not in cookies._STRIPPED

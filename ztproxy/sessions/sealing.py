@@ -66,10 +66,17 @@ class Ticket:
 
     session_id: bytes = field(repr=False)
     key: bytes = field(repr=False)  # the per-session AES-256-GCM key, never stored server-side
+    # Derived once per ticket: every signed-in request needs both, and each costs a SHA-256.
+    store_key: str = field(init=False, repr=False, compare=False)  # the store key: a hash of the id
+    public_id: str = field(init=False, repr=False, compare=False)  # for logs, assertions, the admin API
 
     def __post_init__(self) -> None:
         if len(self.session_id) != ID_SIZE or len(self.key) != KEY_SIZE:
             raise ValueError(f"a ticket holds a {ID_SIZE}-byte id and a {KEY_SIZE}-byte key")
+        # The store never holds what the cookie holds; logs and apps see a hash of that hash.
+        store_key = "s:" + hashlib.sha256(self.session_id).hexdigest()
+        object.__setattr__(self, "store_key", store_key)
+        object.__setattr__(self, "public_id", public_handle(store_key))
 
     @classmethod
     def new(cls) -> Ticket:
@@ -87,16 +94,6 @@ class Ticket:
         if raw is None or len(raw) != _TICKET_BYTES or raw[0] != TICKET_VERSION:
             return None
         return cls(raw[1:1 + ID_SIZE], raw[1 + ID_SIZE:])
-
-    @property
-    def store_key(self) -> str:
-        """The store key: a hash, so the store never holds what the cookie holds."""
-        return "s:" + hashlib.sha256(self.session_id).hexdigest()
-
-    @property
-    def public_id(self) -> str:
-        """A short id for logs, assertions (``sid``) and the admin API: :func:`public_handle`."""
-        return public_handle(self.store_key)
 
 
 def public_handle(store_key: str) -> str:

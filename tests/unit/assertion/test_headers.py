@@ -65,3 +65,17 @@ def test_claims_never_set_framing_routing_credential_or_proxy_headers(name: str)
 def test_ordinary_names_may_carry_claims() -> None:
     assert claim_header_problem("X-Employee-Id") is None
     assert claim_header_problem("X-Ztproxy-Department") is None  # the proxy strips client-sent ones
+
+
+def test_the_proxy_remembers_headers_per_identity_object_and_a_new_identity_gets_its_own() -> None:
+    from ztproxy.identity import _identity_headers
+    claims = {"X-Dept": "dept"}
+    before = Identity(subject="alice", groups=frozenset({"staff"}), claims={"dept": "eng"})
+    first = _identity_headers(before, claims)
+    assert _identity_headers(before, claims) is first  # worked out once
+    assert ("X-Ztproxy-Groups", "staff") in first and ("X-Dept", "eng") in first
+    # A refresh builds a new identity: its new groups show at once, never the old headers.
+    after = Identity(subject="alice", groups=frozenset({"staff", "payroll"}), claims={"dept": "eng"})
+    assert ("X-Ztproxy-Groups", "payroll,staff") in _identity_headers(after, claims)
+    # Another route's claim_headers is another entry.
+    assert ("X-Dept", "eng") not in _identity_headers(before, {})

@@ -156,10 +156,18 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self._writable = True
         self._drained: asyncio.Future[None] | None = None
+        # One timer outlives exchanges: it re-arms itself while someone waits, and lapses otherwise.
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_request = False
+        self.body: deque[bytes] = deque()
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
+        if self.head_request:
+            # llhttp still expects the body that Content-Length announced: a fresh parser.
+            self.parser = httptools.HttpResponseParser(self)
         self.in_exchange = False
         self.head_request = False
         self.waiter: asyncio.Future[None] | None = None
@@ -175,12 +183,10 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = 0  # raw bytes received before the final head ended, interim answers included
         self.field_bytes = 0  # the fields parsed so far, for a whole oversized head in one read
         self.keep_alive = False
-        self.body: deque[bytes] = deque()
         self.buffered = 0
         self.paused = False
         self.read_timeout: float | None = None
         self.active_at = 0.0
-        self.timer: asyncio.TimerHandle | None = None
         self.body_task: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol
@@ -330,8 +336,10 @@ class _Connection(asyncio.Protocol):
         if self.error is not None:
             raise self.error
         self.waiter = self.loop.create_future()
-        if self.timer is None and self.read_timeout is not None:
-            self.timer = self.loop.call_at(self.active_at + self.read_timeout, self._check_quiet)
+        if self.read_timeout is not None:
+            deadline = self.active_at + self.read_timeout
+            if self.timer is None or self.timer_at > deadline:  # none yet, or armed for a longer timeout
+                self._arm(deadline)
         try:
             await self.waiter
         finally:
@@ -345,7 +353,13 @@ class _Connection(asyncio.Protocol):
         if self.loop.time() >= deadline:
             self._fail(UpstreamTimeoutError(f"the upstream sent nothing for {self.read_timeout:g} s"))
         else:
-            self.timer = self.loop.call_at(deadline, self._check_quiet)
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_at(deadline, self._check_quiet)
+        self.timer_at = deadline
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
@@ -402,8 +416,7 @@ class _Connection(asyncio.Protocol):
                 and self.keep_alive)
 
     def finish(self) -> None:
-        """The exchange is over: stop its timer and any upload still running."""
-        self._cancel_timer()
+        """The exchange is over: stop any upload still running (the timer lapses by itself)."""
         self.in_exchange = False
         if self.paused and self.transport is not None and not self.closed:
             self.paused = False  # a connection kept for the next exchange must be read again

@@ -75,12 +75,11 @@ class Origin:
 
 def encode_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
     """The request line and header block, refusing any CR, LF or NUL that would split them."""
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
-    lines.append("\r\n")
-    text = "".join(lines)
+    fields = [f"{name}: {value}\r\n" for name, value in headers]
+    text = f"{method} {target} HTTP/1.1\r\n{''.join(fields)}\r\n"
+    lines = len(fields) + 2
     # RFC 9112 2.2 / 5: a bare CR or LF in a field would let a value start a header of its own.
-    if text.count("\n") != len(lines) or text.count("\r") != len(lines) or "\0" in text:
+    if text.count("\n") != lines or text.count("\r") != lines or "\0" in text:
         raise ValueError("request head carries CR, LF or NUL inside a field")
     return text.encode("utf-8", "surrogateescape")
 

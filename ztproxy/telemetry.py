@@ -159,12 +159,12 @@ _second_cache: list[Any] = [-1, ""]
 
 def _utc_now_iso() -> str:
     """``TimeStamper(fmt="iso", utc=True)``'s format; the date part is formatted once a second."""
-    now = time.time()
-    second = int(now)
+    second, nanos = divmod(time.time_ns(), 1_000_000_000)
     if second != _second_cache[0]:
         _second_cache[0] = second
-        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_second_cache[1]}.{int((now - second) * 1_000_000):06d}Z"
+        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+    # Six digits of microseconds without a format spec (half the cost of f"{x:06d}").
+    return _second_cache[1] + str(1_000_000 + nanos // 1000)[1:] + "Z"
 
 
 def _event_via_structlog(event: str, fields: dict[str, Any]) -> None:

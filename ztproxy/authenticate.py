@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,14 +63,30 @@ AUTH = web.AppKey[Auth | None]("auth")
 SIGNED_IN = web.RequestKey("signed_in", SignedIn)
 
 
-async def authenticate(request: web.Request) -> None:
+def authenticate(request: web.Request) -> Awaitable[None] | None:
+    """Pipeline stage; awaitable only when the store or the IdP must be asked."""
     ctx = request[CONTEXT]
     if not ctx.route.needs_identity:
-        return  # public (or closed) whatever the identity: no cookie, no store
+        return None  # public (or closed) whatever the identity: no cookie, no store
     auth = request.app[AUTH]
     if auth is None:
-        return
-    signed_in = await current_session(request, auth, ctx.route.config.identity_provider)
+        return None
+    ticket = read_ticket(request, auth.cookies)
+    if ticket is None:
+        return None
+    route_provider = ctx.route.config.identity_provider
+    now = time.time()
+    # The hot path: this worker's recent copy of the session, not yet due for a refresh.
+    hit, session = auth.sessions.from_cache(ticket, now)
+    if not hit or (session is not None and auth.refresher.due(session, now)):
+        return _authenticate(request, auth, route_provider)
+    if session is not None and (signed_in := _for_route(auth, ticket, session, route_provider)) is not None:
+        request[SIGNED_IN] = signed_in
+    return None
+
+
+async def _authenticate(request: web.Request, auth: Auth, route_provider: str | None) -> None:
+    signed_in = await current_session(request, auth, route_provider)
     if signed_in is not None:
         request[SIGNED_IN] = signed_in
 
@@ -88,6 +104,10 @@ async def current_session(request: web.Request, auth: Auth, route_provider: str 
         session = await auth.refresher.refresh(ticket, session, now)
         if session is None:
             return None
+    return _for_route(auth, ticket, session, route_provider)
+
+
+def _for_route(auth: Auth, ticket: Ticket, session: Session, route_provider: str | None) -> SignedIn | None:
     # A session from another provider than the route's is no sign-in for this route.
     if session.provider != (route_provider or auth.default_provider):
         return None

@@ -8,6 +8,7 @@ says, in plain words, what failed.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -52,7 +53,8 @@ REASON_SENTENCES = {
 _FALLBACK = "You are not allowed to use this application."
 
 
-async def authorize(request: web.Request) -> web.StreamResponse | None:
+def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
+    """Pipeline stage: None lets the request through; a sign-in redirect is the one awaitable answer."""
     ctx = request[CONTEXT]
     route = ctx.route
     policy = route.policy
@@ -82,9 +84,9 @@ async def authorize(request: web.Request) -> web.StreamResponse | None:
             if why.AUTH_TOO_OLD not in decision.reasons:
                 # Only MFA is missing: a fresh password (prompt=login) would add nothing.
                 step_up = StepUp(mfa=step_up.mfa, max_age=None)
-            return await _sign_in(request, auth, step_up)
+            return _sign_in(request, auth, step_up)
         if identity is None and why.AUTHENTICATION_REQUIRED in decision.reasons:
-            return await _sign_in(request, auth, _first_sign_in(policy))
+            return _sign_in(request, auth, _first_sign_in(policy))
     hint = None
     if identity is not None:
         hint = (f"You are signed in as {identity.email or identity.subject}. {AccessDenied.hint} "

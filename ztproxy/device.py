@@ -9,7 +9,7 @@ so a device that falls out of compliance loses access within that TTL.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -34,10 +34,15 @@ async def posture_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def assess_device(request: web.Request) -> None:
+def assess_device(request: web.Request) -> Awaitable[None] | None:
+    """Pipeline stage: nothing to do without posture providers or on a public route."""
     posture = request.app[POSTURE]
     if posture is None or not request[CONTEXT].route.needs_identity:
-        return
+        return None
+    return _assess(request, posture)
+
+
+async def _assess(request: web.Request, posture: Posture) -> None:
     device = await device_of(request, posture)
     if device is not None:
         request[DEVICE] = device

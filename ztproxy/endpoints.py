@@ -35,10 +35,15 @@ _SIGN_IN_ENDPOINTS: dict[str, Endpoint] = {
 }
 
 
-async def proxy_endpoints(request: web.Request) -> web.StreamResponse | None:
+def proxy_endpoints(request: web.Request) -> Awaitable[web.StreamResponse] | None:
+    """Pipeline stage: the proxy's own paths are answered here (asynchronously), others go on."""
     path = request[CONTEXT].target.path
     if not is_proxy_path(path):
         return None
+    return _answer(request, path)
+
+
+async def _answer(request: web.Request, path: str) -> web.StreamResponse:
     if path == JWKS_PATH:
         return await jwks(request)
     if path == ME_PATH:

@@ -163,8 +163,9 @@ def _utc_now_iso() -> str:
     if second != _second_cache[0]:
         _second_cache[0] = second
         _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+    prefix: str = _second_cache[1]
     # Six digits of microseconds without a format spec (half the cost of f"{x:06d}").
-    return _second_cache[1] + str(1_000_000 + nanos // 1000)[1:] + "Z"
+    return prefix + str(1_000_000 + nanos // 1000)[1:] + "Z"
 
 
 def _event_via_structlog(event: str, fields: dict[str, Any]) -> None:

@@ -108,17 +108,26 @@ class SessionManager:
     def live(self, session: Session, now: float) -> bool:
         return now < session.created + self.config.lifetime
 
+    def from_cache(self, ticket: Ticket, now: float) -> tuple[bool, Session | None]:
+        """(True, the session or None) from this worker's recent copy; (False, None): read the store."""
+        cached = self._cache.get(ticket.store_key)
+        if cached is None or now - cached.read_at >= self.config.cache_ttl:
+            return False, None
+        if hmac.compare_digest(cached.key, ticket.key) and self.live(cached.session, now):
+            return True, cached.session
+        return True, None
+
     async def load(self, ticket: Ticket, now: float, *, fresh: bool = False) -> Session | None:
         """The session this cookie opens, or None (unknown, ended, expired, tampered).
 
         ``fresh`` reads the store even when this worker's copy is recent.
         """
+        if not fresh:
+            hit, session = self.from_cache(ticket, now)
+            if hit:
+                return session
         key = ticket.store_key
         cached = self._cache.get(key)
-        if cached is not None and not fresh and now - cached.read_at < self.config.cache_ttl:
-            if hmac.compare_digest(cached.key, ticket.key) and self.live(cached.session, now):
-                return cached.session
-            return None
         if fresh:
             return await self._read(ticket, now, cached)
         # One store read per expired copy, however many requests of the session are in flight:

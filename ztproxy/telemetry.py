@@ -23,7 +23,7 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from ztproxy import tracing
+from ztproxy import metrics, tracing
 from ztproxy.state import CONTEXT, DECISION, REQUEST_ID
 
 LogFormat = Literal["json", "console"]
@@ -226,4 +226,7 @@ class AccessLogger(AbstractAccessLogger):
     """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if REQUEST_ID not in request:
+            # Refused by the HTTP parser: the pipeline, which counts every other request, never saw it.
+            metrics.REQUESTS.observe(metrics.NO_VALUE, response.status, None, time)
         access_event(request, response.status, response.body_length, time)

@@ -169,11 +169,20 @@ routes:
             assert response.status == 403
         async with client.get(f"{proxy.url}/elsewhere") as response:
             assert response.status == 404
+        # Refused by the HTTP parser, before the pipeline: counted all the same.
+        host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        await writer.wait_closed()
+        assert status_line.split()[1] == b"400"
         text, after = await scrape(client, proxy.admin_url)
     delta = changes(before, after)
     assert delta("ztproxy_requests_total", route="open", status="200", decision="allow") == 3
     assert delta("ztproxy_requests_total", route="closed", status="403", decision="deny") == 1
     assert delta("ztproxy_requests_total", route="-", status="404", decision="-") == 1
+    assert delta("ztproxy_requests_total", route="-", status="400", decision="-") == 1
     assert delta("ztproxy_denials_total", route="closed", reason="source-not-allowed") == 1
     assert delta("ztproxy_request_duration_seconds_count", route="open", decision="allow") == 3
     assert delta("ztproxy_upstream_duration_seconds_count", route="open") == 3

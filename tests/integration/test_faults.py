@@ -107,12 +107,13 @@ async def sign_in(url: str, *, sign_out: bool = False) -> str:
     return cookie
 
 
-async def can_sign_in(url: str) -> bool:
+async def sign_in_problem(url: str) -> str | None:
+    """None when a new sign-in works, else what went wrong (for the report)."""
     try:
         await sign_in(url)
-    except RuntimeError:
-        return False
-    return True
+    except RuntimeError as exc:
+        return str(exc)[:200]
+    return None
 
 
 def kept_running(proxy: ProxyProcess) -> bool:
@@ -229,16 +230,17 @@ async def sentinel_failover(lab: Lab) -> FaultReport:
     await asyncio.to_thread(setup.failover)  # first is master again
     returned_at = time.monotonic()
     await recovered(load, "signed-in", 200, returned_at)
-    signed_in_after = await can_sign_in(world.proxy.url)  # a new session: written to the new master
+    sign_in_after = await sign_in_problem(world.proxy.url)  # a new session: written to the new master
     samples = await load.finish()
     blip = sum(1 for s in samples if store_refusal(s) and s.started < crashed_at)
     return summarize("sentinel failover", samples, normal=SIGNED_IN_NORMAL, protected=PROTECTED,
                      fault_at=fault_at, returned_at=returned_at, refusal=store_refusal,
                      hang_bound=STORE_TIMEOUT + HANG_MARGIN, recovery_kind="signed-in", recovery_bound=RECOVERY_BOUND,
-                     checks={"sign-in after the failovers": signed_in_after,
+                     checks={"sign-in after the failovers": sign_in_after is None,
                              "proxy and workers kept running": kept_running(world.proxy)},
                      notes=f"planned failover {planned:.2f}s with {blip} 503s; after the master died, "
-                           f"promotion took {returned_at - promoting_at:.2f}s")
+                           f"promotion took {returned_at - promoting_at:.2f}s"
+                           + (f"; the sign-in after: {sign_in_after}" if sign_in_after else ""))
 
 
 async def idp_down(world: SignedInWorld) -> FaultReport:

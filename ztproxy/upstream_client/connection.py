@@ -1,40 +1,22 @@
-"""The upstream HTTP/1.1 client: pooled keep-alive connections, responses parsed by llhttp.
+"""One upstream connection: an asyncio protocol feeding llhttp, one exchange at a time.
 
-Forwarding is the proxy's hottest path, and aiohttp's general-purpose client (cookie
-jar, redirects, URL building, tracing hooks, per-request timers) cost about twice what
-the whole rest of a forwarded request costs. This client does only what forwarding needs:
-it writes the request head the proxy already built, streams the body, and hands back the
-status, headers and body as ``httptools`` (the llhttp parser, strict mode) reads them.
-Parsing stays in the library; this module owns connections, framing choices and timeouts.
-
-- One pool per process, idle connections kept per origin (scheme, host, port), most
-  recently used first, closed after ``idle_timeout``; at most ``limit`` open in all.
-- A fresh parser per exchange, so a HEAD answer (headers only, whatever Content-Length
-  says) never confuses the next response on the connection.
-- A reused connection that the upstream closed before answering a bodyless request gets
-  one retry on a new connection (RFC 9110 9.3.1: safe to repeat, nothing was received).
-- ``read_timeout`` bounds any wait for the upstream (headers or the next body bytes)
-  with no byte received or sent; ``connect_timeout`` bounds only opening a connection.
-- Response heads over ``max_header_bytes`` and anything llhttp refuses (bad framing,
-  Content-Length with Transfer-Encoding, control characters) are protocol errors: 502.
-- Request heads are checked for CR/LF/NUL in names and values before they are written.
+The errors of an exchange and the ``Origin`` a connection goes to live here too; the
+pool (``pool.py``) hands connections out, takes them back and keeps the healthy ones.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
-import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
-from types import TracebackType
+from typing import TYPE_CHECKING
 
 import httptools
-from multidict import CIMultiDict
 
-# RFC 9110 9.2.2: methods a client may repeat; only bodyless requests are ever retried.
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+if TYPE_CHECKING:
+    from ztproxy.upstream_client.pool import UpstreamPool
+
 # Buffered body bytes at which the upstream connection stops being read (backpressure).
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
@@ -56,7 +38,7 @@ class UpstreamProtocolError(UpstreamError):
     """The upstream broke HTTP/1.1: malformed or oversized head, bad framing, or it hung up mid-answer."""
 
 
-class _Stale(UpstreamProtocolError):
+class StaleConnection(UpstreamProtocolError):
     """A reused connection closed before a single byte of the answer came: safe to retry."""
 
 
@@ -73,75 +55,7 @@ class Origin:
         return self.scheme == "https"
 
 
-def encode_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
-    """The request line and header block, refusing any CR, LF or NUL that would split them."""
-    fields = [f"{name}: {value}\r\n" for name, value in headers]
-    text = f"{method} {target} HTTP/1.1\r\n{''.join(fields)}\r\n"
-    lines = len(fields) + 2
-    # RFC 9112 2.2 / 5: a bare CR or LF in a field would let a value start a header of its own.
-    if text.count("\n") != lines or text.count("\r") != lines or "\0" in text:
-        raise ValueError("request head carries CR, LF or NUL inside a field")
-    return text.encode("utf-8", "surrogateescape")
-
-
-class UpstreamResponse:
-    """Status and headers of the upstream's answer; the body is read or streamed from it.
-
-    ``close()`` (or leaving ``async with``) hands the connection back to the pool when the
-    answer was read to its end, and closes it otherwise.
-    """
-
-    __slots__ = ("_conn", "content_length", "raw_headers", "reason", "status")
-
-    def __init__(self, conn: _Connection, status: int, reason: str, raw_headers: list[tuple[str, str]],
-                 content_length: int | None) -> None:
-        self._conn: _Connection | None = conn
-        self.status = status
-        self.reason = reason
-        self.raw_headers = raw_headers  # in the upstream's order, repeated names kept
-        self.content_length = content_length
-
-    @property
-    def headers(self) -> CIMultiDict[str]:
-        return CIMultiDict(self.raw_headers)
-
-    async def read(self) -> bytes:
-        """The whole body."""
-        conn = self._conn
-        if conn is None:
-            return b""
-        if conn.complete:  # the usual case for a small answer: it came with the head
-            body = b"".join(conn.body)
-            conn.body.clear()
-            conn.buffered = 0
-            return body
-        return b"".join([chunk async for chunk in self.iter_chunks()])
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        """Body bytes as they arrive, never more than the upstream sent."""
-        conn = self._conn
-        if conn is None:
-            return
-        while True:
-            chunk = await conn.next_chunk()
-            if not chunk:
-                return
-            yield chunk
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.pool.release(conn)
-
-    async def __aenter__(self) -> UpstreamResponse:
-        return self
-
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                        traceback: TracebackType | None) -> None:
-        self.close()
-
-
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One keep-alive connection to an origin, serving one exchange at a time."""
 
     def __init__(self, pool: UpstreamPool, origin: Origin, max_header_bytes: int) -> None:
@@ -230,7 +144,7 @@ class _Connection(asyncio.Protocol):
             self.on_message_complete()
         if self.in_exchange and not self.complete:
             if not self.received and self.reused:
-                self._fail(_Stale("the upstream closed a kept-alive connection"))
+                self._fail(StaleConnection("the upstream closed a kept-alive connection"))
             else:
                 self._fail(UpstreamProtocolError("the upstream closed the connection before the answer ended"))
         if self._drained is not None and not self._drained.done():
@@ -426,189 +340,3 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.close()
-
-
-class UpstreamPool:
-    """Keep-alive connections to the upstreams, shared by every request of a worker."""
-
-    def __init__(self, *, limit: int = 1000, idle_timeout: float = 15.0, max_header_bytes: int = 64 * 1024,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        self.limit = limit
-        self.idle_timeout = idle_timeout
-        self.max_header_bytes = max_header_bytes
-        self._ssl = ssl_context
-        self._idle: dict[Origin, list[_Connection]] = {}
-        self._open: set[_Connection] = set()
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._closed = False
-
-    @property
-    def open_connections(self) -> int:
-        return len(self._open)
-
-    @property
-    def idle_connections(self) -> int:
-        return sum(len(idle) for idle in self._idle.values())
-
-    async def request(self, origin: Origin, method: str, target: str, headers: Iterable[tuple[str, str]],
-                      body: AsyncIterable[bytes] | None = None, *, chunked: bool = False,
-                      connect_timeout: float | None = None,
-                      read_timeout: float | None = None) -> UpstreamResponse:
-        """Send one request and return once the answer's head is in.
-
-        ``headers`` must carry ``Host`` and the body's framing (``Content-Length``, or
-        ``chunked=True`` for a body of unknown length, sent chunked).
-        """
-        head = encode_head(method, target, headers)
-        if chunked:
-            head = head[:-2] + b"Transfer-Encoding: chunked\r\n\r\n"
-        retry = body is None and method in IDEMPOTENT
-        fresh = False
-        while True:
-            conn = await self._acquire(origin, connect_timeout, fresh=fresh)
-            conn.start(head_request=method == "HEAD", read_timeout=read_timeout)
-            try:
-                conn.write(head)
-                if body is not None:
-                    conn.body_task = asyncio.get_running_loop().create_task(conn.send_body(body, chunked))
-                await conn.head()
-            except _Stale:
-                self.release(conn)
-                if retry:
-                    retry = False
-                    fresh = True
-                    continue
-                raise UpstreamProtocolError("the upstream closed the connection before answering") from None
-            except BaseException:
-                self.release(conn)
-                raise
-            return UpstreamResponse(conn, conn.status, conn.reason, conn.header_list,
-                                    _content_length(conn.header_list))
-
-    async def _acquire(self, origin: Origin, connect_timeout: float | None, *, fresh: bool = False) -> _Connection:
-        if not fresh and (conn := self._take_idle(origin)) is not None:
-            return conn
-        while len(self._open) >= self.limit:
-            if self._evict_idle():
-                continue
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_waiter()  # our turn came as we were cancelled: pass it on
-                raise
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-            if not fresh and (conn := self._take_idle(origin)) is not None:
-                return conn
-        return await self._connect(origin, connect_timeout)
-
-    def _take_idle(self, origin: Origin) -> _Connection | None:
-        idle = self._idle.get(origin)
-        now = time.monotonic()
-        while idle:
-            conn = idle.pop()  # the most recently used: the least likely to be timed out upstream
-            if not conn.closed and now - conn.idle_since < self.idle_timeout:
-                return conn
-            self._discard(conn)
-        return None
-
-    def _evict_idle(self) -> bool:
-        """At the limit: close the longest-idle connection to any origin, if there is one."""
-        oldest = min((conns[0] for conns in self._idle.values() if conns), key=lambda conn: conn.idle_since,
-                     default=None)
-        if oldest is None:
-            return False
-        self._discard(oldest)
-        return True
-
-    def _discard(self, conn: _Connection) -> None:
-        conn.close()
-        self.forget(conn)
-
-    async def _connect(self, origin: Origin, connect_timeout: float | None) -> _Connection:
-        if self._closed:
-            raise UpstreamConnectError("the proxy is shutting down")
-        loop = asyncio.get_running_loop()
-        context = None
-        if origin.tls:
-            context = self._ssl or ssl.create_default_context()
-            self._ssl = context
-        conn = _Connection(self, origin, self.max_header_bytes)
-        self._open.add(conn)
-        try:
-            async with asyncio.timeout(connect_timeout):
-                await loop.create_connection(lambda: conn, origin.host, origin.port, ssl=context,
-                                             server_hostname=origin.host if context else None)
-        except TimeoutError:
-            self.forget(conn)
-            conn.close()
-            raise UpstreamTimeoutError(f"no connection to the upstream within {connect_timeout:g} s") from None
-        except (OSError, ssl.SSLError) as exc:
-            self.forget(conn)
-            raise UpstreamConnectError(f"cannot connect to the upstream: {exc}") from exc
-        except BaseException:
-            self.forget(conn)
-            conn.close()
-            raise
-        return conn
-
-    def release(self, conn: _Connection) -> None:
-        """The exchange is over: keep the connection for the next one if it can be trusted."""
-        conn.finish()
-        if conn.reusable() and not self._closed:
-            conn.idle_since = time.monotonic()
-            self._idle.setdefault(conn.origin, []).append(conn)
-            if self._sweeper is None:
-                self._sweeper = conn.loop.call_later(self.idle_timeout, self._sweep)
-        else:
-            self._discard(conn)
-        self._wake_waiter()
-
-    def forget(self, conn: _Connection) -> None:
-        """Drop a closed connection from the books."""
-        if conn in self._open:
-            self._open.discard(conn)
-            idle = self._idle.get(conn.origin)
-            if idle is not None and conn in idle:
-                idle.remove(conn)
-            self._wake_waiter()
-
-    def _wake_waiter(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    def _sweep(self) -> None:
-        self._sweeper = None
-        cutoff = time.monotonic() - self.idle_timeout
-        for conns in self._idle.values():
-            for conn in [conn for conn in conns if conn.idle_since <= cutoff]:
-                conns.remove(conn)
-                conn.close()
-        if any(self._idle.values()) and not self._closed:
-            self._sweeper = asyncio.get_running_loop().call_later(self.idle_timeout / 2, self._sweep)
-
-    async def close(self) -> None:
-        """Close every connection (in-flight exchanges fail as if the upstream hung up)."""
-        self._closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        for conn in list(self._open):
-            conn.close()
-        self._idle.clear()
-        await asyncio.sleep(0)  # the transports finish closing on the loop's next turn
-
-
-def _content_length(headers: list[tuple[str, str]]) -> int | None:
-    for name, value in headers:
-        if name.lower() == "content-length":
-            return int(value)  # llhttp accepted it: digits only, one value
-    return None

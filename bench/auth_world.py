@@ -24,7 +24,7 @@ import aiohttp
 import redis
 from apache import CLAIM_PREFIX, PUBLIC_PATH, SESSION_COOKIE, ApacheOidc, start_apache
 from processes import ManagedProcess, TargetFailed, free_port, wait_until_ok
-from targets import UPSTREAM_BODY, ZTPROXY_READY_TIMEOUT, BenchEnv
+from targets import UPSTREAM_BODY, ZTPROXY_READY_TIMEOUT, BenchEnv, ztproxy_listener_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # tests.support.user_agent: the tests' browserless login driver
@@ -116,13 +116,7 @@ def _nginx_variable(header: str) -> str:
 def write_ztproxy_config(workdir: Path, *, port: int, admin_port: int, issuer: str, client: IdpClient,
                          redis_port: int, upstream_url: str) -> Path:
     config = workdir / "ztproxy-auth.yaml"
-    config.write_text(f"""\
-server:
-  listen: 127.0.0.1:{port}
-  admin_listen: 127.0.0.1:{admin_port}
-logging:
-  format: json
-  access_log: true
+    config.write_text(ztproxy_listener_yaml(port, admin_port) + f"""\
 identity_providers:
   - name: demo
     issuer: {issuer}

@@ -159,18 +159,24 @@ def start_bare(env: BenchEnv) -> Running:
     return _checked_or_stop(running, READY_TIMEOUT)
 
 
-def start_ztproxy(env: BenchEnv) -> Running:
-    if env.ztproxy is None:
-        raise TargetFailed("ztproxy executable not found (.venv/bin/ztproxy or PATH)")
-    port, admin_port = free_port(), free_port()
-    config = env.workdir / "ztproxy.yaml"
-    config.write_text(f"""\
+def ztproxy_listener_yaml(port: int, admin_port: int) -> str:
+    """The start of every benchmark ztproxy config: listeners, and the JSON access log on."""
+    return f"""\
 server:
   listen: 127.0.0.1:{port}
   admin_listen: 127.0.0.1:{admin_port}
 logging:
   format: json
   access_log: true
+"""
+
+
+def start_ztproxy(env: BenchEnv) -> Running:
+    if env.ztproxy is None:
+        raise TargetFailed("ztproxy executable not found (.venv/bin/ztproxy or PATH)")
+    port, admin_port = free_port(), free_port()
+    config = env.workdir / "ztproxy.yaml"
+    config.write_text(ztproxy_listener_yaml(port, admin_port) + f"""\
 routes:
   - name: bench
     host: 127.0.0.1

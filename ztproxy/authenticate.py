@@ -79,14 +79,15 @@ def authenticate(request: web.Request) -> Awaitable[None] | None:
     # The hot path: this worker's recent copy of the session, not yet due for a refresh.
     hit, session = auth.sessions.from_cache(ticket, now)
     if not hit or (session is not None and auth.refresher.due(session, now)):
-        return _authenticate(request, auth, route_provider)
+        return _authenticate(request, auth, ticket, now, route_provider)
     if session is not None and (signed_in := _for_route(auth, ticket, session, route_provider)) is not None:
         request[SIGNED_IN] = signed_in
     return None
 
 
-async def _authenticate(request: web.Request, auth: Auth, route_provider: str | None) -> None:
-    signed_in = await current_session(request, auth, route_provider)
+async def _authenticate(request: web.Request, auth: Auth, ticket: Ticket, now: float,
+                        route_provider: str | None) -> None:
+    signed_in = await _open(auth, ticket, now, route_provider)
     if signed_in is not None:
         request[SIGNED_IN] = signed_in
 
@@ -96,7 +97,10 @@ async def current_session(request: web.Request, auth: Auth, route_provider: str 
     ticket = read_ticket(request, auth.cookies)
     if ticket is None:
         return None
-    now = time.time()
+    return await _open(auth, ticket, time.time(), route_provider)
+
+
+async def _open(auth: Auth, ticket: Ticket, now: float, route_provider: str | None) -> SignedIn | None:
     session = await auth.sessions.load(ticket, now)
     if session is None:
         return None

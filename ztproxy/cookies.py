@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ztproxy.memo import Memo
 from ztproxy.sessions.sealing import Ticket
 
 LOGIN_COOKIE_SUFFIX = "_login"
@@ -31,7 +32,6 @@ class CookieSettings:
     def login_name(self) -> str:
         return self.session_name + LOGIN_COOKIE_SUFFIX
 
-
     def set(self, response: web.StreamResponse, name: str, value: str, *, max_age: float | None,
             path: str = "/") -> None:
         response.set_cookie(name, value, max_age=None if max_age is None else max(0, int(max_age)), path=path,
@@ -42,10 +42,8 @@ class CookieSettings:
 
 
 # Parsed tickets by cookie value: a signed-in browser sends the same value on every request,
-# and parsing it costs a base64 decode and two SHA-256. Only valid tickets are kept, and the
-# whole map is dropped when it fills (a flood of valid-looking tickets gains nothing).
-_TICKETS: dict[str, Ticket] = {}
-_TICKETS_MAX = 4096
+# and parsing it costs a base64 decode and two SHA-256. Only valid tickets are kept.
+_TICKETS: Memo[str, Ticket] = Memo(4096)
 
 
 def read_ticket(request: web.BaseRequest, settings: CookieSettings) -> Ticket | None:
@@ -55,12 +53,8 @@ def read_ticket(request: web.BaseRequest, settings: CookieSettings) -> Ticket | 
     if not value:
         return None
     ticket = _TICKETS.get(value)
-    if ticket is None:
-        ticket = Ticket.parse(value)
-        if ticket is not None:
-            if len(_TICKETS) >= _TICKETS_MAX:
-                _TICKETS.clear()
-            _TICKETS[value] = ticket
+    if ticket is None and (ticket := Ticket.parse(value)) is not None:
+        _TICKETS.remember(value, ticket)
     return ticket
 
 
@@ -96,24 +90,16 @@ def strip_own_cookies(cookie_header: str, names: frozenset[str]) -> str | None:
     return "; ".join(kept) or None
 
 
-_STRIPPED: dict[tuple[str, frozenset[str]], str | None] = {}
-_STRIPPED_MAX = 2048
-_STRIPPED_LONGEST = 2048
+_STRIPPED: Memo[tuple[str, frozenset[str]], str | None] = Memo(2048)
+_STRIPPED_LONGEST = 2048  # longer headers are stripped every time, not kept
 
 
 def strip_own_cookies_cached(cookie_header: str, names: frozenset[str]) -> str | None:
-    """:func:`strip_own_cookies`, remembered: a browser sends the same ``Cookie`` again and again.
-
-    Bounded in entries and in the length of a header worth keeping; dropped whole when full.
-    """
+    """:func:`strip_own_cookies`, remembered: a browser sends the same ``Cookie`` again and again."""
     key = (cookie_header, names)
-    try:
+    if key in _STRIPPED:
         return _STRIPPED[key]
-    except KeyError:
-        pass
     stripped = strip_own_cookies(cookie_header, names)
     if len(cookie_header) <= _STRIPPED_LONGEST:
-        if len(_STRIPPED) >= _STRIPPED_MAX:
-            _STRIPPED.clear()
-        _STRIPPED[key] = stripped
+        _STRIPPED.remember(key, stripped)
     return stripped

@@ -21,6 +21,7 @@ from ztproxy.assertion import ASSERTION_HEADER, AssertionSigner, identity_header
 from ztproxy.authenticate import SignedIn
 from ztproxy.context import CompiledRoute
 from ztproxy.keys import KeyRing
+from ztproxy.memo import Memo
 from ztproxy.policy.model import Device, Identity
 from ztproxy.state import CONFIG
 
@@ -58,8 +59,7 @@ def add_identity(headers: CIMultiDict[str], app: web.Application, route: Compile
 # The headers of an identity for a route's claim_headers, by the objects' ids: a session's
 # identity object lives as long as its cached copy, so its headers are worked out once.
 # Each entry holds both objects, so neither id can be reused while the entry is there.
-_HEADERS: dict[tuple[int, int], tuple[Identity, Mapping[str, str], list[tuple[str, str]]]] = {}
-_HEADERS_MAX = 4096
+_HEADERS: Memo[tuple[int, int], tuple[Identity, Mapping[str, str], list[tuple[str, str]]]] = Memo(4096)
 
 
 def _identity_headers(identity: Identity, claim_headers: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -68,9 +68,7 @@ def _identity_headers(identity: Identity, claim_headers: Mapping[str, str]) -> l
     if entry is not None and entry[0] is identity and entry[1] is claim_headers:
         return entry[2]
     pairs = identity_headers(identity, claim_headers=claim_headers)
-    if len(_HEADERS) >= _HEADERS_MAX:
-        _HEADERS.clear()
-    _HEADERS[key] = (identity, claim_headers, pairs)
+    _HEADERS.remember(key, (identity, claim_headers, pairs))
     return pairs
 
 

@@ -6,9 +6,9 @@ which becomes its page). A stage is a plain function: when it has I/O to do it r
 an awaitable of its answer, so a request that needs none (a cached session, no posture
 provider, an allowed decision) runs the stages without creating a coroutine. One driver
 instead of one aiohttp middleware per stage keeps the per-request cost of the pipeline
-to a loop over a tuple. The driver also gives every
-request its id, renders every error in one place, logs requests whose client left, and
-counts every request in the metrics (``metrics.REQUESTS``).
+to a loop over a tuple. The driver also gives every request its id, renders every error
+in one place, logs requests whose client left, and counts every request in the metrics
+(``metrics.REQUESTS``).
 """
 
 from __future__ import annotations

@@ -60,8 +60,8 @@ class Upstream:
     """The process-wide connection pool and WebSocket client, and each route's target."""
 
     pool: UpstreamPool
-    session: aiohttp.ClientSession
-    timeouts: dict[str, aiohttp.ClientTimeout]
+    session: aiohttp.ClientSession  # WebSockets only
+    timeouts: dict[str, aiohttp.ClientTimeout]  # the routes' timeouts, as the WebSocket client takes them
     targets: dict[str, Target]
 
 

@@ -90,8 +90,8 @@ def test_the_caches_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
     from ztproxy import cookies
     from ztproxy.sessions.sealing import Ticket
-    monkeypatch.setattr(cookies, "_TICKETS_MAX", 8)
-    monkeypatch.setattr(cookies, "_STRIPPED_MAX", 8)
+    monkeypatch.setattr(cookies._TICKETS, "limit", 8)
+    monkeypatch.setattr(cookies._STRIPPED, "limit", 8)
     settings = CookieSettings(session_name="ztproxy_session", domain=None, secure=True)
     for _ in range(20):
         value = Ticket.new().cookie_value()

@@ -298,6 +298,13 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return chunk
 
+    def take_body(self) -> bytes:
+        """Everything buffered, at once (the answer is complete: nothing more will come)."""
+        body = b"".join(self.body)
+        self.body.clear()
+        self.buffered = 0
+        return body
+
     def write(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)

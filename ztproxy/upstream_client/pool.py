@@ -62,10 +62,7 @@ class UpstreamResponse:
         if conn is None:
             return b""
         if conn.complete:  # the usual case for a small answer: it came with the head
-            body = b"".join(conn.body)
-            conn.body.clear()
-            conn.buffered = 0
-            return body
+            return conn.take_body()
         return b"".join([chunk async for chunk in self.iter_chunks()])
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:

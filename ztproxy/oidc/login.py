@@ -27,6 +27,7 @@ from ztproxy import metrics
 from ztproxy.cookies import CookieSettings, read_ticket
 from ztproxy.errors import AccessDenied, LoginFailed
 from ztproxy.oidc.identity import session_from_login
+from ztproxy.oidc.parameters import repeated
 from ztproxy.oidc.provider import Provider, TokenRefused
 from ztproxy.oidc.redirects import ReturnUrls
 from ztproxy.oidc.tokens import TokenInvalid
@@ -41,6 +42,8 @@ MAX_PENDING = 5  # logins in progress per browser (several tabs); the oldest is 
 CALLBACK_PATH = "/.ztproxy/callback"
 _LOGIN_COOKIE_PATH = "/.ztproxy/"
 _PURPOSE = "login"
+# RFC 6749 4.1.2 / 4.1.2.1, RFC 9207 2, OIDC Session Management 3: the authorization response.
+_RESPONSE_PARAMETERS = ("code", "state", "iss", "error", "error_description", "error_uri", "session_state")
 s256_challenge: Callable[[str], str] = _untyped_s256  # RFC 7636 4.2, from authlib (untyped there)
 
 
@@ -123,6 +126,11 @@ class LoginFlow:
             return web.Response(status=405, headers={"Allow": "GET, HEAD"})
         now = time.time()
         query = request.query
+        # RFC 6749 3.1: no parameter more than once. Refused before the state is looked up or
+        # spent, so the tampered URL neither completes nor cancels the login in progress.
+        if (parameter := repeated(query, _RESPONSE_PARAMETERS)) is not None:
+            raise _refused(None, "repeated-parameter", "The sign-in response carried a parameter more than once, "
+                                                       "so it may have been tampered with.", parameter=parameter)
         state = query.get("state", "")
         logins = self._pending(request, now)
         pending = next((login for login in logins if hmac.compare_digest(login.state, state)), None) \
@@ -232,8 +240,12 @@ class LoginFlow:
                          path=_LOGIN_COOKIE_PATH)
 
 
-def _refused(provider: Provider, reason: str, detail: str, **fields: str) -> LoginFailed:
-    """Log and count a refused sign-in; the error to raise, with ``detail`` for the user."""
-    _log.warning("login_refused", reason=reason, provider=provider.name, **fields)
-    metrics.login_refused(provider.name, reason)
+def _refused(provider: Provider | None, reason: str, detail: str, **fields: str) -> LoginFailed:
+    """Log and count a refused sign-in; the error to raise, with ``detail`` for the user.
+
+    ``provider`` is None when the refusal comes before the login in progress is known.
+    """
+    name = provider.name if provider is not None else "-"
+    _log.warning("login_refused", reason=reason, provider=name, **fields)
+    metrics.login_refused(name, reason)
     return LoginFailed(detail)

@@ -26,6 +26,7 @@ from authlib.common.urls import add_params_to_uri
 from ztproxy import metrics
 from ztproxy.cookies import CookieSettings, read_ticket
 from ztproxy.errors import IdentityProviderUnavailable
+from ztproxy.oidc.parameters import repeated
 from ztproxy.oidc.provider import Provider
 from ztproxy.oidc.tokens import TokenInvalid
 from ztproxy.pages import info
@@ -112,6 +113,10 @@ class Logout:
         if request.method != "POST":
             return web.Response(status=405, headers={"Allow": "POST"})
         form = await request.post()
+        # RFC 6749 3.1: no parameter more than once; which copy to believe is not for us to guess.
+        if repeated(form, ("logout_token",)) is not None:
+            _log.warning("backchannel_logout_refused", reason="repeated-parameter", parameter="logout_token")
+            return _backchannel_error("the logout_token form field must not be repeated")
         token = form.get("logout_token")
         if not isinstance(token, str) or not token or len(token) > _MAX_LOGOUT_TOKEN:
             return _backchannel_error("a logout_token form field is required")

@@ -16,7 +16,7 @@ from ztproxy.config.schema import Config
 from ztproxy.context import endpoints_route, route_entries
 from ztproxy.device import assess_device, posture_ctx
 from ztproxy.endpoints import proxy_endpoints
-from ztproxy.headers import parse_networks
+from ztproxy.headers import header_rules, parse_networks
 from ztproxy.identity import assertion_ctx
 from ztproxy.intake import intake
 from ztproxy.pipeline import Handler, Stage, build_pipeline
@@ -63,6 +63,7 @@ def build_app(config: Config) -> web.Application:
         max_header_bytes=limits.max_header_bytes,
         max_request_body=limits.max_request_body,
         endpoints_route=endpoints_route(),
+        header_rules=header_rules(owned=_owned_headers(config), separators=config.server.headers_with_separators),
     )
     app.cleanup_ctx.append(client_session_ctx)
     app.cleanup_ctx.append(auth_ctx)
@@ -71,6 +72,14 @@ def build_app(config: Config) -> web.Application:
     app[PIPELINE] = build_pipeline(STAGES, handle)
     add_catch_all(app, app[PIPELINE])
     return app
+
+
+def _owned_headers(config: Config) -> list[str]:
+    """Request headers only the proxy may set, besides X-Ztproxy-*: no client spelling of them passes."""
+    owned = [name for route in config.routes for name in route.claim_headers]
+    if config.devices.signed is not None:
+        owned.append(config.devices.signed.header)  # a posture token is a credential: the app never sees it
+    return owned
 
 
 def add_catch_all(app: web.Application, handler: Handler) -> None:

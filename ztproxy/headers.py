@@ -1,18 +1,26 @@
 """Header hygiene: what crosses the proxy in each direction, and what never does.
 
 Pure functions over header pairs (no aiohttp): removing hop-by-hop headers and those
-named in ``Connection`` (RFC 9110 7.6.1), removing every client-sent ``X-Ztproxy-*``
-header whatever its case or ``_`` spelling (only the proxy may assert identity), and
-the ``X-Forwarded-*`` family, trusted from ``trusted_proxies`` only.
+named in ``Connection`` (RFC 9110 7.6.1), removing every client-sent header that names a
+header the proxy owns or relies on *in any spelling*, and the ``X-Forwarded-*`` family,
+trusted from ``trusted_proxies`` only.
+
+"Any spelling": a name is compared after lowercasing it and reading every character that
+is not a letter or digit as ``-`` (``fold_name``), because CGI, WSGI, PHP and several app
+frameworks fold ``X_Ztproxy_User`` or ``X.Ztproxy.User`` into the variable that
+``X-Ztproxy-User`` sets. ``HeaderRules`` holds what the configuration adds (the signed
+posture header, every route's ``claim_headers``) and ``server.headers_with_separators``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from multidict import CIMultiDict, MultiMapping
+
+from ztproxy.memo import Memo
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A multidict (copied in C, the fast path) or header pairs in order.
@@ -28,16 +36,101 @@ FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-hos
 # The proxy answers Expect itself (after authorization); it never travels upstream.
 PROXY_HANDLED = frozenset({"expect", "x-request-id"})
 IDENTITY_PREFIX = "x-ztproxy"
-_IDENTITY_LEN = len(IDENTITY_PREFIX)
+FORWARDED_PREFIX = "x-forwarded-"
+# Framing and routing names the proxy relies on as they are spelled: a client's other spelling of
+# one is a smuggling attempt on whatever folds it back (RFC 9112 6.3, CGI's CONTENT_LENGTH).
+# "proxy" is httpoxy (CVE-2016-5385): CGI turns it into HTTP_PROXY, the app's outbound proxy.
+RELIED_ON = HOP_BY_HOP | FORWARDING | PROXY_HANDLED | frozenset({"host", "content-length", "proxy"})
+
+# How ``server.headers_with_separators`` treats a header name with "_" or "." in it.
+DROP_PROTECTED = "drop-protected"  # only when it is another spelling of a name the proxy owns or relies on
+DROP_ALL = "drop-all"  # always dropped, as nginx does by default
+REJECT = "reject"  # the request is refused (400)
+SEPARATOR_POLICIES = (DROP_PROTECTED, DROP_ALL, REJECT)
+
+_KEEP, _DROP, _DROP_UNTRUSTED = 0, 1, 2
+_VERDICTS_LIMIT = 4096
+
+
+def fold_name(name: str) -> str:
+    """``name`` lowercased, every character that is not an ASCII letter or digit read as ``-``."""
+    lower = name.lower()
+    if lower.isascii() and lower.replace("-", "").isalnum():
+        return lower  # the common case: nothing to fold
+    return "".join(c if c.isascii() and c.isalnum() else "-" for c in lower)
 
 
 def is_identity_header(name: str) -> bool:
-    """True for any spelling of ``X-Ztproxy-*``: case-insensitive, ``_`` same as ``-``.
+    """True for any spelling of ``X-Ztproxy-*``: case-insensitive, any separator read as ``-``.
 
-    Some upstream frameworks (CGI/WSGI) fold ``_`` into ``-``, so ``X_Ztproxy_User``
-    would otherwise arrive as ``X-Ztproxy-User``.
+    CGI/WSGI servers and some frameworks fold ``_`` (and PHP ``.``) into ``-``, so
+    ``X_Ztproxy_User`` would otherwise arrive as ``X-Ztproxy-User``.
     """
-    return name[:_IDENTITY_LEN].lower().replace("_", "-") == IDENTITY_PREFIX
+    return fold_name(name).startswith(IDENTITY_PREFIX)
+
+
+@dataclass(frozen=True)
+class HeaderRules:
+    """Which client request headers never reach the upstream, built once from the configuration.
+
+    ``owned``: folded names the configuration gives the proxy (the signed posture header,
+    every route's ``claim_headers``); with ``X-Ztproxy-*`` they are dropped in every spelling.
+    Framing, hop-by-hop and forwarding names are dropped in every spelling but their own.
+    ``separators`` says what happens to any other name with ``_`` or ``.`` in it.
+    """
+
+    owned: frozenset[str] = frozenset()
+    separators: str = DROP_PROTECTED
+    # name as sent -> verdict: header names repeat from request to request (bounded, see Memo).
+    _verdicts: Memo[str, int] = field(default_factory=lambda: Memo(_VERDICTS_LIMIT), compare=False, repr=False)
+
+    def _protected(self, folded: str) -> bool:
+        return folded.startswith(IDENTITY_PREFIX) or folded in self.owned
+
+    def _relied_on(self, folded: str) -> bool:
+        return folded in RELIED_ON or folded.startswith((FORWARDED_PREFIX, "proxy-"))
+
+    def verdict(self, name: str) -> int:
+        lower = name.lower()
+        folded = fold_name(lower)
+        if self._protected(folded) or lower in _ALWAYS_REMOVED or folded.startswith("proxy-") or folded == "proxy":
+            return _DROP
+        if folded != lower and (self._relied_on(folded) or (self.separators != DROP_PROTECTED and _separated(name))):
+            return _DROP
+        if folded in FORWARDING or folded.startswith(FORWARDED_PREFIX):
+            return _DROP_UNTRUSTED  # X-Forwarded-Port, Forwarded, X-Real-IP...: only a trusted proxy may say
+        return _KEEP
+
+    def refused(self, name: str) -> bool:
+        """True when ``name`` gets the request refused (``separators: reject``): "_" or "." in
+        it, or another spelling of a name the proxy owns or relies on."""
+        if self.separators != REJECT:
+            return False
+        folded = fold_name(name)
+        return _separated(name) or (folded != name.lower() and (self._protected(folded) or self._relied_on(folded)))
+
+    def strip(self, out: CIMultiDict[str], *, peer_trusted: bool) -> None:
+        """Remove from ``out`` every header the client may not send upstream, in place."""
+        verdicts = self._verdicts
+        doomed = []
+        for name in out:
+            verdict = verdicts.get(name)
+            if verdict is None:
+                verdict = verdicts.remember(name, self.verdict(name))
+            if verdict == _DROP or (verdict == _DROP_UNTRUSTED and not peer_trusted):
+                doomed.append(name)
+        if "Connection" in out:
+            doomed.extend(connection_tokens(out.getall("Connection")))
+        for name in doomed:
+            out.popall(name, None)
+
+
+def header_rules(*, owned: Iterable[str], separators: str) -> HeaderRules:
+    return HeaderRules(owned=frozenset(fold_name(name) for name in owned), separators=separators)
+
+
+def _separated(name: str) -> bool:
+    return "_" in name or "." in name
 
 
 def connection_tokens(values: Iterable[str]) -> set[str]:
@@ -89,6 +182,7 @@ def forwarded_for(peer: str, client_chain: Sequence[str], trusted: Sequence[IPNe
 def upstream_request_headers(
     headers: Headers,
     *,
+    rules: HeaderRules,
     forwarded: ForwardedFor,
     proto: str,
     host: str,
@@ -105,10 +199,7 @@ def upstream_request_headers(
     if forwarded.peer_trusted:
         client_proto = out.get("X-Forwarded-Proto")
         client_host = out.get("X-Forwarded-Host")
-        remove = _remove_always
-    else:
-        remove = _remove_untrusted
-    _strip(out, remove)
+    rules.strip(out, peer_trusted=forwarded.peer_trusted)
     if upstream_host is not None:
         out["Host"] = upstream_host
     out["X-Forwarded-For"] = forwarded.chain
@@ -121,20 +212,17 @@ def upstream_request_headers(
 def downstream_response_headers(headers: Headers) -> CIMultiDict[str]:
     """The upstream's response headers as the client may see them (Set-Cookie etc. kept)."""
     out: CIMultiDict[str] = CIMultiDict(headers)
-    _strip(out, HOP_BY_HOP, identity=False)
+    _strip(out, HOP_BY_HOP)
     return out
 
 
-# Copy-then-remove is several times faster than filtering header by header in Python.
-_remove_always = HOP_BY_HOP | PROXY_HANDLED | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
-_remove_untrusted = _remove_always | FORWARDING
+# Set anew by the proxy for every request, whoever sent them.
+_ALWAYS_REMOVED = HOP_BY_HOP | PROXY_HANDLED | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 
 
-def _strip(out: CIMultiDict[str], remove: frozenset[str], *, identity: bool = True) -> None:
+def _strip(out: CIMultiDict[str], remove: frozenset[str]) -> None:
     # One pass over the (few) headers present beats a popall per name that might be.
-    doomed = [name for name in out
-              if (lower := name.lower()) in remove
-              or (identity and lower[:_IDENTITY_LEN].replace("_", "-") == IDENTITY_PREFIX)]
+    doomed = [name for name in out if name.lower() in remove]
     if "Connection" in out:
         doomed.extend(connection_tokens(out.getall("Connection")))
     for name in doomed:

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ztproxy.context import RequestContext
 from ztproxy.errors import BadRequest, ExpectationFailed, HeadersTooLarge, PayloadTooLarge, RouteNotFound
-from ztproxy.headers import forwarded_for
+from ztproxy.headers import REJECT, forwarded_for
 from ztproxy.routing import is_proxy_path, normalize_host, parse_target
 from ztproxy.state import CONTEXT, INTAKE, REQUEST_ID, ROUTES
 
@@ -28,6 +28,13 @@ def intake(request: web.Request) -> None:
     size = sum(map(len, chain.from_iterable(raw_headers))) + _HEADER_OVERHEAD * len(raw_headers)
     if size > settings.max_header_bytes:
         raise HeadersTooLarge(f"The request headers are {size} bytes; the limit is {settings.max_header_bytes}.")
+
+    rules = settings.header_rules
+    if rules.separators == REJECT:
+        for name in request.headers:
+            if rules.refused(name):
+                raise BadRequest(f"The header {name[:64]!r} is refused: its name has '_' or '.' in it, "
+                                 "or spells a header the proxy sets another way.")
 
     target = parse_target(request.raw_path)
     headers = request.headers

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ztproxy.config.schema import Config
 from ztproxy.context import CompiledRoute, RequestContext
-from ztproxy.headers import IPNetwork
+from ztproxy.headers import HeaderRules, IPNetwork
 from ztproxy.policy import Decision
 from ztproxy.routing import RouteTable
 
@@ -28,6 +28,7 @@ class IntakeSettings:
     max_header_bytes: int
     max_request_body: int | None
     endpoints_route: CompiledRoute  # what proxy endpoints belong to where no route matches
+    header_rules: HeaderRules  # which client headers never reach an upstream
 
 
 CONFIG = web.AppKey("config", Config)

@@ -121,17 +121,13 @@ def upstream_url(route: CompiledRoute, ctx: RequestContext, *, websocket: bool =
 def forward_headers(request: web.Request, ctx: RequestContext) -> CIMultiDict[str]:
     headers = upstream_request_headers(
         request.headers,
+        rules=request.app[INTAKE].header_rules,
         forwarded=ctx.forwarded,
         proto=ctx.scheme,
         host=ctx.host_header,
         request_id=ctx.request_id,
         upstream_host=None if ctx.route.config.preserve_host else ctx.route.upstream_authority,
     )
-    for name in ctx.route.config.claim_headers:
-        headers.popall(name, None)  # only the proxy may set them
-    signed = request.app[CONFIG].devices.signed
-    if signed is not None:
-        headers.popall(signed.header, None)  # a posture token is a credential: the app never sees it
     signed_in = request.get(SIGNED_IN)
     if signed_in is not None:
         add_identity(headers, request.app, ctx.route, signed_in, request.get(DEVICE))

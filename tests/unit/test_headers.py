@@ -6,9 +6,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ztproxy.headers import (
+    DROP_ALL,
+    DROP_PROTECTED,
+    REJECT,
     ForwardedFor,
+    HeaderRules,
     downstream_response_headers,
+    fold_name,
     forwarded_for,
+    header_rules,
     is_identity_header,
     parse_networks,
     upstream_request_headers,
@@ -18,9 +24,15 @@ UNTRUSTED = ForwardedFor(client_ip="192.0.2.1", peer_trusted=False, chain="192.0
 TOKEN_CHARS = st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_!#$%&'*+.^`|~")
 
 
+TRUSTED = ForwardedFor(client_ip="192.0.2.1", peer_trusted=True, chain="192.0.2.1, 10.0.0.1")
+# What a configuration adds: a route's claim header and the signed posture header.
+OWNED = ("X-Employee-Id", "X-Device-Posture")
+RULES = header_rules(owned=OWNED, separators=DROP_PROTECTED)
+
+
 def forward(headers: list[tuple[str, str]], forwarded: ForwardedFor = UNTRUSTED,
-            upstream_host: str | None = "app:80") -> dict[str, list[str]]:
-    out = upstream_request_headers(headers, forwarded=forwarded, proto="https", host="wiki.example",
+            upstream_host: str | None = "app:80", rules: HeaderRules = RULES) -> dict[str, list[str]]:
+    out = upstream_request_headers(headers, rules=rules, forwarded=forwarded, proto="https", host="wiki.example",
                                    request_id="rid", upstream_host=upstream_host)
     result: dict[str, list[str]] = {}
     for name, value in out.items():
@@ -44,12 +56,10 @@ def test_any_spelling_of_identity_headers_is_recognised(prefix: str, suffix: str
 def test_identity_headers_never_reach_upstream(headers: list[tuple[str, str]]) -> None:
     sent = forward(headers)
     assert not [name for name in sent if name.replace("_", "-").startswith("x-ztproxy")]
-    # Everything that was not hop-by-hop, forwarding or identity is kept, in order, with repeats.
-    kept = [(n.lower(), v) for n, v in headers if not is_identity_header(n)
-            and n.lower() not in {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
-                                  "proxy-authorization", "proxy-authenticate", "proxy-connection", "host",
-                                  "expect", "x-request-id", "x-forwarded-for", "x-forwarded-proto",
-                                  "x-forwarded-host", "forwarded", "x-real-ip"}]
+    # Every other name the proxy neither owns nor relies on, spelled plainly, is kept in order with repeats.
+    kept = [(n.lower(), v) for n, v in headers if fold_name(n) == n.lower()
+            and not fold_name(n).startswith(("x-ztproxy", "x-forwarded-", "proxy"))
+            and n.lower() not in {*RELIED_ON_NAMES, *OWNED_NAMES, "expect", "x-request-id"}]
     for name, value in kept:
         assert value in sent.get(name, []), (name, value)
 
@@ -113,3 +123,94 @@ def test_response_hop_by_hop_removed_set_cookie_kept() -> None:
                                        ("Keep-Alive", "timeout=5")])
     assert out.getall("Set-Cookie") == ["a=1", "b=2"]
     assert "X-Hop" not in out and "Transfer-Encoding" not in out and "Keep-Alive" not in out
+
+
+# Every character a header name may hold that is not a letter or digit (RFC 9110 5.6.2 tchar).
+SEPARATORS = "-_.!#$%&'*+^`|~"
+# Names the proxy owns (never from a client) or relies on as spelled (framing, hop-by-hop, forwarding).
+OWNED_NAMES = ("x-ztproxy-user", "x-ztproxy-email", "x-ztproxy-groups", "x-ztproxy-jwt-assertion",
+               "x-ztproxy-anything", *(name.lower() for name in OWNED))
+RELIED_ON_NAMES = ("content-length", "transfer-encoding", "host", "connection", "upgrade", "te", "trailer",
+                   "keep-alive", "proxy-authorization", "proxy-connection", "proxy-anything", "forwarded",
+                   "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
+                   "x-forwarded-prefix", "x-real-ip")
+
+
+def any_spelling(name: str) -> st.SearchStrategy[str]:
+    """Every case of ``name`` with each '-' written as any separator a header name may hold."""
+    return st.tuples(*[st.sampled_from([c.lower(), c.upper()] if c.isalpha()
+                                       else (list(SEPARATORS) if c == "-" else [c]))
+                       for c in name]).map("".join)
+
+
+def other_spelling(name: str) -> st.SearchStrategy[str]:
+    """A spelling of ``name`` that is not ``name`` itself, whatever the case."""
+    return any_spelling(name).filter(lambda spelled: spelled.lower() != name)
+
+
+VALUES = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12)
+PLAIN_NAMES = st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,8}(-[A-Za-z0-9]{1,8}){0,2}", fullmatch=True).filter(
+    lambda name: fold_name(name) not in OWNED_NAMES + RELIED_ON_NAMES and not name.lower().startswith(
+        ("x-ztproxy", "x-forwarded-", "proxy", "x-request-id", "expect")))
+
+
+@given(st.sampled_from(OWNED_NAMES).flatmap(any_spelling), VALUES, st.sampled_from([UNTRUSTED, TRUSTED]))
+def test_owned_headers_never_reach_upstream_in_any_spelling(name: str, value: str, peer: ForwardedFor) -> None:
+    sent = forward([(name, value), ("X-Kept", "1")], forwarded=peer)
+    assert not [got for got in sent if fold_name(got) == fold_name(name)], sent
+    assert sent["x-kept"] == ["1"]
+
+
+@given(st.sampled_from(RELIED_ON_NAMES).flatmap(other_spelling), VALUES, st.sampled_from([UNTRUSTED, TRUSTED]))
+def test_framing_and_forwarding_names_pass_only_as_spelled(name: str, value: str, peer: ForwardedFor) -> None:
+    sent = forward([(name, value)], forwarded=peer)
+    assert name.lower() not in sent, sent
+    # Whatever the proxy sends under the folded name is its own value, never the client's.
+    assert value not in sent.get(fold_name(name), []), sent
+
+
+@given(st.sampled_from(["Forwarded", "X-Real-IP", "X-Forwarded-Port", "X-Forwarded-Prefix"]), VALUES)
+def test_forwarding_headers_from_a_trusted_proxy_only(name: str, value: str) -> None:
+    assert name.lower() not in forward([(name, value)], forwarded=UNTRUSTED)
+    assert forward([(name, value)], forwarded=TRUSTED)[name.lower()] == [value]
+
+
+@given(PLAIN_NAMES, VALUES, st.sampled_from([DROP_PROTECTED, DROP_ALL, REJECT]))
+def test_other_headers_pass_under_every_policy(name: str, value: str, policy: str) -> None:
+    rules = header_rules(owned=OWNED, separators=policy)
+    assert value in forward([(name, value)], rules=rules)[name.lower()]
+    assert not rules.refused(name)
+
+
+@given(PLAIN_NAMES.filter(lambda name: "-" in name).flatmap(
+    lambda name: st.sampled_from("_.").map(lambda sep: name.replace("-", sep))), VALUES)
+def test_separators_kept_dropped_or_refused_by_policy(name: str, value: str) -> None:
+    assert forward([(name, value)], rules=header_rules(owned=OWNED, separators=DROP_PROTECTED))[name.lower()] \
+        == [value]
+    assert name.lower() not in forward([(name, value)], rules=header_rules(owned=OWNED, separators=DROP_ALL))
+    rejecting = header_rules(owned=OWNED, separators=REJECT)
+    assert rejecting.refused(name)
+    assert name.lower() not in forward([(name, value)], rules=rejecting)  # had intake let it through
+
+
+@given(st.sampled_from(OWNED_NAMES + RELIED_ON_NAMES).flatmap(other_spelling))
+def test_reject_refuses_every_other_spelling_of_a_protected_name(name: str) -> None:
+    assert header_rules(owned=OWNED, separators=REJECT).refused(name)
+    assert not header_rules(owned=OWNED, separators=DROP_PROTECTED).refused(name)
+
+
+def test_exact_spellings_the_proxy_relies_on_pass() -> None:
+    sent = forward([("Content-Length", "5"), ("content-type", "text/plain"), ("Host", "wiki.example")],
+                   upstream_host=None)
+    assert sent["content-length"] == ["5"] and sent["host"] == ["wiki.example"]
+
+
+def test_httpoxy_proxy_header_is_dropped() -> None:
+    # CVE-2016-5385: CGI turns "Proxy" into HTTP_PROXY, the app's outbound proxy.
+    assert "proxy" not in forward([("Proxy", "http://evil.example:3128")], forwarded=TRUSTED)
+
+
+def test_fold_name() -> None:
+    assert fold_name("X_Ztproxy.User") == "x-ztproxy-user"
+    assert fold_name("Content~Length") == "content-length"
+    assert fold_name("X-Plain-Name") == "x-plain-name"

@@ -24,7 +24,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ztproxy.headers import FORWARDING, HOP_BY_HOP, PROXY_HANDLED
+from ztproxy.headers import FORWARDED_PREFIX, RELIED_ON, fold_name
 from ztproxy.policy.model import Identity
 from ztproxy.verify.verifier import ASSERTION_HEADER
 
@@ -36,8 +36,8 @@ GROUPS_HEADER = "X-Ztproxy-Groups"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Framing, routing and credentials: a claim must never decide these (request smuggling,
 # spoofed client addresses, injected cookies), nor stand in for the proxy's own headers.
-_RESERVED = HOP_BY_HOP | FORWARDING | PROXY_HANDLED | frozenset({
-    "host", "content-length", "content-type", "content-encoding", "cookie", "authorization",
+_RESERVED = RELIED_ON | frozenset({
+    "content-type", "content-encoding", "cookie", "authorization",
     *(name.lower() for name in (USER_HEADER, EMAIL_HEADER, GROUPS_HEADER, ASSERTION_HEADER)),
 })
 
@@ -47,7 +47,8 @@ def claim_header_problem(name: str) -> str | None:
     """Why ``name`` cannot carry a claim (for config validation), or None when it can."""
     if not _TOKEN.fullmatch(name):
         return f"invalid header name {name!r}: use letters, digits and '-'"
-    if name.lower() in _RESERVED:
+    folded = fold_name(name)  # any spelling: an app may fold X_Forwarded_For into X-Forwarded-For
+    if folded in _RESERVED or folded.startswith((FORWARDED_PREFIX, "proxy-")):
         return f"header {name!r} cannot carry a claim: the proxy sets or controls it"
     return None
 

@@ -19,6 +19,7 @@ from pydantic import Field, field_validator, model_validator
 from yarl import URL
 
 from ztproxy.config.values import Duration, HttpUrl, Model
+from ztproxy.headers import is_identity_header
 
 DEFAULT_DEVICE_URI_PREFIX = "urn:device:"
 DEFAULT_POSTURE_HEADER = "X-Device-Posture"
@@ -74,7 +75,7 @@ class SignedPostureConfig(Model):
     def _check_header(cls, value: str) -> str:
         if not _HEADER_NAME_RE.fullmatch(value):
             raise ValueError(f"invalid header name {value!r}: expected a name such as {DEFAULT_POSTURE_HEADER}")
-        if value.lower().replace("_", "-").startswith("x-ztproxy-"):
+        if is_identity_header(value):
             raise ValueError(f"invalid header name {value!r}: X-Ztproxy-* headers belong to the proxy")
         return value
 

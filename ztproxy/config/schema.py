@@ -77,6 +77,9 @@ class ServerConfig(Model):
     shutdown_grace: Duration = DEFAULT_SHUTDOWN_GRACE
     drain_delay: Duration = 0.0
     watch_config: bool = False  # reload when the config file changes, as on SIGHUP (read at start)
+    # A request header name with "_" or ".": dropped when it spells a protected name another
+    # way (drop-protected), always dropped (drop-all, as nginx does), or the request refused (reject).
+    headers_with_separators: Literal["drop-protected", "drop-all", "reject"] = "drop-protected"
     limits: LimitsConfig = LimitsConfig()
 
     @field_validator("admin_token")

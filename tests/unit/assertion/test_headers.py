@@ -55,7 +55,8 @@ def test_claim_headers(claim: Any, value: str | None) -> None:
 
 @pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Host", "Cookie", "Authorization",
                                   "X-Forwarded-For", "Connection", "X-Ztproxy-User", "x-ztproxy-jwt-assertion",
-                                  "X-Request-Id", "Bad Name", "X-A:b", ""])
+                                  "X-Request-Id", "Bad Name", "X-A:b", "", "Content_Length", "X.Forwarded.For",
+                                  "X-Forwarded-Prefix", "Proxy", "X_Ztproxy_User"])
 def test_claims_never_set_framing_routing_credential_or_proxy_headers(name: str) -> None:
     assert claim_header_problem(name) is not None
     identity = Identity(subject="u-1", claims={"c": "5"})

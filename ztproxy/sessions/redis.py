@@ -155,7 +155,7 @@ class RedisStore:
             target = parse_sentinel_url(url)
             # Several sentinels are asked in turn within one operation's time.
             ask_timeout = self._timeout / (len(target.sentinels) + 1)
-            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            self._sentinel = Sentinel(
                 list(target.sentinels),
                 sentinel_kwargs={
                     "socket_timeout": ask_timeout, "socket_connect_timeout": ask_timeout,
@@ -235,7 +235,7 @@ class RedisStore:
                     "subscription_lost", channel=channel, error=f"{type(exc).__name__}: {exc}")
             finally:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             await asyncio.sleep(RESUBSCRIBE_DELAYS[min(failures, len(RESUBSCRIBE_DELAYS) - 1)])
             failures += 1
 

@@ -14,15 +14,19 @@
 # - the admin listener (server.admin_listen) on port 9090 for the HEALTHCHECK; another address:
 #   set ZTPROXY_HEALTHCHECK_URL.
 
-# Stage 1: build ztproxy's wheel from this repository and install it, with its dependencies
-# (binary wheels: no compiler needed), into a virtualenv that the runtime stage copies.
+# Stage 1: install ztproxy's dependencies at the versions and hashes of requirements-image.lock
+# (binary wheels: no compiler needed), then the wheel of ztproxy built from this repository, into a
+# virtualenv that the runtime stage copies. `pip check`: the lock satisfies what ztproxy requires.
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 RUN python -m venv /opt/ztproxy
+COPY requirements-image.lock ./
+RUN /opt/ztproxy/bin/pip install --no-cache-dir --require-hashes -r requirements-image.lock
 COPY pyproject.toml README.md ./
 COPY ztproxy ./ztproxy
 RUN /opt/ztproxy/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
- && /opt/ztproxy/bin/pip install --no-cache-dir /wheels/ztproxy-*.whl
+ && /opt/ztproxy/bin/pip install --no-cache-dir --no-deps /wheels/ztproxy-*.whl \
+ && /opt/ztproxy/bin/pip check
 
 # Stage 2: the runtime, without the sources, the wheel or pip's cache.
 FROM python:3.11-slim-bookworm

@@ -157,6 +157,15 @@ def test_the_image_is_multi_stage_on_a_pinned_slim_python() -> None:
     assert not any("pip" in run for run in final.all("RUN"))
 
 
+def test_the_image_installs_the_locked_dependencies_with_their_hashes() -> None:
+    build = dockerfile_stages(DOCKERFILE)[0]
+    assert "requirements-image.lock ./" in build.all("COPY")
+    installs = [run for run in build.all("RUN") if "pip install" in run]
+    assert "--require-hashes -r requirements-image.lock" in installs[0]
+    # ztproxy's own wheel adds nothing to what the lock installed; pip check: nothing is missing.
+    assert "--no-deps /wheels/ztproxy-" in installs[-1] and "pip check" in installs[-1]
+
+
 def test_the_image_runs_ztproxy_as_a_numeric_non_root_user() -> None:
     final = dockerfile_stages(DOCKERFILE)[-1]
     user = final.last("USER")

@@ -16,7 +16,7 @@ from ztproxy.config.schema import Config
 from ztproxy.context import endpoints_route, route_entries
 from ztproxy.device import assess_device, posture_ctx
 from ztproxy.endpoints import proxy_endpoints
-from ztproxy.headers import header_rules, parse_networks
+from ztproxy.headers import header_rules, is_websocket_upgrade, parse_networks
 from ztproxy.identity import assertion_ctx
 from ztproxy.intake import intake
 from ztproxy.pipeline import Handler, Stage, build_pipeline
@@ -24,7 +24,7 @@ from ztproxy.policy import policy_hash
 from ztproxy.routing import RouteTable
 from ztproxy.state import CONFIG, CONTEXT, INTAKE, POLICY_HASH, ROUTE_LIST, ROUTES, IntakeSettings
 from ztproxy.upstream import client_session_ctx, forward
-from ztproxy.websocket import is_websocket_upgrade, proxy_websocket
+from ztproxy.websocket import proxy_websocket
 
 # The app's pipeline, for the dispatcher of ``reload.LiveApp`` that serves this app's configuration.
 PIPELINE = web.AppKey[Handler]("pipeline")
@@ -40,7 +40,7 @@ STAGES: tuple[Stage, ...] = (
 
 async def handle(request: web.Request) -> web.StreamResponse:
     """The end of the pipeline: forward upstream, as HTTP streaming or a WebSocket."""
-    if request[CONTEXT].route.config.websockets and is_websocket_upgrade(request):
+    if request[CONTEXT].route.config.websockets and is_websocket_upgrade(request.headers):
         return await proxy_websocket(request)
     return await forward(request)
 

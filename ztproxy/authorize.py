@@ -17,7 +17,9 @@ from ztproxy import metrics
 from ztproxy.authenticate import AUTH, SIGNED_IN, Auth, SignedIn
 from ztproxy.device import DEVICE
 from ztproxy.errors import AccessDenied, AuthenticationRequired, StepUpRequired
+from ztproxy.headers import is_websocket_upgrade
 from ztproxy.me import ME_PATH
+from ztproxy.origins import addressed_origin, origin_allowed
 from ztproxy.pages import wants_json
 from ztproxy.policy import Decision, Outcome, RequestFacts, RoutePolicy, StepUp, evaluate
 from ztproxy.policy import reasons as why
@@ -49,14 +51,25 @@ REASON_SENTENCES = {
     why.OUTSIDE_TIME_WINDOW: "This application is not available at this time.",
     why.NO_ALLOW_RULE: "This application has no access rule that admits anyone yet.",
     why.DENIED_BY_RULE: "Access to this application is blocked for this request.",
+    why.ORIGIN_NOT_ALLOWED: "This application does not accept live connections opened by pages of another site.",
 }
 _FALLBACK = "You are not allowed to use this application."
+
+
+_ORIGIN_REFUSED = Decision(Outcome.DENY, (why.ORIGIN_NOT_ALLOWED,))
+_PREFLIGHT = Decision(Outcome.ALLOW, (why.CORS_PREFLIGHT,))
 
 
 def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
     """Pipeline stage: None lets the request through; a sign-in redirect is the one awaitable answer."""
     ctx = request[CONTEXT]
     route = ctx.route
+    if "Origin" in request.headers:  # only browsers send it: cross-site checks cost nothing otherwise
+        if is_websocket_upgrade(request.headers):
+            _refuse_foreign_origin(request)
+        elif route.config.cors_allow_preflight and _is_preflight(request):
+            _forward_preflight(request)
+            return None
     policy = route.policy
     signed_in = request.get(SIGNED_IN)
     identity = signed_in.session.identity if signed_in is not None else None
@@ -94,8 +107,44 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
     raise AccessDenied(explain(decision), reasons=decision.reasons, hint=hint)
 
 
+def _refuse_foreign_origin(request: web.Request) -> None:
+    """403 for a WebSocket upgrade from a page of another origin than the one addressed or listed.
+
+    Browsers send cookies with an upgrade whatever page asks and apply no CORS to it: this is
+    the only defence against cross-site WebSocket hijacking (RFC 6455 10.2: servers check Origin).
+    """
+    ctx = request[CONTEXT]
+    headers = request.headers
+    origins = headers.getall("Origin")
+    scheme, host = ctx.scheme, ctx.host_header
+    if ctx.forwarded.peer_trusted:  # the scheme and host the client used, as the trusted proxy saw them
+        scheme = headers.get("X-Forwarded-Proto", scheme)
+        host = headers.get("X-Forwarded-Host", host)
+    if len(origins) == 1 and origin_allowed(origins[0], addressed_origin(scheme, host), ctx.route.websocket_origins):
+        return
+    request[DECISION] = _ORIGIN_REFUSED
+    log_decision(request, _ORIGIN_REFUSED, None, request.get(SIGNED_IN), origin=origins[0][:256])
+    raise AccessDenied(explain(_ORIGIN_REFUSED), reasons=_ORIGIN_REFUSED.reasons)
+
+
+def _is_preflight(request: web.Request) -> bool:
+    # Fetch standard, CORS-preflight request: OPTIONS with Origin and Access-Control-Request-Method.
+    return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+
+
+def _forward_preflight(request: web.Request) -> None:
+    """Let a CORS preflight through without a session: browsers never send cookies with one.
+
+    It reaches the app as an anonymous request: a session that came along anyway is not
+    passed on, so the app never gets an identity the policy did not admit.
+    """
+    log_decision(request, _PREFLIGHT, None, request.get(SIGNED_IN), preflight=True)
+    request[DECISION] = _PREFLIGHT
+    request.pop(SIGNED_IN, None)
+
+
 def log_decision(request: web.Request, decision: Decision, shadow: Decision | None,
-                 signed_in: SignedIn | None) -> None:
+                 signed_in: SignedIn | None, **extra: object) -> None:
     """The audit trail: who, from what device, on which route, what was decided and why."""
     ctx = request[CONTEXT]
     fields: dict[str, object] = {
@@ -111,6 +160,7 @@ def log_decision(request: web.Request, decision: Decision, shadow: Decision | No
         "reasons": decision.reasons,
         "rule": decision.rule,
         "policy": request.app[POLICY_HASH],
+        **extra,
     }
     if shadow is not None:
         fields["shadow_decision"] = shadow.outcome.value

@@ -9,6 +9,7 @@ from yarl import URL
 
 from ztproxy.config.schema import Config, RouteConfig
 from ztproxy.headers import ForwardedFor
+from ztproxy.origins import normalize_origin
 from ztproxy.policy import RoutePolicy, compile_route_policy
 from ztproxy.routing import RouteTable, Target
 
@@ -24,6 +25,7 @@ class CompiledRoute:
     policy: RoutePolicy
     audience: str = ""  # of the identity assertion: configured, else the route's origin
     shadow: RoutePolicy | None = None  # evaluated and logged beside ``policy``, never enforced
+    websocket_origins: frozenset[str] = frozenset()  # besides its own, normalized (``origins``)
 
     @property
     def needs_identity(self) -> bool:
@@ -84,5 +86,6 @@ def route_entries(config: Config) -> Iterator[tuple[str | None, str, CompiledRou
             audience=route.audience or route_origin(public_url, route.host),
             # A candidate allow list, judged with the same deny rules as the enforced one.
             shadow=None if route.shadow is None else compile_route_policy(route.shadow, config.policies, route.deny),
+            websocket_origins=frozenset(filter(None, map(normalize_origin, route.websocket_origins))),
         )
         yield route.host, route.path, compiled

@@ -133,6 +133,13 @@ def _separated(name: str) -> bool:
     return "_" in name or "." in name
 
 
+def is_websocket_upgrade(headers: MultiMapping[str]) -> bool:
+    """A WebSocket opening handshake (RFC 6455 4.1): Upgrade: websocket with Connection: upgrade."""
+    upgrade = headers.get("Upgrade")
+    return upgrade is not None and upgrade.lower() == "websocket" and \
+        "upgrade" in headers.get("Connection", "").lower()
+
+
 def connection_tokens(values: Iterable[str]) -> set[str]:
     """Header names listed in ``Connection`` (RFC 9110 7.6.1), lowercased."""
     return {token.strip().lower() for value in values for token in value.split(",") if token.strip()}

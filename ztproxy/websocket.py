@@ -32,12 +32,6 @@ _UNSENDABLE = frozenset({1005, 1006})
 SESSION_ENDED_CLOSE = 1008
 
 
-def is_websocket_upgrade(request: web.Request) -> bool:
-    upgrade = request.headers.get("Upgrade")
-    return upgrade is not None and upgrade.lower() == "websocket" and \
-        "upgrade" in request.headers.get("Connection", "").lower()
-
-
 def _offered_protocols(request: web.Request) -> tuple[str, ...]:
     return tuple(token.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", ())
                  for token in value.split(",") if token.strip())

@@ -286,6 +286,23 @@ def test_values_routing_could_not_use_are_refused(key: str, value: str) -> None:
     assert (path, line) == (f"routes[0].{key}", 4)
 
 
+@pytest.mark.parametrize("origin", ["'null'", "https://app.example/path", "app.example", "'*'"])
+def test_websocket_origins_must_be_origins(origin: str) -> None:
+    path, message, line = only_issue(
+        f"routes:\n  - name: a\n    upstream: http://127.0.0.1:1\n    websocket_origins: [{origin}]\n")
+    assert (path, line) == ("routes[0].websocket_origins", 4)
+    assert "scheme://host[:port]" in message
+
+
+@pytest.mark.parametrize("policy", ["drop-protected", "drop-all", "reject"])
+def test_headers_with_separators(policy: str) -> None:
+    config = load_text(f"server: {{headers_with_separators: {policy}}}\nroutes: [{{name: a, upstream: 'http://127.0.0.1:1'}}]\n",
+                       env={})
+    assert config.server.headers_with_separators == policy
+    path, _, _ = only_issue("server: {headers_with_separators: strip}\nroutes: [{name: a, upstream: 'http://127.0.0.1:1'}]\n")
+    assert path == "server.headers_with_separators"
+
+
 # --- YAML-level errors ---------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from ztproxy.config.values import (
     is_host_name,
     split_listen,
 )
+from ztproxy.origins import normalize_origin
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
@@ -120,6 +121,10 @@ class RouteConfig(Model):
     connect_timeout: Duration = DEFAULT_CONNECT_TIMEOUT
     read_timeout: Duration = DEFAULT_READ_TIMEOUT
     websockets: bool = True
+    # Origins besides the route's own whose pages may open a WebSocket here (cross-site hijacking).
+    websocket_origins: tuple[str, ...] = ()
+    # Forward an unauthenticated CORS preflight (OPTIONS with Origin and Access-Control-Request-Method).
+    cors_allow_preflight: bool = False
 
     @field_validator("name")
     @classmethod
@@ -159,6 +164,15 @@ class RouteConfig(Model):
         problems = [problem for name in value if (problem := claim_header_problem(name)) is not None]
         if problems:
             raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("websocket_origins")
+    @classmethod
+    def _check_websocket_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [origin for origin in value if normalize_origin(origin) is None]
+        if bad:
+            raise ValueError(f"invalid origin(s) {', '.join(map(repr, bad))}: expected scheme://host[:port] such as "
+                             "https://app.corp.example, no path ('null' would admit any sandboxed page)")
         return value
 
     @field_validator("upstream")

@@ -29,6 +29,10 @@ SOURCE_NOT_ALLOWED = "source-not-allowed"
 OUTSIDE_TIME_WINDOW = "outside-time-window"
 NO_ALLOW_RULE = "no-allow-rule"
 DENIED_BY_RULE = "denied-by-rule"
+# Not from a rule: a WebSocket upgrade from a page of another site (cross-site WebSocket hijacking).
+ORIGIN_NOT_ALLOWED = "origin-not-allowed"
+# The reason of an allow that skipped the policy: a CORS preflight on a route that forwards them.
+CORS_PREFLIGHT = "cors-preflight"
 
 # A rule failing only for these would hold after a stronger or fresher login (step-up).
 STEP_UP_REASONS = frozenset({MFA_REQUIRED, AUTH_TOO_OLD})
@@ -38,6 +42,6 @@ DENY_REASONS = (
     MFA_REQUIRED, AUTH_TOO_OLD, SESSION_TOO_OLD, DEVICE_UNKNOWN, DEVICE_UNMANAGED, DISK_NOT_ENCRYPTED,
     PLATFORM_NOT_ALLOWED, OS_TOO_OLD, POSTURE_STALE, DEVICE_SCORE_TOO_LOW, DEVICE_OWNER_MISMATCH,
     METHOD_NOT_ALLOWED, PATH_NOT_ALLOWED, SOURCE_NOT_ALLOWED, OUTSIDE_TIME_WINDOW, NO_ALLOW_RULE,
-    DENIED_BY_RULE,
+    DENIED_BY_RULE, ORIGIN_NOT_ALLOWED,
 )
 """Every reason a DENY or STEP_UP decision can carry."""

@@ -74,16 +74,41 @@ class _GuardedRequestHandler(RequestHandler):
     never completes: that is the slowloris hole closed here. One timer per connection,
     nothing per request: when it fires, a connection that has sent a request is left
     alone. Parser errors are rendered as our pages, 431 or 414 for oversized input.
+
+    At SIGTERM no connection waits for the drain: one the drain has closed before its
+    first request is closed at once (``start``), as is one whose TLS handshake ends
+    after the drain began (``connection_made``).
     """
 
-    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, manager: _ProxyServer, *, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._server = manager
         self._header_timeout = header_timeout
         self._header_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self._server.draining:
+            # Not on the list Server.shutdown() waits for, so nothing would ever close it
+            # before the process exits: a TLS connection (uvloop calls connection_made when
+            # the handshake ends, sslproto.pyx) that was still shaking hands at the drain.
+            self.force_close()
+            return
         self._header_deadline = self._loop.call_later(self._header_timeout, self._headers_too_slow)
+
+    async def start(self) -> None:
+        # The drain's close() (Server.pre_shutdown) stops an idle connection by cancelling
+        # its wait for a request; this task may not be waiting yet. uvloop calls
+        # connection_made a loop pass after the accept (basetransport.pyx
+        # _schedule_call_connection_made) and on Python 3.11 aiohttp starts this task a pass
+        # later still (no eager tasks), so a connection accepted as the listener closed
+        # reached the drain with nothing to cancel, then waited for a request that
+        # data_received drops once closed: unanswered until shutdown_grace (or the 408 of
+        # header_timeout). aiohttp's loop tests only _force_close before it waits.
+        if self._close and not self._messages:
+            self.force_close()
+            return
+        await super().start()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._header_deadline is not None:
@@ -123,6 +148,11 @@ class _ProxyServer(web.Server):
     def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timeout = header_timeout
+        self.draining = False
+
+    def pre_shutdown(self) -> None:
+        self.draining = True  # the runner has closed the listener: the drain begins
+        super().pre_shutdown()
 
     def __call__(self) -> RequestHandler:
         return _GuardedRequestHandler(self, loop=self._loop, header_timeout=self._header_timeout,

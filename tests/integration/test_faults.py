@@ -338,15 +338,11 @@ async def sigterm_under_load(lab: Lab) -> FaultReport:
     samples = await load.finish() + await newcomers.finish()
     before = [s for s in samples if s.started < fault_at]
     in_flight = [s for s in before if s.kind == "slow" and s.ended > fault_at]
-    # Sent after SIGTERM and not served: refused, in milliseconds. With --workers 2 they are
-    # not (found with this test): the supervisor keeps its copies of the listening sockets
-    # open until it exits, so the kernel still accepts connections nobody will serve; they
-    # wait out the whole drain (up to shutdown_grace), then are reset. Fix in
-    # ztproxy/server.py (supervise); this check holds once the supervisor closes its copies
-    # when it starts draining.
-    turned_away = [s for s in samples if s.started >= fault_at and s.status != normal[s.kind]]
+    # Sent after SIGTERM and not served: turned away in milliseconds, never kept for the drain.
     # Refused, or reset at once: a connection the kernel queued just before the listener closed
-    # is reset when it closes (TCP), which turns the client away as fast as a refusal.
+    # is reset when it closes (TCP), which turns the client away as fast as a refusal. One the
+    # worker accepted as it closed is closed at once (tests/integration/test_drain.py).
+    turned_away = [s for s in samples if s.started >= fault_at and s.status != normal[s.kind]]
     refused_at_once = bool(turned_away) and all(s.status in (REFUSED, BROKEN) and s.elapsed < REFUSE_BOUND
                                                 for s in turned_away)
     return summarize("sigterm under load", samples, normal=normal, protected=("closed", "newcomer"),
@@ -419,10 +415,6 @@ async def test_failover_and_hung_upstream_are_weathered(name: str, tmp_path: Pat
         check(await OWN_LAB_SCENARIOS[name](lab))
 
 
-# Fails until ztproxy/server.py is fixed: with --workers 2 the supervisor keeps its copies of
-# the listening sockets open through the drain, so new connections are accepted by the kernel,
-# wait unserved until it exits, then are reset ("new connections refused at once: no"). The
-# check asserts the correct behaviour, which --workers 1 already has.
 async def test_sigterm_under_load_drains(tmp_path: Path) -> None:
     async with Lab(tmp_path) as lab:
         check(await sigterm_under_load(lab))

@@ -1,14 +1,16 @@
 """The pipeline driver: runs the stages listed in ``app.py`` in order, then the handler.
 
 A stage looks at the request and either annotates it (typed request keys), answers it
-(returns a response: the proxy's own endpoints), or refuses it (raises a RequestError,
-which becomes its page). A stage is a plain function: when it has I/O to do it returns
-an awaitable of its answer, so a request that needs none (a cached session, no posture
-provider, an allowed decision) runs the stages without creating a coroutine. One driver
-instead of one aiohttp middleware per stage keeps the per-request cost of the pipeline
-to a loop over a tuple. The driver also gives every request its id, renders every error
-in one place, logs requests whose client left, and counts every request in the metrics
-(``metrics.REQUESTS``).
+(returns a response: the proxy's own endpoints, a sign-in redirect), or refuses it (raises
+a RequestError, which becomes its page). Every answer and page the proxy makes itself gets
+``pages.SECURITY_HEADERS``; what the upstream answers passes as it is.
+
+A stage is a plain function: when it has I/O to do it returns an awaitable of its answer,
+so a request that needs none (a cached session, no posture provider, an allowed decision)
+runs the stages without creating a coroutine. One driver instead of one aiohttp middleware
+per stage keeps the per-request cost of the pipeline to a loop over a tuple. The driver
+also gives every request its id, renders every error in one place, logs requests whose
+client left, and counts every request in the metrics (``metrics.REQUESTS``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from aiohttp import web
 from ztproxy import tracing
 from ztproxy.errors import InternalError, RequestError
 from ztproxy.metrics import NO_VALUE, REQUESTS, RequestMetrics
-from ztproxy.pages import page_for
+from ztproxy.pages import page_for, secure
 from ztproxy.state import CONFIG, CONTEXT, DECISION, REQUEST_ID
 from ztproxy.telemetry import access_event
 
@@ -55,7 +57,7 @@ def build_pipeline(stages: Sequence[Stage], handler: Handler) -> Handler:
                     answer = await answer
                     if answer is None:
                         continue
-                response = answer
+                response = secure(answer)  # the proxy's own answer: a page, a redirect, a document
                 break
             else:
                 response = await handler(request)

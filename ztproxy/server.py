@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Coroutine
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
@@ -59,6 +59,15 @@ log = get_logger("ztproxy.server")
 _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                     b"Content-Type: text/plain\r\nContent-Length: 25\r\n\r\nRequest headers too slow\n")
 _RESTART_BACKOFF_MAX = 30.0
+
+# aiohttp adds "Server: Python/3.x aiohttp/3.y" to every response that has none
+# (StreamResponse._prepare_headers: setdefault(SERVER, SERVER_SOFTWARE), read from this
+# module global at each response). Versions tell an attacker which advisories apply: the
+# proxy's own responses, and an app's that name no server, say only this. An app's own
+# Server header passes as it is.
+SERVER_NAME = "ztproxy"
+web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]  # not in its __all__
+
 # Where a worker serves its metrics exposition: a socket in the supervisor's private directory.
 WORKER_METRICS_ENV = "ZTPROXY_WORKER_METRICS_SOCKET"
 _BACKLOG = 1024

@@ -23,6 +23,28 @@ from ztproxy.errors import (
 )
 from ztproxy.state import REQUEST_ID
 
+# Every response the proxy makes itself on the proxy listener (pages, JSON errors, redirects):
+# nothing of it may be framed (clickjacking), cached, sniffed into another type, or send the
+# address it was shown at to the next site (a sign-in redirect carries the app's URL).
+SECURITY_HEADERS = (
+    # Pages use inline styles and nothing else: no scripts, images, frames or plugins.
+    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; "
+                                "base-uri 'none'"),
+    ("X-Frame-Options", "DENY"),  # for browsers without CSP frame-ancestors
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+)
+
+
+def secure(response: web.StreamResponse) -> web.StreamResponse:
+    """Add ``SECURITY_HEADERS`` to one of the proxy's own responses (a header it set itself stays)."""
+    headers = response.headers
+    for name, value in SECURITY_HEADERS:
+        headers.setdefault(name, value)
+    return response
+
+
 _ERROR_TEMPLATE = Template(resources.files(__package__).joinpath("error.html").read_text(encoding="utf-8"))
 
 
@@ -41,20 +63,24 @@ def error_response(error: RequestError, *, request_id: str, accept: str = "", re
     """Render ``error`` for the client; ``close`` also ends the connection (after a bad request)."""
     detail = error.detail or error.title
     if wants_json(accept, requested_with):
-        body = orjson.dumps({"error": error.code, "status": error.status, "message": detail,
-                             "hint": error.hint, "request_id": request_id})
+        fields = {"error": error.code, "status": error.status, "message": detail, "hint": error.hint,
+                  "request_id": request_id}
+        if error.link is not None:
+            fields["link"] = error.link[0]
+        body = orjson.dumps(fields)
         response = web.Response(status=error.status, body=body, content_type="application/json")
     else:
         page = _ERROR_TEMPLATE.substitute(
             status=error.status, title=html.escape(error.title), detail=html.escape(detail),
-            hint=html.escape(error.hint), request_id=html.escape(request_id))
+            hint=html.escape(error.hint), request_id=html.escape(request_id),
+            link="" if error.link is None else
+            f'<p><a href="{html.escape(error.link[0])}">{html.escape(error.link[1])}</a></p>')
         response = web.Response(status=error.status, text=page, content_type="text/html")
-    response.headers["Cache-Control"] = "no-store"
     if request_id != "-":
         response.headers["X-Request-Id"] = request_id
-    response.headers["X-Content-Type-Options"] = "nosniff"
     for name, value in error.headers:
         response.headers[name] = value
+    secure(response)
     if close:
         response.force_close()
     return response

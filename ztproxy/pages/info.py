@@ -25,6 +25,13 @@ def table(rows: Iterable[tuple[str, str]]) -> str:
     return f"<table>{cells}</table>"
 
 
+def link_table(rows: Iterable[tuple[tuple[str, str], str]]) -> str:
+    """Rows of ((label, href), value): the label links to the href."""
+    cells = "".join(f'<tr><th><a href="{html.escape(href)}">{html.escape(label)}</a></th><td>{html.escape(v)}</td></tr>'
+                    for (label, href), v in rows)
+    return f"<table>{cells}</table>"
+
+
 def post_button(action: str, label: str, fields: dict[str, str]) -> str:
     hidden = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
                      for k, v in fields.items())
@@ -38,10 +45,5 @@ def link_button(href: str, label: str) -> str:
 
 def render(title: str, body: str, *, kicker: str = "ztproxy", status: int = 200) -> web.Response:
     page = _TEMPLATE.substitute(title=html.escape(title), kicker=html.escape(kicker), body=body)
-    response = web.Response(status=status, text=page, content_type="text/html")
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    # Nothing here needs scripts or framing; a clickjacked sign-out button is still a button.
-    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; " \
-                                                  "frame-ancestors 'none'"
-    return response
+    # The pipeline adds pages.SECURITY_HEADERS: a clickjacked sign-out button is still a button.
+    return web.Response(status=status, text=page, content_type="text/html")

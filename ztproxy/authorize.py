@@ -100,11 +100,11 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
             return _sign_in(request, auth, step_up)
         if identity is None and why.AUTHENTICATION_REQUIRED in decision.reasons:
             return _sign_in(request, auth, _first_sign_in(policy))
-    hint = None
-    if identity is not None:
-        hint = (f"You are signed in as {identity.email or identity.subject}. {AccessDenied.hint} "
-                f"{ME_PATH} shows your sign-in, your device and the applications open to you.")
-    raise AccessDenied(explain(decision), reasons=decision.reasons, hint=hint)
+    if identity is None:
+        raise AccessDenied(explain(decision), reasons=decision.reasons)
+    raise AccessDenied(explain(decision), reasons=decision.reasons,
+                       hint=f"You are signed in as {identity.email or identity.subject}. {AccessDenied.hint}",
+                       link=(ME_PATH, "See your sign-in, your device and the applications open to you"))
 
 
 def _refuse_foreign_origin(request: web.Request) -> None:
@@ -215,6 +215,13 @@ async def _sign_in(request: web.Request, auth: Auth, step_up: StepUp | None) -> 
 
 
 def explain(decision: Decision) -> str:
-    """The reasons of a refusal as sentences, in order, each once."""
-    sentences = dict.fromkeys(REASON_SENTENCES[reason] for reason in decision.reasons if reason in REASON_SENTENCES)
+    """The reasons of a refusal as sentences, in order, each once.
+
+    Only conditions that would change the answer are named: when something a new sign-in
+    cannot fix failed (a group, the device), "sign in with a second factor" is noise.
+    """
+    reasons = decision.reasons
+    if any(reason not in why.STEP_UP_REASONS for reason in reasons):
+        reasons = tuple(reason for reason in reasons if reason not in why.STEP_UP_REASONS)
+    sentences = dict.fromkeys(REASON_SENTENCES[reason] for reason in reasons if reason in REASON_SENTENCES)
     return " ".join(sentences) or _FALLBACK

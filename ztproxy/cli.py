@@ -117,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error.render(), file=sys.stderr)
         return 1
     if args.command == "check":
-        print(f"{args.config}: OK ({len(config.routes)} routes)")
+        count = len(config.routes)
+        print(f"{args.config}: OK ({count} route{'' if count == 1 else 's'})")
         return 0
 
     from ztproxy.server import run

@@ -79,14 +79,17 @@ class RequestError(ZtproxyError):
     title: str = "Error"
     hint: str = ""
     headers: tuple[tuple[str, str], ...] = ()  # added to the response (WWW-Authenticate, Retry-After)
+    link: tuple[str, str] | None = None  # (a path of the proxy's own, its label): what to do next
 
     def __init__(self, detail: str = "", *, hint: str | None = None,
-                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+                 headers: tuple[tuple[str, str], ...] = (), link: tuple[str, str] | None = None) -> None:
         self.detail = detail
         if hint is not None:
             self.hint = hint
         if headers:
             self.headers = headers
+        if link is not None:
+            self.link = link
         super().__init__(detail or self.title)
 
 
@@ -164,8 +167,9 @@ class AccessDenied(RequestError):
     title = "Access denied"
     hint = "If you believe you should have access, contact your administrator with the request id."
 
-    def __init__(self, detail: str = "", *, reasons: tuple[str, ...] = (), hint: str | None = None) -> None:
-        super().__init__(detail, hint=hint)
+    def __init__(self, detail: str = "", *, reasons: tuple[str, ...] = (), hint: str | None = None,
+                 link: tuple[str, str] | None = None) -> None:
+        super().__init__(detail, hint=hint, link=link)
         self.reasons = reasons
 
 

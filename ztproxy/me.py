@@ -28,10 +28,12 @@ ME_PATH = "/.ztproxy/me"
 def _age(seconds: float) -> str:
     seconds = max(0, int(seconds))
     if seconds < 120:
-        return f"{seconds} seconds ago"
-    if seconds < 7200:
-        return f"{seconds // 60} minutes ago"
-    return f"{seconds // 3600} hours ago"
+        count, unit = seconds, "second"
+    elif seconds < 7200:
+        count, unit = seconds // 60, "minute"
+    else:
+        count, unit = seconds // 3600, "hour"
+    return f"{count} {unit}{'' if count == 1 else 's'} ago"
 
 
 def _route_url(route: CompiledRoute, public_url: str) -> str:
@@ -100,7 +102,7 @@ async def me(request: web.Request, auth: Auth | None) -> web.StreamResponse:
     apps = data["applications"]
     body.append(info.paragraph("Applications you can use:" if apps else "No application is open to you right now."))
     if apps:
-        body.append(info.table((app["name"] + " \u2014 " + app["url"], app["access"]) for app in apps))
+        body.append(info.link_table(((app["name"], app["url"]), app["access"]) for app in apps))
     if signed_in is not None:
         body.append(info.link_button("/.ztproxy/logout", "Sign out"))
     return info.render("Your access", "".join(body), kicker="ztproxy")

@@ -196,7 +196,10 @@ async def test_a_user_without_the_group_or_a_second_factor_is_denied_without_a_l
 
     text = await browser.run(revisit)
     assert "Your account is not in a group this application requires." in text
-    assert "This application requires you to sign in with a second factor." in text
+    # A second factor would not change the answer, so the page does not ask for one.
+    assert "second factor" not in text
+    # What to do next is a link to the user's own access page.
+    assert "See your sign-in, your device and the applications open to you" in text
     assert REQUEST_ID.search(text), text
     assert [(d.url, d.status) for d in browser.documents[revisit_start:]] == [(world.url + "/payroll/", 403)]
 

@@ -45,3 +45,7 @@ async def test_a_signed_in_user_sees_who_they_are_and_where_they_may_go(world: L
     assert "payroll" not in page.text
     assert page.status == 200 and "alice@corp.example" in page.text and "Second factor" in page.text
     assert "Sign out" in page.text
+    # Each application is a link to it; the sign-in age reads as people write it.
+    assert f'<a href="{world.url}/app">app</a>' in page.text
+    assert " seconds ago" in page.text or "1 second ago" in page.text or "0 seconds ago" in page.text
+    assert "1 seconds" not in page.text

@@ -14,6 +14,9 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.integration
 
 CONFIG = """
+server: {public_url: "https://login.corp.example"}
+identity_providers: [{name: corp, issuer: "https://idp.corp.example", client_id: ztproxy, client_secret: s3cret}]
+sessions: {cookie_domain: corp.example}
 routes:
   - name: docs
     host: docs.corp.example

@@ -786,3 +786,34 @@ def test_arbitrary_shapes_never_crash(data: dict[object, object]) -> None:
     except ConfigError as error:
         assert error.issues
         assert all(issue.line is not None for issue in error.issues)
+
+
+def test_routes_only_signed_in_users_pass_need_an_identity_provider() -> None:
+    found = issues("""
+        policies:
+          staff: [{groups: [staff]}]
+          office: [{source_cidrs: [10.0.0.0/8]}]
+        routes:
+          - {name: wiki, path: /wiki, upstream: "http://127.0.0.1:1", allow: [{email_domains: [corp.example]}]}
+          - {name: named, path: /named, upstream: "http://127.0.0.1:1", allow: [staff]}
+          - {name: owner, path: /owner, upstream: "http://127.0.0.1:1", allow: [{device: {owner_is_user: true}}]}
+          - {name: mixed, path: /mixed, upstream: "http://127.0.0.1:1",
+             allow: [{users: [ada]}, {source_cidrs: [10.0.0.0/8]}]}
+          - {name: office, path: /office, upstream: "http://127.0.0.1:1", allow: [office]}
+          - {name: devices, path: /devices, upstream: "http://127.0.0.1:1", allow: [{device: {managed: true}}]}
+        """)
+    assert [(path, line) for path, _, line in found] == [
+        ("routes[0].allow", 5), ("routes[1].allow", 6), ("routes[2].allow", 7)]
+    assert "no identity provider is configured" in found[0][1] and "'wiki'" in found[0][1]
+
+
+@pytest.mark.parametrize(("routes", "said"), [(1, "OK (1 route)"), (2, "OK (2 routes)")])
+def test_check_counts_routes_in_words(tmp_path: Path, capsys: pytest.CaptureFixture[str], routes: int,
+                                      said: str) -> None:
+    from ztproxy import cli
+
+    path = tmp_path / "config.yaml"
+    path.write_text("routes:\n" + "".join(f"  - {{name: r{i}, path: /r{i}, upstream: 'http://127.0.0.1:1', "
+                                          "allow: [{public: true}]}\n" for i in range(routes)), encoding="utf-8")
+    assert cli.main(["check", "-c", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: {said}"

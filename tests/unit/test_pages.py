@@ -37,3 +37,20 @@ def test_json_error_has_stable_code() -> None:
 
 def test_close_flag_ends_the_connection() -> None:
     assert error_response(RouteNotFound(), request_id="r", close=True).keep_alive is False
+
+
+def test_a_link_is_shown_escaped_and_given_to_api_clients() -> None:
+    error = AccessDenied("No.", link=("/.ztproxy/me?a=1&b=<2>", "See <your> access"))
+    page = error_response(error, request_id="r1").text or ""
+    assert '<a href="/.ztproxy/me?a=1&amp;b=&lt;2&gt;">See &lt;your&gt; access</a>' in page
+    body = error_response(error, request_id="r1", accept="application/json").body
+    assert isinstance(body, bytes) and json.loads(body)["link"] == "/.ztproxy/me?a=1&b=<2>"
+    assert "<a " not in (error_response(AccessDenied("No."), request_id="r1").text or "")
+
+
+def test_me_ages_read_as_people_write_them() -> None:
+    from ztproxy.me import _age
+
+    assert [_age(s) for s in (0, 1, 2, 60, 119, 120, 3599, 7199, 7200, 3 * 3600)] == [
+        "0 seconds ago", "1 second ago", "2 seconds ago", "60 seconds ago", "119 seconds ago", "2 minutes ago",
+        "59 minutes ago", "119 minutes ago", "2 hours ago", "3 hours ago"]

@@ -10,7 +10,8 @@ located with the document's YAML paths and lines:
 - policies naming other policies (nesting is not supported);
 - TLS certificate and key files that cannot be read;
 - identity providers: unique names, routes naming one that exists, and route hosts the
-  session cookie can reach from the public URL (the callback sets it there).
+  session cookie can reach from the public URL (the callback sets it there);
+- without an identity provider, no route whose every allow rule needs a signed-in user.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from yarl import URL
 
+from ztproxy.config.rules import IDENTITY_CRITERIA
 from ztproxy.config.values import split_listen
 from ztproxy.errors import ConfigIssue
 
@@ -61,6 +63,8 @@ def run(document: Document, flagged: Collection[YamlPath]) -> list[ConfigIssue]:
     issues.extend(_providers(context, providers, routes))
     if providers:
         issues.extend(_cookie_reach(context, data, routes))
+    elif isinstance(policies, dict):
+        issues.extend(_sign_in_without_provider(context, routes, policies))
     return issues
 
 
@@ -178,6 +182,30 @@ def _providers(context: _Context, providers: list[tuple[int, dict[Any, Any]]],
             close = difflib.get_close_matches(name, list(names), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f": configured are {', '.join(map(repr, names))}"
             yield context.issue(path, f"unknown identity provider {name!r}{hint}")
+
+
+def _needs_user(rule: Any, policies: dict[Any, Any]) -> bool:
+    """Whether ``rule`` (an allow entry) can only hold for a signed-in user."""
+    if isinstance(rule, str) or (isinstance(rule, dict) and isinstance(rule.get("policy"), str)):
+        named = _list(policies.get(rule if isinstance(rule, str) else rule["policy"]))
+        return bool(named) and all(_needs_user(entry, {}) for entry in named)  # policies don't nest
+    if not isinstance(rule, dict):
+        return False
+    device = rule.get("device")
+    return any(key in rule for key in IDENTITY_CRITERIA if key != "device") or \
+        (isinstance(device, dict) and device.get("owner_is_user") is True)
+
+
+def _sign_in_without_provider(context: _Context, routes: list[tuple[int, dict[Any, Any]]],
+                              policies: dict[Any, Any]) -> Iterator[ConfigIssue]:
+    """A route only signed-in users could pass, and no way to sign in: it would refuse everyone."""
+    for index, route in routes:
+        path = ("routes", index, "allow")
+        allow = _list(route.get("allow"))
+        if allow and not context.skip(path) and all(_needs_user(rule, policies) for rule in allow):
+            yield context.issue(path, f"route {route.get('name', index)!r} admits only signed-in users, but no "
+                                      "identity provider is configured, so it would refuse everyone: add one "
+                                      "under identity_providers, or allow without sign-in (e.g. source_cidrs)")
 
 
 def _needs_sign_in(route: dict[Any, Any]) -> bool:

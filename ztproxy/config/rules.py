@@ -30,7 +30,7 @@ from ztproxy.config.values import (
 )
 
 # Criteria that need a signed-in user (or a known device): never next to ``public: true``.
-_IDENTITY_CRITERIA = ("users", "email_domains", "groups", "claims", "mfa", "max_auth_age",
+IDENTITY_CRITERIA = ("users", "email_domains", "groups", "claims", "mfa", "max_auth_age",
                       "max_session_age", "device")
 
 
@@ -125,7 +125,7 @@ class Rule(Model):
             raise ValueError("an allow rule needs at least one criterion (e.g. public: true)")
         if self.policy is not None and given != {"policy"}:
             raise ValueError("a policy reference stands alone; write it as its own allow entry")
-        mixed = [name for name in _IDENTITY_CRITERIA if name in given]
+        mixed = [name for name in IDENTITY_CRITERIA if name in given]
         if self.public and mixed:
             raise ValueError(f"public: true lets anyone in without signing in, so it cannot be combined with "
                              f"{', '.join(mixed)}; drop public or those criteria")

@@ -179,7 +179,8 @@ def portal_section(guide: DemoGuide) -> str:
 def render_page(title: str, body: str) -> str:
     links = "<a href='/'>portal</a>" + "".join(f"<a href='{path}'>{path}</a>"
                                                 for path in (*APP_PAGES, "/.ztproxy/logout"))
-    return ("<!doctype html><html><head><meta charset='utf-8'>"
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{html.escape(title)} - ztproxy demo</title><style>{_STYLE}</style></head>"
             f"<body><nav>{links}</nav><h1>{html.escape(title)}</h1>{body}</body></html>")
 

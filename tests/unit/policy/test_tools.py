@@ -17,6 +17,9 @@ from ztproxy.policy.testing import Case, case_from_mapping, diff_cases, load_cas
 NOW = datetime(2024, 5, 6, 10, 0, tzinfo=UTC)
 
 CONFIG = """
+server: {public_url: "https://login.corp.example"}
+identity_providers: [{name: corp, issuer: "https://idp.corp.example", client_id: ztproxy, client_secret: s3cret}]
+sessions: {cookie_domain: corp.example}
 policies:
   employees: [{email_domains: [corp.example]}]
 routes:

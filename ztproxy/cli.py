@@ -93,6 +93,16 @@ def _policy_parser(policy: argparse.ArgumentParser,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader left (`ztproxy keys jwks | head`): not an error worth a traceback. Python's
+        # own advice: point stdout at /dev/null so the interpreter's final flush fails no more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from ztproxy.demo import run_demo

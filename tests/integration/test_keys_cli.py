@@ -124,3 +124,23 @@ def test_bad_directories(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
         assert "Traceback" not in result.stderr
     nothing = keys("jwks", cwd=tmp_path)
     assert nothing.returncode == 1 and "pass --dir DIR" in nothing.stderr
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    assert subprocess.run([sys.executable, "-m", "ztproxy", "keys", "generate", "--dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, check=False).returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `| head` that has already gone
+    try:
+        done = subprocess.run([sys.executable, "-m", "ztproxy", "keys", "jwks", "--dir", str(tmp_path)],
+                              cwd=REPO, stdout=write_end, stderr=subprocess.PIPE, check=False, timeout=60)
+    finally:
+        os.close(write_end)
+    assert b"Traceback" not in done.stderr, done.stderr.decode()
+    assert done.returncode == 1

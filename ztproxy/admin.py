@@ -13,8 +13,8 @@ from aiohttp import web
 
 from ztproxy.admin_api import add_admin_api
 from ztproxy.config.schema import Config
-from ztproxy.identity import JWKS_PATH, assertion_ctx, jwks
 from ztproxy.metrics import CONTENT_TYPE, exposition, merge_expositions
+from ztproxy.signing import JWKS_PATH, assertion_ctx, jwks
 from ztproxy.state import CONFIG, READINESS, Readiness
 
 # (worker label, its exposition socket) of each running worker; None in a single process.

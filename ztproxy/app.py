@@ -1,29 +1,35 @@
 """The app factory: typed shared state, long-lived resources, and THE request pipeline.
 
 A request travels ``STAGES`` top to bottom, then ``handle``: that is the whole data path.
-The driver in ``pipeline.py`` gives each request its id, turns errors into pages and logs
-clients that left (499); ``telemetry.AccessLogger`` writes the access event once the
-response is out.
+The driver in ``pipeline.py`` gives each request its record (``state.RequestRecord``: its
+id, then what each stage finds), turns errors into pages and logs clients that left (499);
+``telemetry.AccessLogger`` writes the access event once the response is out. Stages are
+siblings: each reads and writes the record and imports the shared layer below it (``auth``,
+``posture.service``, ``signing``, ``upstream``, ``state``), never another stage.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from ztproxy.authenticate import auth_ctx, authenticate
+from ztproxy.auth import auth_ctx
+from ztproxy.authenticate import authenticate
 from ztproxy.authorize import authorize
 from ztproxy.config.schema import Config
 from ztproxy.context import endpoints_route, route_entries
-from ztproxy.device import assess_device, posture_ctx
+from ztproxy.device import assess_device
 from ztproxy.endpoints import proxy_endpoints
+from ztproxy.forward import forward
 from ztproxy.headers import header_rules, is_websocket_upgrade, parse_networks
-from ztproxy.identity import assertion_ctx
 from ztproxy.intake import intake
 from ztproxy.pipeline import Handler, Stage, build_pipeline
 from ztproxy.policy import policy_hash
+from ztproxy.posture.service import posture_ctx
 from ztproxy.routing import RouteTable
-from ztproxy.state import CONFIG, CONTEXT, INTAKE, POLICY_HASH, ROUTE_LIST, ROUTES, IntakeSettings
-from ztproxy.upstream import client_session_ctx, forward
+from ztproxy.signing import assertion_ctx
+from ztproxy.state import CONFIG, INTAKE, POLICY_HASH, RECORD, ROUTE_LIST, ROUTES, IntakeSettings
+from ztproxy.upstream import client_session_ctx
+from ztproxy.upstream_identity import assert_identity
 from ztproxy.websocket import proxy_websocket
 
 # The app's pipeline, for the dispatcher of ``reload.LiveApp`` that serves this app's configuration.
@@ -35,12 +41,13 @@ STAGES: tuple[Stage, ...] = (
     authenticate,      # session cookie -> live session, re-verified at the IdP when due
     assess_device,     # client certificate, signed posture, inventory, MDM -> the device and its posture
     authorize,         # policy.evaluate -> allow, sign-in / step-up redirect, 401, or the 403 page
+    assert_identity,   # the signed assertion and identity headers the upstream will receive
 )
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
     """The end of the pipeline: forward upstream, as HTTP streaming or a WebSocket."""
-    if request[CONTEXT].route.config.websockets and is_websocket_upgrade(request.headers):
+    if request[RECORD].context.route.config.websockets and is_websocket_upgrade(request.headers):
         return await proxy_websocket(request)
     return await forward(request)
 

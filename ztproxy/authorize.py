@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from ztproxy import metrics
-from ztproxy.authenticate import AUTH, SIGNED_IN, Auth, SignedIn
-from ztproxy.device import DEVICE
+from ztproxy.auth import AUTH, Auth
 from ztproxy.errors import AccessDenied, AuthenticationRequired, StepUpRequired
 from ztproxy.headers import is_websocket_upgrade
 from ztproxy.me import ME_PATH
@@ -23,7 +22,7 @@ from ztproxy.origins import addressed_origin, origin_allowed
 from ztproxy.pages import wants_json
 from ztproxy.policy import Decision, Outcome, RequestFacts, RoutePolicy, StepUp, evaluate
 from ztproxy.policy import reasons as why
-from ztproxy.state import CONTEXT, DECISION, POLICY_HASH
+from ztproxy.state import POLICY_HASH, RECORD, RequestRecord
 from ztproxy.telemetry import decision_event
 
 # The deny page in plain words, one sentence per reason. They speak of this application and
@@ -62,17 +61,18 @@ _PREFLIGHT = Decision(Outcome.ALLOW, (why.CORS_PREFLIGHT,))
 
 def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
     """Pipeline stage: None lets the request through; a sign-in redirect is the one awaitable answer."""
-    ctx = request[CONTEXT]
+    record = request[RECORD]
+    ctx = record.context
     route = ctx.route
     if "Origin" in request.headers:  # only browsers send it: cross-site checks cost nothing otherwise
         if is_websocket_upgrade(request.headers):
-            _refuse_foreign_origin(request)
+            _refuse_foreign_origin(request, record)
         elif route.config.cors_allow_preflight and _is_preflight(request):
-            _forward_preflight(request)
+            _forward_preflight(request, record)
             return None
     policy = route.policy
-    signed_in = request.get(SIGNED_IN)
-    identity = signed_in.session.identity if signed_in is not None else None
+    caller = record.caller
+    identity = caller.identity if caller is not None else None
     decision = policy.constant
     if decision is None or route.shadow is not None:
         facts = RequestFacts(
@@ -81,13 +81,13 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
             client_ip=ctx.client_ip,
             now=datetime.now(UTC),
             identity=identity,
-            device=request.get(DEVICE),
+            device=record.device,
         )
         # Routes whose decision is known at config load (public) skip building facts at all.
         decision = decision or evaluate(policy, facts)
         shadow = None if route.shadow is None else route.shadow.constant or evaluate(route.shadow, facts)
-        log_decision(request, decision, shadow, signed_in)
-    request[DECISION] = decision
+        log_decision(request, record, decision, shadow)
+    record.decision = decision
     if decision.allowed:
         return None
     auth = request.app[AUTH]
@@ -97,9 +97,9 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
             if why.AUTH_TOO_OLD not in decision.reasons:
                 # Only MFA is missing: a fresh password (prompt=login) would add nothing.
                 step_up = StepUp(mfa=step_up.mfa, max_age=None)
-            return _sign_in(request, auth, step_up)
+            return _sign_in(request, record, auth, step_up)
         if identity is None and why.AUTHENTICATION_REQUIRED in decision.reasons:
-            return _sign_in(request, auth, _first_sign_in(policy))
+            return _sign_in(request, record, auth, _first_sign_in(policy))
     if identity is None:
         raise AccessDenied(explain(decision), reasons=decision.reasons)
     raise AccessDenied(explain(decision), reasons=decision.reasons,
@@ -107,13 +107,13 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
                        link=(ME_PATH, "See your sign-in, your device and the applications open to you"))
 
 
-def _refuse_foreign_origin(request: web.Request) -> None:
+def _refuse_foreign_origin(request: web.Request, record: RequestRecord) -> None:
     """403 for a WebSocket upgrade from a page of another origin than the one addressed or listed.
 
     Browsers send cookies with an upgrade whatever page asks and apply no CORS to it: this is
     the only defence against cross-site WebSocket hijacking (RFC 6455 10.2: servers check Origin).
     """
-    ctx = request[CONTEXT]
+    ctx = record.context
     headers = request.headers
     origins = headers.getall("Origin")
     scheme, host = ctx.scheme, ctx.host_header
@@ -122,8 +122,8 @@ def _refuse_foreign_origin(request: web.Request) -> None:
         host = headers.get("X-Forwarded-Host", host)
     if len(origins) == 1 and origin_allowed(origins[0], addressed_origin(scheme, host), ctx.route.websocket_origins):
         return
-    request[DECISION] = _ORIGIN_REFUSED
-    log_decision(request, _ORIGIN_REFUSED, None, request.get(SIGNED_IN), origin=origins[0][:256])
+    record.decision = _ORIGIN_REFUSED
+    log_decision(request, record, _ORIGIN_REFUSED, None, origin=origins[0][:256])
     raise AccessDenied(explain(_ORIGIN_REFUSED), reasons=_ORIGIN_REFUSED.reasons)
 
 
@@ -132,27 +132,27 @@ def _is_preflight(request: web.Request) -> bool:
     return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
 
 
-def _forward_preflight(request: web.Request) -> None:
+def _forward_preflight(request: web.Request, record: RequestRecord) -> None:
     """Let a CORS preflight through without a session: browsers never send cookies with one.
 
-    It reaches the app as an anonymous request: a session that came along anyway is not
-    passed on, so the app never gets an identity the policy did not admit.
+    It reaches the app as an anonymous request: the assertion step adds no identity to a
+    preflight, so the app never gets an identity the policy did not admit.
     """
-    log_decision(request, _PREFLIGHT, None, request.get(SIGNED_IN), preflight=True)
-    request[DECISION] = _PREFLIGHT
-    request.pop(SIGNED_IN, None)
+    record.decision = _PREFLIGHT
+    log_decision(request, record, _PREFLIGHT, None, preflight=True)
 
 
-def log_decision(request: web.Request, decision: Decision, shadow: Decision | None,
-                 signed_in: SignedIn | None, **extra: object) -> None:
+def log_decision(request: web.Request, record: RequestRecord, decision: Decision, shadow: Decision | None,
+                 **extra: object) -> None:
     """The audit trail: who, from what device, on which route, what was decided and why."""
-    ctx = request[CONTEXT]
+    ctx = record.context
+    caller = record.caller
     fields: dict[str, object] = {
         "request_id": ctx.request_id,
         "route": ctx.route.name,
-        "subject": signed_in.session.subject if signed_in is not None else None,
-        "session": signed_in.ticket.public_id if signed_in is not None else None,
-        "device": device.id if (device := request.get(DEVICE)) is not None else None,
+        "subject": caller.subject if caller is not None else None,
+        "session": caller.handle if caller is not None else None,
+        "device": record.device.id if record.device is not None else None,
         "client": ctx.client_ip,
         "method": request.method,
         "path": ctx.target.path,
@@ -188,14 +188,15 @@ def _is_browser_navigation(request: web.Request) -> bool:
         and not wants_json(accept, headers.get("X-Requested-With", ""))
 
 
-async def _sign_in(request: web.Request, auth: Auth, step_up: StepUp | None) -> web.StreamResponse:
-    ctx = request[CONTEXT]
+async def _sign_in(request: web.Request, record: RequestRecord, auth: Auth, step_up: StepUp | None
+                   ) -> web.StreamResponse:
+    ctx = record.context
     provider = auth.provider_for(ctx.route.config.identity_provider)
     if _is_browser_navigation(request):
         query = f"?{ctx.target.query}" if ctx.target.query else ""
         return_to = auth.return_urls.for_request(ctx.host, ctx.target.path + query)
         return await auth.login.begin(request, provider, return_to=return_to, step_up=step_up)
-    if step_up is None or request.get(SIGNED_IN) is None:
+    if step_up is None or record.caller is None:
         raise AuthenticationRequired("This application requires you to sign in.",
                                      headers=(("WWW-Authenticate", 'Bearer realm="ztproxy"'),))
     # RFC 9470 3: what the new authentication must satisfy.

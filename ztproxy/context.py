@@ -11,7 +11,7 @@ from ztproxy.config.schema import Config, RouteConfig
 from ztproxy.headers import ForwardedFor
 from ztproxy.origins import normalize_origin
 from ztproxy.policy import RoutePolicy, compile_route_policy
-from ztproxy.routing import RouteTable, Target
+from ztproxy.routing import RequestTarget, RouteTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ class RequestContext:
     scheme: str
     host: str | None  # normalised request host (no port, lowercase)
     host_header: str  # as the client sent it, for X-Forwarded-Host
-    target: Target  # canonical path + raw query
+    target: RequestTarget  # canonical path + raw query
     route: CompiledRoute
 
 

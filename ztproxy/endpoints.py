@@ -11,14 +11,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ztproxy.authenticate import AUTH, Auth
+from ztproxy.auth import AUTH, Auth
 from ztproxy.errors import RouteNotFound
-from ztproxy.identity import JWKS_PATH, jwks
 from ztproxy.me import ME_PATH, me
 from ztproxy.oidc.login import CALLBACK_PATH
 from ztproxy.oidc.logout import BACKCHANNEL_PATH, LOGOUT_PATH, SIGNED_OUT_PATH, signed_out_page
 from ztproxy.routing import is_proxy_path
-from ztproxy.state import CONTEXT
+from ztproxy.signing import JWKS_PATH, jwks
+from ztproxy.state import RECORD
 
 Endpoint = Callable[[web.Request, Auth], Awaitable[web.StreamResponse]]
 
@@ -37,7 +37,7 @@ _SIGN_IN_ENDPOINTS: dict[str, Endpoint] = {
 
 def proxy_endpoints(request: web.Request) -> Awaitable[web.StreamResponse] | None:
     """Pipeline stage: the proxy's own paths are answered here (asynchronously), others go on."""
-    path = request[CONTEXT].target.path
+    path = request[RECORD].context.target.path
     if not is_proxy_path(path):
         return None
     return _answer(request, path)

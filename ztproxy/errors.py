@@ -18,7 +18,7 @@
         ├── ServiceUnavailable                             503
         │   ├── SessionStoreUnavailable  session-store-unavailable 503
         │   └── IdentityProviderUnavailable idp-unavailable  503
-        └── UpstreamError                                  502
+        └── UpstreamFailure                                502
             ├── UpstreamUnavailable   upstream-unavailable 502
             └── UpstreamTimeout       upstream-timeout     504
 
@@ -211,18 +211,18 @@ class IdentityProviderUnavailable(ServiceUnavailable):
     hint = "The identity provider cannot be reached, so new sign-ins are not possible right now. Try again in a moment."
 
 
-class UpstreamError(RequestError):
+class UpstreamFailure(RequestError):
     code = "upstream-error"
     status = 502
     title = "Bad gateway"
     hint = "The application behind this address failed to answer. Try again in a moment."
 
 
-class UpstreamUnavailable(UpstreamError):
+class UpstreamUnavailable(UpstreamFailure):
     code = "upstream-unavailable"
 
 
-class UpstreamTimeout(UpstreamError):
+class UpstreamTimeout(UpstreamFailure):
     code = "upstream-timeout"
     status = 504
     title = "Gateway timeout"

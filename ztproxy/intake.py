@@ -16,7 +16,7 @@ from ztproxy.context import RequestContext
 from ztproxy.errors import BadRequest, ExpectationFailed, HeadersTooLarge, PayloadTooLarge, RouteNotFound
 from ztproxy.headers import REJECT, forwarded_for
 from ztproxy.routing import is_proxy_path, normalize_host, parse_target
-from ztproxy.state import CONTEXT, INTAKE, REQUEST_ID, ROUTES
+from ztproxy.state import INTAKE, RECORD, ROUTES
 
 # Each header line costs its name, value, ": " and CRLF.
 _HEADER_OVERHEAD = 4
@@ -65,8 +65,9 @@ def intake(request: web.Request) -> None:
     trusted = settings.trusted_proxies
     forwarded = forwarded_for(request.remote or "", headers.getall("X-Forwarded-For", ()) if trusted else (),
                               trusted)
-    request[CONTEXT] = RequestContext(
-        request_id=request[REQUEST_ID],
+    record = request[RECORD]
+    record.intake = RequestContext(
+        request_id=record.request_id,
         client_ip=forwarded.client_ip,
         forwarded=forwarded,
         scheme=settings.scheme,

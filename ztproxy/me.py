@@ -14,13 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ztproxy.authenticate import Auth, SignedIn, current_session
+from ztproxy.auth import Auth, open_session
 from ztproxy.context import CompiledRoute, route_origin
-from ztproxy.device import POSTURE, device_of
+from ztproxy.oidc.logout import LOGOUT_PATH
 from ztproxy.pages import info, wants_json
 from ztproxy.policy import Outcome, RequestFacts, evaluate
 from ztproxy.policy.model import Device
-from ztproxy.state import CONFIG, CONTEXT, ROUTE_LIST
+from ztproxy.posture.service import POSTURE, device_of
+from ztproxy.state import CONFIG, RECORD, ROUTE_LIST, Person
 
 ME_PATH = "/.ztproxy/me"
 
@@ -40,8 +41,8 @@ def _route_url(route: CompiledRoute, public_url: str) -> str:
     return route_origin(public_url, route.config.host) + route.config.path
 
 
-def _reachable(request: web.Request, signed_in: SignedIn | None, device: Device | None) -> list[dict[str, str]]:
-    ctx = request[CONTEXT]
+def _reachable(request: web.Request, signed_in: Person | None, device: Device | None) -> list[dict[str, str]]:
+    ctx = request[RECORD].context
     now = datetime.now(UTC)
     public_url = request.app[CONFIG].public_url
     apps = []
@@ -57,9 +58,10 @@ def _reachable(request: web.Request, signed_in: SignedIn | None, device: Device 
 
 
 async def me(request: web.Request, auth: Auth | None) -> web.StreamResponse:
-    signed_in = await current_session(request, auth, None) if auth is not None else None
+    signed_in = await open_session(request, auth, None) if auth is not None else None
     posture = request.app[POSTURE]
-    device = await device_of(request, posture) if posture is not None else None
+    subject = signed_in.subject if signed_in is not None else None
+    device = await device_of(request, posture, subject) if posture is not None else None
     now = time.time()
     data: dict[str, Any] = {"signed_in": signed_in is not None}
     if signed_in is not None:
@@ -104,5 +106,5 @@ async def me(request: web.Request, auth: Auth | None) -> web.StreamResponse:
     if apps:
         body.append(info.link_table(((app["name"], app["url"]), app["access"]) for app in apps))
     if signed_in is not None:
-        body.append(info.link_button("/.ztproxy/logout", "Sign out"))
+        body.append(info.link_button(LOGOUT_PATH, "Sign out"))
     return info.render("Your access", "".join(body), kicker="ztproxy")

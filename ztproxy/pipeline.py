@@ -27,7 +27,7 @@ from ztproxy import tracing
 from ztproxy.errors import InternalError, RequestError
 from ztproxy.metrics import NO_VALUE, REQUESTS, RequestMetrics
 from ztproxy.pages import page_for, secure
-from ztproxy.state import CONFIG, CONTEXT, DECISION, REQUEST_ID
+from ztproxy.state import CONFIG, RECORD, RequestRecord
 from ztproxy.telemetry import access_event
 
 StageResult = web.StreamResponse | None
@@ -45,7 +45,7 @@ def build_pipeline(stages: Sequence[Stage], handler: Handler) -> Handler:
 
     async def pipeline(request: web.Request) -> web.StreamResponse:
         rid = _request_ids.next()
-        request[REQUEST_ID] = rid
+        request[RECORD] = record = RequestRecord(rid)
         structlog.contextvars.bind_contextvars(request_id=rid)
         started = time.perf_counter()
         try:
@@ -66,14 +66,14 @@ def build_pipeline(stages: Sequence[Stage], handler: Handler) -> Handler:
         except (asyncio.CancelledError, ConnectionError) as gone:
             # The client went away (nginx's 499); aiohttp logs no access for it.
             duration = time.perf_counter() - started
-            _observe(requests, request, 499, duration)
+            _observe(requests, record, 499, duration)
             if isinstance(gone, asyncio.CancelledError) and request.app[CONFIG].logging.access_log:
                 access_event(request, 499, 0, duration)
             raise
         except Exception:
             _log.exception("internal_error", path=request.raw_path[:256])
             response = page_for(request, InternalError())
-        _observe(requests, request, response.status, time.perf_counter() - started)
+        _observe(requests, record, response.status, time.perf_counter() - started)
         return response
 
     return pipeline if tracing.TRACER is None else tracing.traced(pipeline)
@@ -99,6 +99,6 @@ class _RequestIds:
 _request_ids = _RequestIds()
 
 
-def _observe(requests: RequestMetrics, request: web.Request, status: int, duration: float) -> None:
-    ctx = request.get(CONTEXT)
-    requests.observe(ctx.route.name if ctx is not None else NO_VALUE, status, request.get(DECISION), duration)
+def _observe(requests: RequestMetrics, record: RequestRecord, status: int, duration: float) -> None:
+    ctx = record.intake
+    requests.observe(ctx.route.name if ctx is not None else NO_VALUE, status, record.decision, duration)

@@ -69,7 +69,7 @@ _MAX_HOST_VALUE = 300  # longer than any valid host[:port]; refuse before doing 
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
+class RequestTarget:
     """A request-target split and canonicalised (RFC 9112 3.2)."""
 
     path: str  # canonical, always starts with "/"
@@ -77,7 +77,7 @@ class Target:
     authority: str | None  # host[:port] of an absolute-form target, else None
 
 
-def parse_target(raw: str) -> Target:
+def parse_target(raw: str) -> RequestTarget:
     """Split and canonicalise a request-target (``request.raw_path``).
 
     Accepts origin-form (``/a?x``) and absolute-form (``http://host/a?x``); raises
@@ -92,7 +92,7 @@ def parse_target(raw: str) -> Target:
     path, _, query = raw.partition("?")
     if query and (" " in query or not query.isprintable()):
         raise PathRejected("control character or space in query")
-    return Target(path=_canonical_path(path), query=query, authority=authority)
+    return RequestTarget(path=_canonical_path(path), query=query, authority=authority)
 
 
 def _split_absolute_form(raw: str) -> tuple[str, str]:

@@ -1,4 +1,12 @@
-"""Typed keys for what the app shares (AppKey) and what one request carries (RequestKey)."""
+"""Typed keys for what the app shares (AppKey), and the one record a request carries (``RECORD``).
+
+Every fact a request gathers on its way lives in its ``RequestRecord``: the pipeline
+gives it its id, and each stage fills in what it learned (intake the route and canonical
+target, authentication the caller, the device stage the device, authorization the
+decision, the assertion step the identity for the upstream). Stages, the upstream, the
+WebSocket relay, the decision log, the access event and the tracer read it from there,
+so no stage needs to import another to know what it found.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,10 @@ from ztproxy.config.schema import Config
 from ztproxy.context import CompiledRoute, RequestContext
 from ztproxy.headers import HeaderRules, IPNetwork
 from ztproxy.policy import Decision
+from ztproxy.policy.model import Device, Identity
 from ztproxy.routing import RouteTable
+from ztproxy.sessions.model import Session
+from ztproxy.sessions.sealing import Ticket
 
 
 @dataclass
@@ -38,6 +49,51 @@ INTAKE = web.AppKey("intake", IntakeSettings)
 READINESS = web.AppKey("readiness", Readiness)
 POLICY_HASH = web.AppKey("policy_hash", str)  # of every route's compiled rules: the policy version in the audit log
 
-REQUEST_ID = web.RequestKey("request_id", str)
-CONTEXT = web.RequestKey("context", RequestContext)
-DECISION = web.RequestKey("decision", Decision)  # set by authorize: the audit trail of this request
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """A caller signed in with a browser session."""
+
+    ticket: Ticket
+    session: Session
+
+    @property
+    def identity(self) -> Identity:
+        return self.session.identity
+
+    @property
+    def subject(self) -> str:
+        return self.session.subject
+
+    @property
+    def handle(self) -> str:
+        """The session's public id, as logs, metrics and assertions name it (never the id itself)."""
+        return self.ticket.public_id
+
+
+# Who is asking. A service (bearer token, workload certificate) joins with machine identities.
+Caller = Person
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What one request has gathered so far; filled in by the stages in the order they run."""
+
+    request_id: str  # the pipeline's, before any stage
+    intake: RequestContext | None = None  # intake: route, canonical target, client; None if it refused
+    caller: Caller | None = None  # authenticate: who is asking, when anyone signed in
+    device: Device | None = None  # assess_device: from what device, when a provider knows it
+    decision: Decision | None = None  # authorize: the audit trail of this request
+    # The assertion step: the identity headers (signed assertion first) the upstream receives.
+    upstream_identity: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def context(self) -> RequestContext:
+        """The intake's context, for the stages after it (it refuses every request it cannot make one for)."""
+        if self.intake is None:
+            raise RuntimeError("no request context: intake has not accepted this request")
+        return self.intake
+
+
+RECORD = web.RequestKey("record", RequestRecord)

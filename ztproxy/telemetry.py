@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from ztproxy import metrics, tracing
-from ztproxy.state import CONTEXT, DECISION, REQUEST_ID
+from ztproxy.state import RECORD
 
 LogFormat = Literal["json", "console"]
 
@@ -190,10 +190,11 @@ _write_event: Callable[[str, dict[str, Any]], None] = _event_via_structlog
 
 
 def access_event(request: web.BaseRequest, status: int, sent: int, duration: float) -> None:
-    ctx = request.get(CONTEXT)
-    decision = request.get(DECISION)
+    record = request.get(RECORD)
+    ctx = record.intake if record is not None else None
+    decision = record.decision if record is not None else None
     fields = {
-        "request_id": request.get(REQUEST_ID, "-"),
+        "request_id": record.request_id if record is not None else "-",
         "client": ctx.client_ip if ctx else request.remote,
         "method": request.method,
         "host": ctx.host_header if ctx else request.headers.get("Host", ""),
@@ -226,7 +227,7 @@ class AccessLogger(AbstractAccessLogger):
     """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if REQUEST_ID not in request:
+        if RECORD not in request:
             # Refused by the HTTP parser: the pipeline, which counts every other request, never saw it.
             metrics.REQUESTS.observe(metrics.NO_VALUE, response.status, None, time)
         access_event(request, response.status, response.body_length, time)

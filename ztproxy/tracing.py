@@ -33,10 +33,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from yarl import URL
 
 from ztproxy import __version__
-from ztproxy.authenticate import SIGNED_IN
-from ztproxy.device import DEVICE
 from ztproxy.headers import forwarded_for
-from ztproxy.state import CONTEXT, DECISION, INTAKE, REQUEST_ID
+from ztproxy.state import INTAKE, RECORD, RequestRecord
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -181,34 +179,40 @@ def _start_server_span(tracer: trace.Tracer, request: web.Request) -> trace.Span
 def _end_server_span(span: trace.Span, request: web.Request, status: int) -> None:
     if span.is_recording():
         attributes: dict[str, Any] = {"http.response.status_code": status}
-        if (request_id := request.get(REQUEST_ID)) is not None:
-            attributes["ztproxy.request_id"] = request_id
-        ctx = request.get(CONTEXT)
-        if ctx is not None:
-            span.update_name(f"{request.method} {ctx.route.name}")
-            attributes.update({"ztproxy.route": ctx.route.name, "url.path": ctx.target.path,
-                               "url.scheme": ctx.scheme, "client.address": ctx.client_ip,
-                               "server.address": ctx.host or ""})
+        record = request.get(RECORD)
+        if record is not None:
+            _record_attributes(span, attributes, request, record)
         if (user_agent := request.headers.get("User-Agent")) is not None:
             attributes["user_agent.original"] = user_agent
-        decision = request.get(DECISION)
-        if decision is not None:
-            attributes["ztproxy.decision"] = decision.outcome.value
-            attributes["ztproxy.reasons"] = list(decision.reasons)
-            if decision.rule is not None:
-                attributes["ztproxy.rule"] = decision.rule
-        signed_in = request.get(SIGNED_IN)
-        if signed_in is not None:
-            attributes["enduser.id"] = signed_in.session.subject
-            attributes["ztproxy.session"] = signed_in.ticket.public_id  # never the session id itself
-        device = request.get(DEVICE)
-        if device is not None:
-            attributes["ztproxy.device"] = device.id
         span.set_attributes(attributes)
         if status >= 500:  # OpenTelemetry HTTP conventions: 4xx is the client's doing on a server span
             span.set_status(Status(StatusCode.ERROR))
             span.set_attribute("error.type", str(status))
     span.end()
+
+
+def _record_attributes(span: trace.Span, attributes: dict[str, Any], request: web.Request,
+                       record: RequestRecord) -> None:
+    """What the request record knows: route, decision, caller, device."""
+    attributes["ztproxy.request_id"] = record.request_id
+    ctx = record.intake
+    if ctx is not None:
+        span.update_name(f"{request.method} {ctx.route.name}")
+        attributes.update({"ztproxy.route": ctx.route.name, "url.path": ctx.target.path,
+                           "url.scheme": ctx.scheme, "client.address": ctx.client_ip,
+                           "server.address": ctx.host or ""})
+    decision = record.decision
+    if decision is not None:
+        attributes["ztproxy.decision"] = decision.outcome.value
+        attributes["ztproxy.reasons"] = list(decision.reasons)
+        if decision.rule is not None:
+            attributes["ztproxy.rule"] = decision.rule
+    caller = record.caller
+    if caller is not None:
+        attributes["enduser.id"] = caller.subject
+        attributes["ztproxy.session"] = caller.handle  # never the session id itself
+    if record.device is not None:
+        attributes["ztproxy.device"] = record.device.id
 
 
 def start_client_span(method: str, url: URL, headers: CIMultiDict[str]) -> trace.Span:

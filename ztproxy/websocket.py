@@ -17,11 +17,9 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from ztproxy import tracing
-from ztproxy.authenticate import AUTH, SIGNED_IN
-from ztproxy.context import RequestContext
-from ztproxy.errors import UpstreamTimeout, UpstreamUnavailable
-from ztproxy.state import CONTEXT
-from ztproxy.upstream import UPSTREAM, forward_headers, upstream_url
+from ztproxy.auth import AUTH
+from ztproxy.state import RECORD, RequestRecord
+from ztproxy.upstream import UPSTREAM, forward_headers, upstream_failures, upstream_url
 
 # aiohttp generates its own handshake headers for the upstream leg.
 _HANDSHAKE_HEADERS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
@@ -64,37 +62,35 @@ async def _relay(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse
             return
 
 
-def _watch_session(request: web.Request, ended: asyncio.Event) -> Callable[[], None]:
+def _watch_session(request: web.Request, record: RequestRecord, ended: asyncio.Event) -> Callable[[], None]:
     """Set ``ended`` when the session that opened this socket ends; returns how to stop watching."""
-    signed_in = request.get(SIGNED_IN)
+    caller = record.caller
     auth = request.app.get(AUTH)
-    if signed_in is None or auth is None:
+    if caller is None or auth is None:
         return lambda: None
-    return auth.sessions.watch(signed_in.ticket.store_key, ended.set)
+    return auth.sessions.watch(caller.ticket.store_key, ended.set)
 
 
 async def proxy_websocket(request: web.Request) -> web.StreamResponse:
-    ctx: RequestContext = request[CONTEXT]
+    record = request[RECORD]
+    ctx = record.context
     upstream = request.app[UPSTREAM]
-    headers = forward_headers(request, ctx)
+    headers = forward_headers(request, record)
     for name in _HANDSHAKE_HEADERS:
         headers.popall(name, None)
-    timeout = upstream.timeouts[ctx.route.name]
+    target = upstream.targets[ctx.route.name]
     url = upstream_url(ctx.route, ctx, websocket=True)
     # The client span covers the handshake only: a socket may stay open for hours.
     span = None if tracing.TRACER is None else tracing.start_client_span(request.method, url, headers)
     answered = 0
     try:
-        upstream_ws = await upstream.session.ws_connect(
-            url, headers=headers,
-            protocols=_offered_protocols(request), autoping=False, autoclose=False, max_msg_size=0,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeout.sock_read or 10.0),
-        )
+        with upstream_failures("The application refused the WebSocket connection."):
+            upstream_ws = await upstream.session.ws_connect(
+                url, headers=headers,
+                protocols=_offered_protocols(request), autoping=False, autoclose=False, max_msg_size=0,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=target.read_timeout or 10.0),
+            )
         answered = 101
-    except TimeoutError as exc:
-        raise UpstreamTimeout() from exc
-    except (aiohttp.ClientError, aiohttp.WSServerHandshakeError) as exc:
-        raise UpstreamUnavailable("The application refused the WebSocket connection.") from exc
     finally:
         if span is not None:
             tracing.end_client_span(span, answered)
@@ -106,7 +102,7 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
         client_ws.headers["X-Request-Id"] = ctx.request_id
         await client_ws.prepare(request)
         session_ended = asyncio.Event()
-        stop_watching = _watch_session(request, session_ended)
+        stop_watching = _watch_session(request, record, session_ended)
         to_upstream = asyncio.create_task(_relay(client_ws, upstream_ws))
         to_client = asyncio.create_task(_relay(upstream_ws, client_ws))
         ended = asyncio.create_task(session_ended.wait())
@@ -120,7 +116,7 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
                 await client_ws.close(code=SESSION_ENDED_CLOSE, message=b"session ended")
             else:
                 # The first side to close has sent its close frame on; let the other side answer it.
-                await asyncio.wait(pending - {ended}, timeout=timeout.sock_read or 10.0)
+                await asyncio.wait(pending - {ended}, timeout=target.read_timeout or 10.0)
         finally:
             stop_watching()
             for task in (to_upstream, to_client, ended):

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ztproxy.errors import PathRejected
-from ztproxy.routing import RouteTable, Target, parse_target
+from ztproxy.routing import RequestTarget, RouteTable, parse_target
 
 ACCEPTED: list[tuple[str, str]] = [
     # Already canonical (fast path) and returned unchanged.
@@ -173,22 +173,22 @@ def test_rejected(raw: str, reason: str) -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ("/a?x=1", Target("/a", "x=1", None)),
-        ("/a?", Target("/a", "", None)),
-        ("/a?x=%2f&y=../..", Target("/a", "x=%2f&y=../..", None)),
-        ("/a?b?c", Target("/a", "b?c", None)),
-        ("/a/../b?q=caf\u00e9", Target("/b", "q=caf\u00e9", None)),
-        ("/?x", Target("/", "x", None)),
-        ("http://wiki.example/a?x", Target("/a", "x", "wiki.example")),
-        ("http://wiki.example:8080/a/./b", Target("/a/b", "", "wiki.example:8080")),
-        ("HTTPS://Wiki.Example/", Target("/", "", "Wiki.Example")),
-        ("http://[::1]:8080/x", Target("/x", "", "[::1]:8080")),
-        ("http://wiki.example", Target("/", "", "wiki.example")),
-        ("http://wiki.example?x=1", Target("/", "x=1", "wiki.example")),
-        ("http://wiki.example//a", Target("/a", "", "wiki.example")),
+        ("/a?x=1", RequestTarget("/a", "x=1", None)),
+        ("/a?", RequestTarget("/a", "", None)),
+        ("/a?x=%2f&y=../..", RequestTarget("/a", "x=%2f&y=../..", None)),
+        ("/a?b?c", RequestTarget("/a", "b?c", None)),
+        ("/a/../b?q=caf\u00e9", RequestTarget("/b", "q=caf\u00e9", None)),
+        ("/?x", RequestTarget("/", "x", None)),
+        ("http://wiki.example/a?x", RequestTarget("/a", "x", "wiki.example")),
+        ("http://wiki.example:8080/a/./b", RequestTarget("/a/b", "", "wiki.example:8080")),
+        ("HTTPS://Wiki.Example/", RequestTarget("/", "", "Wiki.Example")),
+        ("http://[::1]:8080/x", RequestTarget("/x", "", "[::1]:8080")),
+        ("http://wiki.example", RequestTarget("/", "", "wiki.example")),
+        ("http://wiki.example?x=1", RequestTarget("/", "x=1", "wiki.example")),
+        ("http://wiki.example//a", RequestTarget("/a", "", "wiki.example")),
     ],
 )
-def test_query_and_absolute_form(raw: str, expected: Target) -> None:
+def test_query_and_absolute_form(raw: str, expected: RequestTarget) -> None:
     assert parse_target(raw) == expected
 
 
@@ -209,7 +209,7 @@ _RAW_PATHS = st.builds(
 )
 
 
-def _accepted(raw: str) -> Target | None:
+def _accepted(raw: str) -> RequestTarget | None:
     try:
         return parse_target(raw)
     except PathRejected:

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from ztproxy.pipeline import _RequestIds, build_pipeline
-from ztproxy.state import REQUEST_ID
+from ztproxy.state import RECORD
 
 
 async def test_stages_run_in_order_until_one_answers_sync_or_awaited() -> None:
@@ -53,7 +53,7 @@ async def test_stages_run_in_order_until_one_answers_sync_or_awaited() -> None:
     response = await build_pipeline((plain, with_io), handler)(request)
     assert isinstance(response, web.Response) and response.text == "handler"
     assert ran == ["plain", "io", "handler"]
-    assert re.fullmatch(r"[0-9a-f]{32}", request[REQUEST_ID])
+    assert re.fullmatch(r"[0-9a-f]{32}", request[RECORD].request_id)
 
 
 def test_request_ids_are_random_hex_and_never_repeat_across_batches() -> None:

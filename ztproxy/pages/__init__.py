@@ -21,7 +21,7 @@ from ztproxy.errors import (
     PayloadTooLarge,
     RequestError,
 )
-from ztproxy.state import REQUEST_ID
+from ztproxy.state import RECORD
 
 # Every response the proxy makes itself on the proxy listener (pages, JSON errors, redirects):
 # nothing of it may be framed (clickjacking), cached, sniffed into another type, or send the
@@ -91,5 +91,7 @@ def page_for(request: web.Request, error: RequestError) -> web.Response:
     headers = request.headers
     # After a malformed request the stream can't be trusted to be in sync: close it.
     close = isinstance(error, (BadRequest, HeadersTooLarge, ExpectationFailed, PayloadTooLarge))
-    return error_response(error, request_id=request.get(REQUEST_ID, "-"), accept=headers.get("Accept", ""),
+    record = request.get(RECORD)
+    return error_response(error, request_id=record.request_id if record is not None else "-",
+                          accept=headers.get("Accept", ""),
                           requested_with=headers.get("X-Requested-With", ""), close=close)

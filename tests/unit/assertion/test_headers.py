@@ -69,7 +69,7 @@ def test_ordinary_names_may_carry_claims() -> None:
 
 
 def test_the_proxy_remembers_headers_per_identity_object_and_a_new_identity_gets_its_own() -> None:
-    from ztproxy.identity import _identity_headers
+    from ztproxy.upstream_identity import _identity_headers
     claims = {"X-Dept": "dept"}
     before = Identity(subject="alice", groups=frozenset({"staff"}), claims={"dept": "eng"})
     first = _identity_headers(before, claims)

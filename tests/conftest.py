@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 
 from ztproxy.app import build_app
 from ztproxy.config import load_text
@@ -29,6 +30,12 @@ from ztproxy.config.schema import Config
 from ztproxy.server import ProxyRunner, ssl_context
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Property tests judge what the code answers, never how fast: on a busy machine (CI, two
+# cores shared with a load test) hypothesis's default 200 ms per example and its "too slow"
+# health check fail tests whose answers are right.
+settings.register_profile("ztproxy", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ztproxy")
 
 # Fixtures for real external components, one module each.
 pytest_plugins = ["tests.support.redis", "tests.support.idp", "tests.support.posture"]

@@ -84,12 +84,15 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
     span = None if tracing.TRACER is None else tracing.start_client_span(request.method, url, headers)
     answered = 0
     try:
+        # The handshake is one request and its answer: bounded as an HTTP request is (the
+        # WebSocket client applies no connect or read timeout of its own to it).
         with upstream_failures("The application refused the WebSocket connection."):
-            upstream_ws = await upstream.session.ws_connect(
-                url, headers=headers,
-                protocols=_offered_protocols(request), autoping=False, autoclose=False, max_msg_size=0,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=target.read_timeout or 10.0),
-            )
+            async with asyncio.timeout(target.connect_timeout + target.read_timeout):
+                upstream_ws = await upstream.session.ws_connect(
+                    url, headers=headers,
+                    protocols=_offered_protocols(request), autoping=False, autoclose=False, max_msg_size=0,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=target.read_timeout or 10.0),
+                )
         answered = 101
     finally:
         if span is not None:

@@ -148,3 +148,21 @@ async def test_small_body_cut_short_by_the_upstream_gives_502(start_upstream: Up
     async with client.get(f"{proxy.url}/", headers={"Accept": "application/json"}) as response:
         assert response.status == 502
         assert (await response.json())["error"] == "upstream-unavailable"
+
+
+async def test_websocket_handshake_to_a_hung_upstream_gives_504(start_proxy: ProxyFactory,
+                                                                client: aiohttp.ClientSession) -> None:
+    from tests.support.faults import HungUpstream
+
+    upstream = HungUpstream()  # accepts the connection, never answers the upgrade
+    await upstream.start()
+    try:
+        yaml_text = proxy_yaml(upstream.url).replace("    allow:", "    read_timeout: 500ms\n    allow:")
+        proxy = await start_proxy(yaml_text)
+        started = time.monotonic()
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect(f"{proxy.url}/ws")
+        assert refused.value.status == 504
+        assert time.monotonic() - started < 10  # bounded by the route's timeouts, not forever
+    finally:
+        await upstream.close()

@@ -143,4 +143,5 @@ def test_the_command_prints_the_schema_as_json() -> None:
     config_jsonschema.write(out)
     schema = json.loads(out.getvalue())
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["title"] == "ztproxy configuration"
     assert "server" in schema["properties"]

@@ -113,7 +113,7 @@ def config_schema() -> dict[str, Any]:
             _document(definition, model, described)
     widened = _with_env(schema)
     widened.setdefault("$defs", {})["EnvString"] = ENV_STRING
-    return {"$schema": DIALECT, "title": "ztproxy configuration", **widened}
+    return {"$schema": DIALECT, **widened, "title": "ztproxy configuration"}
 
 
 def write(stream: IO[str]) -> None:

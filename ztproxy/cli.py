@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     _keys_parser(commands.add_parser("keys", help="create, rotate and list the keys signing identity assertions"))
     _sessions_parser(commands.add_parser("sessions", help="list and revoke sessions through the admin API"),
                      config_arg)
+    config = commands.add_parser("config", help="about the configuration file itself")
+    config.add_subparsers(dest="action", required=True, metavar="ACTION").add_parser(
+        "schema", help="print the JSON Schema of the configuration file, for editors and CI")
     return parser
 
 
@@ -114,6 +117,11 @@ def _main(argv: Sequence[str] | None) -> int:
         return _keys(args)
     if args.command == "sessions":
         return _sessions(args)
+    if args.command == "config":  # the one action: schema
+        from ztproxy.config import jsonschema
+
+        jsonschema.write(sys.stdout)
+        return 0
 
     from ztproxy.config import load
     from ztproxy.telemetry import configure_logging

@@ -145,3 +145,13 @@ def test_the_command_prints_the_schema_as_json() -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["title"] == "ztproxy configuration"
     assert "server" in schema["properties"]
+
+
+def test_ztproxy_config_schema_prints_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    from ztproxy import cli
+
+    assert cli.main(["config", "schema"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(config_jsonschema.config_schema()))
+    example = yaml.safe_load(Path("config/example.yaml").read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator(printed).validate(example)

@@ -159,7 +159,9 @@ class ProxyProcess:
         self.process.send_signal(signum)
 
 
-def wait_ready(admin_url: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_ready(admin_url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    # Ready usually within a second or two; the bound is for a busy machine starting several
+    # worker processes at once (it only matters when something is wrong).
     import urllib.error
     import urllib.request
 

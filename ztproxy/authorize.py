@@ -55,6 +55,13 @@ REASON_SENTENCES = {
 _FALLBACK = "You are not allowed to use this application."
 
 
+
+
+def utc_now() -> datetime:
+    """The clock decisions are made by (sign-in age, session age, time windows)."""
+    return datetime.now(UTC)
+
+
 _ORIGIN_REFUSED = Decision(Outcome.DENY, (why.ORIGIN_NOT_ALLOWED,))
 _PREFLIGHT = Decision(Outcome.ALLOW, (why.CORS_PREFLIGHT,))
 
@@ -79,7 +86,7 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
             method=request.method,
             path=ctx.target.path,
             client_ip=ctx.client_ip,
-            now=datetime.now(UTC),
+            now=utc_now(),
             identity=identity,
             device=record.device,
         )

@@ -38,7 +38,7 @@ routes:
   - name: fresh
     path: /fresh
     upstream: {upstream}
-    allow: [{{email_domains: [corp.example], max_auth_age: 1s}}]
+    allow: [{{email_domains: [corp.example], max_auth_age: 1m}}]
   - name: alices-only
     path: /alice
     upstream: {upstream}

@@ -6,7 +6,8 @@ reasons (:mod:`ztproxy.policy.reasons`) for the audit log and the deny page.
 
 - :mod:`~ztproxy.policy.model`: facts (``RequestFacts``, ``Identity``, ``Device``) and
   decisions (``Decision``, ``Outcome``, ``StepUp``);
-- :mod:`~ztproxy.policy.criteria`: one small predicate per criterion;
+- :mod:`~ztproxy.policy.criteria`: one small predicate per criterion, each registered with the
+  rule field it is built from and the deny page's sentences for its reasons;
 - :mod:`~ztproxy.policy.compile`: rules -> ``RoutePolicy`` at config load, ``policy_hash``;
 - :mod:`~ztproxy.policy.evaluate`: ``evaluate(policy, facts) -> Decision``.
 

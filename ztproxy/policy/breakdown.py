@@ -3,7 +3,8 @@
 :func:`decide` routes a request's facts as the proxy would and evaluates the route's policy,
 noting which rules :func:`~ztproxy.policy.evaluate` looked at (for test coverage);
 :func:`rule_by_rule` also evaluates every rule of that route criterion by criterion, allow and
-deny rules both, in plain lines for people. Pure: the facts carry the clock.
+deny rules both, in plain lines for people (the deny page's sentences for a refusal are
+:func:`~ztproxy.policy.refusal.explain_refusal`). Pure: the facts carry the clock.
 """
 
 from __future__ import annotations

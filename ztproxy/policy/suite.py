@@ -25,10 +25,10 @@ from ztproxy.context import compile_routes
 from ztproxy.errors import ConfigError, ConfigIssue, PathRejected
 from ztproxy.policy.breakdown import NO_ROUTE, RouteDecision, decide
 from ztproxy.policy.compile import compile_route_policy
-from ztproxy.policy.model import Device, Identity, RequestFacts
+from ztproxy.policy.model import Device, Identity, Outcome, RequestFacts
 from ztproxy.routing import normalize_host, parse_target
 
-DECISIONS = ("allow", "deny", "step-up", NO_ROUTE)
+DECISIONS = (*(outcome.value for outcome in Outcome), NO_ROUTE)
 DEFAULT_CLIENT_IP = "127.0.0.1"
 DEFAULT_DEVICE_ID = "test-device"
 

@@ -12,6 +12,7 @@ from ztproxy.cli import main
 from ztproxy.config import Config, load, load_text
 from ztproxy.errors import ConfigError
 from ztproxy.policy.breakdown import rule_by_rule
+from ztproxy.policy.reasons import AUTH_TOO_OLD
 from ztproxy.policy.suite import Case, case_from_mapping, diff_cases, load_cases, run_cases
 
 NOW = datetime(2024, 5, 6, 10, 0, tzinfo=UTC)
@@ -86,7 +87,7 @@ def test_a_case_becomes_host_and_facts(tmp_path: Path) -> None:
     assert payroll.facts.identity.auth_time == NOW - timedelta(hours=1)
     assert payroll.facts.identity.groups == frozenset({"payroll-admin"})
     assert payroll.facts.device is not None and payroll.facts.device.managed
-    assert payroll.expect is not None and payroll.expect.reasons == ("auth-too-old",)
+    assert payroll.expect is not None and payroll.expect.reasons == (AUTH_TOO_OLD,)
 
 
 def test_defaults_without_time_identity_or_device(tmp_path: Path) -> None:

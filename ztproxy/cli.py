@@ -164,7 +164,7 @@ def _main(argv: Sequence[str] | None) -> int:
 def _policy(args: argparse.Namespace) -> int:
     """Exit 2 for unusable input; ``test`` exits 1 when a case fails; reports exit 0."""
     from ztproxy.config import load
-    from ztproxy.policy import explain, testing
+    from ztproxy.policy import breakdown, suite
 
     paths = args.config if args.action == "diff" else [args.config]
     if args.action == "diff" and len(paths) != 2:
@@ -177,19 +177,19 @@ def _policy(args: argparse.Namespace) -> int:
     try:
         configs = [load(path) for path in paths]
         if args.action == "explain":
-            case = testing.case_from_mapping(_explain_case(args), now)
+            case = suite.case_from_mapping(_explain_case(args), now)
         else:
-            cases = testing.load_cases(args.tests, now)
+            cases = suite.load_cases(args.tests, now)
     except ConfigError as error:
         print(error.render(), file=sys.stderr)
         return 2
     if args.action == "explain":
-        print("\n".join(explain.explain(configs[0], case.host, case.facts)))
+        print("\n".join(breakdown.rule_by_rule(configs[0], case.host, case.facts)))
         return 0
     if args.action == "diff":
-        print("\n".join(testing.diff_cases(configs[0], configs[1], cases)))
+        print("\n".join(suite.diff_cases(configs[0], configs[1], cases)))
         return 0
-    report = testing.run_cases(configs[0], cases)
+    report = suite.run_cases(configs[0], cases)
     print("\n".join(report.lines))
     return report.exit_code
 

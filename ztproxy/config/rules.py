@@ -1,7 +1,8 @@
 """The policy rule models: one ``allow`` or ``deny`` rule and the requirements it holds.
 
-A rule holds when every criterion in it holds; :mod:`ztproxy.policy.compile` turns these
-models into criteria. An entry may also name a policy defined under ``policies``.
+A rule holds when every criterion in it holds; :mod:`ztproxy.policy.compile` turns each
+field given into the criterion registered under its name (:mod:`ztproxy.policy.criteria`).
+An entry may also name a policy defined under ``policies``.
 This module imports no aiohttp.
 """
 

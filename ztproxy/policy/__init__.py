@@ -6,9 +6,13 @@ reasons (:mod:`ztproxy.policy.reasons`) for the audit log and the deny page.
 
 - :mod:`~ztproxy.policy.model`: facts (``RequestFacts``, ``Identity``, ``Device``) and
   decisions (``Decision``, ``Outcome``, ``StepUp``);
-- :mod:`~ztproxy.policy.criteria`: one small predicate per criterion;
+- :mod:`~ztproxy.policy.criteria`: one small predicate per criterion, each registered with the
+  rule field it is built from and the deny page's sentences for its reasons;
 - :mod:`~ztproxy.policy.compile`: rules -> ``RoutePolicy`` at config load, ``policy_hash``;
-- :mod:`~ztproxy.policy.evaluate`: ``evaluate(policy, facts) -> Decision``.
+- :mod:`~ztproxy.policy.evaluate`: ``evaluate(policy, facts) -> Decision``;
+- :mod:`~ztproxy.policy.refusal`: ``explain_refusal(decision)``, the deny page's sentences;
+- :mod:`~ztproxy.policy.suite` and :mod:`~ztproxy.policy.breakdown`: ``ztproxy policy test``,
+  ``diff`` and ``explain``.
 
 This package imports no aiohttp and never reads the clock: ``now`` is one of the facts.
 """
@@ -28,6 +32,7 @@ from ztproxy.policy.model import (
     RoutePolicy,
     StepUp,
 )
+from ztproxy.policy.refusal import explain_refusal
 
 __all__ = [
     "CompiledRule",
@@ -41,5 +46,6 @@ __all__ = [
     "StepUp",
     "compile_route_policy",
     "evaluate",
+    "explain_refusal",
     "policy_hash",
 ]

@@ -11,7 +11,9 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 
 from ztproxy.config.rules import Rule
+from ztproxy.config.values import Model
 from ztproxy.policy import criteria
+from ztproxy.policy.criteria.registry import CRITERIA
 from ztproxy.policy.model import CompiledRule, Criterion, Decision, Outcome, RoutePolicy, StepUp
 from ztproxy.policy.reasons import DENIED_BY_RULE, NO_ALLOW_RULE
 
@@ -85,50 +87,21 @@ def step_up_demand(step_up: StepUp) -> tuple[bool, float]:
     return step_up.mfa, -max_age
 
 
-def criteria_of(rule: Rule) -> Iterator[Criterion]:
-    """The criteria of one inline rule, in the order of the schema (so reasons are stable)."""
-    if rule.public:
-        yield criteria.Public()
-    if rule.users is not None:
-        yield criteria.Users.of(rule.users)
-    if rule.email_domains is not None:
-        yield criteria.EmailDomains.of(rule.email_domains)
-    if rule.groups is not None:
-        yield criteria.Groups(frozenset(rule.groups.any_of), frozenset(rule.groups.all_of))
-    if rule.claims is not None:
-        yield criteria.Claims.of(rule.claims)
-    if rule.mfa:
-        yield criteria.Mfa()
-    if rule.max_auth_age is not None:
-        yield criteria.MaxAuthAge(rule.max_auth_age)
-    if rule.max_session_age is not None:
-        yield criteria.MaxSessionAge(rule.max_session_age)
-    if rule.device is not None:
-        yield from _device_criteria(rule)
-    if rule.methods is not None:
-        yield criteria.Methods(frozenset(rule.methods))
-    if rule.paths is not None:
-        yield criteria.Paths(rule.paths)
-    if rule.source_cidrs is not None:
-        yield criteria.SourceCidrs.of(rule.source_cidrs)
-    if rule.time_window is not None:
-        window = rule.time_window
-        yield criteria.TimeWindow.of(window.days, window.start, window.end, window.timezone)
+def criteria_of(section: Model, prefix: str = "") -> Iterator[Criterion]:
+    """The criteria of one inline rule, in the order of the schema (so reasons are stable).
 
-
-def _device_criteria(rule: Rule) -> Iterator[Criterion]:
-    device = rule.device
-    if device is None:
-        return
-    if device.managed:
-        yield criteria.Managed()
-    if device.disk_encrypted:
-        yield criteria.DiskEncrypted()
-    if device.min_os_version:
-        yield criteria.MinOsVersion.of(device.min_os_version)
-    if device.max_posture_age is not None:
-        yield criteria.MaxPostureAge(device.max_posture_age)
-    if device.min_score is not None:
-        yield criteria.MinScore(device.min_score)
-    if device.owner_is_user:
-        yield criteria.OwnerIsUser()
+    Each field the rule gives builds the criterion registered under its name; a section of
+    conditions with no criterion of its own (``device``) gives one criterion per condition.
+    """
+    for field, info in type(section).model_fields.items():
+        value = getattr(section, field)
+        if value == info.default:  # not given: a default asks for nothing
+            continue
+        name = prefix + field
+        build = CRITERIA.get(name)
+        if build is not None:
+            yield build(value)
+        elif isinstance(value, Model):
+            yield from criteria_of(value, f"{name}.")
+        else:  # a rule must never hold for want of a criterion
+            raise ValueError(f"{name}: no criterion is registered for this field")

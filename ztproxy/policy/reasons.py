@@ -1,7 +1,9 @@
 """The named reasons a decision gives, one per way a criterion can fail (plus two for rules).
 
 They are stable identifiers: they go to the decision log and are turned into plain
-sentences on the deny page, so renaming one is a breaking change.
+sentences on the deny page, so renaming one is a breaking change. Each criterion registers
+the sentences of the reasons it gives (:mod:`ztproxy.policy.criteria.registry`);
+:data:`SENTENCES` here holds those of the reasons no one criterion gives.
 """
 
 from __future__ import annotations
@@ -45,3 +47,12 @@ DENY_REASONS = (
     DENIED_BY_RULE, ORIGIN_NOT_ALLOWED,
 )
 """Every reason a DENY or STEP_UP decision can carry."""
+
+# The deny page's words for the reasons of no one criterion. Like every sentence they speak of
+# this application and this request only: never of other routes, rules or internal addresses.
+SENTENCES = {
+    AUTHENTICATION_REQUIRED: "This application requires you to sign in, and sign-in is not available here.",
+    NO_ALLOW_RULE: "This application has no access rule that admits anyone yet.",
+    DENIED_BY_RULE: "Access to this application is blocked for this request.",
+    ORIGIN_NOT_ALLOWED: "This application does not accept live connections opened by pages of another site.",
+}

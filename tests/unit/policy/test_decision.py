@@ -20,6 +20,16 @@ from ztproxy.policy import (
     evaluate,
     policy_hash,
 )
+from ztproxy.policy.reasons import (
+    AUTH_TOO_OLD,
+    AUTHENTICATION_REQUIRED,
+    DENIED_BY_RULE,
+    DEVICE_UNKNOWN,
+    GROUP_MISSING,
+    METHOD_NOT_ALLOWED,
+    MFA_REQUIRED,
+    SOURCE_NOT_ALLOWED,
+)
 
 SINGLE_FACTOR_OLD = facts(identity=user(mfa=False, auth_time=NOW - timedelta(hours=2)))
 
@@ -40,7 +50,7 @@ def test_first_holding_allow_rule_decides() -> None:
 
 def test_deny_rule_wins() -> None:
     decision = decide([{"public": True}], facts(), deny=[{"source_cidrs": ["192.0.2.0/24"]}])
-    assert decision == Decision(Outcome.DENY, ("denied-by-rule",), "deny[0]")
+    assert decision == Decision(Outcome.DENY, (DENIED_BY_RULE,), "deny[0]")
 
 
 def test_deny_rule_that_does_not_hold_changes_nothing() -> None:
@@ -56,28 +66,28 @@ def test_deny_by_named_policy_is_labelled() -> None:
 
 def test_deny_wins_over_step_up() -> None:
     decision = decide([{"mfa": True}], SINGLE_FACTOR_OLD, deny=[{"methods": ["GET"]}])
-    assert decision.reasons == ("denied-by-rule",)
+    assert decision.reasons == (DENIED_BY_RULE,)
 
 
 def test_step_up_when_only_mfa_is_missing() -> None:
     decision = decide([{"groups": ["staff"], "mfa": True}], SINGLE_FACTOR_OLD)
-    assert decision == Decision(Outcome.STEP_UP, ("mfa-required",), "allow[0]", StepUp(mfa=True, max_age=None))
+    assert decision == Decision(Outcome.STEP_UP, (MFA_REQUIRED,), "allow[0]", StepUp(mfa=True, max_age=None))
 
 
 def test_step_up_when_login_is_too_old() -> None:
     decision = decide([{"mfa": True, "max_auth_age": "15m"}], SINGLE_FACTOR_OLD)
     assert decision.outcome is Outcome.STEP_UP
-    assert decision.reasons == ("mfa-required", "auth-too-old")
+    assert decision.reasons == (MFA_REQUIRED, AUTH_TOO_OLD)
     assert decision.step_up == StepUp(mfa=True, max_age=900.0)
 
 
 def test_no_step_up_when_another_criterion_fails_too() -> None:
     decision = decide([{"groups": ["admins"], "mfa": True}], SINGLE_FACTOR_OLD)
-    assert decision == Decision(Outcome.DENY, ("group-missing", "mfa-required"))
+    assert decision == Decision(Outcome.DENY, (GROUP_MISSING, MFA_REQUIRED))
 
 
 def test_no_step_up_without_identity() -> None:
-    assert decide([{"mfa": True}], facts(identity=None)).reasons == ("authentication-required",)
+    assert decide([{"mfa": True}], facts(identity=None)).reasons == (AUTHENTICATION_REQUIRED,)
 
 
 def test_step_up_picks_the_least_demanding_rule() -> None:
@@ -97,8 +107,7 @@ def test_deny_reasons_are_deduplicated_in_rule_order() -> None:
     allow = [{"methods": ["POST"], "groups": ["admins"]}, {"groups": ["ops"]}, {"source_cidrs": ["10.0.0.0/8"]},
              {"device": {"managed": True, "min_score": 90}}]
     decision = decide(allow, facts(device=None))
-    assert decision == Decision(Outcome.DENY, ("group-missing", "method-not-allowed", "source-not-allowed",
-                                               "device-unknown"))
+    assert decision == Decision(Outcome.DENY, (GROUP_MISSING, METHOD_NOT_ALLOWED, SOURCE_NOT_ALLOWED, DEVICE_UNKNOWN))
 
 
 def test_policy_reference_labels() -> None:

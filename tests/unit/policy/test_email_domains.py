@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.policy.helpers import facts, reasons, user
+from ztproxy.policy.reasons import AUTHENTICATION_REQUIRED, EMAIL_DOMAIN_NOT_ALLOWED
 
 RULE = {"email_domains": ["corp.example"]}
 
@@ -17,12 +18,12 @@ def test_domain_matches(email: str) -> None:
 @pytest.mark.parametrize("email", ["ada@evilcorp.example", "ada@corp.example.evil", "ada@sub.corp.example",
                                    "corp.example", "ada@", "ada@corp.example@evil.example", ""])
 def test_other_domains_are_refused(email: str) -> None:
-    assert reasons(RULE, facts(identity=user(email=email))) == ("email-domain-not-allowed",)
+    assert reasons(RULE, facts(identity=user(email=email))) == (EMAIL_DOMAIN_NOT_ALLOWED,)
 
 
 def test_no_email() -> None:
-    assert reasons(RULE, facts(identity=user(email=None))) == ("email-domain-not-allowed",)
+    assert reasons(RULE, facts(identity=user(email=None))) == (EMAIL_DOMAIN_NOT_ALLOWED,)
 
 
 def test_no_identity_needs_authentication() -> None:
-    assert reasons(RULE, facts(identity=None)) == ("authentication-required",)
+    assert reasons(RULE, facts(identity=None)) == (AUTHENTICATION_REQUIRED,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.unit.policy.helpers import facts, reasons
+from ztproxy.policy.reasons import METHOD_NOT_ALLOWED
 
 
 def test_listed_method_holds() -> None:
@@ -11,8 +12,8 @@ def test_listed_method_holds() -> None:
 
 
 def test_other_methods_are_refused() -> None:
-    assert reasons({"methods": ["GET"]}, facts(method="POST")) == ("method-not-allowed",)
-    assert reasons({"methods": ["GET"]}, facts(method="get")) == ("method-not-allowed",)
+    assert reasons({"methods": ["GET"]}, facts(method="POST")) == (METHOD_NOT_ALLOWED,)
+    assert reasons({"methods": ["GET"]}, facts(method="get")) == (METHOD_NOT_ALLOWED,)
 
 
 def test_needs_no_identity() -> None:

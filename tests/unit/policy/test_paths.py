@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.policy.helpers import facts, reasons
+from ztproxy.policy.reasons import PATH_NOT_ALLOWED
 
 
 @pytest.mark.parametrize(("prefix", "path", "holds"), [
@@ -13,7 +14,7 @@ from tests.unit.policy.helpers import facts, reasons
     ("/api/", "/api/x", True), ("/api/", "/api", False), ("/", "/anything", True),
 ])
 def test_prefix_match(prefix: str, path: str, holds: bool) -> None:
-    assert reasons({"paths": [prefix]}, facts(path=path)) == (() if holds else ("path-not-allowed",))
+    assert reasons({"paths": [prefix]}, facts(path=path)) == (() if holds else (PATH_NOT_ALLOWED,))
 
 
 def test_any_prefix_of_several() -> None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from tests.unit.policy.helpers import LAPTOP, NOW, USER, device, facts, user
 from ztproxy.config.rules import Rule
 from ztproxy.policy import Outcome, RequestFacts, compile_route_policy, evaluate
+from ztproxy.policy.reasons import AUTH_TOO_OLD, MFA_REQUIRED
 
 RULES = [Rule.model_validate(rule) for rule in (
     {"public": True},
@@ -84,7 +85,7 @@ def test_decisions_are_consistent(allow: list[Rule], deny: list[Rule], request: 
     assert (decision.step_up is not None) == (decision.outcome is Outcome.STEP_UP)
     if decision.outcome is Outcome.STEP_UP:
         assert request.identity is not None
-        assert set(decision.reasons) <= {"mfa-required", "auth-too-old"}
+        assert set(decision.reasons) <= {MFA_REQUIRED, AUTH_TOO_OLD}
 
 
 def test_fixtures_are_sane() -> None:

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from tests.unit.policy.helpers import facts
 from ztproxy.config.rules import Rule
 from ztproxy.policy import Outcome, compile_route_policy, evaluate
+from ztproxy.policy.reasons import DENIED_BY_RULE, NO_ALLOW_RULE, PUBLIC
 
 FACTS = facts(identity=None, device=None)
 
@@ -16,14 +17,14 @@ def test_no_rules_means_deny() -> None:
     policy = compile_route_policy((), {})
     decision = evaluate(policy, FACTS)
     assert decision.outcome is Outcome.DENY
-    assert decision.reasons == ("no-allow-rule",)
+    assert decision.reasons == (NO_ALLOW_RULE,)
     assert policy.constant == decision
 
 
 def test_public_rule_allows() -> None:
     decision = evaluate(compile_route_policy((Rule(public=True),), {}), FACTS)
     assert decision.allowed
-    assert decision.reasons == ("public",)
+    assert decision.reasons == (PUBLIC,)
     assert decision.rule == "allow[0]"
 
 
@@ -39,7 +40,7 @@ def test_public_with_request_criteria_or_a_deny_rule_is_not_constant() -> None:
     assert not evaluate(narrowed, facts(method="POST")).allowed
     guarded = compile_route_policy((Rule(public=True),), {}, deny=(Rule(source_cidrs=["192.0.2.0/24"]),))
     assert guarded.constant is None
-    assert evaluate(guarded, FACTS).reasons == ("denied-by-rule",)
+    assert evaluate(guarded, FACTS).reasons == (DENIED_BY_RULE,)
 
 
 def test_named_policy_is_resolved() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from tests.unit.policy.helpers import NOW, facts, reasons, user
+from ztproxy.policy.reasons import AUTHENTICATION_REQUIRED, SESSION_TOO_OLD
 
 RULE = {"max_session_age": "8h"}
 
@@ -14,9 +15,9 @@ def test_young_session_holds() -> None:
 
 
 def test_old_session_is_too_old() -> None:
-    assert reasons(RULE, facts(identity=user(session_started=NOW - timedelta(hours=9)))) == ("session-too-old",)
-    assert reasons(RULE, facts(identity=user(session_started=None))) == ("session-too-old",)
+    assert reasons(RULE, facts(identity=user(session_started=NOW - timedelta(hours=9)))) == (SESSION_TOO_OLD,)
+    assert reasons(RULE, facts(identity=user(session_started=None))) == (SESSION_TOO_OLD,)
 
 
 def test_no_identity_needs_authentication() -> None:
-    assert reasons(RULE, facts(identity=None)) == ("authentication-required",)
+    assert reasons(RULE, facts(identity=None)) == (AUTHENTICATION_REQUIRED,)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.unit.policy.helpers import facts, reasons
+from ztproxy.policy.reasons import OUTSIDE_TIME_WINDOW
 
 OFFICE = {"time_window": {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:30",
                           "timezone": "Europe/Paris"}}
@@ -26,7 +27,7 @@ def at(text: str) -> datetime:
     ("2024-01-08 08:00", True),  # Monday 09:00 in Paris (CET): the offset follows the date
 ])
 def test_office_hours(when: str, holds: bool) -> None:
-    assert reasons(OFFICE, facts(now=at(when))) == (() if holds else ("outside-time-window",))
+    assert reasons(OFFICE, facts(now=at(when))) == (() if holds else (OUTSIDE_TIME_WINDOW,))
 
 
 @pytest.mark.parametrize(("when", "holds"), [
@@ -37,10 +38,10 @@ def test_office_hours(when: str, holds: bool) -> None:
     ("2024-05-11 22:30", False),  # Saturday evening
 ])
 def test_overnight(when: str, holds: bool) -> None:
-    assert reasons(NIGHT, facts(now=at(when))) == (() if holds else ("outside-time-window",))
+    assert reasons(NIGHT, facts(now=at(when))) == (() if holds else (OUTSIDE_TIME_WINDOW,))
 
 
 def test_until_midnight_and_default_days() -> None:
     rule = {"time_window": {"start": "18:00", "end": "24:00"}}
     assert reasons(rule, facts(now=at("2024-05-11 23:59"))) == ()
-    assert reasons(rule, facts(now=at("2024-05-11 00:00"))) == ("outside-time-window",)
+    assert reasons(rule, facts(now=at("2024-05-11 00:00"))) == (OUTSIDE_TIME_WINDOW,)

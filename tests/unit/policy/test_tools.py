@@ -11,8 +11,9 @@ from tests.conftest import REPO
 from ztproxy.cli import main
 from ztproxy.config import Config, load, load_text
 from ztproxy.errors import ConfigError
-from ztproxy.policy.explain import explain
-from ztproxy.policy.testing import Case, case_from_mapping, diff_cases, load_cases, run_cases
+from ztproxy.policy.breakdown import rule_by_rule
+from ztproxy.policy.reasons import AUTH_TOO_OLD
+from ztproxy.policy.suite import Case, case_from_mapping, diff_cases, load_cases, run_cases
 
 NOW = datetime(2024, 5, 6, 10, 0, tzinfo=UTC)
 
@@ -86,7 +87,7 @@ def test_a_case_becomes_host_and_facts(tmp_path: Path) -> None:
     assert payroll.facts.identity.auth_time == NOW - timedelta(hours=1)
     assert payroll.facts.identity.groups == frozenset({"payroll-admin"})
     assert payroll.facts.device is not None and payroll.facts.device.managed
-    assert payroll.expect is not None and payroll.expect.reasons == ("auth-too-old",)
+    assert payroll.expect is not None and payroll.expect.reasons == (AUTH_TOO_OLD,)
 
 
 def test_defaults_without_time_identity_or_device(tmp_path: Path) -> None:
@@ -205,7 +206,7 @@ def test_a_holding_deny_rule_leaves_the_allow_rules_unexercised(tmp_path: Path, 
 def test_explain_shows_every_rule_and_criterion(config: Config) -> None:
     case = case_from_mapping({"name": "explain", "request": {"url": "https://wiki.corp.example/a", "method": "post"},
                               "identity": {"sub": "c-1", "groups": ["contractors"]}}, NOW)
-    assert explain(config, case.host, case.facts) == [
+    assert rule_by_rule(config, case.host, case.facts) == [
         f"request: POST wiki.corp.example /a from 127.0.0.1 at {NOW.isoformat()}",
         "route: wiki",
         "decision: deny (email-domain-not-allowed, method-not-allowed)",
@@ -222,7 +223,7 @@ def test_explain_shows_every_rule_and_criterion(config: Config) -> None:
 
 def test_explain_without_a_route(config: Config) -> None:
     case = case_from_mapping({"name": "explain", "request": {"url": "https://elsewhere.example/"}}, NOW)
-    assert explain(config, case.host, case.facts)[1:] == ["route: none", "decision: no-route"]
+    assert rule_by_rule(config, case.host, case.facts)[1:] == ["route: none", "decision: no-route"]
 
 
 def test_explain_options_are_validated_like_a_tests_file() -> None:

@@ -1,7 +1,9 @@
 """The criteria a rule can hold, one small pure predicate per module.
 
 Each is a frozen object built once at config load (:mod:`ztproxy.policy.compile`); calling
-it with the request facts returns None when it holds, or the reason it fails.
+it with the request facts returns None when it holds, or the reason it fails. Each module
+registers its criteria (:mod:`~ztproxy.policy.criteria.registry`): the rule field each is
+built from, and the deny page's sentence for each reason; importing this package imports them all.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ztproxy.policy.criteria.registry import register
 from ztproxy.policy.model import RequestFacts
 from ztproxy.policy.reasons import AUTH_TOO_OLD, AUTHENTICATION_REQUIRED
 
@@ -22,3 +23,7 @@ class MaxAuthAge:
         if identity.auth_time is None or (facts.now - identity.auth_time).total_seconds() > self.seconds:
             return AUTH_TOO_OLD
         return None
+
+
+register(MaxAuthAge.name, MaxAuthAge,
+         {AUTH_TOO_OLD: "This application requires a recent sign-in; please sign in again."})

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ztproxy.policy.criteria.registry import register
 from ztproxy.policy.model import RequestFacts
 from ztproxy.policy.reasons import AUTHENTICATION_REQUIRED, CLAIM_MISMATCH
 
@@ -38,3 +39,6 @@ class Claims:
             if not any(claim_key(item) in accepted for item in values):
                 return CLAIM_MISMATCH
         return None
+
+
+register(Claims.name, Claims.of, {CLAIM_MISMATCH: "Your account lacks an attribute this application requires."})

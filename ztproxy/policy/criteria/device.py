@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ztproxy.policy.criteria._text import fold
+from ztproxy.policy.criteria.registry import register
 from ztproxy.policy.model import RequestFacts
 from ztproxy.policy.reasons import (
     AUTHENTICATION_REQUIRED,
@@ -25,6 +26,7 @@ from ztproxy.policy.reasons import (
 )
 
 _VERSION = re.compile(r"\d+(?:\.\d+)*")
+_UNKNOWN = {DEVICE_UNKNOWN: "This application requires a known device, and yours could not be identified."}
 
 
 def parse_version(text: str) -> tuple[int, ...] | None:
@@ -51,6 +53,10 @@ class Managed:
         return None if device.managed else DEVICE_UNMANAGED
 
 
+register(Managed.name, lambda _: Managed(),
+         _UNKNOWN | {DEVICE_UNMANAGED: "This application requires a device managed by your organisation."})
+
+
 @dataclass(frozen=True, slots=True)
 class DiskEncrypted:
     name: ClassVar[str] = "device.disk_encrypted"
@@ -60,6 +66,10 @@ class DiskEncrypted:
         if device is None:
             return DEVICE_UNKNOWN
         return None if device.disk_encrypted else DISK_NOT_ENCRYPTED
+
+
+register(DiskEncrypted.name, lambda _: DiskEncrypted(),
+         _UNKNOWN | {DISK_NOT_ENCRYPTED: "This application requires a device with disk encryption turned on."})
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +97,12 @@ class MinOsVersion:
         return None
 
 
+register(MinOsVersion.name, MinOsVersion.of, _UNKNOWN | {
+    PLATFORM_NOT_ALLOWED: "This application is not available from your device's operating system.",
+    OS_TOO_OLD: "Your device's operating system is too old for this application; please update it.",
+})
+
+
 @dataclass(frozen=True, slots=True)
 class MaxPostureAge:
     name: ClassVar[str] = "device.max_posture_age"
@@ -101,6 +117,10 @@ class MaxPostureAge:
         return None
 
 
+register(MaxPostureAge.name, MaxPostureAge,
+         _UNKNOWN | {POSTURE_STALE: "Your device has not reported its security status recently enough."})
+
+
 @dataclass(frozen=True, slots=True)
 class MinScore:
     name: ClassVar[str] = "device.min_score"
@@ -113,6 +133,10 @@ class MinScore:
         if device.score is None or device.score < self.score:
             return DEVICE_SCORE_TOO_LOW
         return None
+
+
+register(MinScore.name, MinScore,
+         _UNKNOWN | {DEVICE_SCORE_TOO_LOW: "Your device does not meet this application's security requirements."})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,3 +157,7 @@ class OwnerIsUser:
         if owner == identity.subject or (identity.email is not None and fold(owner) == fold(identity.email)):
             return None
         return DEVICE_OWNER_MISMATCH
+
+
+register(OwnerIsUser.name, lambda _: OwnerIsUser(),
+         _UNKNOWN | {DEVICE_OWNER_MISMATCH: "This application must be used from a device registered to you."})

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ztproxy.policy.criteria._text import email_domain, fold
+from ztproxy.policy.criteria.registry import register
 from ztproxy.policy.model import RequestFacts
 from ztproxy.policy.reasons import AUTHENTICATION_REQUIRED, EMAIL_DOMAIN_NOT_ALLOWED
 
@@ -28,3 +29,7 @@ class EmailDomains:
         if identity.email is not None and email_domain(identity.email) in self.domains:
             return None
         return EMAIL_DOMAIN_NOT_ALLOWED
+
+
+register(EmailDomains.name, EmailDomains.of,
+         {EMAIL_DOMAIN_NOT_ALLOWED: "Your email address is not in a domain this application accepts."})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ztproxy.policy.criteria.registry import register
 from ztproxy.policy.model import RequestFacts
 from ztproxy.policy.reasons import PATH_NOT_ALLOWED
 
@@ -26,3 +27,6 @@ class Paths:
         # "/public/../admin" can pass for "/public".
         path = facts.path
         return None if any(under(path, prefix) for prefix in self.prefixes) else PATH_NOT_ALLOWED
+
+
+register(Paths.name, Paths, {PATH_NOT_ALLOWED: "This part of the application is not open to you."})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ztproxy.policy.criteria.registry import register
 from ztproxy.policy.model import RequestFacts
 from ztproxy.policy.reasons import AUTHENTICATION_REQUIRED, SESSION_TOO_OLD
 
@@ -22,3 +23,7 @@ class MaxSessionAge:
         if started is None or (facts.now - started).total_seconds() > self.seconds:
             return SESSION_TOO_OLD
         return None
+
+
+register(MaxSessionAge.name, MaxSessionAge,
+         {SESSION_TOO_OLD: "Your session is too old for this application; please sign in again."})

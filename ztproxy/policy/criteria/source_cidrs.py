@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ztproxy.policy.criteria.registry import register
 from ztproxy.policy.model import RequestFacts
 from ztproxy.policy.reasons import SOURCE_NOT_ALLOWED
 
@@ -32,3 +33,7 @@ class SourceCidrs:
         if any(address in network for network in self.networks):
             return None
         return SOURCE_NOT_ALLOWED
+
+
+register(SourceCidrs.name, SourceCidrs.of,
+         {SOURCE_NOT_ALLOWED: "This application cannot be reached from your network."})

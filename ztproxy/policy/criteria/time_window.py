@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 from zoneinfo import ZoneInfo
 
+from ztproxy.config import rules
 from ztproxy.config.values import WEEKDAYS  # datetime.weekday() order
+from ztproxy.policy.criteria.registry import register
 from ztproxy.policy.model import RequestFacts
 from ztproxy.policy.reasons import OUTSIDE_TIME_WINDOW
 
@@ -29,8 +31,9 @@ class TimeWindow:
     zone: ZoneInfo
 
     @classmethod
-    def of(cls, days: tuple[str, ...], start: str, end: str, timezone: str) -> TimeWindow:
-        return cls(frozenset(WEEKDAYS.index(day) for day in days), minutes(start), minutes(end), ZoneInfo(timezone))
+    def of(cls, window: rules.TimeWindow) -> TimeWindow:
+        return cls(frozenset(WEEKDAYS.index(day) for day in window.days), minutes(window.start), minutes(window.end),
+                   ZoneInfo(window.timezone))
 
     def __call__(self, facts: RequestFacts) -> str | None:
         local = facts.now.astimezone(self.zone)
@@ -42,3 +45,6 @@ class TimeWindow:
         else:  # overnight, morning part: the window opened the day before
             inside = minute < self.end and (day - 1) % 7 in self.days
         return None if inside else OUTSIDE_TIME_WINDOW
+
+
+register(TimeWindow.name, TimeWindow.of, {OUTSIDE_TIME_WINDOW: "This application is not available at this time."})

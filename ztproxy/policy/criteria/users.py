@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ztproxy.policy.criteria._text import fold
+from ztproxy.policy.criteria.registry import register
 from ztproxy.policy.model import RequestFacts
 from ztproxy.policy.reasons import AUTHENTICATION_REQUIRED, USER_NOT_ALLOWED
 
@@ -29,3 +30,6 @@ class Users:
         if identity.email is not None and fold(identity.email) in self.emails:
             return None
         return USER_NOT_ALLOWED
+
+
+register(Users.name, Users.of, {USER_NOT_ALLOWED: "Your account is not on the list of users of this application."})

@@ -1,9 +1,10 @@
-"""Why a configuration decides what it does for one request: route, decision, every criterion.
+"""``ztproxy policy explain``: why a configuration decides what it does for one request.
 
 :func:`decide` routes a request's facts as the proxy would and evaluates the route's policy,
 noting which rules :func:`~ztproxy.policy.evaluate` looked at (for test coverage);
-:func:`explain` also evaluates every rule of that route criterion by criterion, allow and
-deny rules both, in plain lines for people. Pure: the facts carry the clock.
+:func:`rule_by_rule` also evaluates every rule of that route criterion by criterion, allow and
+deny rules both, in plain lines for people (the deny page's sentences for a refusal are
+:func:`~ztproxy.policy.refusal.explain_refusal`). Pure: the facts carry the clock.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def criterion_results(rule: CompiledRule, facts: RequestFacts) -> list[tuple[str
     return [(criterion.name, criterion(facts)) for criterion in rule.criteria]
 
 
-def explain(config: Config, host: str | None, facts: RequestFacts) -> list[str]:
+def rule_by_rule(config: Config, host: str | None, facts: RequestFacts) -> list[str]:
     """The route, the decision with its reasons, and every rule of the route criterion by criterion."""
     routes = compile_routes(config)
     lines = [f"request: {facts.method} {host or '-'} {facts.path} from {facts.client_ip} at {facts.now.isoformat()}"]

@@ -1,4 +1,4 @@
-"""Policy as code: a YAML file of request cases, run against a configuration's routes.
+"""``ztproxy policy test`` and ``policy diff``: a YAML file of request cases, run against a configuration's routes.
 
 :func:`load_cases` reads and validates a tests file strictly (every problem, with the case
 and the field, at once, as a :class:`~ztproxy.errors.ConfigError`) and turns each case into
@@ -23,12 +23,12 @@ from ztproxy.config.schema import Config
 from ztproxy.config.values import parse_duration
 from ztproxy.context import compile_routes
 from ztproxy.errors import ConfigError, ConfigIssue, PathRejected
+from ztproxy.policy.breakdown import NO_ROUTE, RouteDecision, decide
 from ztproxy.policy.compile import compile_route_policy
-from ztproxy.policy.explain import NO_ROUTE, RouteDecision, decide
-from ztproxy.policy.model import Device, Identity, RequestFacts
+from ztproxy.policy.model import Device, Identity, Outcome, RequestFacts
 from ztproxy.routing import normalize_host, parse_target
 
-DECISIONS = ("allow", "deny", "step-up", NO_ROUTE)
+DECISIONS = (*(outcome.value for outcome in Outcome), NO_ROUTE)
 DEFAULT_CLIENT_IP = "127.0.0.1"
 DEFAULT_DEVICE_ID = "test-device"
 

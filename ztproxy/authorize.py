@@ -20,41 +20,10 @@ from ztproxy.headers import is_websocket_upgrade
 from ztproxy.me import ME_PATH
 from ztproxy.origins import addressed_origin, origin_allowed
 from ztproxy.pages import wants_json
-from ztproxy.policy import Decision, Outcome, RequestFacts, RoutePolicy, StepUp, evaluate
+from ztproxy.policy import Decision, Outcome, RequestFacts, RoutePolicy, StepUp, evaluate, explain_refusal
 from ztproxy.policy import reasons as why
 from ztproxy.state import POLICY_HASH, RECORD, RequestRecord
 from ztproxy.telemetry import decision_event
-
-# The deny page in plain words, one sentence per reason. They speak of this application and
-# this request only: never of other routes, rules or internal addresses.
-REASON_SENTENCES = {
-    why.AUTHENTICATION_REQUIRED: "This application requires you to sign in, and sign-in is not available here.",
-    why.USER_NOT_ALLOWED: "Your account is not on the list of users of this application.",
-    why.EMAIL_DOMAIN_NOT_ALLOWED: "Your email address is not in a domain this application accepts.",
-    why.GROUP_MISSING: "Your account is not in a group this application requires.",
-    why.CLAIM_MISMATCH: "Your account lacks an attribute this application requires.",
-    why.MFA_REQUIRED: "This application requires you to sign in with a second factor.",
-    why.AUTH_TOO_OLD: "This application requires a recent sign-in; please sign in again.",
-    why.SESSION_TOO_OLD: "Your session is too old for this application; please sign in again.",
-    why.DEVICE_UNKNOWN: "This application requires a known device, and yours could not be identified.",
-    why.DEVICE_UNMANAGED: "This application requires a device managed by your organisation.",
-    why.DISK_NOT_ENCRYPTED: "This application requires a device with disk encryption turned on.",
-    why.PLATFORM_NOT_ALLOWED: "This application is not available from your device's operating system.",
-    why.OS_TOO_OLD: "Your device's operating system is too old for this application; please update it.",
-    why.POSTURE_STALE: "Your device has not reported its security status recently enough.",
-    why.DEVICE_SCORE_TOO_LOW: "Your device does not meet this application's security requirements.",
-    why.DEVICE_OWNER_MISMATCH: "This application must be used from a device registered to you.",
-    why.METHOD_NOT_ALLOWED: "This kind of request is not allowed here.",
-    why.PATH_NOT_ALLOWED: "This part of the application is not open to you.",
-    why.SOURCE_NOT_ALLOWED: "This application cannot be reached from your network.",
-    why.OUTSIDE_TIME_WINDOW: "This application is not available at this time.",
-    why.NO_ALLOW_RULE: "This application has no access rule that admits anyone yet.",
-    why.DENIED_BY_RULE: "Access to this application is blocked for this request.",
-    why.ORIGIN_NOT_ALLOWED: "This application does not accept live connections opened by pages of another site.",
-}
-_FALLBACK = "You are not allowed to use this application."
-
-
 
 
 def utc_now() -> datetime:
@@ -108,8 +77,8 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
         if identity is None and why.AUTHENTICATION_REQUIRED in decision.reasons:
             return _sign_in(request, record, auth, _first_sign_in(policy))
     if identity is None:
-        raise AccessDenied(explain(decision), reasons=decision.reasons)
-    raise AccessDenied(explain(decision), reasons=decision.reasons,
+        raise AccessDenied(explain_refusal(decision), reasons=decision.reasons)
+    raise AccessDenied(explain_refusal(decision), reasons=decision.reasons,
                        hint=f"You are signed in as {identity.email or identity.subject}. {AccessDenied.hint}",
                        link=(ME_PATH, "See your sign-in, your device and the applications open to you"))
 
@@ -131,7 +100,7 @@ def _refuse_foreign_origin(request: web.Request, record: RequestRecord) -> None:
         return
     record.decision = _ORIGIN_REFUSED
     log_decision(request, record, _ORIGIN_REFUSED, None, origin=origins[0][:256])
-    raise AccessDenied(explain(_ORIGIN_REFUSED), reasons=_ORIGIN_REFUSED.reasons)
+    raise AccessDenied(explain_refusal(_ORIGIN_REFUSED), reasons=_ORIGIN_REFUSED.reasons)
 
 
 def _is_preflight(request: web.Request) -> bool:
@@ -220,16 +189,3 @@ async def _sign_in(request: web.Request, record: RequestRecord, auth: Auth, step
     description = f"This application requires {' and '.join(sentences)}."
     params.insert(1, f'error_description="{description}"')
     raise StepUpRequired(description, headers=(("WWW-Authenticate", "Bearer " + ", ".join(params)),))
-
-
-def explain(decision: Decision) -> str:
-    """The reasons of a refusal as sentences, in order, each once.
-
-    Only conditions that would change the answer are named: when something a new sign-in
-    cannot fix failed (a group, the device), "sign in with a second factor" is noise.
-    """
-    reasons = decision.reasons
-    if any(reason not in why.STEP_UP_REASONS for reason in reasons):
-        reasons = tuple(reason for reason in reasons if reason not in why.STEP_UP_REASONS)
-    sentences = dict.fromkeys(REASON_SENTENCES[reason] for reason in reasons if reason in REASON_SENTENCES)
-    return " ".join(sentences) or _FALLBACK

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from ztproxy.demo import scenario
 from ztproxy.demo.sample_app import build_sample_app
-from ztproxy.identity import JWKS_PATH
+from ztproxy.signing import JWKS_PATH
 from ztproxy.verify import Verifier
 
 

@@ -12,18 +12,17 @@ at most once: a subscriber that was disconnected misses what was published meanw
 is told when it is subscribed again, so it can re-read what it holds.
 
 The contract test suite (``tests/integration/sessions/test_store_contract.py``) runs
-against every store; a new one passes it before it is registered in :data:`STORES`.
+against every store; a new one passes it before it is registered in
+:data:`ztproxy.config.sessions.STORES`.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-import re
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from ztproxy.config.sessions import SessionsConfig
+from ztproxy.config.sessions import SessionsConfig, resolve_store
 
 
 @runtime_checkable
@@ -77,21 +76,6 @@ class SessionStore(Protocol):
         """Release connections; the store is not used afterwards."""
 
 
-StoreFactory = Callable[[SessionsConfig], SessionStore]
-
-# A store's short name, or a URL scheme with its "://" -> the class built from the SessionsConfig.
-STORES: dict[str, str] = {
-    "memory": "ztproxy.sessions.memory:MemoryStore",
-    "redis://": "ztproxy.sessions.redis:RedisStore",
-    "rediss://": "ztproxy.sessions.redis:RedisStore",
-    "unix://": "ztproxy.sessions.redis:RedisStore",
-    "redis+sentinel://": "ztproxy.sessions.redis:RedisStore",
-}
-
-_IMPORT_STRING_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
-_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
 def open_store(config: SessionsConfig) -> SessionStore:
     """Build the store ``config.store`` names (nothing connects before the first operation).
 
@@ -122,65 +106,9 @@ def open_store(config: SessionsConfig) -> SessionStore:
     return store
 
 
-def check_store(spec: str) -> None:
-    """Validate a store spec without opening anything; ValueError says what is wrong."""
-    factory = resolve_store(spec)
-    check_spec = getattr(factory, "check_spec", None)
-    if callable(check_spec):
-        check_spec(spec)
-
-
-def resolve_store(spec: str) -> StoreFactory:
-    """The class (or factory) that builds the store ``spec`` names."""
-    scheme = _SCHEME_RE.match(spec)
-    if scheme is not None:
-        prefix = scheme.group(0).lower()
-        if prefix not in STORES:
-            raise ValueError(f"unknown session store scheme {prefix!r}: expected {', '.join(STORES)} "
-                             "or an import string package.module:Class")
-        target = STORES[prefix]
-    elif spec in STORES:
-        target = STORES[spec]
-    elif _IMPORT_STRING_RE.fullmatch(spec):
-        target = spec
-    else:
-        raise ValueError(f"invalid session store {redact_url(spec)!r}: expected memory, a redis:// or "
-                         "redis+sentinel:// URL, or an import string package.module:Class")
-    factory = _import(target)
-    if not callable(factory):
-        raise ValueError(f"session store {target!r} is not a class or factory")
-    return factory  # type: ignore[no-any-return]
-
-
-def _import(target: str) -> Any:
-    module_name, _, attribute = target.partition(":")
-    try:
-        found: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import session store module {module_name!r}: {exc}") from exc
-    for part in attribute.split("."):
-        try:
-            found = getattr(found, part)
-        except AttributeError:
-            raise ValueError(f"module {module_name!r} has no {attribute!r}") from None
-    return found
-
-
 def check_put(ttl: float, *, only_new: bool = False, only_existing: bool = False) -> None:
     """Argument checks every store makes alike (a wrong call is a bug, not bad input)."""
     if not (ttl > 0 and math.isfinite(ttl)):
         raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
     if only_new and only_existing:
         raise ValueError("only_new and only_existing exclude each other")
-
-
-_QUERY_SECRET_RE = re.compile(r"(?i)([?&][^=&]*password=)[^&]*")
-
-
-def redact_url(url: str) -> str:
-    """``url`` fit for an error message or a log: user, password and password=... as ``***``."""
-    at = url.rfind("@")
-    if at >= 0:  # everything up to the last "@", in case the password holds an unencoded "/" or "@"
-        start = url.find("://") + 3 if "://" in url[:at] else 0
-        url = url[:start] + "***" + url[at:]
-    return _QUERY_SECRET_RE.sub(r"\1***", url)

@@ -8,7 +8,6 @@ This module imports no aiohttp.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from typing import Any
@@ -20,6 +19,7 @@ from yarl import URL
 
 from ztproxy.config.values import Duration, HttpUrl, Model
 from ztproxy.headers import is_identity_header
+from ztproxy.imports import resolve
 
 DEFAULT_DEVICE_URI_PREFIX = "urn:device:"
 DEFAULT_POSTURE_HEADER = "X-Device-Posture"
@@ -42,7 +42,6 @@ _KEY_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 # RFC 9110 5.1: a field name is a token.
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_IMPORT_STRING_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
 class ClientCertificateConfig(Model):
@@ -160,18 +159,7 @@ class CustomProviderConfig(Model):
     @field_validator("provider")
     @classmethod
     def _importable(cls, value: str) -> str:
-        if not _IMPORT_STRING_RE.fullmatch(value):
-            raise ValueError(f"invalid provider {value!r}: expected an import string package.module:Class")
-        module_name, _, attribute = value.partition(":")
-        try:
-            target: Any = importlib.import_module(module_name)
-        except Exception as exc:  # the module's own import-time errors too: reported, never a crash
-            raise ValueError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
-        for part in attribute.split("."):
-            target = getattr(target, part, None)
-        if target is None:
-            raise ValueError(f"module {module_name!r} has no {attribute!r}")
-        if not callable(target):
+        if not callable(resolve(value, what="provider")):
             raise ValueError(f"{value!r} is not a class")
         return value
 

@@ -17,17 +17,17 @@ This module imports no aiohttp: the providers that do HTTP are imported by name,
 
 from __future__ import annotations
 
-import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import structlog
 
 from ztproxy.config.schema import Config
 from ztproxy.errors import ConfigError, ConfigIssue
+from ztproxy.imports import resolve
 from ztproxy.policy.model import Device
 
 log = structlog.get_logger("ztproxy.posture")
@@ -88,12 +88,12 @@ def build_providers(config: Config) -> list[tuple[str, PostureProvider]]:
     for name, target in BUILTIN_PROVIDERS.items():
         settings = getattr(devices, name)
         if settings is not None:
-            factory: ProviderFactory = pkgutil.resolve_name(target)
+            factory = cast("ProviderFactory", resolve(target))
             providers.append((name, factory(settings, config)))
     for index, entry in enumerate(devices.custom):
         path = f"devices.custom[{index}].provider"
         try:
-            provider = pkgutil.resolve_name(entry.provider)(**entry.options)
+            provider = cast("Callable[..., object]", resolve(entry.provider))(**entry.options)
         except Exception as exc:  # a custom class refusing its options: a configuration error
             raise ConfigError([ConfigIssue(path, f"{entry.provider}: {type(exc).__name__}: {exc}")]) from None
         if not isinstance(provider, PostureProvider):

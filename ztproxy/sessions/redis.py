@@ -42,9 +42,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from structlog import get_logger
 
-from ztproxy.config.sessions import SessionsConfig
+from ztproxy.config.sessions import SessionsConfig, redact_url
 from ztproxy.errors import SessionStoreUnavailable
-from ztproxy.sessions.store import check_put, redact_url
+from ztproxy.sessions.store import check_put
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""The session store Protocol, and :func:`open_store`, which picks a store from the config.
+"""What a session store implements, what the manager uses, and :func:`open_store`.
 
 Stores move opaque bytes under string keys; the callers hash ids into keys (``s:<hex>``,
 ``idx:user:<hex>``, ``once:<hex>``) and seal values (``sealing``) before they get here
@@ -6,28 +6,47 @@ Stores move opaque bytes under string keys; the callers hash ids into keys (``s:
 :class:`~ztproxy.errors.SessionStoreUnavailable` (fail closed, a 503), and every operation
 is bounded by ``sessions.store_timeout``.
 
-Stores also carry one broadcast channel per name (``publish`` / ``subscribe``), which
-announces revocations to every worker and replica (``ztproxy.sessions.revocation``). It is
-at most once: a subscriber that was disconnected misses what was published meanwhile, and
-is told when it is subscribed again, so it can re-read what it holds.
+A custom store (``sessions.store: package.module:Class``, built as ``Class(config)``)
+implements two small Protocols, each operation atomic in its backend:
+
+- :class:`Storage`: ``get``, ``put``, ``delete``, ``members``. ``put`` is where atomicity
+  matters: ``only_new`` has exactly one winner among concurrent writers (the single-use
+  markers: OIDC ``state``, a token's ``jti``, the refresh lock), ``only_existing`` never
+  brings back an ended session, and the key joins its ``indexes`` in the same step, only
+  when written (revocation by user, IdP session or device finds every session);
+- :class:`Broadcast`: ``publish``, ``subscribe``, the channel announcing revocations to
+  every worker and replica (``ztproxy.sessions.revocation``). It is at most once: a
+  subscriber that was disconnected misses what was published meanwhile, and is told when
+  it is subscribed again, so it can re-read what it holds.
+
+An ``async close()``, if the class has one, is called when the store is no longer used.
+:func:`open_store` wraps such a class in an :class:`AdaptedStore`, which builds the rest
+of :class:`SessionStore` on those six: ``touch`` re-puts the value it reads with
+``only_existing``, and every value goes with its wall-clock expiry, which ``ttl`` reads.
+That costs a read more per ``touch``, and a content change that lands between that read and
+the re-put is overwritten by the value it read. The built-in stores (``memory``, Redis)
+implement :class:`SessionStore` themselves: ``touch`` and ``ttl`` are one step each there.
 
 The contract test suite (``tests/integration/sessions/test_store_contract.py``) runs
-against every store; a new one passes it before it is registered in :data:`STORES`.
+against every store, and against an adapted custom one; a new built-in passes it before
+it is registered in :data:`ztproxy.config.sessions.STORES`.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-import re
+import struct
+import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from ztproxy.config.sessions import SessionsConfig
+from ztproxy.config.sessions import SessionsConfig, resolve_store
 
 
 @runtime_checkable
-class SessionStore(Protocol):
+class Storage(Protocol):
+    """Values with an expiry, and indexes of keys: what every store keeps."""
+
     async def get(self, key: str) -> bytes | None:
         """The value stored under ``key``, or None when absent or expired."""
 
@@ -41,22 +60,16 @@ class SessionStore(Protocol):
         ``key`` to each named index (all sessions of a user), only when written.
         """
 
-    async def touch(self, key: str, ttl: float, *, indexes: Sequence[str]) -> bool:
-        """Let ``key`` live ``ttl`` seconds from now without rewriting it; False if absent.
-
-        ``indexes`` (required, ``()`` for none): the indexes the key was put in. A store
-        may keep an index only as long as the expiries it was told about, so a key touched
-        without its indexes can drop out of them while it lives (and escape a revocation).
-        """
-
     async def delete(self, *keys: str) -> None:
         """Forget every key given (an index name too); absent ones are no error."""
 
     async def members(self, index: str) -> list[str]:
         """The keys added to ``index`` that still exist, in no particular order."""
 
-    async def ttl(self, key: str) -> float | None:
-        """The seconds ``key`` has left to live, or None when it is absent."""
+
+@runtime_checkable
+class Broadcast(Protocol):
+    """One channel per name, to every subscriber of every worker and replica, at most once."""
 
     async def publish(self, channel: str, message: bytes) -> None:
         """Send ``message`` to whoever subscribes to ``channel`` now (at most once, never kept)."""
@@ -70,6 +83,22 @@ class SessionStore(Protocol):
         subscription, the first included: messages published before it may have been missed.
         """
 
+
+@runtime_checkable
+class SessionStore(Storage, Broadcast, Protocol):
+    """What the session manager, the revocation feed and the OIDC flows use."""
+
+    async def touch(self, key: str, ttl: float, *, indexes: Sequence[str]) -> bool:
+        """Let ``key`` live ``ttl`` seconds from now without changing it; False if absent.
+
+        ``indexes`` (required, ``()`` for none): the indexes the key was put in. A store
+        may keep an index only as long as the expiries it was told about, so a key touched
+        without its indexes can drop out of them while it lives (and escape a revocation).
+        """
+
+    async def ttl(self, key: str) -> float | None:
+        """The seconds ``key`` has left to live, or None when it is absent."""
+
     async def ping(self) -> None:
         """Raise SessionStoreUnavailable unless the backend answers (for readiness)."""
 
@@ -77,19 +106,9 @@ class SessionStore(Protocol):
         """Release connections; the store is not used afterwards."""
 
 
-StoreFactory = Callable[[SessionsConfig], SessionStore]
-
-# A store's short name, or a URL scheme with its "://" -> the class built from the SessionsConfig.
-STORES: dict[str, str] = {
-    "memory": "ztproxy.sessions.memory:MemoryStore",
-    "redis://": "ztproxy.sessions.redis:RedisStore",
-    "rediss://": "ztproxy.sessions.redis:RedisStore",
-    "unix://": "ztproxy.sessions.redis:RedisStore",
-    "redis+sentinel://": "ztproxy.sessions.redis:RedisStore",
-}
-
-_IMPORT_STRING_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
-_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+@runtime_checkable
+class CustomStore(Storage, Broadcast, Protocol):
+    """What a custom store implements (see the module docstring)."""
 
 
 def open_store(config: SessionsConfig) -> SessionStore:
@@ -106,7 +125,7 @@ def open_store(config: SessionsConfig) -> SessionStore:
       Passwords are percent-encoded (``@`` as ``%40``), also when they come from a
       ``${ENV_VAR}`` that the config loader expands;
     - ``package.module:Class``: any class built as ``Class(config)`` that implements
-      :class:`SessionStore`.
+      :class:`CustomStore` (adapted) or the whole :class:`SessionStore` (used as it is).
 
     A class with an ``open(config)`` class method is built with it instead: the memory store
     gives everyone in the process who opens a configuration naming the same store the same store.
@@ -116,54 +135,12 @@ def open_store(config: SessionsConfig) -> SessionStore:
     factory = resolve_store(config.store)
     opener = getattr(factory, "open", None)
     store = opener(config) if callable(opener) else factory(config)
-    if not isinstance(store, SessionStore):
-        raise ValueError(f"{config.store!r} did not build a session store: it needs get, put, touch, delete, "
-                         "members, ttl, publish, subscribe, ping and close")
-    return store
-
-
-def check_store(spec: str) -> None:
-    """Validate a store spec without opening anything; ValueError says what is wrong."""
-    factory = resolve_store(spec)
-    check_spec = getattr(factory, "check_spec", None)
-    if callable(check_spec):
-        check_spec(spec)
-
-
-def resolve_store(spec: str) -> StoreFactory:
-    """The class (or factory) that builds the store ``spec`` names."""
-    scheme = _SCHEME_RE.match(spec)
-    if scheme is not None:
-        prefix = scheme.group(0).lower()
-        if prefix not in STORES:
-            raise ValueError(f"unknown session store scheme {prefix!r}: expected {', '.join(STORES)} "
-                             "or an import string package.module:Class")
-        target = STORES[prefix]
-    elif spec in STORES:
-        target = STORES[spec]
-    elif _IMPORT_STRING_RE.fullmatch(spec):
-        target = spec
-    else:
-        raise ValueError(f"invalid session store {redact_url(spec)!r}: expected memory, a redis:// or "
-                         "redis+sentinel:// URL, or an import string package.module:Class")
-    factory = _import(target)
-    if not callable(factory):
-        raise ValueError(f"session store {target!r} is not a class or factory")
-    return factory  # type: ignore[no-any-return]
-
-
-def _import(target: str) -> Any:
-    module_name, _, attribute = target.partition(":")
-    try:
-        found: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import session store module {module_name!r}: {exc}") from exc
-    for part in attribute.split("."):
-        try:
-            found = getattr(found, part)
-        except AttributeError:
-            raise ValueError(f"module {module_name!r} has no {attribute!r}") from None
-    return found
+    if isinstance(store, SessionStore):
+        return store
+    if isinstance(store, CustomStore):
+        return AdaptedStore(store)
+    raise ValueError(f"{config.store!r} did not build a session store: it needs get, put, delete, members, "
+                     "publish and subscribe")
 
 
 def check_put(ttl: float, *, only_new: bool = False, only_existing: bool = False) -> None:
@@ -174,13 +151,63 @@ def check_put(ttl: float, *, only_new: bool = False, only_existing: bool = False
         raise ValueError("only_new and only_existing exclude each other")
 
 
-_QUERY_SECRET_RE = re.compile(r"(?i)([?&][^=&]*password=)[^&]*")
+_EXPIRY = struct.Struct(">Q")  # before each value an adapted store keeps: its wall-clock expiry, in ms
+_PING_KEY = "ztproxy:ping"
 
 
-def redact_url(url: str) -> str:
-    """``url`` fit for an error message or a log: user, password and password=... as ``***``."""
-    at = url.rfind("@")
-    if at >= 0:  # everything up to the last "@", in case the password holds an unencoded "/" or "@"
-        start = url.find("://") + 3 if "://" in url[:at] else 0
-        url = url[:start] + "***" + url[at:]
-    return _QUERY_SECRET_RE.sub(r"\1***", url)
+class AdaptedStore:
+    """A :class:`SessionStore` built on a :class:`CustomStore` (see the module docstring)."""
+
+    def __init__(self, store: CustomStore, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self._clock = clock  # wall clock: every worker and replica reads the same expiries
+
+    async def get(self, key: str) -> bytes | None:
+        stored = await self.store.get(key)
+        return None if stored is None else stored[_EXPIRY.size:]
+
+    async def put(self, key: str, value: bytes, ttl: float, *, only_new: bool = False,
+                  only_existing: bool = False, indexes: Sequence[str] = ()) -> bool:
+        check_put(ttl, only_new=only_new, only_existing=only_existing)
+        return await self.store.put(key, self._with_expiry(value, ttl), ttl, only_new=only_new,
+                                    only_existing=only_existing, indexes=indexes)
+
+    async def touch(self, key: str, ttl: float, *, indexes: Sequence[str]) -> bool:
+        check_put(ttl)
+        stored = await self.store.get(key)
+        if stored is None:
+            return False
+        return await self.store.put(key, self._with_expiry(stored[_EXPIRY.size:], ttl), ttl,
+                                    only_existing=True, indexes=indexes)
+
+    async def delete(self, *keys: str) -> None:
+        if keys:
+            await self.store.delete(*keys)
+
+    async def members(self, index: str) -> list[str]:
+        return await self.store.members(index)
+
+    async def ttl(self, key: str) -> float | None:
+        stored = await self.store.get(key)
+        if stored is None:
+            return None
+        expires_at: int = _EXPIRY.unpack_from(stored)[0]
+        return max(0.0, expires_at / 1000 - self._clock())
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        await self.store.publish(channel, message)
+
+    async def subscribe(self, channel: str, on_message: Callable[[bytes], None],
+                        on_subscribed: Callable[[], None]) -> None:
+        await self.store.subscribe(channel, on_message, on_subscribed)
+
+    async def ping(self) -> None:
+        await self.store.get(_PING_KEY)
+
+    async def close(self) -> None:
+        close = getattr(self.store, "close", None)
+        if callable(close):
+            await close()
+
+    def _with_expiry(self, value: bytes, ttl: float) -> bytes:
+        return _EXPIRY.pack(int((self._clock() + ttl) * 1000)) + value

@@ -1,21 +1,18 @@
 """One upstream connection: an asyncio protocol feeding llhttp, one exchange at a time.
 
 The errors of an exchange and the ``Origin`` a connection goes to live here too; the
-pool (``pool.py``) hands connections out, takes them back and keeps the healthy ones.
+pool (``pool.py``) hands connections out, takes them back and keeps the healthy ones. A
+connection knows nothing of the pool: it reports its end through the ``on_lost`` callback.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import httptools
-
-if TYPE_CHECKING:
-    from ztproxy.upstream_client.pool import UpstreamPool
 
 # Buffered body bytes at which the upstream connection stops being read (backpressure).
 _HIGH_WATER = 256 * 1024
@@ -58,8 +55,8 @@ class Origin:
 class Connection(asyncio.Protocol):
     """One keep-alive connection to an origin, serving one exchange at a time."""
 
-    def __init__(self, pool: UpstreamPool, origin: Origin, max_header_bytes: int) -> None:
-        self.pool = pool
+    def __init__(self, origin: Origin, max_header_bytes: int, on_lost: Callable[[Connection], None]) -> None:
+        self.on_lost = on_lost  # told once the transport is gone (the pool forgets the connection)
         self.origin = origin
         self.loop = asyncio.get_running_loop()
         self.max_header_bytes = max_header_bytes
@@ -150,7 +147,7 @@ class Connection(asyncio.Protocol):
         if self._drained is not None and not self._drained.done():
             self._drained.set_exception(UpstreamProtocolError("the upstream closed the connection"))
         self._cancel_timer()
-        self.pool.forget(self)
+        self.on_lost(self)
 
     def pause_writing(self) -> None:
         self._writable = False

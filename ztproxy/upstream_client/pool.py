@@ -42,10 +42,11 @@ class UpstreamResponse:
     answer was read to its end, and closes it otherwise.
     """
 
-    __slots__ = ("_conn", "content_length", "raw_headers", "reason", "status")
+    __slots__ = ("_conn", "_pool", "content_length", "raw_headers", "reason", "status")
 
-    def __init__(self, conn: Connection, status: int, reason: str, raw_headers: list[tuple[str, str]],
-                 content_length: int | None) -> None:
+    def __init__(self, pool: UpstreamPool, conn: Connection, status: int, reason: str,
+                 raw_headers: list[tuple[str, str]], content_length: int | None) -> None:
+        self._pool = pool
         self._conn: Connection | None = conn
         self.status = status
         self.reason = reason
@@ -79,7 +80,7 @@ class UpstreamResponse:
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.pool.release(conn)
+            self._pool.release(conn)
 
     async def __aenter__(self) -> UpstreamResponse:
         return self
@@ -144,7 +145,7 @@ class UpstreamPool:
             except BaseException:
                 self.release(conn)
                 raise
-            return UpstreamResponse(conn, conn.status, conn.reason, conn.header_list,
+            return UpstreamResponse(self, conn, conn.status, conn.reason, conn.header_list,
                                     _content_length(conn.header_list))
 
     async def _acquire(self, origin: Origin, connect_timeout: float | None, *, fresh: bool = False) -> Connection:
@@ -199,7 +200,7 @@ class UpstreamPool:
         if origin.tls:
             context = self._ssl or ssl.create_default_context()
             self._ssl = context
-        conn = Connection(self, origin, self.max_header_bytes)
+        conn = Connection(origin, self.max_header_bytes, self.forget)
         self._open.add(conn)
         try:
             async with asyncio.timeout(connect_timeout):

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from ztproxy.config.sessions import SessionsConfig
+from ztproxy.config.sessions import SessionsConfig, check_store, redact_url, resolve_store
 from ztproxy.sessions.memory import MemoryStore
 from ztproxy.sessions.redis import DEFAULT_SENTINEL_PORT, RedisStore, SentinelTarget, parse_sentinel_url
-from ztproxy.sessions.store import check_store, open_store, redact_url, resolve_store
+from ztproxy.sessions.store import open_store
 
 
 class CustomStore(MemoryStore):
@@ -65,7 +65,7 @@ def test_an_import_string_builds_the_class_with_the_config() -> None:
     ("memcached", "invalid session store 'memcached'"),
     ("redis", "invalid session store 'redis'"),
     ("", "invalid session store"),
-    ("no_such_package.module:Store", "cannot import session store module 'no_such_package.module'"),
+    ("no_such_package.module:Store", "cannot import 'no_such_package.module': ModuleNotFoundError"),
     ("tests.unit.sessions.test_store:Missing", "has no 'Missing'"),
     ("tests.unit.sessions.test_store:NOT_A_FACTORY", "is not a class or factory"),
     ("redis://127.0.0.1:notaport/0", "the port must be a number"),

@@ -37,8 +37,16 @@ class Rule:
 CORE = ("ztproxy.config", "ztproxy.config.*", "ztproxy.policy", "ztproxy.policy.*", "ztproxy.sessions.sealing",
         "ztproxy.assertion", "ztproxy.assertion.*", "ztproxy.errors", "ztproxy.headers", "ztproxy.origins")
 
+# The request pipeline's stages and handlers (app.STAGES, app.handle): siblings that share the
+# request record (state.py) and the services below them, never each other (STYLE 25).
+STAGES = ("ztproxy.intake", "ztproxy.endpoints", "ztproxy.authenticate", "ztproxy.device", "ztproxy.authorize",
+          "ztproxy.upstream_identity", "ztproxy.forward", "ztproxy.websocket")
+
 RULES = [
     Rule("the core is plain Python (STYLE 4)", CORE, ("aiohttp", "aiohttp.*")),
+    *(Rule(f"the stage {stage} imports no other stage", (stage,), tuple(other for other in STAGES if other != stage))
+      for stage in STAGES),
+    Rule("telemetry reads the record, not the stages", ("ztproxy.tracing", "ztproxy.telemetry"), STAGES),
 ]
 
 

@@ -26,7 +26,7 @@ from aiohttp import web
 from ztproxy.app import build_app
 from ztproxy.config import load_text
 from ztproxy.config.schema import Config
-from ztproxy.server import ProxyRunner, ssl_context
+from ztproxy.listener import ProxyRunner, ssl_context
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,8 @@ from ztproxy.demo.sample_app import build_sample_app
 from ztproxy.demo_idp import DemoIdp, IdpClient, IdpStartError, find_node_modules
 from ztproxy.errors import ConfigError
 from ztproxy.identity import JWKS_PATH
-from ztproxy.server import ProxyRunner, bind_socket, run_loop
+from ztproxy.listener import ProxyRunner, bind_socket
+from ztproxy.server import run_loop
 from ztproxy.telemetry import LogFormat, configure_logging
 from ztproxy.verify import Verifier
 

@@ -41,6 +41,7 @@ from ztproxy.config import load
 from ztproxy.config.schema import Config
 from ztproxy.errors import ConfigError
 from ztproxy.keys import KeyRing
+from ztproxy.listener import start_app
 from ztproxy.state import CONFIG
 from ztproxy.telemetry import get_logger
 
@@ -183,9 +184,7 @@ class LiveApp:
 
     async def _start(self, config: Config) -> Generation:
         app = self._build(config)
-        app.on_startup.freeze()  # as aiohttp's AppRunner starts an app: startup, then freeze the rest
-        await app.startup()
-        app.freeze()
+        await start_app(app)
         return Generation(app)
 
     async def _retire(self, generation: Generation, grace: float) -> None:

@@ -31,9 +31,10 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from ztproxy import metrics
 from ztproxy.app import PIPELINE, add_catch_all
@@ -56,6 +57,9 @@ _LISTENER_SETTINGS: tuple[tuple[str, ...], ...] = (
 )
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
 def _setting(config: Config, path: tuple[str, ...]) -> Any:
     value: Any = config
     for name in path:
@@ -70,14 +74,16 @@ def restart_only(running: Config, new: Config) -> list[str]:
 
 def keep_listener(running: Config, new: Config) -> Config:
     """``new`` with the listener settings ``running`` serves with, so the app says what is in effect."""
-    limits = new.server.limits.model_copy(update={
-        name: getattr(running.server.limits, name)
-        for name in ("max_header_count", "max_line_bytes", "header_timeout", "keepalive_timeout")})
-    server = new.server.model_copy(update={
-        "listen": running.server.listen, "admin_listen": running.server.admin_listen,
-        "admin_token": running.server.admin_token, "tls": running.server.tls, "limits": limits,
-        "shutdown_grace": running.server.shutdown_grace})
-    return new.model_copy(update={"server": server, "logging": running.logging})
+    for path in _LISTENER_SETTINGS:
+        new = _with_setting(new, path, _setting(running, path))
+    return new
+
+
+def _with_setting(model: _Model, path: tuple[str, ...], value: Any) -> _Model:
+    name, *rest = path
+    if rest:
+        value = _with_setting(getattr(model, name), tuple(rest), value)
+    return model.model_copy(update={name: value})
 
 
 def issue_list(error: ConfigError) -> list[str]:

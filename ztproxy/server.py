@@ -38,14 +38,13 @@ from ztproxy.listener import bind_socket, start_listener
 from ztproxy.metrics import serve_exposition
 from ztproxy.reload import (
     ConfigFollower,
-    GeneratedSecrets,
     LiveApp,
     on_sighup,
     reload_on_sighup,
     reread,
-    shared_secrets,
     watch_file,
 )
+from ztproxy.run_secrets import GeneratedSecrets, shared_secrets
 from ztproxy.state import Readiness
 from ztproxy.telemetry import LOG_SINK, get_logger
 

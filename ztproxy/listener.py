@@ -4,7 +4,7 @@
 whose connections have a deadline for their first request's headers, get our error pages
 for what the HTTP parser refuses, and never wait for a drain that has already closed them.
 
-Every use of aiohttp's private API in ztproxy is here (aiohttp 3.10 to 3.14, as locked):
+Every use of aiohttp's private API in ztproxy is here (read against 3.14, the locked version):
 
 - ``web_protocol.RequestHandler``, subclassed: its ``connection_made``, ``start``,
   ``connection_lost``, ``handle_error`` and ``force_close``, and the state ``_close``,

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, settings
 from ztproxy.app import build_app
 from ztproxy.config import load_text
 from ztproxy.config.schema import Config
-from ztproxy.server import ProxyRunner, ssl_context
+from ztproxy.listener import ProxyRunner, ssl_context
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,14 +9,12 @@ proxy's own endpoints and ``/.ztproxy/me`` all go through it.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import structlog
 from aiohttp import web
 
 from ztproxy import metrics
@@ -28,13 +26,12 @@ from ztproxy.oidc.provider import Provider
 from ztproxy.oidc.redirects import ReturnUrls
 from ztproxy.oidc.refresh import Refresher
 from ztproxy.routing import RouteTable
+from ztproxy.run_secrets import generate_cookie_secret
 from ztproxy.sessions.manager import SessionManager
 from ztproxy.sessions.model import Session
 from ztproxy.sessions.sealing import CookieSealer, Ticket, parse_secret
 from ztproxy.sessions.store import SessionStore, open_store
 from ztproxy.state import CONFIG, ROUTES, Person
-
-_log = structlog.get_logger("ztproxy.auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +112,9 @@ def build_auth(config: Config, routes: RouteTable[Any], http: aiohttp.ClientSess
     sessions = SessionManager(store, sessions_config)
     cookies = CookieSettings(session_name=sessions_config.cookie_name, domain=sessions_config.cookie_domain,
                              secure=public_url.startswith("https://"))
-    secrets = [parse_secret(secret) for secret in sessions_config.cookie_secrets]
-    if not secrets:  # `ztproxy run` fills one in first (shared by workers); apps built directly get their own
-        _log.warning("cookie_secret_generated", hint="set sessions.cookie_secrets (or cookie_secrets_file) so "
-                                                     "sign-ins in progress survive a restart")
-        secrets = [os.urandom(32)]
+    # `ztproxy run` fills one in first (shared by workers); apps built directly get their own.
+    cookie_secrets = sessions_config.cookie_secrets or (generate_cookie_secret(),)
+    secrets = [parse_secret(secret) for secret in cookie_secrets]
     return_urls = ReturnUrls(public_url, routes)
     return Auth(
         providers=providers,

@@ -15,8 +15,8 @@ resources close. Settings of the listener itself can't change without a restart:
 
 Where new configurations come from: ``reread`` loads and validates the file again (every
 issue logged when it is invalid), ``reload_on_sighup`` does it on each SIGHUP. Secrets a
-file leaves out are generated once per run (``GeneratedSecrets``) and filled into every
-configuration after it, so a reload keeps sign-ins and assertion keys.
+file leaves out are those generated for the run (``ztproxy.run_secrets``), so a reload
+keeps sign-ins and assertion keys.
 """
 
 from __future__ import annotations
@@ -24,23 +24,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
-import shutil
 import signal
-import tempfile
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from ztproxy import metrics
 from ztproxy.app import PIPELINE, add_catch_all
 from ztproxy.config import load
 from ztproxy.config.schema import Config
 from ztproxy.errors import ConfigError
-from ztproxy.keys import KeyRing
+from ztproxy.listener import start_app
+from ztproxy.run_secrets import GeneratedSecrets
 from ztproxy.state import CONFIG
 from ztproxy.telemetry import get_logger
 
@@ -53,6 +51,9 @@ _LISTENER_SETTINGS: tuple[tuple[str, ...], ...] = (
     ("server", "limits", "header_timeout"), ("server", "limits", "keepalive_timeout"),
     ("server", "shutdown_grace"), ("logging",),
 )
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 def _setting(config: Config, path: tuple[str, ...]) -> Any:
@@ -69,14 +70,16 @@ def restart_only(running: Config, new: Config) -> list[str]:
 
 def keep_listener(running: Config, new: Config) -> Config:
     """``new`` with the listener settings ``running`` serves with, so the app says what is in effect."""
-    limits = new.server.limits.model_copy(update={
-        name: getattr(running.server.limits, name)
-        for name in ("max_header_count", "max_line_bytes", "header_timeout", "keepalive_timeout")})
-    server = new.server.model_copy(update={
-        "listen": running.server.listen, "admin_listen": running.server.admin_listen,
-        "admin_token": running.server.admin_token, "tls": running.server.tls, "limits": limits,
-        "shutdown_grace": running.server.shutdown_grace})
-    return new.model_copy(update={"server": server, "logging": running.logging})
+    for path in _LISTENER_SETTINGS:
+        new = _with_setting(new, path, _setting(running, path))
+    return new
+
+
+def _with_setting(model: _Model, path: tuple[str, ...], value: Any) -> _Model:
+    name, *rest = path
+    if rest:
+        value = _with_setting(getattr(model, name), tuple(rest), value)
+    return model.model_copy(update={name: value})
 
 
 def issue_list(error: ConfigError) -> list[str]:
@@ -183,9 +186,7 @@ class LiveApp:
 
     async def _start(self, config: Config) -> Generation:
         app = self._build(config)
-        app.on_startup.freeze()  # as aiohttp's AppRunner starts an app: startup, then freeze the rest
-        await app.startup()
-        app.freeze()
+        await start_app(app)
         return Generation(app)
 
     async def _retire(self, generation: Generation, grace: float) -> None:
@@ -284,51 +285,3 @@ async def watch_file(path: str, changed: asyncio.Event, interval: float = WATCH_
             last = now
             log.info("config_file_changed", config=path)
             changed.set()
-
-
-@dataclass
-class GeneratedSecrets:
-    """Secrets the config leaves out, made once per run so every worker and reload shares them.
-
-    Without ``sessions.cookie_secrets`` a random one is made; without assertion keys, a
-    key directory for this run is made with one key in it. Both last as long as this
-    process: a restart drops sign-ins in progress and changes the assertion key, which
-    the warnings say, pointing at the settings that make them persistent.
-    """
-
-    cookie_secret: str | None = None
-    keys_dir: str | None = None
-
-    def fill(self, config: Config) -> Config:
-        """``config`` with the generated secrets where it has none; raises ConfigError for unusable keys."""
-        if config.identity_providers and not config.sessions.cookie_secrets:
-            if self.cookie_secret is None:
-                log.warning("cookie_secret_generated", hint="set sessions.cookie_secrets (or cookie_secrets_file) "
-                                                             "so sign-ins in progress survive a restart")
-                self.cookie_secret = secrets.token_hex(32)
-            sessions = config.sessions.model_copy(update={"cookie_secrets": (self.cookie_secret,)})
-            config = config.model_copy(update={"sessions": sessions})
-        assertion = config.assertion
-        if assertion.keys_dir is None and not assertion.key_files:
-            if self.keys_dir is None:
-                self.keys_dir = tempfile.mkdtemp(prefix="ztproxy-keys-")
-                log.warning("assertion_key_ephemeral", keys_dir=self.keys_dir,
-                            hint="set assertion.keys_dir (see `ztproxy keys generate`) so apps can keep "
-                                 "verifying assertions across restarts")
-            assertion = assertion.model_copy(update={"keys_dir": self.keys_dir})
-            config = config.model_copy(update={"assertion": assertion})
-        # Before any worker starts (or reloads): writes the first key of an empty directory, and
-        # refuses unusable key files with a ConfigError instead of workers crashing in a loop.
-        KeyRing.from_config(config.assertion, now=time.time())
-        return config
-
-
-@contextlib.contextmanager
-def shared_secrets() -> Iterator[GeneratedSecrets]:
-    """The run's generated secrets; the temporary key directory goes when the run ends."""
-    generated = GeneratedSecrets()
-    try:
-        yield generated
-    finally:
-        if generated.keys_dir is not None:
-            shutil.rmtree(generated.keys_dir, ignore_errors=True)

@@ -4,7 +4,7 @@ A connection that reaches ztproxy around its SIGTERM gets a complete answer, or 
 refused, reset or closed at once; none is left open and unanswered while the requests
 in flight finish. The race this guards against: a connection the event loop accepted
 just as the drain closed the listener was kept, its request ignored, and closed only
-when ``shutdown_grace`` ran out (``ztproxy.server._GuardedRequestHandler.start``).
+when ``shutdown_grace`` ran out (``ztproxy.listener._GuardedRequestHandler.start``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tests.conftest import UpstreamFactory
 from tests.integration.test_process import StartProcess, _make_cert, process_yaml
 from ztproxy.config import load_text
 from ztproxy.config.schema import Config
-from ztproxy.server import ProxyRunner, bind_socket
+from ztproxy.listener import ProxyRunner, bind_socket
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from tests.conftest import UpstreamFactory, free_port, proxy_yaml
 from ztproxy.app import build_app
 from ztproxy.config import load_text
 from ztproxy.config.schema import Config
+from ztproxy.listener import ProxyRunner
 from ztproxy.reload import LiveApp, keep_listener, restart_only
-from ztproxy.server import ProxyRunner
 from ztproxy.sessions.memory import MemoryStore
 from ztproxy.upstream import UPSTREAM
 

@@ -28,7 +28,8 @@ from ztproxy.demo import scenario
 from ztproxy.demo.sample_app import build_sample_app
 from ztproxy.demo_idp import DemoIdp, IdpClient, IdpStartError, find_node_modules
 from ztproxy.errors import ConfigError
-from ztproxy.server import ProxyRunner, bind_socket, run_loop
+from ztproxy.listener import ProxyRunner, bind_socket
+from ztproxy.server import run_loop
 from ztproxy.signing import JWKS_PATH
 from ztproxy.telemetry import LogFormat, configure_logging
 from ztproxy.verify import Verifier

@@ -22,18 +22,20 @@ import structlog
 from aiohttp import web
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge as _untyped_s256
+from multidict import MultiMapping
 
 from ztproxy import metrics
 from ztproxy.cookies import CookieSettings, read_ticket
 from ztproxy.errors import AccessDenied, LoginFailed
 from ztproxy.oidc.identity import session_from_login
 from ztproxy.oidc.parameters import repeated
-from ztproxy.oidc.provider import Provider, TokenRefused
+from ztproxy.oidc.provider import Provider, TokenRefused, TokenResponse
 from ztproxy.oidc.redirects import ReturnUrls
-from ztproxy.oidc.tokens import TokenInvalid
+from ztproxy.oidc.tokens import IdTokenClaims, TokenInvalid
 from ztproxy.pages import page_for
 from ztproxy.policy.model import StepUp
 from ztproxy.sessions.manager import SessionManager
+from ztproxy.sessions.model import Session
 from ztproxy.sessions.sealing import CookieSealer
 
 _log = structlog.get_logger("ztproxy.login")
@@ -151,30 +153,31 @@ class LoginFlow:
 
     async def _complete(self, request: web.Request, provider: Provider, pending: PendingLogin,
                         now: float) -> web.Response:
+        """The authorization response checked, its code redeemed, the session started."""
         query = request.query
-        metadata = await provider.metadata()
-        issuer = query.get("iss")
-        # RFC 9207 2.4: the iss response parameter must match; required once the IdP advertises it.
-        if issuer is not None and issuer != provider.config.issuer:
-            raise _refused(provider, "iss-mismatch", "The sign-in response came from an unexpected identity provider.")
-        if issuer is None and metadata.get("authorization_response_iss_parameter_supported"):
-            raise _refused(provider, "iss-missing", "The sign-in response did not say which identity provider sent it.")
+        await _check_issuer(query, provider)
+        await self._spend_state(provider, pending)
+        code = _authorization_code(query, provider)
+        tokens, claims = await self._redeem(code, provider, pending)
+        userinfo = await _userinfo(provider, tokens, claims)
+        session = session_from_login(provider.config, claims, userinfo, tokens, now)
+        ticket = await self.sessions.start(session, now, replacing=read_ticket(request, self.cookies))
+        _log.info("login_completed", provider=provider.name, subject=session.subject, mfa=session.mfa,
+                  acr=session.acr, session=ticket.public_id)
+        metrics.login_completed(provider.name)
+        response = self._landing(request, pending, session)
+        self.cookies.set(response, self.cookies.session_name, ticket.cookie_value(), max_age=self.lifetime)
+        return response
+
+    async def _spend_state(self, provider: Provider, pending: PendingLogin) -> None:
         # Single use, even for a replay that carries a copy of the login cookie.
         marker = "once:state:" + hashlib.sha256(pending.state.encode()).hexdigest()
         if not await self.sessions.store.put(marker, b"", self.login_timeout, only_new=True):
             raise _refused(provider, "state-replayed", "This sign-in was already completed.")
-        if "error" in query:
-            error = query.get("error", "")[:64]
-            detail = "The identity provider reported an error during sign-in."
-            if error in ("access_denied", "login_required", "interaction_required", "consent_required"):
-                detail = "The identity provider did not complete the sign-in (it was cancelled or refused)."
-            elif error == "unmet_authentication_requirements":
-                detail = "The identity provider could not verify you with the required second factor."
-            raise _refused(provider, "idp-error", detail, error=error,
-                           description=query.get("error_description", "")[:200])
-        code = query.get("code")
-        if not code:
-            raise _refused(provider, "no-code", "The sign-in response carried no authorization code.")
+
+    async def _redeem(self, code: str, provider: Provider,
+                      pending: PendingLogin) -> tuple[TokenResponse, IdTokenClaims]:
+        """The tokens ``code`` is exchanged for, and the verified claims of their ID token."""
         try:
             tokens = await provider.exchange_code(code, verifier=pending.verifier, redirect_uri=self.redirect_uri)
         except TokenRefused as exc:
@@ -188,33 +191,18 @@ class LoginFlow:
         except TokenInvalid as exc:
             raise _refused(provider, f"id-token-{exc.reason}", "The identity provider's answer could not be "
                                                                "verified.", error=str(exc)) from exc
-        userinfo: dict[str, Any] = {}
-        if provider.config.use_userinfo and tokens.access_token:
-            try:
-                userinfo = await provider.userinfo(tokens.access_token)
-            except TokenRefused as exc:
-                raise _refused(provider, "userinfo-refused", "The identity provider refused to say who you are.",
-                               error=str(exc)) from exc
-            # OIDC Core 5.3.2: the userinfo sub must be the ID token's, or it is someone else's.
-            if userinfo and userinfo.get("sub") != claims.sub:
-                raise _refused(provider, "userinfo-sub-mismatch", "The identity provider's answers disagree about "
-                                                                  "who you are.")
-        session = session_from_login(provider.config, claims, userinfo, tokens, now)
-        ticket = await self.sessions.start(session, now, replacing=read_ticket(request, self.cookies))
-        _log.info("login_completed", provider=provider.name, subject=session.subject, mfa=session.mfa,
-                  acr=session.acr, session=ticket.public_id)
-        metrics.login_completed(provider.name)
+        return tokens, claims
+
+    def _landing(self, request: web.Request, pending: PendingLogin, session: Session) -> web.Response:
+        """Back to the page the sign-in started from, unless it still lacks the second factor asked for."""
         if pending.mfa and not session.mfa:
             # Redirecting back would only ask again, forever: say what happened instead.
-            response = page_for(request, AccessDenied(
+            return page_for(request, AccessDenied(
                 "You signed in, but without a second factor, which this application requires.",
                 reasons=("mfa-required",),
                 hint="Sign in again and use your second factor; if you have none, ask your administrator."))
-        else:
-            response = web.Response(status=303, headers={
-                "Location": self.return_urls.checked(pending.return_to), "Cache-Control": "no-store"})
-        self.cookies.set(response, self.cookies.session_name, ticket.cookie_value(), max_age=self.lifetime)
-        return response
+        return web.Response(status=303, headers={
+            "Location": self.return_urls.checked(pending.return_to), "Cache-Control": "no-store"})
 
     # --- the login cookie -----------------------------------------------------------------
 
@@ -238,6 +226,49 @@ class LoginFlow:
         sealed = self.sealer.seal(orjson.dumps([asdict(login) for login in logins]), purpose=_PURPOSE, now=now)
         self.cookies.set(response, self.cookies.login_name, sealed, max_age=self.login_timeout,
                          path=_LOGIN_COOKIE_PATH)
+
+
+async def _check_issuer(query: MultiMapping[str], provider: Provider) -> None:
+    metadata = await provider.metadata()
+    issuer = query.get("iss")
+    # RFC 9207 2.4: the iss response parameter must match; required once the IdP advertises it.
+    if issuer is not None and issuer != provider.config.issuer:
+        raise _refused(provider, "iss-mismatch", "The sign-in response came from an unexpected identity provider.")
+    if issuer is None and metadata.get("authorization_response_iss_parameter_supported"):
+        raise _refused(provider, "iss-missing", "The sign-in response did not say which identity provider sent it.")
+
+
+def _authorization_code(query: MultiMapping[str], provider: Provider) -> str:
+    """The code the response carries; the IdP's error, in words for the user, when it carries one."""
+    if "error" in query:
+        error = query.get("error", "")[:64]
+        detail = "The identity provider reported an error during sign-in."
+        if error in ("access_denied", "login_required", "interaction_required", "consent_required"):
+            detail = "The identity provider did not complete the sign-in (it was cancelled or refused)."
+        elif error == "unmet_authentication_requirements":
+            detail = "The identity provider could not verify you with the required second factor."
+        raise _refused(provider, "idp-error", detail, error=error,
+                       description=query.get("error_description", "")[:200])
+    code = query.get("code")
+    if not code:
+        raise _refused(provider, "no-code", "The sign-in response carried no authorization code.")
+    return code
+
+
+async def _userinfo(provider: Provider, tokens: TokenResponse, claims: IdTokenClaims) -> dict[str, Any]:
+    """The userinfo endpoint's claims, when the provider is to be asked (``use_userinfo``); else none."""
+    if not (provider.config.use_userinfo and tokens.access_token):
+        return {}
+    try:
+        userinfo = await provider.userinfo(tokens.access_token)
+    except TokenRefused as exc:
+        raise _refused(provider, "userinfo-refused", "The identity provider refused to say who you are.",
+                       error=str(exc)) from exc
+    # OIDC Core 5.3.2: the userinfo sub must be the ID token's, or it is someone else's.
+    if userinfo and userinfo.get("sub") != claims.sub:
+        raise _refused(provider, "userinfo-sub-mismatch", "The identity provider's answers disagree about "
+                                                          "who you are.")
+    return userinfo
 
 
 def _refused(provider: Provider | None, reason: str, detail: str, **fields: str) -> LoginFailed:

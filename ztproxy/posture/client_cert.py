@@ -1,7 +1,7 @@
 """The ``client_certificate`` provider: the device id from the TLS client certificate.
 
 The listener asks for, and never requires, a client certificate (``server.tls.client_ca_file``,
-see ``ztproxy.server.ssl_context``). What TLS does with the certificate a client presents:
+see ``ztproxy.listener.ssl_context``). What TLS does with the certificate a client presents:
 
 - none: the request is served, without a device;
 - issued by the device CA, within its dates: verified; the id is read here;

@@ -20,8 +20,8 @@ from aiohttp import web
 from tests.conftest import free_port
 from tests.support.posture import DAY, DevicePki, Issued
 from ztproxy.config import load_text
+from ztproxy.listener import ssl_context
 from ztproxy.posture import Posture, PostureQuery, peer_certificate
-from ztproxy.server import ssl_context
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,232 @@
+"""The proxy's listener: its socket, TLS context, and aiohttp's connection handling made safe.
+
+``start_listener`` serves an app on a bound socket with ``ProxyRunner``: an ``AppRunner``
+whose connections have a deadline for their first request's headers, get our error pages
+for what the HTTP parser refuses, and never wait for a drain that has already closed them.
+
+Every use of aiohttp's private API in ztproxy is here (read against 3.14, the locked version):
+
+- ``web_protocol.RequestHandler``, subclassed: its ``connection_made``, ``start``,
+  ``connection_lost``, ``handle_error`` and ``force_close``, and the state ``_close``,
+  ``_messages``, ``_request_count``, ``_loop``, ``max_line_size`` and ``max_field_size``,
+  for the header deadline, the parser's errors as our pages, and the drain.
+- ``web.Server``, subclassed: ``__call__`` (the protocol factory), ``pre_shutdown`` (the
+  runner has closed the listener: the drain begins) and its ``_kwargs`` and ``_loop``.
+- ``web.AppRunner._make_server``, overridden to serve our ``web.Server``, with the app's
+  ``_set_loop``, ``_handle`` and ``_make_request`` and the runner's ``_kwargs``, as
+  aiohttp's own does; ``start_app`` is its sequence for starting an app.
+- ``http_exceptions.LineTooLong``'s arguments: the second is the limit the parser hit.
+- ``web_response.SERVER_SOFTWARE``, the module global each response's default ``Server``
+  header is read from, replaced by ``SERVER_NAME``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import Any
+
+from aiohttp import web, web_response
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from ztproxy.config.schema import Config
+from ztproxy.config.values import split_listen
+from ztproxy.errors import BadRequest, HeadersTooLarge, RequestError, UriTooLong
+from ztproxy.pages import error_response
+from ztproxy.telemetry import AccessLogger, get_logger
+
+log = get_logger("ztproxy.listener")
+
+_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                    b"Content-Type: text/plain\r\nContent-Length: 25\r\n\r\nRequest headers too slow\n")
+_BACKLOG = 1024
+
+# aiohttp adds "Server: Python/3.x aiohttp/3.y" to every response that has none
+# (StreamResponse._prepare_headers: setdefault(SERVER, SERVER_SOFTWARE), read from this
+# module global at each response). Versions tell an attacker which advisories apply: the
+# proxy's own responses, and an app's that name no server, say only this. An app's own
+# Server header passes as it is.
+SERVER_NAME = "ztproxy"
+web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]  # not in its __all__
+
+
+class _GuardedRequestHandler(RequestHandler):
+    """aiohttp's connection handler with a deadline for the first request's headers.
+
+    aiohttp closes idle keep-alive connections itself (``keepalive_timeout``, which also
+    bounds a dribbled second request), but waits forever for a first request that
+    never completes: that is the slowloris hole closed here. One timer per connection,
+    nothing per request: when it fires, a connection that has sent a request is left
+    alone. Parser errors are rendered as our pages, 431 or 414 for oversized input.
+
+    At SIGTERM no connection waits for the drain: one the drain has closed before its
+    first request is closed at once (``start``), as is one whose TLS handshake ends
+    after the drain began (``connection_made``).
+    """
+
+    def __init__(self, manager: _ProxyServer, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._server = manager
+        self._header_timeout = header_timeout
+        self._header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._server.draining:
+            # Not on the list Server.shutdown() waits for, so nothing would ever close it
+            # before the process exits: a TLS connection (uvloop calls connection_made when
+            # the handshake ends, sslproto.pyx) that was still shaking hands at the drain.
+            self.force_close()
+            return
+        self._header_deadline = self._loop.call_later(self._header_timeout, self._headers_too_slow)
+
+    async def start(self) -> None:
+        # The drain's close() (Server.pre_shutdown) stops an idle connection by cancelling
+        # its wait for a request; this task may not be waiting yet. uvloop calls
+        # connection_made a loop pass after the accept (basetransport.pyx
+        # _schedule_call_connection_made) and on Python 3.11 aiohttp starts this task a pass
+        # later still (no eager tasks), so a connection accepted as the listener closed
+        # reached the drain with nothing to cancel, then waited for a request that
+        # data_received drops once closed: unanswered until shutdown_grace (or the 408 of
+        # header_timeout). aiohttp's loop tests only _force_close before it waits.
+        if self._close and not self._messages:
+            self.force_close()
+            return
+        await super().start()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+        super().connection_lost(exc)
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if self._request_count == 0 and self.transport is not None:
+            peer = self.peername
+            log.info("request_header_timeout", client=peer[0] if isinstance(peer, tuple) else peer)
+            self.transport.write(_REQUEST_TIMEOUT)
+            self.force_close()
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        error: RequestError
+        if isinstance(exc, LineTooLong):
+            # The parser names the limit it hit: the request line's, or a header field's.
+            limit = exc.args[1] if len(exc.args) > 1 else None
+            line_limit_hit = limit == self.max_line_size and self.max_line_size != self.max_field_size
+            error = UriTooLong() if line_limit_hit else HeadersTooLarge()
+        elif "Too many headers" in str(exc):
+            error = HeadersTooLarge()
+        else:
+            error = BadRequest("The request is not valid HTTP.")
+        peer = self.peername
+        log.info("request_rejected", client=peer[0] if isinstance(peer, tuple) else peer, status=error.status,
+                 reason=str(exc)[:200] if exc else message)
+        return error_response(error, request_id="-", close=True)
+
+
+class _ProxyServer(web.Server):
+    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timeout = header_timeout
+        self.draining = False
+
+    def pre_shutdown(self) -> None:
+        self.draining = True  # the runner has closed the listener: the drain begins
+        super().pre_shutdown()
+
+    def __call__(self) -> RequestHandler:
+        return _GuardedRequestHandler(self, loop=self._loop, header_timeout=self._header_timeout,
+                                      **self._kwargs)
+
+
+async def start_app(app: web.Application) -> None:
+    """Start ``app`` (its startup signal and cleanup contexts) as aiohttp's ``AppRunner`` does."""
+    app.on_startup.freeze()
+    await app.startup()
+    app.freeze()
+
+
+class ProxyRunner(web.AppRunner):
+    """An AppRunner whose connections get the header deadline and our error pages."""
+
+    def __init__(self, app: web.Application, config: Config) -> None:
+        limits = config.server.limits
+        super().__init__(
+            app,
+            handle_signals=False,
+            access_log_class=AccessLogger,
+            access_log=logging.getLogger("ztproxy.access") if config.logging.access_log else None,
+            shutdown_timeout=config.server.shutdown_grace,
+            handler_cancellation=True,  # a client that goes away cancels its upstream request
+            keepalive_timeout=limits.keepalive_timeout,
+            max_line_size=limits.max_line_bytes,
+            max_field_size=limits.max_header_bytes,
+            max_headers=limits.max_header_count,
+        )
+        self._header_timeout = limits.header_timeout
+
+    async def _make_server(self) -> web.Server:
+        app = self.app
+        loop = asyncio.get_running_loop()
+        app._set_loop(loop)
+        await start_app(app)
+        return _ProxyServer(app._handle, request_factory=app._make_request, loop=loop,
+                            header_timeout=self._header_timeout, **self._kwargs)
+
+
+async def start_listener(app: web.Application, config: Config, sock: socket.socket) -> ProxyRunner:
+    """Serve ``app`` on ``sock`` (bound by ``bind_socket``), over TLS when configured.
+
+    ``cleanup`` on the runner closes the listener, then waits up to ``shutdown_grace``
+    for the requests in flight.
+    """
+    runner = ProxyRunner(app, config)
+    await runner.setup()
+    await web.SockSite(runner, sock, ssl_context=ssl_context(config), backlog=_BACKLOG).start()
+    return runner
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The listener's TLS context; with ``client_ca_file`` it asks for a device certificate.
+
+    A client certificate is asked for, never required: without one the request is served
+    with no device. One issued by the device CA passes whatever its dates (OpenSSL's
+    X509_V_FLAG_NO_CHECK_TIME, which the ssl module has no name for): an expired device
+    certificate would otherwise fail the handshake, and its client would get no page at all,
+    public routes included, while it presents it. ``ztproxy.posture.client_cert`` checks the
+    dates against the request's clock instead and gives no device. One from another CA fails
+    the connection (alert unknown_ca): the stdlib offers no verify callback to accept it as
+    "no certificate" (tests/integration/posture/test_tls.py shows each case).
+    """
+    tls = config.server.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    context.set_alpn_protocols(["http/1.1"])
+    if tls.client_ca_file is not None:
+        context.verify_mode = ssl.CERT_OPTIONAL  # RFC 8446 4.3.2: request, don't require
+        context.load_verify_locations(tls.client_ca_file)
+        context.verify_flags |= 0x200000  # X509_V_FLAG_NO_CHECK_TIME (OpenSSL x509_vfy.h)
+    return context
+
+
+def bind_socket(listen: str, *, reuse_port: bool) -> socket.socket:
+    host, port = split_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(_BACKLOG)
+    sock.setblocking(False)
+    return sock

@@ -30,7 +30,7 @@ from ztproxy import __version__
 from ztproxy.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ztproxy.keys import KeyStatus, RotationPolicy
+    from ztproxy.assertion.keys import KeyStatus, RotationPolicy
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -247,7 +247,7 @@ def _keys_parser(keys: argparse.ArgumentParser) -> None:
 
 def _keys(args: argparse.Namespace) -> int:
     """Exit 1, with the reason (and the file), for anything that cannot be done."""
-    from ztproxy import keys
+    from ztproxy.assertion import keys
     from ztproxy.config import load
     from ztproxy.config.assertion import AssertionConfig
 
@@ -297,7 +297,7 @@ def _when(seconds: float) -> str:
 
 
 def _rotate(directory: Path, policy: RotationPolicy, now: float, *, max_age: float, force: bool) -> list[str]:
-    from ztproxy import keys
+    from ztproxy.assertion import keys
 
     existing = keys.load_keys(str(directory), ()) if directory.exists() else []
     if force or not existing or now - existing[-1].created >= max_age:
@@ -314,7 +314,7 @@ def _rotate(directory: Path, policy: RotationPolicy, now: float, *, max_age: flo
 
 
 def _key_lines(statuses: Sequence[KeyStatus]) -> list[str]:
-    from ztproxy.keys import KeyState
+    from ztproxy.assertion.keys import KeyState
 
     lines = []
     for status in reversed(statuses):  # newest first

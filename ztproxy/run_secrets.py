@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from ztproxy.assertion.keys import KeyRing
 from ztproxy.config.schema import Config
-from ztproxy.keys import KeyRing
 
 # structlog itself, not ztproxy.telemetry (which imports the stages): authenticate imports this module.
 log = structlog.get_logger("ztproxy.run_secrets")

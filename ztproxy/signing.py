@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ztproxy import metrics
 from ztproxy.assertion import AssertionSigner
-from ztproxy.keys import KeyRing
+from ztproxy.assertion.keys import KeyRing
 from ztproxy.state import CONFIG
 
 JWKS_PATH = "/.well-known/ztproxy/jwks.json"

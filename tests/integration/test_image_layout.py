@@ -45,7 +45,7 @@ from tests.unit.test_deploy import (
     mounted_config,
     ztproxy_container,
 )
-from ztproxy import keys
+from ztproxy.assertion import keys
 from ztproxy.demo_idp import find_node_modules
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import REPO
+from ztproxy.assertion.keys import generate_key, read_key_file, write_key
 from ztproxy.cli import main
-from ztproxy.keys import generate_key, read_key_file, write_key
 
 pytestmark = pytest.mark.integration
 

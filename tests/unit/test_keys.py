@@ -1,4 +1,4 @@
-"""ztproxy.keys: key files, the rotation schedule as a pure function of time, the key ring."""
+"""ztproxy.assertion.keys: key files, the rotation schedule as a pure function of time, the key ring."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from structlog.testing import capture_logs
 
-from ztproxy.config.assertion import AssertionConfig
-from ztproxy.errors import ConfigError
-from ztproxy.keys import (
+from ztproxy.assertion.keys import (
     KeyFileError,
     KeyRing,
     KeyState,
@@ -30,6 +28,8 @@ from ztproxy.keys import (
     schedule,
     write_key,
 )
+from ztproxy.config.assertion import AssertionConfig
+from ztproxy.errors import ConfigError
 
 T0 = 1_800_000_000  # a fixed instant: the schedule depends on nothing but keys and now
 POLICY = RotationPolicy(ttl=60, publish_before_use=600, verifier_leeway=30)

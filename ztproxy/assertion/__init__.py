@@ -1,7 +1,7 @@
 """The identity ztproxy asserts to upstream apps: the signed JWT and the plain headers.
 
 - :class:`AssertionSigner` signs ``X-Ztproxy-Jwt-Assertion`` with the keys of a
-  :class:`ztproxy.keys.KeyRing` (which also gives the JWKS to publish), cached per
+  :class:`ztproxy.assertion.keys.KeyRing` (which also gives the JWKS to publish), cached per
   (session, route);
 - :func:`identity_headers` gives ``X-Ztproxy-User``, ``-Email``, ``-Groups`` and a
   route's claim headers.

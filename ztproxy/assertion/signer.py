@@ -21,7 +21,7 @@ from typing import Any
 
 from joserfc import jwt
 
-from ztproxy.keys import ALGORITHM, KeyRing
+from ztproxy.assertion.keys import ALGORITHM, KeyRing
 from ztproxy.policy.model import Device, Identity
 
 DEFAULT_CACHE_SIZE = 10_000

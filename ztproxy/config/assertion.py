@@ -1,6 +1,6 @@
 """The signed identity assertion ztproxy adds to forwarded requests, and its signing keys.
 
-How keys are stored and rotated is described in :mod:`ztproxy.keys`.
+How keys are stored and rotated is described in :mod:`ztproxy.assertion.keys`.
 This module imports no aiohttp.
 """
 

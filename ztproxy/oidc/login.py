@@ -27,13 +27,14 @@ from multidict import MultiMapping
 from ztproxy import metrics
 from ztproxy.cookies import CookieSettings, read_ticket
 from ztproxy.errors import AccessDenied, LoginFailed
-from ztproxy.oidc.identity import session_from_login
+from ztproxy.oidc.claims import session_from_login
 from ztproxy.oidc.parameters import repeated
 from ztproxy.oidc.provider import Provider, TokenRefused, TokenResponse
 from ztproxy.oidc.redirects import ReturnUrls
 from ztproxy.oidc.tokens import IdTokenClaims, TokenInvalid
 from ztproxy.pages import page_for
 from ztproxy.policy.model import StepUp
+from ztproxy.policy.reasons import MFA_REQUIRED
 from ztproxy.sessions.manager import SessionManager
 from ztproxy.sessions.model import Session
 from ztproxy.sessions.sealing import CookieSealer
@@ -199,7 +200,7 @@ class LoginFlow:
             # Redirecting back would only ask again, forever: say what happened instead.
             return page_for(request, AccessDenied(
                 "You signed in, but without a second factor, which this application requires.",
-                reasons=("mfa-required",),
+                reasons=(MFA_REQUIRED,),
                 hint="Sign in again and use your second factor; if you have none, ask your administrator."))
         return web.Response(status=303, headers={
             "Location": self.return_urls.checked(pending.return_to), "Cache-Control": "no-store"})

@@ -19,7 +19,7 @@ import structlog
 
 from ztproxy import metrics
 from ztproxy.errors import IdentityProviderUnavailable, SessionStoreUnavailable
-from ztproxy.oidc.identity import session_refreshed
+from ztproxy.oidc.claims import session_refreshed
 from ztproxy.oidc.provider import Provider, RefreshRejected, TokenRefused
 from ztproxy.sessions.manager import SessionManager
 from ztproxy.sessions.model import Session

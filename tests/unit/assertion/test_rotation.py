@@ -13,7 +13,7 @@ import pytest
 from joserfc import jws
 
 from ztproxy.assertion import AssertionSigner
-from ztproxy.keys import KeyRing, RotationPolicy, generate_key, prune, write_key
+from ztproxy.assertion.keys import KeyRing, RotationPolicy, generate_key, prune, write_key
 from ztproxy.policy.model import Identity
 from ztproxy.verify import AssertionInvalid, Verifier
 

@@ -11,7 +11,7 @@ import pytest
 from joserfc import jws
 
 from ztproxy.assertion import AssertionSigner, sid_for
-from ztproxy.keys import KeyRing, RotationPolicy, SigningKey, generate_key
+from ztproxy.assertion.keys import KeyRing, RotationPolicy, SigningKey, generate_key
 from ztproxy.policy.model import Device, Identity
 from ztproxy.verify import AssertionInvalid, Verifier
 

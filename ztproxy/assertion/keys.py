@@ -52,7 +52,7 @@ _MAX_KEY_FILE_BYTES = 64 * 1024
 _CREATED_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _FILE_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
-_log = structlog.get_logger("ztproxy.keys")
+_log = structlog.get_logger("ztproxy.assertion.keys")
 
 
 class KeyState(enum.Enum):

@@ -85,7 +85,7 @@ class HeaderRules:
     _verdicts: Memo[str, int] = field(default_factory=lambda: Memo(_VERDICTS_LIMIT), compare=False, repr=False)
 
     def _protected(self, folded: str) -> bool:
-        return folded.startswith(IDENTITY_PREFIX) or folded in self.owned
+        return is_identity_header(folded) or folded in self.owned
 
     def _relied_on(self, folded: str) -> bool:
         return folded in RELIED_ON or folded.startswith((FORWARDED_PREFIX, "proxy-"))

@@ -44,9 +44,11 @@ async def start_idp(tmp_path: Path, idp_signing_keys: Path) -> AsyncIterator[Idp
     started: list[DemoIdp] = []
 
     async def start(*, clients: Sequence[IdpClient], users: Sequence[IdpUser] = DEFAULT_USERS,
-                    ttl: Mapping[str, int] | None = None, port: int | None = None) -> DemoIdp:
+                    ttl: Mapping[str, int] | None = None, port: int | None = None,
+                    public_port: int | None = None) -> DemoIdp:
         workdir = tmp_path / f"idp-{len(started)}"
-        idp = DemoIdp(workdir=workdir, port=port or free_port(), clients=clients, users=users, ttl=ttl)
+        idp = DemoIdp(workdir=workdir, port=port or free_port(), clients=clients, users=users, ttl=ttl,
+                      public_port=public_port)
         workdir.mkdir(parents=True)
         if idp_signing_keys.exists():
             shutil.copyfile(idp_signing_keys, idp.keys_path)

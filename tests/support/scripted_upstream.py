@@ -167,14 +167,19 @@ class ScriptedUpstream:
                 await asyncio.sleep(0.005)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2)
-        if self._server is not None:
-            await self._server.wait_closed()
+        await stop_serving(self._server, self._tasks)
+
+
+async def stop_serving(server: asyncio.Server | None, tasks: set[asyncio.Task[None]]) -> None:
+    """Stop accepting, cancel every connection's task (bounded), then wait for the server to close."""
+    if server is not None:
+        server.close()
+    for task in list(tasks):
+        task.cancel()
+    if tasks:
+        await asyncio.wait(list(tasks), timeout=2)
+    if server is not None:
+        await server.wait_closed()
 
 
 def respond_in_turn(*answers: bytes | Sequence[bytes] | None, pause: float = 0.0) -> Script:

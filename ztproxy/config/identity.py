@@ -10,9 +10,10 @@ from typing import Literal
 
 from pydantic import field_validator
 
-from ztproxy.config.values import Duration, HttpUrl, Model, Name
+from ztproxy.config.values import ByteSize, Duration, HttpUrl, Model, Name
 
 DEFAULT_SCOPES = ("openid", "email", "profile")
+DEFAULT_MAX_RESPONSE = 1024 * 1024
 # RFC 8176 authentication method references that mean more than one factor was used.
 DEFAULT_MFA_AMR = ("mfa", "otp", "hwk", "swk", "sc", "fpt", "face", "iris", "retina", "vbm", "webauthn")
 DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
@@ -53,6 +54,7 @@ class IdentityProviderConfig(Model):
     metadata_ttl: Duration = DEFAULT_METADATA_TTL  # discovery document and JWKS cached this long
     jwks_refetch_cooldown: Duration = DEFAULT_JWKS_REFETCH_COOLDOWN  # unknown kid: refetch at most this often
     clock_skew: Duration = 60.0
+    max_response: ByteSize = DEFAULT_MAX_RESPONSE  # each answer of the IdP (discovery, JWKS, token, userinfo)
 
     @field_validator("name")
     @classmethod

@@ -150,7 +150,7 @@ class DemoIdp:
     def __init__(self, *, workdir: Path, port: int, clients: Sequence[IdpClient], users: Sequence[IdpUser],
                  host: str = "127.0.0.1", ttl: Mapping[str, int] | None = None, node: str = "node",
                  pwd_acr: str = DEFAULT_PWD_ACR, mfa_acr: str = DEFAULT_MFA_ACR,
-                 start_timeout: float = START_TIMEOUT) -> None:
+                 start_timeout: float = START_TIMEOUT, public_port: int | None = None) -> None:
         _check_loopback(host)
         unknown = sorted(set(ttl or {}) - set(DEFAULT_TTL))
         if unknown:
@@ -161,7 +161,8 @@ class DemoIdp:
         self.workdir = workdir
         self.host = host
         self.port = port
-        self.issuer = f"http://{host}:{port}"
+        # Where clients reach it: its own port, or a relay's in front of it (``public_port``).
+        self.issuer = f"http://{host}:{public_port or port}"
         self.clients = tuple(clients)
         self.users: dict[str, IdpUser] = {user.username: user for user in users}
         self.node = node

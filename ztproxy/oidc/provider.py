@@ -25,6 +25,7 @@ from joserfc.jwk import KeySet
 
 from ztproxy.config.identity import IdentityProviderConfig
 from ztproxy.errors import IdentityProviderUnavailable
+from ztproxy.fetch import BodyTooLarge, read_bounded
 from ztproxy.oidc.tokens import (
     IdTokenClaims,
     LogoutTokenClaims,
@@ -38,7 +39,6 @@ _log = structlog.get_logger("ztproxy.oidc")
 # How recently the IdP must have answered before a new login is sent to it: a login to an
 # IdP that is down would strand the user on a browser error instead of our 503 page.
 LIVENESS_WINDOW = 5.0
-_MAX_DOCUMENT = 1024 * 1024
 
 
 class RefreshRejected(Exception):
@@ -191,7 +191,7 @@ class Provider:
         try:
             async with self._http.post(str(metadata["token_endpoint"]), data=data, headers=headers,
                                        timeout=self._timeout) as response:
-                body = await response.content.read(_MAX_DOCUMENT)
+                body = await self._read(response, "token")
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._last_failure = time.monotonic()
@@ -221,7 +221,7 @@ class Provider:
         try:
             async with self._http.get(url, headers={"Accept": "application/json", **(headers or {})},
                                       timeout=self._timeout) as response:
-                body = await response.content.read(_MAX_DOCUMENT)
+                body = await self._read(response, url)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._last_failure = time.monotonic()
@@ -241,6 +241,16 @@ class Provider:
             raise IdentityProviderUnavailable()
         self._last_answer = time.monotonic()
         return document
+
+
+    async def _read(self, response: aiohttp.ClientResponse, what: str) -> bytes:
+        """The whole answer, however many segments it came in, up to ``max_response``."""
+        try:
+            return await read_bounded(response, self.config.max_response)
+        except BodyTooLarge as exc:
+            _log.warning("idp_response_too_large", provider=self.name, url=what[:200],
+                         limit=self.config.max_response, error=str(exc))
+            raise IdentityProviderUnavailable() from exc
 
 
 class TokenRefused(Exception):

@@ -29,8 +29,8 @@ from yarl import URL
 
 from ztproxy.config.devices import HttpPostureConfig
 from ztproxy.config.schema import Config
+from ztproxy.fetch import FetchFailed, get_json, json_client
 from ztproxy.policy.model import Device
-from ztproxy.posture.fetch import FetchFailed, get_json, json_client
 from ztproxy.posture.provider import PostureQuery, without_posture
 from ztproxy.posture.record import PostureRecord, parse_record
 

@@ -39,8 +39,8 @@ from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
 
 from ztproxy.config.devices import SignedPostureConfig
 from ztproxy.config.schema import Config
+from ztproxy.fetch import FetchFailed, get_json, json_client
 from ztproxy.policy.model import Device
-from ztproxy.posture.fetch import FetchFailed, get_json, json_client
 from ztproxy.posture.provider import PostureQuery
 from ztproxy.posture.record import PostureRecord, parse_record, valid_device_id
 

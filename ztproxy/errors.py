@@ -18,6 +18,7 @@
         ├── ServiceUnavailable                             503
         │   ├── SessionStoreUnavailable  session-store-unavailable 503
         │   └── IdentityProviderUnavailable idp-unavailable  503
+        │       └── SignInMisconfigured sign-in-misconfigured 503
         └── UpstreamFailure                                502
             ├── UpstreamUnavailable   upstream-unavailable 502
             └── UpstreamTimeout       upstream-timeout     504
@@ -194,7 +195,7 @@ class ServiceUnavailable(RequestError):
     status = 503
     title = "Service unavailable"
     hint = "Try again in a moment. If it persists, contact your administrator."
-    headers = (("Retry-After", "5"),)
+    headers: tuple[tuple[str, str], ...] = (("Retry-After", "5"),)
 
 
 class SessionStoreUnavailable(ServiceUnavailable):
@@ -209,6 +210,16 @@ class IdentityProviderUnavailable(ServiceUnavailable):
     code = "idp-unavailable"
     title = "Sign-in unavailable"
     hint = "The identity provider cannot be reached, so new sign-ins are not possible right now. Try again in a moment."
+
+
+class SignInMisconfigured(IdentityProviderUnavailable):
+    """The IdP refuses the proxy's own credentials (invalid_client): no user can fix that."""
+
+    code = "sign-in-misconfigured"
+    title = "Sign-in is misconfigured"
+    hint = ("The identity provider does not accept this proxy's credentials, so nobody can sign in here. "
+            "Tell your administrator, with the request id below.")
+    headers = ()  # retrying will not help
 
 
 class UpstreamFailure(RequestError):

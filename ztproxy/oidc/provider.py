@@ -24,7 +24,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from ztproxy.config.identity import IdentityProviderConfig
-from ztproxy.errors import IdentityProviderUnavailable
+from ztproxy.errors import IdentityProviderUnavailable, SignInMisconfigured
 from ztproxy.fetch import BodyTooLarge, read_bounded
 from ztproxy.oidc.tokens import (
     IdTokenClaims,
@@ -39,6 +39,9 @@ _log = structlog.get_logger("ztproxy.oidc")
 # How recently the IdP must have answered before a new login is sent to it: a login to an
 # IdP that is down would strand the user on a browser error instead of our 503 page.
 LIVENESS_WINDOW = 5.0
+_INVALID_CLIENT_REMEDY = ("check client_id and client_secret against the IdP's registration; an IdP that does not "
+                          "form-decode the Basic credentials (RFC 6749 2.3.1) wants "
+                          "token_endpoint_auth_method: client_secret_post")
 
 
 class RefreshRejected(Exception):
@@ -207,6 +210,11 @@ class Provider:
             raise IdentityProviderUnavailable()
         if status != 200:
             error = str(answer.get("error", ""))[:100]
+            if error == "invalid_client":
+                # RFC 6749 5.2: the IdP refuses the proxy's own authentication, not the user's code.
+                _log.error("invalid_client", provider=self.name, status=status, method=method,
+                           remedy=_INVALID_CLIENT_REMEDY)
+                raise SignInMisconfigured()
             _log.info("idp_token_refused", provider=self.name, status=status, error=error,
                       grant=form["grant_type"])
             if refreshing and 400 <= status < 500:

@@ -66,6 +66,8 @@ async def _attempt(port: int, send_delay: float) -> Attempt:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except ConnectionRefusedError:
         return Attempt(started, time.monotonic(), "refused")
+    except ConnectionResetError:  # the handshake met a listener closing under it (SO_REUSEPORT): reset at once
+        return Attempt(started, time.monotonic(), "reset")
     try:
         await asyncio.sleep(send_delay)
         writer.write(REQUEST)

@@ -177,21 +177,22 @@ async def test_forwarded_headers_from_trusted_proxy_are_extended(
     assert header(data, "x-forwarded-host") == ["wiki.example"]
 
 
-async def test_host_header_rewritten_unless_preserve_host(start_upstream: UpstreamFactory,
-                                                          start_proxy: ProxyFactory,
-                                                          client: aiohttp.ClientSession) -> None:
+async def test_the_host_the_request_arrived_with_goes_upstream_unless_preserve_host_is_off(
+        start_upstream: UpstreamFactory, start_proxy: ProxyFactory, client: aiohttp.ClientSession) -> None:
     upstream = await start_upstream(echo)
     proxy = await start_proxy(proxy_yaml(upstream.url, extra_routes=f"""
-  - name: keep
-    path: /keep
+  - name: vhost
+    path: /vhost
     upstream: {upstream.url}
-    preserve_host: true
+    preserve_host: false
     allow: [{{public: true}}]
 """))
-    async with client.get(f"{proxy.url}/x") as response:
+    async with client.get(f"{proxy.url}/x") as response:  # the default: apps' CSRF and Origin checks see their host
+        seen = await response.json()
+        assert header(seen, "host") == [f"127.0.0.1:{proxy.port}"]
+        assert header(seen, "x-forwarded-host") == [f"127.0.0.1:{proxy.port}"]
+    async with client.get(f"{proxy.url}/vhost") as response:
         assert header(await response.json(), "host") == [f"127.0.0.1:{upstream.port}"]
-    async with client.get(f"{proxy.url}/keep") as response:
-        assert header(await response.json(), "host") == [f"127.0.0.1:{proxy.port}"]
 
 
 async def test_client_does_not_get_automatic_headers_or_decompression(

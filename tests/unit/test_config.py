@@ -116,7 +116,7 @@ def test_defaults() -> None:
     assert (config.logging.level, config.logging.format, config.logging.access_log) == ("info", "json", True)
     assert config.policies == {}
     (route,) = config.routes
-    assert (route.host, route.path, route.preserve_host, route.websockets) == (None, "/", False, True)
+    assert (route.host, route.path, route.preserve_host, route.websockets) == (None, "/", True, True)
     assert (route.connect_timeout, route.read_timeout) == (5.0, 60.0)
 
 
@@ -817,3 +817,14 @@ def test_check_counts_routes_in_words(tmp_path: Path, capsys: pytest.CaptureFixt
                                           "allow: [{public: true}]}\n" for i in range(routes)), encoding="utf-8")
     assert cli.main(["check", "-c", str(path)]) == 0
     assert capsys.readouterr().out.strip() == f"{path}: {said}"
+
+
+def test_a_balancer_in_front_needs_the_public_url_when_users_sign_in() -> None:
+    provider = "identity_providers: [{name: corp, issuer: 'https://idp.example', client_id: z, client_secret: s}]\n"
+    routes = "routes: [{name: a, upstream: 'http://127.0.0.1:1', allow: [{public: true}]}]\n"
+    path, message, line = only_issue("server: {trusted_proxies: [10.0.0.0/8]}\n" + provider + routes)
+    assert (path, line) == ("server.trusted_proxies", 1)
+    assert "server.public_url" in message and "server.trusted_proxies" in message
+    load_text("server: {trusted_proxies: [10.0.0.0/8], public_url: 'https://ztproxy.example'}\n" + provider + routes,
+              env={})
+    load_text("server: {trusted_proxies: [10.0.0.0/8]}\n" + routes, env={})  # nobody signs in: nowhere to return

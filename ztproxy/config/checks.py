@@ -11,7 +11,8 @@ located with the document's YAML paths and lines:
 - TLS certificate and key files that cannot be read;
 - identity providers: unique names, routes naming one that exists, and route hosts the
   session cookie can reach from the public URL (the callback sets it there);
-- without an identity provider, no route whose every allow rule needs a signed-in user.
+- without an identity provider, no route whose every allow rule needs a signed-in user;
+- with one, ``trusted_proxies`` (a balancer in front) needs ``public_url``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ def run(document: Document, flagged: Collection[YamlPath]) -> list[ConfigIssue]:
                                         "issues them), so the listener can ask for and verify them"))
     providers = [(index, p) for index, p in enumerate(_list(data.get("identity_providers"))) if isinstance(p, dict)]
     issues.extend(_providers(context, providers, routes))
+    if providers and isinstance(server, dict) and server.get("trusted_proxies") and not server.get("public_url") \
+            and not context.skip(("server", "trusted_proxies")):
+        # Behind a balancer the listen address is an internal one: sign-in would send users there.
+        issues.append(context.issue(("server", "trusted_proxies"),
+                                    "server.trusted_proxies is set (a balancer is in front) but server.public_url is "
+                                    "not: sign-in would return users to the internal listen address; set "
+                                    "server.public_url to the address people use"))
     if providers:
         issues.extend(_cookie_reach(context, data, routes))
     elif isinstance(policies, dict):

@@ -117,7 +117,9 @@ class RouteConfig(Model):
     identity_provider: str | None = None  # which provider signs users in here; default the first
     audience: str | None = None  # of the identity assertion; default the route's origin
     claim_headers: dict[str, str] = {}  # noqa: RUF012 -- header name -> identity claim, added upstream
-    preserve_host: bool = False
+    # The upstream receives the Host the request arrived with (apps' CSRF and Origin checks expect
+    # it); false sends the upstream's own host:port, for upstreams that route on their own name.
+    preserve_host: bool = True
     connect_timeout: Duration = DEFAULT_CONNECT_TIMEOUT
     read_timeout: Duration = DEFAULT_READ_TIMEOUT
     websockets: bool = True

@@ -15,7 +15,7 @@ from ztproxy.auth import AUTH, Auth
 from ztproxy.errors import RouteNotFound
 from ztproxy.me import ME_PATH, me
 from ztproxy.oidc.login import CALLBACK_PATH
-from ztproxy.oidc.logout import BACKCHANNEL_PATH, LOGOUT_PATH, SIGNED_OUT_PATH, signed_out_page
+from ztproxy.oidc.logout import BACKCHANNEL_PATH, FRONTCHANNEL_PATH, LOGOUT_PATH, SIGNED_OUT_PATH, signed_out_page
 from ztproxy.routing import is_proxy_path
 from ztproxy.signing import JWKS_PATH, jwks
 from ztproxy.state import RECORD
@@ -32,6 +32,7 @@ _SIGN_IN_ENDPOINTS: dict[str, Endpoint] = {
     LOGOUT_PATH: lambda request, auth: auth.logout.handle(request),
     SIGNED_OUT_PATH: _signed_out,
     BACKCHANNEL_PATH: lambda request, auth: auth.logout.backchannel(request),
+    FRONTCHANNEL_PATH: lambda request, auth: auth.logout.frontchannel(request),
 }
 
 

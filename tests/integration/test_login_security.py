@@ -12,10 +12,10 @@ from aiohttp import web
 from joserfc.jwk import RSAKey
 from yarl import URL
 
-from tests.conftest import Proxy, ProxyFactory, UpstreamFactory, free_port
+from tests.conftest import Proxy, ProxyFactory, UpstreamFactory
 from tests.integration.login_env import LoginWorld, start_world
 from tests.support.idp import ALICE_PASSWORD, IdpFactory
-from tests.support.rogue_op import MODES, RogueOp
+from tests.support.rogue_op import MODES, RogueOp, start_rogue_world
 from tests.support.user_agent import BROWSER_ACCEPT, UserAgent
 
 
@@ -126,21 +126,8 @@ async def test_a_callback_with_another_issuer_parameter_is_refused(world: LoginW
 
 async def rogue_world(mode: str, start_proxy: ProxyFactory, start_upstream: UpstreamFactory
                       ) -> tuple[RogueOp, Proxy, web.AppRunner]:
-    upstream = await start_upstream()
-    op = RogueOp(client_secret="rogue-test-client-secret", mode=mode)
-    op_port = free_port()
-    op.issuer = f"http://127.0.0.1:{op_port}"
-    runner = web.AppRunner(op.app(), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", op_port).start()
-    proxy = await start_proxy(f"""
-server: {{listen: 127.0.0.1:{free_port()}, admin_listen: null}}
-identity_providers:
-  - {{name: rogue, issuer: '{op.issuer}', client_id: ztproxy, client_secret: {op.client_secret}}}
-routes:
-  - {{name: app, upstream: '{upstream.url}', allow: [{{email_domains: [corp.example]}}]}}
-""")
-    return op, proxy, runner
+    return await start_rogue_world(RogueOp(client_secret="rogue-test-client-secret", mode=mode), start_proxy,
+                                   start_upstream)
 
 
 @pytest.mark.parametrize("mode", MODES)

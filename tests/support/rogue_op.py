@@ -36,6 +36,7 @@ class RogueOp:
     nonces: dict[str, str] = field(default_factory=dict)  # code -> nonce of its authorization request
     published: list[RSAKey] | None = None  # the JWKS; default: the signing key
     jwks_fetches: int = 0
+    sid: str | None = None  # the IdP session the ID tokens name (front- and back-channel logout)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -87,6 +88,8 @@ class RogueOp:
         claims: dict[str, Any] = {"iss": self.issuer, "sub": "mallory", "aud": "ztproxy", "iat": now,
                                   "exp": now + 300, "auth_time": now, "nonce": nonce,
                                   "email": "mallory@corp.example"}
+        if self.sid is not None:
+            claims["sid"] = self.sid
         mode = self.mode
         if mode == "expired":
             claims.update(iat=now - 4000, exp=now - 3600, auth_time=now - 4000)
@@ -106,3 +109,26 @@ class RogueOp:
                               algorithms=["HS256"])
         key = self.other_key if mode == "forged-signature" else self.key
         return jwt.encode({"alg": "RS256", "kid": self.key.kid}, claims, key)
+
+
+async def start_rogue_world(op: RogueOp, start_proxy: Any, start_upstream: Any) -> tuple[RogueOp, Any, web.AppRunner]:
+    """``op`` served on a free port, and ztproxy signing in with it in front of a fresh upstream.
+
+    Returns the OP, the proxy (``tests.conftest.Proxy``) and the OP's runner, which the test cleans up.
+    """
+    from tests.conftest import free_port
+
+    upstream = await start_upstream()
+    op_port = free_port()
+    op.issuer = f"http://127.0.0.1:{op_port}"
+    runner = web.AppRunner(op.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", op_port).start()
+    proxy = await start_proxy(f"""
+server: {{listen: 127.0.0.1:{free_port()}, admin_listen: null}}
+identity_providers:
+  - {{name: corp, issuer: '{op.issuer}', client_id: ztproxy, client_secret: {op.client_secret}}}
+routes:
+  - {{name: app, upstream: '{upstream.url}', allow: [{{email_domains: [corp.example]}}]}}
+""")
+    return op, proxy, runner

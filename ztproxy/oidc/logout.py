@@ -8,6 +8,12 @@ token nor, with SameSite=Lax, post with the cookie.
 ``/.ztproxy/backchannel-logout``: the IdP posts a logout token (OIDC Back-Channel Logout
 1.0); once it is verified and its jti has not been seen before, the sessions of that IdP
 session (``sid``) or else of that user (``sub``) end.
+
+``/.ztproxy/frontchannel-logout``: the IdP's sign-out page loads it in an iframe (OIDC
+Front-Channel Logout 1.0) with ``iss`` and ``sid``; the sessions made from that IdP session
+end. It works without the session cookie, which a cross-site iframe does not send
+(SameSite=Lax); a missing or unknown ``iss`` or ``sid`` ends nothing. Only the issuer's
+pages may frame its answer.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import orjson
 import structlog
 from aiohttp import web
 from authlib.common.urls import add_params_to_uri
+from yarl import URL
 
 from ztproxy import metrics
 from ztproxy.cookies import CookieSettings, read_ticket
@@ -38,7 +45,9 @@ _log = structlog.get_logger("ztproxy.logout")
 LOGOUT_PATH = "/.ztproxy/logout"
 SIGNED_OUT_PATH = "/.ztproxy/signed-out"
 BACKCHANNEL_PATH = "/.ztproxy/backchannel-logout"
+FRONTCHANNEL_PATH = "/.ztproxy/frontchannel-logout"
 _MAX_LOGOUT_TOKEN = 16 * 1024
+_MAX_SID = 256
 
 
 def _csrf_token(ticket: Ticket) -> str:
@@ -140,6 +149,25 @@ class Logout:
         metrics.session_ended("backchannel", ended)
         return web.Response(status=200, headers={"Cache-Control": "no-store"})
 
+    async def frontchannel(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+        query = request.rel_url.query
+        # RFC 6749 3.1 (the same rule for every request to the proxy's OIDC endpoints).
+        if repeated(query, ("iss", "sid")) is not None:
+            _log.warning("frontchannel_logout_refused", reason="repeated-parameter")
+            return _frontchannel_page(None, status=400)
+        issuer, sid = query.get("iss", ""), query.get("sid", "")
+        provider = next((p for p in self.providers.values() if issuer and p.config.issuer == issuer), None)
+        # Front-Channel Logout 1.0 2: iss and sid identify the IdP session; without both, nothing ends.
+        if provider is None or not sid or len(sid) > _MAX_SID:
+            _log.warning("frontchannel_logout_refused", reason="unknown-iss" if provider is None else "no-sid")
+            return _frontchannel_page(provider, status=400)
+        ended = await self.sessions.end_matching(provider.name, idp_session=sid)
+        _log.info("frontchannel_logout", provider=provider.name, sessions_ended=ended)
+        metrics.session_ended("frontchannel", ended)
+        return _frontchannel_page(provider, status=200)
+
     def _provider_for(self, token: str) -> Provider | None:
         issuer = _unverified_issuer(token)
         return next((p for p in self.providers.values() if p.config.issuer == issuer), None)
@@ -164,6 +192,18 @@ def _backchannel_error(description: str) -> web.Response:
     # Back-Channel Logout 1.0 2.8: 400 with an OAuth error body.
     return web.json_response({"error": "invalid_request", "error_description": description}, status=400,
                              headers={"Cache-Control": "no-store"})
+
+
+def _frontchannel_page(provider: Provider | None, *, status: int) -> web.Response:
+    """The iframe's page: nothing to see, framed only by the issuer's pages."""
+    response = info.render("Signed out", info.paragraph("This application's session has ended."),
+                           kicker="Signed out", status=status)
+    origin = "'none'" if provider is None else str(URL(provider.config.issuer).origin())
+    # Front-Channel Logout 1.0 3: the RP's page is rendered in the OP's iframe; every other
+    # page of the proxy refuses framing (pages.SECURITY_HEADERS).
+    response.headers["Content-Security-Policy"] = f"default-src 'none'; style-src 'unsafe-inline'; " \
+                                                  f"frame-ancestors {origin}; base-uri 'none'"
+    return response
 
 
 def signed_out_page() -> web.Response:

@@ -42,6 +42,10 @@ def secure(response: web.StreamResponse) -> web.StreamResponse:
     headers = response.headers
     for name, value in SECURITY_HEADERS:
         headers.setdefault(name, value)
+    if "frame-ancestors 'none'" not in headers["Content-Security-Policy"]:
+        # A page that lets one origin frame it (front-channel logout): X-Frame-Options can
+        # only say DENY or SAMEORIGIN, and would overrule it in browsers without CSP.
+        del headers["X-Frame-Options"]
     return response
 
 

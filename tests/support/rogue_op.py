@@ -37,6 +37,9 @@ class RogueOp:
     published: list[RSAKey] | None = None  # the JWKS; default: the signing key
     jwks_fetches: int = 0
     sid: str | None = None  # the IdP session the ID tokens name (front- and back-channel logout)
+    mtls_token_endpoint: str | None = None  # published as mtls_endpoint_aliases (RFC 8705 5)
+    # Each token request: its form, and the subject CN of the client certificate it came with.
+    token_requests: list[dict[str, Any]] = field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -55,6 +58,8 @@ class RogueOp:
             "subject_types_supported": ["public"], "id_token_signing_alg_values_supported": ["RS256"],
             "code_challenge_methods_supported": ["S256"], "claims_parameter_supported": True,
             "authorization_response_iss_parameter_supported": True,
+            **({} if self.mtls_token_endpoint is None
+               else {"mtls_endpoint_aliases": {"token_endpoint": self.mtls_token_endpoint}}),
         })
 
     async def jwks(self, request: web.Request) -> web.Response:
@@ -72,6 +77,10 @@ class RogueOp:
 
     async def token(self, request: web.Request) -> web.Response:
         form = await request.post()
+        peer = request.transport.get_extra_info("peercert") if request.transport is not None else None
+        subject = dict(item for rdn in peer.get("subject", ()) for item in rdn) if peer else {}
+        self.token_requests.append({"form": dict(form), "client_cn": subject.get("commonName"),
+                                    "authorization": request.headers.get("Authorization")})
         nonce = self.nonces.pop(str(form["code"]), "")
         answer: dict[str, Any] = {"access_token": "at-" + str(form["code"]), "token_type": "Bearer",
                                   "expires_in": 300}
@@ -111,9 +120,11 @@ class RogueOp:
         return jwt.encode({"alg": "RS256", "kid": self.key.kid}, claims, key)
 
 
-async def start_rogue_world(op: RogueOp, start_proxy: Any, start_upstream: Any) -> tuple[RogueOp, Any, web.AppRunner]:
+async def start_rogue_world(op: RogueOp, start_proxy: Any, start_upstream: Any, *,
+                            provider: str = "") -> tuple[RogueOp, Any, web.AppRunner]:
     """``op`` served on a free port, and ztproxy signing in with it in front of a fresh upstream.
 
+    ``provider``: more keys of the identity provider, as YAML flow entries (``, key: value``).
     Returns the OP, the proxy (``tests.conftest.Proxy``) and the OP's runner, which the test cleans up.
     """
     from tests.conftest import free_port
@@ -127,7 +138,7 @@ async def start_rogue_world(op: RogueOp, start_proxy: Any, start_upstream: Any) 
     proxy = await start_proxy(f"""
 server: {{listen: 127.0.0.1:{free_port()}, admin_listen: null}}
 identity_providers:
-  - {{name: corp, issuer: '{op.issuer}', client_id: ztproxy, client_secret: {op.client_secret}}}
+  - {{name: corp, issuer: '{op.issuer}', client_id: ztproxy, client_secret: {op.client_secret}{provider}}}
 routes:
   - {{name: app, upstream: '{upstream.url}', allow: [{{email_domains: [corp.example]}}]}}
 """)

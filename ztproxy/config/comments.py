@@ -117,7 +117,8 @@ def read(text: str, root: type[BaseModel], leaves: tuple[type[BaseModel], ...] =
             match = _KEY.match(text)
             frame = next(f for f in reversed(frames) if f.indent < indent)
             if match and not match["dash"] and frame.model is not None and \
-                    match["key"].removesuffix("_file") in frame.model.model_fields:
+                    (match["key"] in frame.model.model_fields
+                     or match["key"].removesuffix("_file") in frame.model.model_fields):
                 key_line(indent, match["key"])  # a commented-out key: documented all the same
                 uncomment_at = indent
                 return

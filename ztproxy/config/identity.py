@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import field_validator
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from pydantic import field_validator, model_validator
 
 from ztproxy.config.values import ByteSize, Duration, HttpUrl, Model, Name
 
@@ -39,12 +41,33 @@ class MfaConfig(Model):
         return frozenset(self.accepted_acr or self.acr_values)
 
 
+def assertion_algorithm(pem: str) -> str:
+    """The JWS algorithm a client assertion key signs with; ValueError for a key that cannot sign one."""
+    try:
+        key = load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not a PEM private key without a passphrase") from exc
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048:
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256"
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "EdDSA"
+    raise ValueError("use an RSA (2048 bits or more), EC P-256 or Ed25519 key")
+
+
 class IdentityProviderConfig(Model):
     name: str = "default"
     issuer: HttpUrl
     client_id: Name
     client_secret: str | None = None  # or client_secret_file; None: a public client (PKCE only)
-    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "none"] = "client_secret_basic"
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt",
+                                        "tls_client_auth", "none"] = "client_secret_basic"
+    # private_key_jwt (RFC 7523): the PEM private key that signs the client assertion (client_assertion_key_file).
+    client_assertion_key: str | None = None
+    # tls_client_auth (RFC 8705): the client certificate (PEM) and its key shown to the token endpoint.
+    tls_client_cert_file: str | None = None
+    tls_client_key_file: str | None = None
     scopes: tuple[Name, ...] = DEFAULT_SCOPES
     groups_claim: str = "groups"
     mfa: MfaConfig = MfaConfig()
@@ -55,6 +78,24 @@ class IdentityProviderConfig(Model):
     jwks_refetch_cooldown: Duration = DEFAULT_JWKS_REFETCH_COOLDOWN  # unknown kid: refetch at most this often
     clock_skew: Duration = 60.0
     max_response: ByteSize = DEFAULT_MAX_RESPONSE  # each answer of the IdP (discovery, JWKS, token, userinfo)
+
+    @field_validator("client_assertion_key")
+    @classmethod
+    def _check_assertion_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            assertion_algorithm(value)  # the key itself is never repeated in a message
+        return value
+
+    @model_validator(mode="after")
+    def _method_has_what_it_needs(self) -> IdentityProviderConfig:
+        method = self.token_endpoint_auth_method
+        if method == "private_key_jwt" and self.client_assertion_key is None:
+            raise ValueError("token_endpoint_auth_method private_key_jwt needs client_assertion_key_file "
+                             "(the PEM private key whose public key the IdP has registered)")
+        if method == "tls_client_auth" and not (self.tls_client_cert_file and self.tls_client_key_file):
+            raise ValueError("token_endpoint_auth_method tls_client_auth needs tls_client_cert_file and "
+                             "tls_client_key_file (the client certificate the IdP has registered, and its key)")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -92,12 +92,16 @@ class IdpClient:
     redirect_uris: tuple[str, ...]
     post_logout_redirect_uris: tuple[str, ...] = ()
     backchannel_logout_uri: str | None = None
+    token_endpoint_auth_method: str = "client_secret_basic"  # or client_secret_post, private_key_jwt
+    jwks: Mapping[str, Any] | None = None  # the client's public keys, for private_key_jwt
 
     def to_json(self) -> dict[str, Any]:
         return {"client_id": self.client_id, "client_secret": self.client_secret,
                 "redirect_uris": list(self.redirect_uris),
                 "post_logout_redirect_uris": list(self.post_logout_redirect_uris),
-                "backchannel_logout_uri": self.backchannel_logout_uri}
+                "backchannel_logout_uri": self.backchannel_logout_uri,
+                "token_endpoint_auth_method": self.token_endpoint_auth_method,
+                "jwks": None if self.jwks is None else dict(self.jwks)}
 
 
 @dataclass(frozen=True)

@@ -289,10 +289,12 @@ const provider = new Provider(config.issuer, {
     } : {}),
     grant_types: ['authorization_code', 'refresh_token'],
     response_types: ['code'],
-    token_endpoint_auth_method: 'client_secret_basic', // client_secret_post is accepted too
+    // client_secret_basic unless the client says otherwise; client_secret_post is accepted too.
+    token_endpoint_auth_method: client.token_endpoint_auth_method || 'client_secret_basic',
+    ...(client.jwks ? { jwks: client.jwks } : {}), // private_key_jwt: the client's public keys
     require_auth_time: true, // auth_time in every ID token, not only when max_age is sent
   })),
-  clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+  clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
   responseTypes: ['code'],
   pkce: { methods: ['S256'], required: () => true }, // RFC 9700 2.1.1: PKCE for every client
   acrValues: [config.pwd_acr, config.mfa_acr],

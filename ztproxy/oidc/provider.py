@@ -14,7 +14,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -26,6 +25,7 @@ from joserfc.jwk import KeySet
 from ztproxy.config.identity import IdentityProviderConfig
 from ztproxy.errors import IdentityProviderUnavailable, SignInMisconfigured
 from ztproxy.fetch import BodyTooLarge, read_bounded
+from ztproxy.oidc.client_auth import ClientAuthentication
 from ztproxy.oidc.tokens import (
     IdTokenClaims,
     LogoutTokenClaims,
@@ -60,6 +60,7 @@ class Provider:
         self.config = config
         self.name = config.name
         self._http = http
+        self._client = ClientAuthentication.from_config(config)
         self._timeout = aiohttp.ClientTimeout(total=config.http_timeout)
         self._metadata: OpenIDProviderMetadata | None = None
         self._metadata_at = float("-inf")
@@ -181,19 +182,13 @@ class Provider:
         metadata = await self.metadata()
         data = dict(form)
         headers = {"Accept": "application/json"}
-        secret = self.config.client_secret
-        method = self.config.token_endpoint_auth_method
-        if secret is not None and method == "client_secret_basic":
-            # RFC 6749 2.3.1: form-encode id and secret before the Basic encoding.
-            headers["Authorization"] = aiohttp.encode_basic_auth(quote(self.config.client_id, safe=""),
-                                                                 quote(secret, safe=""))
-        else:
-            data["client_id"] = self.config.client_id
-            if secret is not None and method == "client_secret_post":
-                data["client_secret"] = secret
+        client = self._client
+        endpoint = client.token_endpoint(metadata)
+        client.credentials(data, headers, endpoint=endpoint, now=time.time())
+        method = client.method
         try:
-            async with self._http.post(str(metadata["token_endpoint"]), data=data, headers=headers,
-                                       timeout=self._timeout) as response:
+            async with self._http.post(endpoint, data=data, headers=headers, timeout=self._timeout,
+                                       ssl=client.tls if client.tls is not None else True) as response:
                 body = await self._read(response, "token")
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:

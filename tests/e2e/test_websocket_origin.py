@@ -14,6 +14,7 @@ from playwright.async_api import Page
 
 from tests.conftest import ProxyFactory, UpstreamFactory, proxy_yaml
 from tests.e2e.conftest import BrowserTab
+from tests.integration.test_websocket_origins import ws_echo
 
 pytestmark = pytest.mark.integration
 
@@ -25,14 +26,6 @@ OPEN_SOCKET = """(url) => new Promise((resolve) => {
   socket.onmessage = (event) => { resolve("message:" + event.data); socket.close(); };
   socket.onclose = (event) => resolve("closed:" + event.code);
 })"""
-
-
-async def ws_echo(request: web.Request) -> web.StreamResponse:
-    socket = web.WebSocketResponse()
-    await socket.prepare(request)
-    async for message in socket:
-        await socket.send_str(f"echo:{message.data}")
-    return socket
 
 
 async def page(request: web.Request) -> web.Response:

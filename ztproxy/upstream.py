@@ -3,10 +3,13 @@
 HTTP requests go through ``upstream_client.UpstreamPool`` (keep-alive HTTP/1.1, llhttp;
 ``forward.py``), WebSockets through an aiohttp ``ClientSession`` (``websocket.py``). Neither
 follows redirects, keeps cookies or decompresses, so the upstream's bytes reach the client
-unchanged. Each route's upstream and timeouts are worked out once, in ``RouteUpstream``; the
-headers a request takes upstream are built once, in ``forward_headers``; and every way an
-upstream can fail maps to its page in one place, ``upstream_failures``: connection
-failures 502, timeouts 504.
+unchanged: a handshake the upstream answers with anything but 101 comes back as
+``UpgradeRefused``, its answer still open, before aiohttp could follow a redirect.
+
+Each route's upstream and timeouts are worked out once, in ``RouteUpstream``; the headers a
+request takes upstream are built once, in ``forward_headers``; and every way an upstream
+can fail maps to its page in one place, ``upstream_failures``: connection failures 502,
+timeouts 504.
 """
 
 from __future__ import annotations
@@ -52,6 +55,27 @@ class Upstream:
     targets: dict[str, RouteUpstream]  # by route name
 
 
+class UpgradeRefused(Exception):
+    """The upstream answered a WebSocket handshake with a plain HTTP response (403, 302...)."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        super().__init__(f"the upstream answered the upgrade with {response.status}")
+        self.response = response  # open: its body is the caller's to relay, then close
+
+
+async def _refusals_as_errors(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+                              ) -> aiohttp.ClientResponse:
+    """Client middleware of the WebSocket client: an answer other than 101 ends the handshake here.
+
+    ``ws_connect`` would follow a redirect itself, and turn any other status into an error
+    without the body; the app's answer belongs to the client instead.
+    """
+    response = await handler(request)
+    if response.status != 101:
+        raise UpgradeRefused(response)
+    return response
+
+
 @contextlib.contextmanager
 def upstream_failures(what: str = "") -> Iterator[None]:
     """Translate every way an upstream can fail into its page: 504 for a timeout, else 502.
@@ -80,6 +104,7 @@ async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=_SKIP_AUTO_HEADERS,
         timeout=aiohttp.ClientTimeout(total=None),
         trust_env=False,
+        middlewares=(_refusals_as_errors,),
     )
     targets = {
         route.name: RouteUpstream(origin=origin_of(URL(route.upstream)), connect_timeout=route.connect_timeout,

@@ -1,7 +1,9 @@
 """WebSocket proxying: the upstream handshake first, then frames relayed both ways.
 
-The upstream connection is opened before the client's upgrade is accepted, so a
-refused upstream gives the client a 502 page instead of a socket that closes at once.
+The upstream connection is opened before the client's upgrade is accepted, so an
+unreachable upstream gives the client a 502 page instead of a socket that closes at once,
+and an app that refuses the upgrade (403, 401, a redirect to its login) is heard as it
+answered: its status, headers and body reach the client.
 Text, binary, ping/pong and close (with its code and reason) pass through unchanged;
 the subprotocol the upstream chose is the one offered to the client. A socket opened
 with a session is closed with 1008 as soon as that session is revoked, here or on any
@@ -18,8 +20,10 @@ from aiohttp import WSMsgType, web
 
 from ztproxy import tracing
 from ztproxy.auth import AUTH
+from ztproxy.errors import UpstreamTimeout, UpstreamUnavailable
+from ztproxy.headers import downstream_response_headers
 from ztproxy.state import RECORD, RequestRecord
-from ztproxy.upstream import UPSTREAM, forward_headers, upstream_failures, upstream_url
+from ztproxy.upstream import UPSTREAM, UpgradeRefused, forward_headers, upstream_failures, upstream_url
 
 # aiohttp generates its own handshake headers for the upstream leg.
 _HANDSHAKE_HEADERS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
@@ -71,6 +75,30 @@ def _watch_session(request: web.Request, record: RequestRecord, ended: asyncio.E
     return auth.sessions.watch(caller.ticket.store_key, ended.set)
 
 
+async def _relay_refusal(request: web.Request, refusal: aiohttp.ClientResponse,
+                         read_timeout: float) -> web.StreamResponse:
+    """The app's own answer to the upgrade, streamed to the client as any response is."""
+    headers = downstream_response_headers(refusal.headers)
+    headers["X-Request-Id"] = request[RECORD].context.request_id
+    response = web.StreamResponse(status=refusal.status, reason=refusal.reason, headers=headers)
+    await response.prepare(request)
+    try:
+        with upstream_failures():
+            while True:
+                async with asyncio.timeout(read_timeout or None):
+                    chunk = await refusal.content.readany()
+                if not chunk:
+                    break
+                await response.write(chunk)
+    except (UpstreamTimeout, UpstreamUnavailable):
+        # Headers are out: the only honest signal left is to cut the connection.
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
 async def proxy_websocket(request: web.Request) -> web.StreamResponse:
     record = request[RECORD]
     ctx = record.context
@@ -86,7 +114,7 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
     try:
         # The handshake is one request and its answer: bounded as an HTTP request is (the
         # WebSocket client applies no connect or read timeout of its own to it).
-        with upstream_failures("The application refused the WebSocket connection."):
+        with upstream_failures("The application did not complete the WebSocket handshake."):
             async with asyncio.timeout(target.connect_timeout + target.read_timeout):
                 upstream_ws = await upstream.session.ws_connect(
                     url, headers=headers,
@@ -94,6 +122,12 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=target.read_timeout or 10.0),
                 )
         answered = 101
+    except UpgradeRefused as refused:
+        answered = refused.response.status
+        try:
+            return await _relay_refusal(request, refused.response, target.read_timeout)
+        finally:
+            refused.response.close()
     finally:
         if span is not None:
             tracing.end_client_span(span, answered)

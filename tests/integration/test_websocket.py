@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import os
+
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
 from tests.conftest import ProxyFactory, UpstreamFactory, proxy_yaml
+from tests.support.scripted_upstream import ScriptedUpstream, UpstreamConnection
+from tests.unit.test_metrics import changes, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -93,11 +98,69 @@ async def test_subprotocol_negotiated_with_upstream(proxy_url: str, client: aioh
         assert ws.protocol is None
 
 
-async def test_upstream_refusing_upgrade_gives_502(proxy_url: str, client: aiohttp.ClientSession) -> None:
+def upgrade_headers() -> dict[str, str]:
+    """A client's WebSocket handshake, sent as a plain request so the answer's body can be read."""
+    return {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
+
+
+async def test_the_apps_refusal_of_an_upgrade_reaches_the_client(start_upstream: UpstreamFactory,
+                                                                 start_proxy: ProxyFactory,
+                                                                 client: aiohttp.ClientSession) -> None:
+    async def forbidden(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error": "not your kernel"}, status=403, headers={"X-App": "jupyter"})
+
+    upstream = await start_upstream(routes=[web.get("/ws", forbidden), web.get("/plain", plain)])
+    proxy = await start_proxy(proxy_yaml(upstream.url))
+    before = scrape()
+    async with client.get(f"{proxy.url}/ws", headers=upgrade_headers()) as response:
+        assert response.status == 403
+        assert await response.json() == {"error": "not your kernel"}
+        assert response.headers["X-App"] == "jupyter"
+        assert response.headers["X-Request-Id"]
+    # A WebSocket client sees the status too, not a 502 of the proxy's.
     with pytest.raises(aiohttp.WSServerHandshakeError) as error:
-        async with client.ws_connect(f"{proxy_url}/plain"):
+        async with client.ws_connect(f"{proxy.url}/plain"):
             pass
-    assert error.value.status == 502
+    assert error.value.status == 404
+    delta = changes(before, scrape())
+    assert delta("ztproxy_requests_total", route="app", status="403", decision="allow") == 1
+    assert delta("ztproxy_requests_total", route="app", status="404", decision="allow") == 1
+    assert delta("ztproxy_requests_total", route="app", status="502") == 0
+
+
+async def test_a_redirect_answering_an_upgrade_is_passed_on_not_followed(start_upstream: UpstreamFactory,
+                                                                         start_proxy: ProxyFactory,
+                                                                         client: aiohttp.ClientSession) -> None:
+    elsewhere = await start_upstream(routes=[web.get("/ws", ws_echo)])
+
+    async def to_login(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(f"{elsewhere.url}/ws")
+
+    upstream = await start_upstream(routes=[web.get("/ws", to_login)])
+    proxy = await start_proxy(proxy_yaml(upstream.url))
+    async with client.get(f"{proxy.url}/ws", headers=upgrade_headers(), allow_redirects=False) as response:
+        assert response.status == 302
+        assert response.headers["Location"] == f"{elsewhere.url}/ws"
+    assert elsewhere.requests == []  # the proxy itself never went there
+
+
+async def test_a_handshake_the_app_gets_wrong_is_a_502(client: aiohttp.ClientSession,
+                                                       start_proxy: ProxyFactory) -> None:
+    async def wrong_accept(conn: UpstreamConnection) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        b"Sec-WebSocket-Accept: bm90IHRoZSByaWdodCBvbmU=\r\n\r\n")
+        await conn.wait_for_client_close()
+
+    upstream = await ScriptedUpstream(wrong_accept).start()
+    try:
+        proxy = await start_proxy(proxy_yaml(f"http://127.0.0.1:{upstream.port}"))
+        async with client.get(f"{proxy.url}/ws", headers=upgrade_headers()) as response:
+            assert response.status == 502
+            assert "WebSocket handshake" in await response.text()
+    finally:
+        await upstream.close()
 
 
 async def test_websocket_on_denied_route_is_refused(start_upstream: UpstreamFactory, start_proxy: ProxyFactory,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ztproxy.answers import answer
 from ztproxy.auth import auth_ctx
 from ztproxy.authenticate import authenticate
 from ztproxy.authorize import authorize
@@ -37,6 +38,7 @@ PIPELINE = web.AppKey[Handler]("pipeline")
 
 STAGES: tuple[Stage, ...] = (
     intake,            # header budget, canonical path, host, client ip, route -> RequestContext
+                       # (for forward-auth: of the original request the calling proxy describes)
     proxy_endpoints,   # /.ztproxy/* answered by the proxy (callback, logout...), never forwarded
     authenticate,      # session cookie -> live session, re-verified at the IdP when due
     assess_device,     # client certificate, signed posture, inventory, MDM -> the device and its posture
@@ -46,8 +48,12 @@ STAGES: tuple[Stage, ...] = (
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    """The end of the pipeline: forward upstream, as HTTP streaming or a WebSocket."""
-    if request[RECORD].context.route.config.websockets and is_websocket_upgrade(request.headers):
+    """The end of the pipeline: forward upstream, as HTTP streaming or a WebSocket; or, for
+    forward-auth, answer the calling proxy."""
+    record = request[RECORD]
+    if record.question is not None:
+        return await answer(request)
+    if record.context.route.config.websockets and is_websocket_upgrade(request.headers):
         return await proxy_websocket(request)
     return await forward(request)
 

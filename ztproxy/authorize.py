@@ -4,6 +4,11 @@ Enforcing means: let the request through; or send a browser to sign in (nobody s
 and only a signed-in user could pass) or to sign in again more strongly (step-up); or
 answer an API client 401 with the RFC 6750/9470 challenge; or show the 403 page that
 says, in plain words, what failed.
+
+Forward-auth (``forward_auth``) changes only how a sign-in is asked for: the calling
+proxy is told where the browser starts it (``X-Ztproxy-Sign-In``; nginx gets a 401 to
+turn into that redirect), and ``/.ztproxy/denied`` explains a refusal already logged
+without writing a second decision event.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from aiohttp import web
 from ztproxy import metrics
 from ztproxy.auth import AUTH, Auth
 from ztproxy.errors import AccessDenied, AuthenticationRequired, StepUpRequired
+from ztproxy.forward_auth import SIGN_IN_HEADER, Kind, Question, sign_in_path, sign_in_url
 from ztproxy.headers import is_websocket_upgrade
 from ztproxy.me import ME_PATH
 from ztproxy.origins import addressed_origin, origin_allowed
@@ -52,7 +58,7 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
     decision = policy.constant
     if decision is None or route.shadow is not None:
         facts = RequestFacts(
-            method=request.method,
+            method=ctx.method,
             path=ctx.target.path,
             client_ip=ctx.client_ip,
             now=utc_now(),
@@ -62,10 +68,15 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
         # Routes whose decision is known at config load (public) skip building facts at all.
         decision = decision or evaluate(policy, facts)
         shadow = None if route.shadow is None else route.shadow.constant or evaluate(route.shadow, facts)
-        log_decision(request, record, decision, shadow)
-    record.decision = decision
-    if decision.allowed:
-        return None
+        if not _explaining(record):
+            log_decision(request, record, decision, shadow)
+    if _explaining(record):
+        if decision.allowed:
+            return None
+    else:
+        record.decision = decision
+        if decision.allowed:
+            return None
     auth = request.app[AUTH]
     if auth is not None:
         if decision.outcome is Outcome.STEP_UP and decision.step_up is not None:
@@ -81,6 +92,11 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
     raise AccessDenied(explain_refusal(decision), reasons=decision.reasons,
                        hint=f"You are signed in as {identity.email or identity.subject}. {AccessDenied.hint}",
                        link=(ME_PATH, "See your sign-in, your device and the applications open to you"))
+
+
+def _explaining(record: RequestRecord) -> bool:
+    """Whether this is ``/.ztproxy/denied`` re-telling a decision the auth endpoint logged already."""
+    return record.question is not None and record.question.kind is Kind.DENIED
 
 
 def _refuse_foreign_origin(request: web.Request, record: RequestRecord) -> None:
@@ -130,7 +146,7 @@ def log_decision(request: web.Request, record: RequestRecord, decision: Decision
         "session": caller.handle if caller is not None else None,
         "device": record.device.id if record.device is not None else None,
         "client": ctx.client_ip,
-        "method": request.method,
+        "method": ctx.method,
         "path": ctx.target.path,
         "decision": decision.outcome.value,
         "reasons": decision.reasons,
@@ -154,13 +170,13 @@ def _first_sign_in(policy: RoutePolicy) -> StepUp | None:
     return None
 
 
-def _is_browser_navigation(request: web.Request) -> bool:
+def _is_browser_navigation(request: web.Request, method: str) -> bool:
     # A redirect only helps a browser loading a page (browsers always ask for text/html when
     # they navigate); an API call (curl's */*, JSON, XHR) or a form post would lose its body
     # or its caller on the way through the IdP.
     headers = request.headers
     accept = headers.get("Accept", "")
-    return request.method in ("GET", "HEAD") and "text/html" in accept.lower() \
+    return method in ("GET", "HEAD") and "text/html" in accept.lower() \
         and not wants_json(accept, headers.get("X-Requested-With", ""))
 
 
@@ -168,9 +184,12 @@ async def _sign_in(request: web.Request, record: RequestRecord, auth: Auth, step
                    ) -> web.StreamResponse:
     ctx = record.context
     provider = auth.provider_for(ctx.route.config.identity_provider)
-    if _is_browser_navigation(request):
+    question = record.question
+    if (question is not None and question.kind is Kind.START) or _is_browser_navigation(request, ctx.method):
         query = f"?{ctx.target.query}" if ctx.target.query else ""
         return_to = auth.return_urls.for_request(ctx.host, ctx.target.path + query)
+        if question is not None and question.kind is not Kind.START:
+            return _sign_in_elsewhere(question, return_to, step_up)
         return await auth.login.begin(request, provider, return_to=return_to, step_up=step_up)
     if step_up is None or record.caller is None:
         raise AuthenticationRequired("This application requires you to sign in.",
@@ -189,3 +208,17 @@ async def _sign_in(request: web.Request, record: RequestRecord, auth: Auth, step
     description = f"This application requires {' and '.join(sentences)}."
     params.insert(1, f'error_description="{description}"')
     raise StepUpRequired(description, headers=(("WWW-Authenticate", "Bearer " + ", ".join(params)),))
+
+
+def _sign_in_elsewhere(question: Question, return_to: str, step_up: StepUp | None) -> web.StreamResponse:
+    """A forward-auth answer for a browser that must sign in: where it starts, the calling proxy sends it.
+
+    nginx turns anything but 2xx, 401 and 403 into its own 500: it gets a 401 to redirect
+    on. The others pass a redirect to the client as it is. ``/.ztproxy/denied`` explains.
+    """
+    start = sign_in_url(return_to)
+    what = "a stronger or more recent sign-in" if step_up is not None else "you to sign in"
+    if question.kind is Kind.DENIED or question.form.strict_statuses:
+        raise AuthenticationRequired(f"This application requires {what}.", headers=((SIGN_IN_HEADER, start),),
+                                     link=(sign_in_path(return_to), "Sign in"))
+    return web.Response(status=302, headers={"Location": start, SIGN_IN_HEADER: start})

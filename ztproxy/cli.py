@@ -9,6 +9,7 @@
     ztproxy keys generate|rotate|list|jwks --dir DIR   (or -c FILE: its assertion section)
     ztproxy sessions list --user SUB | revoke --session HANDLE | --user SUB | --device ID
                           [-c FILE | --admin-url URL --token-file FILE]
+    ztproxy forward-auth nginx|caddy|traefik|envoy -c FILE
     ztproxy --version
 
 ``-c`` defaults to the ``ZTPROXY_CONFIG`` environment variable.
@@ -60,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     _keys_parser(commands.add_parser("keys", help="create, rotate and list the keys signing identity assertions"))
     _sessions_parser(commands.add_parser("sessions", help="list and revoke sessions through the admin API"),
                      config_arg)
+    forward_auth = commands.add_parser(
+        "forward-auth", help="print the configuration of a proxy that asks ztproxy about each request")
+    forward_auth.add_argument("kind", choices=("nginx", "caddy", "traefik", "envoy"))
+    config_arg(forward_auth)
     config = commands.add_parser("config", help="about the configuration file itself")
     config.add_subparsers(dest="action", required=True, metavar="ACTION").add_parser(
         "schema", help="print the JSON Schema of the configuration file, for editors and CI")
@@ -134,6 +139,11 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as error:
         print(error.render(), file=sys.stderr)
         return 1
+    if args.command == "forward-auth":
+        from ztproxy.calling_proxies import generate
+
+        sys.stdout.write(generate(args.kind, config, str(args.config)))
+        return 0
     if args.command == "check":
         count = len(config.routes)
         print(f"{args.config}: OK ({count} route{'' if count == 1 else 's'})")

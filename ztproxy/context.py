@@ -36,6 +36,7 @@ class CompiledRoute:
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     request_id: str
+    method: str  # the request's, or for forward-auth the original request's
     client_ip: str
     forwarded: ForwardedFor
     scheme: str

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ztproxy.auth import AUTH, Auth
 from ztproxy.errors import RouteNotFound
+from ztproxy.forward_auth import Kind, allowed_headers
 from ztproxy.me import ME_PATH, me
 from ztproxy.oidc.login import CALLBACK_PATH
 from ztproxy.oidc.logout import BACKCHANNEL_PATH, FRONTCHANNEL_PATH, LOGOUT_PATH, SIGNED_OUT_PATH, signed_out_page
@@ -36,11 +37,20 @@ _SIGN_IN_ENDPOINTS: dict[str, Endpoint] = {
 }
 
 
-def proxy_endpoints(request: web.Request) -> Awaitable[web.StreamResponse] | None:
+def proxy_endpoints(request: web.Request) -> Awaitable[web.StreamResponse] | web.StreamResponse | None:
     """Pipeline stage: the proxy's own paths are answered here (asynchronously), others go on."""
-    path = request[RECORD].context.target.path
+    record = request[RECORD]
+    ctx = record.context
+    path = ctx.target.path
     if not is_proxy_path(path):
         return None
+    question = record.question
+    if question is not None:
+        if question.original is None or question.kind is not Kind.AUTH:
+            return None  # the endpoint judged as itself (nothing passes), or a page about the path
+        # A calling proxy asking about the proxy's own paths, which are open to all and check
+        # what they need themselves: pass, as nobody (it should send them here directly).
+        return web.Response(status=200, headers=allowed_headers(ctx.route.config.claim_headers, ()))
     return _answer(request, path)
 
 

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from ztproxy import tracing
 from ztproxy.errors import InternalError, RequestError
+from ztproxy.forward_auth import Kind, strict_status
 from ztproxy.metrics import NO_VALUE, REQUESTS, RequestMetrics
 from ztproxy.pages import page_for, secure
 from ztproxy.state import CONFIG, RECORD, RequestRecord
@@ -73,6 +74,9 @@ def build_pipeline(stages: Sequence[Stage], handler: Handler) -> Handler:
         except Exception:
             _log.exception("internal_error", path=request.raw_path[:256])
             response = page_for(request, InternalError())
+        question = record.question
+        if question is not None and question.kind is Kind.AUTH and question.form.strict_statuses:
+            response.set_status(strict_status(response.status))  # nginx: 2xx, 401 or 403, or its own 500
         _observe(requests, record, response.status, time.perf_counter() - started)
         return response
 

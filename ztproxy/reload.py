@@ -33,11 +33,15 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from ztproxy import metrics
+from ztproxy.admin import healthz
 from ztproxy.app import PIPELINE, add_catch_all
 from ztproxy.config import load
 from ztproxy.config.schema import Config
-from ztproxy.errors import ConfigError
+from ztproxy.errors import ConfigError, PathRejected, RouteNotFound
+from ztproxy.forward_auth import Kind, endpoint_kind
 from ztproxy.listener import start_app
+from ztproxy.pages import page_for, secure
+from ztproxy.routing import parse_target
 from ztproxy.run_secrets import GeneratedSecrets
 from ztproxy.state import CONFIG
 from ztproxy.telemetry import get_logger
@@ -46,7 +50,8 @@ log = get_logger("ztproxy.reload")
 
 # What the listening socket, its parser and the admin listener were set up with.
 _LISTENER_SETTINGS: tuple[tuple[str, ...], ...] = (
-    ("server", "listen"), ("server", "admin_listen"), ("server", "admin_token"), ("server", "tls"),
+    ("server", "listen"), ("server", "admin_listen"), ("server", "auth_listen"), ("server", "admin_token"),
+    ("server", "tls"),
     ("server", "limits", "max_header_count"), ("server", "limits", "max_line_bytes"),
     ("server", "limits", "header_timeout"), ("server", "limits", "keepalive_timeout"),
     ("server", "shutdown_grace"), ("logging",),
@@ -126,6 +131,26 @@ class LiveApp:
         front.cleanup_ctx.append(self._lifecycle)
         add_catch_all(front, self.dispatch)
         return front
+
+    def decisions_app(self) -> web.Application:
+        """The app of ``server.auth_listen``: forward-auth decisions and /healthz, nothing else.
+
+        It serves the generations ``front_app`` starts, so start that one first.
+        """
+        front = web.Application()
+        front[CONFIG] = self._first
+        front.router.add_get("/healthz", healthz)
+        add_catch_all(front, self._decide)
+        return front
+
+    async def _decide(self, request: web.Request) -> web.StreamResponse:
+        try:
+            kind = endpoint_kind(parse_target(request.raw_path).path)
+        except PathRejected:
+            kind = None
+        if kind not in (Kind.AUTH, Kind.DENIED):
+            return secure(page_for(request, RouteNotFound("This listener answers forward-auth questions only.")))
+        return await self.dispatch(request)
 
     async def _lifecycle(self, _front: web.Application) -> AsyncIterator[None]:
         self._current = await self._start(self._first)

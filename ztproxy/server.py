@@ -64,10 +64,14 @@ async def _start_admin(config: Config, readiness: Readiness,
 
 
 async def _serve_proxy(config: Config, sock: socket.socket, readiness: Readiness, stop: asyncio.Event,
-                       on_ready: Callable[[], None] | None = None, follow: ConfigFollower | None = None) -> None:
+                       on_ready: Callable[[], None] | None = None, follow: ConfigFollower | None = None,
+                       auth_sock: socket.socket | None = None) -> None:
     async with LOG_SINK.batching(config.logging.flush_interval), tracing.tracing_from_env():
         live = LiveApp(config, build_app)  # after tracing starts: the pipeline is chosen when an app is built
         runner = await start_listener(live.front_app(), config, sock)
+        runners = [runner]
+        if auth_sock is not None:  # server.auth_listen: forward-auth decisions apart
+            runners.append(await start_listener(live.decisions_app(), config, auth_sock))
         readiness.ready, readiness.reasons = True, []
         log.info("proxy_listening", listen=config.server.listen, public_url=config.public_url,
                  routes=len(config.routes), pid=os.getpid())
@@ -82,7 +86,10 @@ async def _serve_proxy(config: Config, sock: socket.socket, readiness: Readiness
         server = live.config.server  # as reloaded; shutdown_grace is the runner's, fixed at start
         log.info("draining", grace_s=server.shutdown_grace, drain_delay_s=server.drain_delay)
         await asyncio.sleep(server.drain_delay)
-        await runner.cleanup()  # closes the listener, then waits up to shutdown_grace for in-flight requests
+        # Each closes its listener, then waits up to shutdown_grace for its requests in flight;
+        # the proxy listener's last, as it owns the app the others serve.
+        await asyncio.gather(*(other.cleanup() for other in runners[1:]))
+        await runner.cleanup()
         log.info("stopped", pid=os.getpid())
 
 
@@ -91,9 +98,11 @@ async def serve(config: Config, *, config_path: str | None, generated: Generated
     readiness = Readiness(reasons=["starting"])
     stop = _stop_event()
     sock = bind_socket(config.server.listen, reuse_port=False)
+    auth_listen = config.server.auth_listen
+    auth_sock = None if auth_listen is None else bind_socket(auth_listen, reuse_port=False)
     admin = await _start_admin(config, readiness)
     try:
-        await _serve_proxy(config, sock, readiness, stop,
+        await _serve_proxy(config, sock, readiness, stop, auth_sock=auth_sock,
                            follow=reload_on_sighup(config_path, generated, watch=config.server.watch_config))
     finally:
         if admin is not None:
@@ -102,7 +111,7 @@ async def serve(config: Config, *, config_path: str | None, generated: Generated
 
 
 async def serve_worker(config: Config, sock: socket.socket, ready_fd: int,
-                       updates: asyncio.StreamReader | None = None) -> int:
+                       updates: asyncio.StreamReader | None = None, auth_sock: socket.socket | None = None) -> int:
     """One worker under the supervisor: the proxy on an inherited socket, no admin listener.
 
     Each line of ``updates`` is a configuration the supervisor has validated, as JSON.
@@ -124,7 +133,7 @@ async def serve_worker(config: Config, sock: socket.socket, ready_fd: int,
             await live.reload(new)
 
     async with serve_exposition(os.environ.get(WORKER_METRICS_ENV)):
-        await _serve_proxy(config, sock, Readiness(), stop, on_ready=announce, follow=follow)
+        await _serve_proxy(config, sock, Readiness(), stop, on_ready=announce, follow=follow, auth_sock=auth_sock)
     return 0
 
 

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ztproxy.config.schema import Config
 from ztproxy.context import CompiledRoute, RequestContext
+from ztproxy.forward_auth import Question
 from ztproxy.headers import HeaderRules, IPNetwork
 from ztproxy.policy import Decision
 from ztproxy.policy.model import Device, Identity
@@ -81,6 +82,7 @@ class RequestRecord:
     """What one request has gathered so far; filled in by the stages in the order they run."""
 
     request_id: str  # the pipeline's, before any stage
+    question: Question | None = None  # intake: what a forward-auth request asks (None: proxy it)
     intake: RequestContext | None = None  # intake: route, canonical target, client; None if it refused
     caller: Caller | None = None  # authenticate: who is asking, when anyone signed in
     device: Device | None = None  # assess_device: from what device, when a provider knows it

@@ -38,11 +38,17 @@ def _config_line(config: Config) -> bytes:
 
 
 class _Worker:
-    def __init__(self, index: int, sock: socket.socket) -> None:
+    def __init__(self, index: int, sock: socket.socket, auth_sock: socket.socket | None) -> None:
         self.index = index
         self.sock = sock
+        self.auth_sock = auth_sock  # server.auth_listen
         self.process: asyncio.subprocess.Process | None = None
         self.ready = False
+
+    def close_sockets(self) -> None:
+        self.sock.close()
+        if self.auth_sock is not None:
+            self.auth_sock.close()
 
     async def send(self, line: bytes) -> None:
         process = self.process
@@ -63,7 +69,10 @@ class Supervisor:
         self._log_format = log_format
         self._config_path = config_path
         self._generated = generated
-        self._pool = [_Worker(i, bind_socket(config.server.listen, reuse_port=True)) for i in range(workers)]
+        auth_listen = config.server.auth_listen
+        self._pool = [_Worker(i, bind_socket(config.server.listen, reuse_port=True),
+                              None if auth_listen is None else bind_socket(auth_listen, reuse_port=True))
+                      for i in range(workers)]
         self._metrics_dir = tempfile.mkdtemp(prefix="ztproxy-metrics-")  # mode 0700: this user's processes only
         # The configuration a worker starts with: the latest valid one, so a restarted worker has it too.
         self._config = config
@@ -115,10 +124,14 @@ class Supervisor:
         """One process of ``worker``, ready when it says so, until it exits; and how long it lived."""
         read_fd, write_fd = os.pipe()
         worker.ready = False
+        sockets = [worker.sock.fileno()]
+        auth = [] if worker.auth_sock is None else ["--auth-socket-fd", str(worker.auth_sock.fileno())]
+        if worker.auth_sock is not None:
+            sockets.append(worker.auth_sock.fileno())
         worker.process = process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ztproxy.worker", "--socket-fd", str(worker.sock.fileno()),
+            sys.executable, "-m", "ztproxy.worker", "--socket-fd", str(worker.sock.fileno()), *auth,
             "--ready-fd", str(write_fd), "--log-format", self._log_format,
-            stdin=asyncio.subprocess.PIPE, pass_fds=(worker.sock.fileno(), write_fd),
+            stdin=asyncio.subprocess.PIPE, pass_fds=(*sockets, write_fd),
             env={**os.environ, WORKER_METRICS_ENV: self._metrics_socket(worker)})
         os.close(write_fd)
         assert process.stdin is not None
@@ -158,7 +171,7 @@ class Supervisor:
                 worker.process.send_signal(signal.SIGTERM)
             # The workers hold the listening sockets while they drain; once they close them, the
             # kernel must refuse new connections, not queue them on our copies until we exit.
-            worker.sock.close()
+            worker.close_sockets()
         deadline = self._config.server.drain_delay + self._config.server.shutdown_grace + 5.0
         await asyncio.wait(tasks, timeout=deadline)
         for worker in self._pool:
@@ -167,4 +180,4 @@ class Supervisor:
                 worker.process.kill()
         await asyncio.gather(*tasks, return_exceptions=True)
         for worker in self._pool:
-            worker.sock.close()
+            worker.close_sockets()

@@ -26,13 +26,18 @@ async def _serve(args: argparse.Namespace) -> int:
     configure_logging(config.logging.level, args.log_format)
     sock = socket.socket(fileno=args.socket_fd)
     sock.setblocking(False)
-    return await serve_worker(config, sock, args.ready_fd, updates)
+    auth_sock = None
+    if args.auth_socket_fd is not None:
+        auth_sock = socket.socket(fileno=args.auth_socket_fd)
+        auth_sock.setblocking(False)
+    return await serve_worker(config, sock, args.ready_fd, updates, auth_sock)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="ztproxy-worker")
     parser.add_argument("--socket-fd", type=int, required=True)
     parser.add_argument("--ready-fd", type=int, required=True)
+    parser.add_argument("--auth-socket-fd", type=int, help="the server.auth_listen socket, when there is one")
     parser.add_argument("--log-format", choices=("json", "console"), default="json")
     args = parser.parse_args()
     # The supervisor reloads; a hangup of the whole process group must not end the workers.

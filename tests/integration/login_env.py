@@ -84,10 +84,11 @@ WorldFactory = Callable[..., Awaitable[LoginWorld]]
 
 async def start_world(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory, *,
                       sessions: str = "", provider: str = "", ttl: dict[str, int] | None = None,
-                      routes: str = ROUTES) -> LoginWorld:
+                      routes: str = ROUTES, server: str = "", public_port: int | None = None) -> LoginWorld:
+    """``public_port``: where people reach the proxy, when something else listens there (forward-auth)."""
     upstream = await start_upstream()
     port = free_port()
-    public = f"http://127.0.0.1:{port}"
+    public = f"http://127.0.0.1:{public_port or port}"
     idp = await start_idp(clients=[IdpClient(
         client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
         redirect_uris=(f"{public}/.ztproxy/callback",),
@@ -97,7 +98,9 @@ async def start_world(start_idp: IdpFactory, start_proxy: ProxyFactory, start_up
     proxy = await start_proxy(f"""
 server:
   listen: 127.0.0.1:{port}
+  public_url: {public}
   admin_listen: null
+{server}
 identity_providers:
   - name: demo
     issuer: {idp.issuer}

@@ -40,7 +40,7 @@ CORE = ("ztproxy.config", "ztproxy.config.*", "ztproxy.policy", "ztproxy.policy.
 # The request pipeline's stages and handlers (app.STAGES, app.handle): siblings that share the
 # request record (state.py) and the services below them, never each other (STYLE 25).
 STAGES = ("ztproxy.intake", "ztproxy.endpoints", "ztproxy.authenticate", "ztproxy.device", "ztproxy.authorize",
-          "ztproxy.upstream_identity", "ztproxy.forward", "ztproxy.websocket")
+          "ztproxy.upstream_identity", "ztproxy.forward", "ztproxy.websocket", "ztproxy.answers")
 
 RULES = [
     Rule("the core is plain Python (STYLE 4)", CORE, ("aiohttp", "aiohttp.*")),

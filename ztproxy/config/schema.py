@@ -71,6 +71,8 @@ class ServerConfig(Model):
     listen: ListenAddress = DEFAULT_LISTEN
     public_url: HttpUrl | None = None
     admin_listen: ListenAddress | None = DEFAULT_ADMIN_LISTEN
+    # Forward-auth decisions only (/.ztproxy/auth, /.ztproxy/denied, /healthz), for a calling proxy.
+    auth_listen: ListenAddress | None = None
     # The bearer token of the admin API (better: admin_token_file); None: the admin API is off.
     admin_token: str | None = None
     trusted_proxies: tuple[Cidr, ...] = ()

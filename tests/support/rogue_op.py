@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 from joserfc import jwt
 from joserfc.jwk import KeySet, OctKey, RSAKey
+from yarl import URL
 
 MODES = ("valid", "forged-signature", "expired", "wrong-audience", "wrong-nonce", "alg-none", "hs256-client-secret",
          "wrong-issuer", "iss-parameter-mismatch", "userinfo-other-subject", "no-id-token", "future-iat")
@@ -40,14 +41,18 @@ class RogueOp:
     mtls_token_endpoint: str | None = None  # published as mtls_endpoint_aliases (RFC 8705 5)
     # Each token request: its form, and the subject CN of the client certificate it came with.
     token_requests: list[dict[str, Any]] = field(default_factory=list)
+    id_token_claims: dict[str, Any] = field(default_factory=dict)  # more claims (hd, _claim_names...)
+    refresh_tokens: bool = False  # issue refresh tokens, and redeem them for new access tokens
+    authorize_queries: list[dict[str, str]] = field(default_factory=list)
 
     def app(self) -> web.Application:
+        prefix = URL(self.issuer).path.rstrip("/")  # an issuer with a path serves below it
         app = web.Application()
-        app.router.add_get("/.well-known/openid-configuration", self.discovery)
-        app.router.add_get("/jwks", self.jwks)
-        app.router.add_get("/authorize", self.authorize)
-        app.router.add_post("/token", self.token)
-        app.router.add_get("/userinfo", self.userinfo)
+        app.router.add_get(f"{prefix}/.well-known/openid-configuration", self.discovery)
+        app.router.add_get(f"{prefix}/jwks", self.jwks)
+        app.router.add_get(f"{prefix}/authorize", self.authorize)
+        app.router.add_post(f"{prefix}/token", self.token)
+        app.router.add_get(f"{prefix}/userinfo", self.userinfo)
         return app
 
     async def discovery(self, request: web.Request) -> web.Response:
@@ -69,6 +74,7 @@ class RogueOp:
 
     async def authorize(self, request: web.Request) -> web.Response:
         query = request.query
+        self.authorize_queries.append(dict(query))
         code = _b64(time.time_ns().to_bytes(8, "big"))
         self.nonces[code] = query["nonce"]
         issuer = "https://attacker.example" if self.mode == "iss-parameter-mismatch" else self.issuer
@@ -81,9 +87,17 @@ class RogueOp:
         subject = dict(item for rdn in peer.get("subject", ()) for item in rdn) if peer else {}
         self.token_requests.append({"form": dict(form), "client_cn": subject.get("commonName"),
                                     "authorization": request.headers.get("Authorization")})
+        if form.get("grant_type") == "refresh_token":
+            if not self.refresh_tokens:
+                return web.json_response({"error": "invalid_grant"}, status=400)
+            count = len(self.token_requests)
+            return web.json_response({"access_token": f"at-refresh-{count}", "token_type": "Bearer",
+                                      "expires_in": 300, "refresh_token": f"rt-{count}"})
         nonce = self.nonces.pop(str(form["code"]), "")
         answer: dict[str, Any] = {"access_token": "at-" + str(form["code"]), "token_type": "Bearer",
                                   "expires_in": 300}
+        if self.refresh_tokens:
+            answer["refresh_token"] = "rt-" + str(form["code"])
         if self.mode != "no-id-token":
             answer["id_token"] = self.id_token(nonce)
         return web.json_response(answer)
@@ -99,6 +113,7 @@ class RogueOp:
                                   "email": "mallory@corp.example"}
         if self.sid is not None:
             claims["sid"] = self.sid
+        claims.update(self.id_token_claims)
         mode = self.mode
         if mode == "expired":
             claims.update(iat=now - 4000, exp=now - 3600, auth_time=now - 4000)
@@ -120,18 +135,20 @@ class RogueOp:
         return jwt.encode({"alg": "RS256", "kid": self.key.kid}, claims, key)
 
 
-async def start_rogue_world(op: RogueOp, start_proxy: Any, start_upstream: Any, *,
-                            provider: str = "") -> tuple[RogueOp, Any, web.AppRunner]:
+async def start_rogue_world(op: RogueOp, start_proxy: Any, start_upstream: Any, *, provider: str = "",
+                            issuer_path: str = "", sessions: str = "") -> tuple[RogueOp, Any, web.AppRunner]:
     """``op`` served on a free port, and ztproxy signing in with it in front of a fresh upstream.
 
-    ``provider``: more keys of the identity provider, as YAML flow entries (``, key: value``).
+    ``provider``: more keys of the identity provider, as YAML flow entries (``, key: value``);
+    ``issuer_path``: a path the issuer ends with (``/{tenant}/v2.0``); ``sessions``: the
+    ``sessions`` section as a YAML flow mapping (``{refresh_interval: 1s}``).
     Returns the OP, the proxy (``tests.conftest.Proxy``) and the OP's runner, which the test cleans up.
     """
     from tests.conftest import free_port
 
     upstream = await start_upstream()
     op_port = free_port()
-    op.issuer = f"http://127.0.0.1:{op_port}"
+    op.issuer = f"http://127.0.0.1:{op_port}{issuer_path}"
     runner = web.AppRunner(op.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", op_port).start()
@@ -139,6 +156,7 @@ async def start_rogue_world(op: RogueOp, start_proxy: Any, start_upstream: Any, 
 server: {{listen: 127.0.0.1:{free_port()}, admin_listen: null}}
 identity_providers:
   - {{name: corp, issuer: '{op.issuer}', client_id: ztproxy, client_secret: {op.client_secret}{provider}}}
+{f"sessions: {sessions}" if sessions else ""}
 routes:
   - {{name: app, upstream: '{upstream.url}', allow: [{{email_domains: [corp.example]}}]}}
 """)

@@ -10,7 +10,8 @@ located with the document's YAML paths and lines:
 - policies naming other policies (nesting is not supported);
 - TLS certificate and key files that cannot be read;
 - identity providers: unique names, routes naming one that exists, and route hosts the
-  session cookie can reach from the public URL (the callback sets it there);
+  session cookie can reach from the public URL (the callback sets it there); the checks of
+  each one's preset (:mod:`ztproxy.config.presets`), and options sections of no preset chosen;
 - without an identity provider, no route whose every allow rule needs a signed-in user;
 - with one, ``trusted_proxies`` (a balancer in front) needs ``public_url``.
 """
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from yarl import URL
 
+from ztproxy.config.presets import option_sections, resolve_preset, with_defaults
 from ztproxy.config.rules import IDENTITY_CRITERIA
 from ztproxy.config.values import split_listen
 from ztproxy.errors import ConfigIssue
@@ -179,6 +181,8 @@ def _providers(context: _Context, providers: list[tuple[int, dict[Any, Any]]],
             yield context.issue(path, f"duplicate identity provider name {name!r} (first at line {names[name]}); "
                                       "give each provider its own name")
         names[name] = context.line(path)
+    for index, provider in providers:
+        yield from _preset(context, index, provider)
     for index, route in routes:
         path = ("routes", index, "identity_provider")
         name = route.get("identity_provider")
@@ -190,6 +194,29 @@ def _providers(context: _Context, providers: list[tuple[int, dict[Any, Any]]],
             close = difflib.get_close_matches(name, list(names), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f": configured are {', '.join(map(repr, names))}"
             yield context.issue(path, f"unknown identity provider {name!r}{hint}")
+
+
+def _preset(context: _Context, index: int, provider: dict[Any, Any]) -> Iterator[ConfigIssue]:
+    """The problems the provider's preset finds, and options sections for a preset not chosen."""
+    base: YamlPath = ("identity_providers", index)
+    name = provider.get("preset")
+    chosen = None
+    if isinstance(name, str) and not context.skip((*base, "preset")):
+        try:
+            chosen = resolve_preset(name)
+        except ValueError:
+            return  # reported by the schema
+    for key, preset in option_sections().items():
+        if key in provider and (chosen is None or chosen.options != key) and not context.skip((*base, key)):
+            yield context.issue((*base, key), f"{key} holds the options of preset {preset}, but the provider's "
+                                              f"preset is {name if isinstance(name, str) else 'none'}: "
+                                              f"set preset: {preset}, or remove {key}")
+    if chosen is None:
+        return
+    for key, message in chosen.check(with_defaults(chosen, provider), provider):
+        path = (*base, *key.split("."))
+        if not context.skip(path):
+            yield context.issue(path, message)
 
 
 def _needs_user(rule: Any, policies: dict[Any, Any]) -> bool:

@@ -6,13 +6,16 @@ This module imports no aiohttp.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import field_validator, model_validator
 
-from ztproxy.config.values import ByteSize, Duration, HttpUrl, Model, Name
+from ztproxy.config.presets import resolve_preset, with_defaults
+from ztproxy.config.presets.entra import EntraOptions
+from ztproxy.config.presets.google import GoogleOptions
+from ztproxy.config.values import ByteSize, Duration, IssuerUrl, Model, Name
 
 DEFAULT_SCOPES = ("openid", "email", "profile")
 DEFAULT_MAX_RESPONSE = 1024 * 1024
@@ -58,7 +61,11 @@ def assertion_algorithm(pem: str) -> str:
 
 class IdentityProviderConfig(Model):
     name: str = "default"
-    issuer: HttpUrl
+    # The quirks of a known IdP (ztproxy.config.presets): defaults for the keys left out, and checks.
+    preset: str | None = None
+    entra: EntraOptions | None = None  # options of preset entra
+    google: GoogleOptions | None = None  # options of preset google
+    issuer: IssuerUrl
     client_id: Name
     client_secret: str | None = None  # or client_secret_file; None: a public client (PKCE only)
     token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt",
@@ -78,6 +85,32 @@ class IdentityProviderConfig(Model):
     jwks_refetch_cooldown: Duration = DEFAULT_JWKS_REFETCH_COOLDOWN  # unknown kid: refetch at most this often
     clock_skew: Duration = 60.0
     max_response: ByteSize = DEFAULT_MAX_RESPONSE  # each answer of the IdP (discovery, JWKS, token, userinfo)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """The preset's defaults for the keys the entry leaves out; the issuer as compared."""
+        if not isinstance(data, dict):
+            return data
+        name = data.get("preset")
+        try:
+            preset = resolve_preset(name) if isinstance(name, str) else None
+        except ValueError:
+            preset = None  # reported at preset by its validator
+        if preset is not None:
+            data = with_defaults(preset, data)
+        issuer = data.get("issuer")
+        if isinstance(issuer, str) and not (preset is not None and preset.keep_issuer_slash):
+            # The generic provider has always read "https://idp/" as "https://idp".
+            data = {**data, "issuer": issuer.rstrip("/")}
+        return data
+
+    @field_validator("preset")
+    @classmethod
+    def _check_preset(cls, value: str | None) -> str | None:
+        if value is not None:
+            resolve_preset(value)
+        return value
 
     @field_validator("client_assertion_key")
     @classmethod

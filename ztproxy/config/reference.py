@@ -36,6 +36,7 @@ VALUE_LABELS: dict[Callable[..., Any], str] = {
     values.parse_byte_size: "size",
     values._check_listen: "HOST:PORT",
     values._check_http_url: "URL",
+    values._check_issuer_url: "URL",
     values._check_cidr: "CIDR",
     values._check_name: "name",
     values._check_method: "HTTP method",

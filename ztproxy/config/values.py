@@ -107,6 +107,11 @@ def _check_listen(value: Any) -> str:
 
 
 def _check_http_url(value: Any) -> str:
+    return _check_issuer_url(value).rstrip("/")
+
+
+def _check_issuer_url(value: Any) -> str:
+    """An http(s) URL kept as written, a trailing "/" included (an issuer is compared exactly)."""
     if not isinstance(value, str):
         raise ValueError("expected a URL such as http://127.0.0.1:8000")
     try:
@@ -125,7 +130,7 @@ def _check_http_url(value: Any) -> str:
         raise ValueError(f"invalid URL {value!r}: credentials in URLs are not allowed")
     if url.query_string or url.fragment:
         raise ValueError(f"invalid URL {value!r}: no query or fragment allowed")
-    return value.rstrip("/")
+    return value
 
 
 def _check_cidr(value: Any) -> str:
@@ -227,6 +232,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
 ListenAddress = Annotated[str, BeforeValidator(_check_listen)]
 HttpUrl = Annotated[str, BeforeValidator(_check_http_url)]
+IssuerUrl = Annotated[str, BeforeValidator(_check_issuer_url)]
 Cidr = Annotated[str, BeforeValidator(_check_cidr)]
 Name = Annotated[str, BeforeValidator(_check_name)]
 NonEmpty = MinLen(1)

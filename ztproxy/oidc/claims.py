@@ -39,14 +39,15 @@ def user_claims(id_token: Mapping[str, Any], userinfo: Mapping[str, Any]) -> dic
 
 
 def session_from_login(config: IdentityProviderConfig, claims: IdTokenClaims, userinfo: Mapping[str, Any],
-                       tokens: TokenResponse, now: float) -> Session:
+                       tokens: TokenResponse, now: float, groups: tuple[str, ...] | None = None) -> Session:
+    """The new session; ``groups`` (from a groups source such as Graph) over the claims' groups."""
     merged = user_claims(claims.raw, userinfo)
     return Session(
         provider=config.name,
         subject=claims.sub,
         email=_text(merged.get("email")),
         name=_text(merged.get("name")),
-        groups=_groups(merged.get(config.groups_claim)),
+        groups=_groups(merged.get(config.groups_claim)) if groups is None else groups,
         claims=merged,
         acr=claims.acr,
         amr=claims.amr,
@@ -64,13 +65,18 @@ def session_from_login(config: IdentityProviderConfig, claims: IdTokenClaims, us
 
 
 def session_refreshed(config: IdentityProviderConfig, session: Session, userinfo: Mapping[str, Any],
-                      tokens: TokenResponse, now: float) -> Session:
-    """The session with the user's current groups and claims; authentication facts unchanged."""
+                      tokens: TokenResponse, now: float, groups: tuple[str, ...] | None = None) -> Session:
+    """The session with the user's current groups and claims; authentication facts unchanged.
+
+    ``groups`` (from a groups source such as Graph) over userinfo's; without either, unchanged.
+    """
     merged = user_claims({}, userinfo)
+    if groups is None:
+        groups = _groups(merged.get(config.groups_claim)) if config.groups_claim in merged else session.groups
     return session.replace(
         email=_text(merged.get("email")) or session.email,
         name=_text(merged.get("name")) or session.name,
-        groups=_groups(merged.get(config.groups_claim)) if config.groups_claim in merged else session.groups,
+        groups=groups,
         claims={**session.claims, **merged},
         refreshed=now,
         refresh_token=tokens.refresh_token or session.refresh_token,

@@ -111,6 +111,7 @@ class LoginFlow:
         if pending.max_age is not None:
             params["max_age"] = str(int(pending.max_age))
             params["prompt"] = "login"
+        params.update(provider.preset.authorization_parameters(provider.config))  # hd for Google...
         location = prepare_grant_uri(str(metadata["authorization_endpoint"]), provider.config.client_id, "code",
                                      redirect_uri=self.redirect_uri, scope=" ".join(provider.config.scopes),
                                      state=pending.state, **params)
@@ -160,8 +161,12 @@ class LoginFlow:
         await self._spend_state(provider, pending)
         code = _authorization_code(query, provider)
         tokens, claims = await self._redeem(code, provider, pending)
+        refusal = provider.preset.refusal(provider.config, claims.raw)
+        if refusal is not None:  # e.g. Google: the account is not of the Workspace domain
+            raise _refused(provider, refusal.reason, refusal.detail)
         userinfo = await _userinfo(provider, tokens, claims)
-        session = session_from_login(provider.config, claims, userinfo, tokens, now)
+        groups = await provider.groups(tokens.access_token, claims.raw)
+        session = session_from_login(provider.config, claims, userinfo, tokens, now, groups=groups)
         ticket = await self.sessions.start(session, now, replacing=read_ticket(request, self.cookies))
         _log.info("login_completed", provider=provider.name, subject=session.subject, mfa=session.mfa,
                   acr=session.acr, session=ticket.public_id)

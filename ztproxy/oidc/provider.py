@@ -23,9 +23,11 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from ztproxy.config.identity import IdentityProviderConfig
+from ztproxy.config.presets import preset_of
 from ztproxy.errors import IdentityProviderUnavailable, SignInMisconfigured
 from ztproxy.fetch import BodyTooLarge, read_bounded
 from ztproxy.oidc.client_auth import ClientAuthentication
+from ztproxy.oidc.groups import groups_source
 from ztproxy.oidc.tokens import (
     IdTokenClaims,
     LogoutTokenClaims,
@@ -60,7 +62,9 @@ class Provider:
         self.config = config
         self.name = config.name
         self._http = http
+        self.preset = preset_of(config)
         self._client = ClientAuthentication.from_config(config)
+        self._groups = groups_source(config, http)
         self._timeout = aiohttp.ClientTimeout(total=config.http_timeout)
         self._metadata: OpenIDProviderMetadata | None = None
         self._metadata_at = float("-inf")
@@ -133,7 +137,8 @@ class Provider:
             or (refetch and now - self._last_refetch >= self.config.jwks_refetch_cooldown)
 
     async def _fetch_metadata_locked(self) -> OpenIDProviderMetadata:
-        document = await self._get_json(f"{self.config.issuer}/.well-known/openid-configuration")
+        # OIDC Discovery 4: a terminating "/" of the issuer is removed before the well-known path.
+        document = await self._get_json(f"{self.config.issuer.rstrip('/')}/.well-known/openid-configuration")
         self._metadata = self._check_metadata(document)
         self._metadata_at = time.monotonic()
         return self._metadata
@@ -177,6 +182,12 @@ class Provider:
         document = await self._get_json(str(endpoint), headers={"Authorization": f"Bearer {access_token}"},
                                         refused=(401, 403))
         return dict(document)
+
+    async def groups(self, access_token: str | None, id_claims: Mapping[str, Any] | None) -> tuple[str, ...] | None:
+        """The user's groups from the preset's source (Graph...); None: the claims' groups apply."""
+        if self._groups is None:
+            return None
+        return await self._groups.groups(access_token, id_claims)
 
     async def _token_request(self, form: dict[str, str], *, refreshing: bool = False) -> TokenResponse:
         metadata = await self.metadata()

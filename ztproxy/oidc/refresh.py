@@ -1,6 +1,7 @@
 """Continuous verification: re-check each session's user at the IdP every ``refresh_interval``.
 
-The refresh token is redeemed and userinfo read again: new groups apply at once, and a
+The refresh token is redeemed and userinfo (and the preset's groups source, such as
+Microsoft Graph) read again: new groups apply at once, and a
 refresh the IdP refuses (account disabled, grant revoked) ends the session. When the IdP
 cannot be reached the session keeps working and the refresh is retried after a pause,
 so an IdP outage does not lock out everyone who is already signed in. One refresh per
@@ -80,6 +81,7 @@ class Refresher:
                 userinfo = {}
                 if provider.config.use_userinfo and tokens.access_token:
                     userinfo = await provider.userinfo(tokens.access_token)
+                groups = await provider.groups(tokens.access_token, None)
             except (RefreshRejected, TokenRefused) as exc:
                 await self._end(ticket, session, "refresh-rejected", error=str(exc))
                 return None
@@ -92,7 +94,7 @@ class Refresher:
             if userinfo and userinfo.get("sub") != session.subject:
                 await self._end(ticket, session, "subject-changed")
                 return None
-            refreshed = session_refreshed(provider.config, session, userinfo, tokens, now)
+            refreshed = session_refreshed(provider.config, session, userinfo, tokens, now, groups=groups)
             if not await self.sessions.update(ticket, refreshed, now):
                 return None  # ended while we were asking
             if refreshed.groups != session.groups:

@@ -259,6 +259,9 @@ def _envoy(config: Config, source: str) -> str:
     for site in sites(config):
         own = {"prefix": "/.ztproxy/"}
         routes: list[object] = [
+            # The decision endpoints answer Envoy only, never a client.
+            {"match": {"path_separated_prefix": AUTH_PATH}, "direct_response": {"status": 404}},
+            {"match": {"path": DENIED_PATH}, "direct_response": {"status": 404}},
             {"match": own, "route": {"cluster": "ztproxy"},
              "request_headers_to_remove": [name.lower() for name in DESCRIPTIONS],
              "typed_per_filter_config": {"envoy.filters.http.ext_authz": {

@@ -63,6 +63,11 @@ class LoadTarget:
     # The identity headers the upstream saw on a signed-in request (None: not asked).
     identity: dict[str, str] | None = None
     metrics_url: str | None = None  # ztproxy's /metrics, for its assertion signs
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request besides the cookie
+    # The body every answer must have (the upstream's); None: any body, and the 200 must
+    # carry this header instead (a forward-auth decision: its identity, no body).
+    expect_body: bytes | None = UPSTREAM_BODY
+    expect_header: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,9 +119,10 @@ def _nginx_variable(header: str) -> str:
 
 
 def write_ztproxy_config(workdir: Path, *, port: int, admin_port: int, issuer: str, client: IdpClient,
-                         redis_port: int, upstream_url: str) -> Path:
+                         redis_port: int, upstream_url: str, server: str = "") -> Path:
+    """``server``: more lines of the server section (indented), e.g. forward-auth's."""
     config = workdir / "ztproxy-auth.yaml"
-    config.write_text(ztproxy_listener_yaml(port, admin_port) + f"""\
+    config.write_text(ztproxy_listener_yaml(port, admin_port, server) + f"""\
 identity_providers:
   - name: demo
     issuer: {issuer}
@@ -224,12 +230,13 @@ async def check_refused(start_url: str) -> None:
                            "not a refusal: the policy is not enforced")
 
 
-def _get(url: str, cookie: str | None) -> tuple[int, dict[str, str], bytes]:
+def _get(url: str, cookie: str | None, headers: tuple[tuple[str, str], ...] = ()) -> tuple[int, dict[str, str], bytes]:
     """One GET that follows no redirect: a sign-in redirect must show as what it is."""
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=PROBE_TIMEOUT)
     try:
-        connection.request("GET", parts.path or "/", headers={"Cookie": cookie} if cookie else {})
+        sent = {**dict(headers), **({"Cookie": cookie} if cookie else {})}
+        connection.request("GET", parts.path or "/", headers=sent)
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:
@@ -239,10 +246,12 @@ def _get(url: str, cookie: str | None) -> tuple[int, dict[str, str], bytes]:
 def probe(target: LoadTarget) -> None:
     """Raise :class:`ProbeFailed` unless the target's URL, with its cookie, serves the upstream's 200."""
     try:
-        status, headers, body = _get(target.url, target.cookie)
+        status, headers, body = _get(target.url, target.cookie, target.headers)
     except OSError as exc:
         raise ProbeFailed(f"GET {target.url} failed: {exc}") from exc
-    if status != 200 or body != UPSTREAM_BODY:
+    if target.expect_header is not None and status == 200 and not headers.get(target.expect_header):
+        raise ProbeFailed(f"GET {target.url} answered 200 without {target.expect_header}")
+    if status != 200 or (target.expect_body is not None and body != target.expect_body):
         where = f" to {headers['Location']}" if "Location" in headers else ""
         raise ProbeFailed(f"GET {target.url} with the session cookie answered {status}{where}, "
                           f"not the upstream's 200: {body[:120]!r}")

@@ -106,6 +106,8 @@ def run_load(target: LoadTarget, args: argparse.Namespace, duration: float) -> t
     extra = ["-s", str(STATUS_SCRIPT)]
     if target.cookie:
         extra += ["-H", f"Cookie: {target.cookie}"]
+    for name, value in target.headers:
+        extra += ["-H", f"{name}: {value}"]
     text = wrk_output(target.url, threads=args.threads, connections=args.connections, duration=duration,
                       extra_args=extra)
     non_200, first_other = _NON_200_RE.search(text), _FIRST_OTHER_RE.search(text)
@@ -219,24 +221,32 @@ def clean_result(run: AuthOutcome) -> WrkResult | None:
     return None
 
 
-def report(world: AuthWorld, rounds: dict[str, list[AuthOutcome]], duration: float) -> list[str]:
-    outcomes = {name: median_outcome(runs) for name, runs in rounds.items()}
-    public, apache = outcomes["ztproxy-public"], outcomes["apache-oidc"]
-    header = (f"{'target':<16}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>7}{'redis/req':>10}"
-              f"{'cpu us/req':>11}{'redis us/req':>13}{'/ztp-public':>12}{'/apache-oidc':>13}")
+def print_table(outcomes: dict[str, AuthOutcome], references: dict[str, AuthOutcome | None], *,
+                redis_cpu: bool = True) -> None:
+    """One row per target: its median round, per-request costs, and its req/s over each reference's."""
+    width = max(len(name) for name in outcomes) + 2
+    redis_us_title = f"{'redis us/req':>13}" if redis_cpu else ""
+    header = (f"{'target':<{width}}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>7}{'redis/req':>10}"
+              f"{'cpu us/req':>11}{redis_us_title}"
+              + "".join(f"{'/' + label:>{len(label) + 3}}" for label in references))
     print()
     print(header)
     print("-" * len(header))
     for name, outcome in outcomes.items():
         r = outcome.result
         if r is None:
-            print(f"{name:<16}{'-':>9}   (see below)")
+            print(f"{name:<{width}}{'-':>9}   (see below)")
             continue
-        print(f"{name:<16}{r.requests_per_second:>9,.0f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.errors:>7}"
+        redis_us = f"{outcome.per_request(outcome.redis_cpu_seconds, 1e6):>13}" if redis_cpu else ""
+        print(f"{name:<{width}}{r.requests_per_second:>9,.0f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.errors:>7}"
               f"{outcome.per_request(sum(outcome.redis_commands.values())):>10}"
-              f"{outcome.per_request(outcome.cpu_seconds, 1e6):>11}"
-              f"{outcome.per_request(outcome.redis_cpu_seconds, 1e6):>13}"
-              f"{_share(outcome, public):>12}{_share(outcome, apache):>13}")
+              f"{outcome.per_request(outcome.cpu_seconds, 1e6):>11}{redis_us}"
+              + "".join(f"{_share(outcome, reference):>{len(label) + 3}}" for label, reference in references.items()))
+
+
+def report(world: AuthWorld, rounds: dict[str, list[AuthOutcome]], duration: float) -> list[str]:
+    outcomes = {name: median_outcome(runs) for name, runs in rounds.items()}
+    print_table(outcomes, {"ztp-public": outcomes["ztproxy-public"], "apache-oidc": outcomes["apache-oidc"]})
     print()
     for name, outcome in outcomes.items():
         for run in rounds[name]:

@@ -87,7 +87,8 @@ http {{
 """
 
 
-def _start_nginx(name: str, workdir: Path, port: int, workers: int, http_body: str) -> ManagedProcess:
+def start_nginx(name: str, workdir: Path, port: int, workers: int, http_body: str,
+                 ready_path: str = "/") -> ManagedProcess:
     prefix = workdir / name
     prefix.mkdir(exist_ok=True)  # later rounds reuse the folder
     conf = prefix / "nginx.conf"
@@ -95,7 +96,7 @@ def _start_nginx(name: str, workdir: Path, port: int, workers: int, http_body: s
     argv = [NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
     process = ManagedProcess.spawn(name, argv, workdir)
     try:
-        wait_until_ok(f"http://127.0.0.1:{port}/", [process], READY_TIMEOUT)
+        wait_until_ok(f"http://127.0.0.1:{port}{ready_path}", [process], READY_TIMEOUT)
     except TargetFailed as exc:
         process.stop()
         raise TargetFailed(f"{exc}\n    error.log: {_tail(prefix / 'error.log')}") from None
@@ -121,7 +122,7 @@ def start_upstream(workdir: Path, extra_locations: str = "") -> tuple[ManagedPro
             return 200 "{UPSTREAM_BODY.decode().rstrip()}\\n";
         }}
     }}"""
-    return _start_nginx("upstream", workdir, port, 1, body), f"http://127.0.0.1:{port}"
+    return start_nginx("upstream", workdir, port, 1, body), f"http://127.0.0.1:{port}"
 
 
 def start_direct(env: BenchEnv) -> Running:
@@ -146,7 +147,7 @@ def start_nginx_proxy(env: BenchEnv) -> Running:
             proxy_set_header Host $host;
         }}
     }}"""
-    process = _start_nginx("nginx-proxy", env.workdir, port, 2, body)
+    process = start_nginx("nginx-proxy", env.workdir, port, 2, body)
     return _checked_or_stop(Running(url=f"http://127.0.0.1:{port}/", processes=[process]), READY_TIMEOUT)
 
 
@@ -159,13 +160,14 @@ def start_bare(env: BenchEnv) -> Running:
     return _checked_or_stop(running, READY_TIMEOUT)
 
 
-def ztproxy_listener_yaml(port: int, admin_port: int) -> str:
-    """The start of every benchmark ztproxy config: listeners, and the JSON access log on."""
+def ztproxy_listener_yaml(port: int, admin_port: int, server: str = "") -> str:
+    """The start of every benchmark ztproxy config: listeners (``server``: more of that
+    section, indented), and the JSON access log on."""
     return f"""\
 server:
   listen: 127.0.0.1:{port}
   admin_listen: 127.0.0.1:{admin_port}
-logging:
+{server}logging:
   format: json
   access_log: true
 """

@@ -89,6 +89,9 @@ def _nginx_locations(path: str) -> Iterator[str]:
 def _nginx(config: Config, source: str) -> str:
     listen, decisions, public = _addresses(config)
     describe = [
+        # Kept-alive connections to ztproxy: a decision per request must not cost a TCP handshake.
+        "        proxy_http_version 1.1;",
+        '        proxy_set_header Connection "";',
         "        proxy_pass_request_body off;",
         '        proxy_set_header Content-Length "";',
         "        proxy_set_header Host $http_host;",
@@ -97,7 +100,9 @@ def _nginx(config: Config, source: str) -> str:
         "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
         *(f'        proxy_set_header {name} "";' for name in DESCRIPTIONS[2:]),
     ]
-    out = [_header(source, "#")]
+    out = [_header(source, "#"),
+           "upstream ztproxy {", f"    server {listen};", "    keepalive 16;", "}",
+           "upstream ztproxy_decisions {", f"    server {decisions};", "    keepalive 64;", "}", ""]
     for site in sites(config):
         out += ["server {",
                 f"    listen {public.port}{' ssl' if public.scheme == 'https' else ''};",
@@ -108,7 +113,9 @@ def _nginx(config: Config, source: str) -> str:
         out += ["",
                 "    # ztproxy's own pages: sign-in and its callback, sign-out, /.ztproxy/me, the JWKS.",
                 "    location /.ztproxy/ {",
-                f"        proxy_pass http://{listen};",
+                "        proxy_pass http://ztproxy;",
+                "        proxy_http_version 1.1;",
+                '        proxy_set_header Connection "";',
                 "        proxy_set_header Host $http_host;",
                 "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
                 "        proxy_set_header X-Forwarded-Proto $scheme;",
@@ -116,12 +123,12 @@ def _nginx(config: Config, source: str) -> str:
                 *(f'        proxy_set_header {name} "";' for name in DESCRIPTIONS),
                 "    }",
                 "    location /.well-known/ztproxy/ {",
-                f"        proxy_pass http://{listen};",
+                "        proxy_pass http://ztproxy;",
                 "    }",
                 "    # The decision on each request, and the page that explains a refusal: never from a client.",
                 f"    location = {AUTH_PATH} {{",
                 "        internal;",
-                f"        proxy_pass http://{decisions}{AUTH_PATH};",
+                f"        proxy_pass http://ztproxy_decisions{AUTH_PATH};",
                 *describe,
                 "    }",
                 f"    location ^~ {AUTH_PATH}/ {{",
@@ -129,7 +136,7 @@ def _nginx(config: Config, source: str) -> str:
                 "    }",
                 f"    location = {DENIED_PATH} {{",
                 "        internal;",
-                f"        proxy_pass http://{decisions}{DENIED_PATH};",
+                f"        proxy_pass http://ztproxy_decisions{DENIED_PATH};",
                 *describe,
                 "    }",
                 "    # A browser that must sign in goes where ztproxy says; an API client keeps its 401.",

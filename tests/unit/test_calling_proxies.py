@@ -51,7 +51,8 @@ def test_nginx_copies_each_header_and_never_lets_a_client_ask() -> None:
     assert "location = /.ztproxy/auth {\n        internal;" in text
     assert "location = /.ztproxy/denied {\n        internal;" in text
     assert "location ^~ /.ztproxy/auth/ {\n        return 404;" in text
-    assert "proxy_pass http://127.0.0.1:8081/.ztproxy/auth;" in text  # the decision listener
+    assert "upstream ztproxy_decisions {\n    server 127.0.0.1:8081;" in text  # the decision listener
+    assert "proxy_pass http://ztproxy_decisions/.ztproxy/auth;" in text
     for name in identity_names(example().routes[1]):
         variable = "$ztproxy_" + name.lower().replace("-", "_")
         assert f"proxy_set_header {name} {variable};" in text

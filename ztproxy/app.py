@@ -16,6 +16,7 @@ from ztproxy.answers import answer
 from ztproxy.auth import auth_ctx
 from ztproxy.authenticate import authenticate
 from ztproxy.authorize import authorize
+from ztproxy.bearer import bearer_ctx
 from ztproxy.config.schema import Config
 from ztproxy.context import endpoints_route, route_entries
 from ztproxy.device import assess_device
@@ -80,6 +81,7 @@ def build_app(config: Config) -> web.Application:
     )
     app.cleanup_ctx.append(client_session_ctx)
     app.cleanup_ctx.append(auth_ctx)
+    app.cleanup_ctx.append(bearer_ctx)
     app.cleanup_ctx.append(assertion_ctx)
     app.cleanup_ctx.append(posture_ctx)
     app[PIPELINE] = build_pipeline(STAGES, handle)

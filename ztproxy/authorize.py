@@ -20,15 +20,16 @@ from aiohttp import web
 
 from ztproxy import metrics
 from ztproxy.auth import AUTH, Auth
-from ztproxy.errors import AccessDenied, AuthenticationRequired, StepUpRequired
+from ztproxy.errors import AccessDenied, AuthenticationRequired, InsufficientScope, InvalidToken, StepUpRequired
 from ztproxy.forward_auth import SIGN_IN_HEADER, Kind, Question, sign_in_path, sign_in_url
 from ztproxy.headers import is_websocket_upgrade
 from ztproxy.me import ME_PATH
 from ztproxy.origins import addressed_origin, origin_allowed
 from ztproxy.pages import wants_json
-from ztproxy.policy import Decision, Outcome, RequestFacts, RoutePolicy, StepUp, evaluate, explain_refusal
+from ztproxy.policy import Decision, Outcome, RequestFacts, RoutePolicy, Service, StepUp, evaluate, explain_refusal
 from ztproxy.policy import reasons as why
-from ztproxy.state import POLICY_HASH, RECORD, RequestRecord
+from ztproxy.policy.compile import needed_scope
+from ztproxy.state import POLICY_HASH, RECORD, Person, RequestRecord, ServiceCaller
 from ztproxy.telemetry import decision_event
 
 
@@ -54,7 +55,10 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
             return None
     policy = route.policy
     caller = record.caller
-    identity = caller.identity if caller is not None else None
+    identity = caller.identity if isinstance(caller, Person) else None
+    service = caller.service if isinstance(caller, ServiceCaller) else None
+    if record.refused_credential is not None:
+        _refuse_token(request, record, record.refused_credential)
     decision = policy.constant
     if decision is None or route.shadow is not None:
         facts = RequestFacts(
@@ -64,6 +68,7 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
             now=utc_now(),
             identity=identity,
             device=record.device,
+            service=service,
         )
         # Routes whose decision is known at config load (public) skip building facts at all.
         decision = decision or evaluate(policy, facts)
@@ -77,6 +82,9 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
         record.decision = decision
         if decision.allowed:
             return None
+    if service is not None or (caller is None and why.SERVICE_REQUIRED in decision.reasons
+                               and why.AUTHENTICATION_REQUIRED not in decision.reasons):
+        _refuse_service(route.policy, decision, service)
     auth = request.app[AUTH]
     if auth is not None:
         if decision.outcome is Outcome.STEP_UP and decision.step_up is not None:
@@ -92,6 +100,33 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
     raise AccessDenied(explain_refusal(decision), reasons=decision.reasons,
                        hint=f"You are signed in as {identity.email or identity.subject}. {AccessDenied.hint}",
                        link=(ME_PATH, "See your sign-in, your device and the applications open to you"))
+
+
+def _bearer_challenge(**params: str) -> tuple[tuple[str, str], ...]:
+    """RFC 6750 3: the WWW-Authenticate of a refusal to a bearer-token caller."""
+    fields = ['realm="ztproxy"', *(f'{name}="{value}"' for name, value in params.items())]
+    return (("WWW-Authenticate", "Bearer " + ", ".join(fields)),)
+
+
+def _refuse_token(request: web.Request, record: RequestRecord, reason: str) -> None:
+    """401 invalid_token (RFC 6750 3.1) for a bearer token that is not acceptable here; logged."""
+    decision = Decision(Outcome.DENY, (reason,))
+    record.decision = decision
+    if not _explaining(record):
+        log_decision(request, record, decision, None)
+    description = explain_refusal(decision)
+    raise InvalidToken(description, headers=_bearer_challenge(error="invalid_token", error_description=description))
+
+
+def _refuse_service(policy: RoutePolicy, decision: Decision, service: Service | None) -> None:
+    """A service refused (403; insufficient_scope names the scope), or no token where one is needed (401)."""
+    if service is None:
+        raise AuthenticationRequired("This application requires an access token.", headers=_bearer_challenge())
+    if why.SCOPE_MISSING in decision.reasons:
+        scope = needed_scope(policy)
+        raise InsufficientScope(explain_refusal(decision), reasons=decision.reasons,
+                                headers=_bearer_challenge(error="insufficient_scope", scope=scope))
+    raise AccessDenied(explain_refusal(decision), reasons=decision.reasons)
 
 
 def _explaining(record: RequestRecord) -> bool:

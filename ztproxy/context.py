@@ -10,7 +10,7 @@ from yarl import URL
 from ztproxy.config.schema import Config, RouteConfig
 from ztproxy.headers import ForwardedFor
 from ztproxy.origins import normalize_origin
-from ztproxy.policy import RoutePolicy, compile_route_policy
+from ztproxy.policy import RoutePolicy, compile_route_policy, names_services
 from ztproxy.routing import RequestTarget, RouteTable
 
 
@@ -26,6 +26,7 @@ class CompiledRoute:
     audience: str = ""  # of the identity assertion: configured, else the route's origin
     shadow: RoutePolicy | None = None  # evaluated and logged beside ``policy``, never enforced
     websocket_origins: frozenset[str] = frozenset()  # besides its own, normalized (``origins``)
+    accepts_tokens: bool = False  # a rule names services: bearer tokens are read here
 
     @property
     def needs_identity(self) -> bool:
@@ -78,12 +79,14 @@ def route_entries(config: Config) -> Iterator[tuple[str | None, str, CompiledRou
             authority = f"[{authority}]"
         if upstream.explicit_port is not None:
             authority = f"{authority}:{upstream.explicit_port}"
+        policy = compile_route_policy(route.allow, config.policies, route.deny)
         compiled = CompiledRoute(
             name=route.name,
             config=route,
             upstream=upstream.with_path("/"),
             upstream_authority=authority,
-            policy=compile_route_policy(route.allow, config.policies, route.deny),
+            policy=policy,
+            accepts_tokens=names_services(policy),
             audience=route.audience or route_origin(public_url, route.host),
             # A candidate allow list, judged with the same deny rules as the enforced one.
             shadow=None if route.shadow is None else compile_route_policy(route.shadow, config.policies, route.deny),

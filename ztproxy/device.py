@@ -16,7 +16,7 @@ from aiohttp import web
 from ztproxy.auth import AUTH
 from ztproxy.posture import Posture
 from ztproxy.posture.service import POSTURE, device_of
-from ztproxy.state import RECORD, RequestRecord
+from ztproxy.state import RECORD, Person, RequestRecord
 
 
 def assess_device(request: web.Request) -> Awaitable[None] | None:
@@ -32,7 +32,7 @@ async def _assess(request: web.Request, record: RequestRecord, posture: Posture)
     caller = record.caller
     record.device = device = await device_of(request, posture, caller.subject if caller is not None else None)
     auth = request.app[AUTH]
-    if device is not None and caller is not None and auth is not None:
+    if device is not None and isinstance(caller, Person) and auth is not None:
         # So revoking a device ends its sessions: a dict lookup, one background write per
         # session, device and worker.
         auth.sessions.note_device(caller.ticket.store_key, caller.session, device.id, time.time())

@@ -11,12 +11,15 @@
         ├── RouteNotFound             no-route             404
         ├── LoginFailed               login-failed         400
         ├── AuthenticationRequired    authentication-required 401
-        │   └── StepUpRequired        insufficient-user-authentication 401
+        │   ├── StepUpRequired        insufficient-user-authentication 401
+        │   └── InvalidToken          invalid-token        401
         ├── AccessDenied              access-denied        403
+        │   └── InsufficientScope     insufficient-scope   403
         ├── ExpectationFailed         expectation-failed   417
         ├── InternalError             internal-error       500
         ├── ServiceUnavailable                             503
         │   ├── SessionStoreUnavailable  session-store-unavailable 503
+        │   ├── TokenServiceUnavailable  token-service-unavailable 503
         │   └── IdentityProviderUnavailable idp-unavailable  503
         │       └── SignInMisconfigured sign-in-misconfigured 503
         └── UpstreamFailure                                502
@@ -162,6 +165,14 @@ class StepUpRequired(AuthenticationRequired):
     hint = "Sign in again with the required factor, then retry."
 
 
+class InvalidToken(AuthenticationRequired):
+    """RFC 6750 3.1: the bearer token is malformed, expired, revoked or not for this application."""
+
+    code = "invalid-token"
+    title = "Invalid access token"
+    hint = "Get a new access token for this application from your authorization server, then retry."
+
+
 class AccessDenied(RequestError):
     code = "access-denied"
     status = 403
@@ -169,9 +180,17 @@ class AccessDenied(RequestError):
     hint = "If you believe you should have access, contact your administrator with the request id."
 
     def __init__(self, detail: str = "", *, reasons: tuple[str, ...] = (), hint: str | None = None,
-                 link: tuple[str, str] | None = None) -> None:
-        super().__init__(detail, hint=hint, link=link)
+                 link: tuple[str, str] | None = None, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(detail, hint=hint, link=link, headers=headers)
         self.reasons = reasons
+
+
+class InsufficientScope(AccessDenied):
+    """RFC 6750 3.1: the token is valid but lacks a scope the application requires."""
+
+    code = "insufficient-scope"
+    title = "Insufficient scope"
+    hint = "Ask your authorization server for a token with the scope named in WWW-Authenticate."
 
 
 class ExpectationFailed(RequestError):
@@ -204,6 +223,14 @@ class SessionStoreUnavailable(ServiceUnavailable):
     code = "session-store-unavailable"
     title = "Sign-in service unavailable"
     hint = "Sessions cannot be checked right now, so access is paused. Try again in a moment."
+
+
+class TokenServiceUnavailable(ServiceUnavailable):
+    """The issuer of a bearer token cannot be asked about it (keys, introspection): fail closed."""
+
+    code = "token-service-unavailable"
+    title = "Token service unavailable"
+    hint = "The access token cannot be checked right now, so the request is refused. Try again in a moment."
 
 
 class IdentityProviderUnavailable(ServiceUnavailable):

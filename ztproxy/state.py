@@ -19,7 +19,7 @@ from ztproxy.context import CompiledRoute, RequestContext
 from ztproxy.forward_auth import Question
 from ztproxy.headers import HeaderRules, IPNetwork
 from ztproxy.policy import Decision
-from ztproxy.policy.model import Device, Identity
+from ztproxy.policy.model import Device, Identity, Service
 from ztproxy.routing import RouteTable
 from ztproxy.sessions.model import Session
 from ztproxy.sessions.sealing import Ticket
@@ -73,8 +73,20 @@ class Person:
         return self.ticket.public_id
 
 
-# Who is asking. A service (bearer token, workload certificate) joins with machine identities.
-Caller = Person
+@dataclass(frozen=True, slots=True)
+class ServiceCaller:
+    """A caller that is a service: an access token (a workload certificate later) vouched for it."""
+
+    service: Service
+    handle: str  # a hash of the token, as logs and assertions name it (never the token)
+
+    @property
+    def subject(self) -> str:
+        return self.service.subject
+
+
+# Who is asking: a person with a browser session, or a service.
+Caller = Person | ServiceCaller
 
 
 @dataclass(slots=True)
@@ -85,6 +97,8 @@ class RequestRecord:
     question: Question | None = None  # intake: what a forward-auth request asks (None: proxy it)
     intake: RequestContext | None = None  # intake: route, canonical target, client; None if it refused
     caller: Caller | None = None  # authenticate: who is asking, when anyone signed in
+    # authenticate: why the credential presented (a bearer token) was refused, as a policy reason.
+    refused_credential: str | None = None
     device: Device | None = None  # assess_device: from what device, when a provider knows it
     decision: Decision | None = None  # authorize: the audit trail of this request
     # The assertion step: the identity headers (signed assertion first) the upstream receives.

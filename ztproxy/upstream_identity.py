@@ -1,7 +1,8 @@
 """The assertion step: what an upstream app learns about the caller, worked out once per request.
 
 For a request the policy let through with someone signed in, the signed assertion
-(``X-Ztproxy-Jwt-Assertion``) and the plain identity headers go into the request record;
+(``X-Ztproxy-Jwt-Assertion``) and the plain identity headers go into the request record (for
+a calling service: its assertion, and ``X-Ztproxy-User`` with its client id or SPIFFE ID);
 the upstream and the WebSocket relay add them after removing every client-sent spelling.
 The signer hands out a cached assertion for (session, route) most of the time, so
 signing stays off the hot path. A CORS preflight forwarded without a sign-in check gets
@@ -15,12 +16,12 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from ztproxy.assertion import ASSERTION_HEADER, identity_headers
+from ztproxy.assertion import ASSERTION_HEADER, USER_HEADER, identity_headers
 from ztproxy.memo import Memo
 from ztproxy.policy.model import Identity
 from ztproxy.policy.reasons import CORS_PREFLIGHT
 from ztproxy.signing import SIGNER
-from ztproxy.state import RECORD
+from ztproxy.state import RECORD, ServiceCaller
 
 
 def assert_identity(request: web.Request) -> None:
@@ -31,6 +32,12 @@ def assert_identity(request: web.Request) -> None:
     if caller is None or decision is None or not decision.allowed or CORS_PREFLIGHT in decision.reasons:
         return
     route = record.context.route
+    if isinstance(caller, ServiceCaller):
+        service = caller.service
+        token = request.app[SIGNER].assertion(session=caller.handle, route=route.name, audience=route.audience,
+                                              identity=service, device=record.device, now=time.time())
+        record.upstream_identity = ((ASSERTION_HEADER, token), (USER_HEADER, service.subject))
+        return
     identity = caller.identity
     token = request.app[SIGNER].assertion(session=caller.handle, route=route.name, audience=route.audience,
                                           identity=identity, device=record.device, now=time.time())

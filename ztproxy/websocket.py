@@ -22,7 +22,7 @@ from ztproxy import tracing
 from ztproxy.auth import AUTH
 from ztproxy.errors import UpstreamTimeout, UpstreamUnavailable
 from ztproxy.headers import downstream_response_headers
-from ztproxy.state import RECORD, RequestRecord
+from ztproxy.state import RECORD, Person, RequestRecord
 from ztproxy.upstream import UPSTREAM, UpgradeRefused, forward_headers, upstream_failures, upstream_url
 
 # aiohttp generates its own handshake headers for the upstream leg.
@@ -70,8 +70,8 @@ def _watch_session(request: web.Request, record: RequestRecord, ended: asyncio.E
     """Set ``ended`` when the session that opened this socket ends; returns how to stop watching."""
     caller = record.caller
     auth = request.app.get(AUTH)
-    if caller is None or auth is None:
-        return lambda: None
+    if not isinstance(caller, Person) or auth is None:
+        return lambda: None  # a service's token ends by itself; nobody, nothing to watch
     return auth.sessions.watch(caller.ticket.store_key, ended.set)
 
 

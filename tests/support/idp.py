@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from ztproxy.demo_idp import DemoIdp, IdpClient, IdpUser
+from ztproxy.demo_idp import DemoIdp, IdpClient, IdpResource, IdpService, IdpUser
 
 ALICE_PASSWORD = "alice-demo-password"
 BOB_PASSWORD = "bob-demo-password"
@@ -45,10 +45,11 @@ async def start_idp(tmp_path: Path, idp_signing_keys: Path) -> AsyncIterator[Idp
 
     async def start(*, clients: Sequence[IdpClient], users: Sequence[IdpUser] = DEFAULT_USERS,
                     ttl: Mapping[str, int] | None = None, port: int | None = None,
-                    public_port: int | None = None) -> DemoIdp:
+                    public_port: int | None = None, services: Sequence[IdpService] = (),
+                    resources: Sequence[IdpResource] = ()) -> DemoIdp:
         workdir = tmp_path / f"idp-{len(started)}"
         idp = DemoIdp(workdir=workdir, port=port or free_port(), clients=clients, users=users, ttl=ttl,
-                      public_port=public_port)
+                      public_port=public_port, services=services, resources=resources)
         workdir.mkdir(parents=True)
         if idp_signing_keys.exists():
             shutil.copyfile(idp_signing_keys, idp.keys_path)

@@ -52,7 +52,7 @@ routes:
     assert "identity_providers[0].name" in text
     assert "identity_providers[0].issuer" in text
     assert "scopes must include 'openid'" in text
-    assert "unsupported ID token algorithm(s) 'HS256', 'none'" in text
+    assert "unsupported token signature algorithm(s) 'HS256', 'none'" in text
     assert "identity_providers[0].token_endpoint_auth_method" in text
 
 

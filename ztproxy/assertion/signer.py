@@ -2,10 +2,11 @@
 
 An assertion is a JWT signed ES256 with the key ring's current signing key (kid in the
 header), carrying who the user is, how they authenticated and from which device, for one
-route's audience. Signing costs far more than the rest of the hot path, so a signed token
-is reused for the same session, route, audience, identity, device and signing key until
-fewer than ``reuse_margin`` seconds (default ttl/4: 15 s of the default 60 s) of its life
-remain; the upstream always gets at least that long to verify it. Any change of identity
+route's audience; or, for a calling service, its client, scopes, SPIFFE ID and how its token
+was bound to it (``caller`` says which of the two). Signing costs far more than the rest of
+the hot path, so a signed token is reused for the same session, route, audience, identity,
+device and signing key until fewer than ``reuse_margin`` seconds (default ttl/4: 15 s of the
+default 60 s) of its life remain; the upstream always gets at least that long to verify it. Any change of identity
 (groups refreshed at the IdP), device posture or signing key gives a fresh token.
 This module imports no aiohttp.
 """
@@ -22,7 +23,7 @@ from typing import Any
 from joserfc import jwt
 
 from ztproxy.assertion.keys import ALGORITHM, KeyRing
-from ztproxy.policy.model import Device, Identity
+from ztproxy.policy.model import Device, Identity, Service
 
 DEFAULT_CACHE_SIZE = 10_000
 
@@ -44,9 +45,25 @@ def sid_for(session: str, route: str) -> str:
     return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode("ascii")
 
 
-def _identity_facts(identity: Identity) -> _IdentityFacts:
+def _identity_facts(identity: Identity | Service) -> _IdentityFacts:
+    if isinstance(identity, Service):
+        return (identity.subject, identity.client_id, identity.spiffe_id, identity.scopes, identity.binding)
     return (identity.subject, identity.email, identity.name, identity.groups, identity.acr, identity.amr,
             identity.auth_time)
+
+
+def _caller_claims(identity: Identity | Service) -> dict[str, Any]:
+    """Who is calling: a person (from the session) or a service (from its token or certificate)."""
+    if isinstance(identity, Service):
+        optional: dict[str, Any] = {"client_id": identity.client_id, "spiffe_id": identity.spiffe_id,
+                                    "scope": " ".join(sorted(identity.scopes)) or None}
+        return {"caller": "service", "sub": identity.subject, "binding": identity.binding,
+                **{name: value for name, value in optional.items() if value is not None}}
+    optional = {"email": identity.email, "name": identity.name, "acr": identity.acr,
+                "amr": list(identity.amr) or None,
+                "auth_time": int(identity.auth_time.timestamp()) if identity.auth_time else None}
+    return {"caller": "person", "sub": identity.subject, "groups": sorted(identity.groups),
+            **{name: value for name, value in optional.items() if value is not None}}
 
 
 def _device_facts(device: Device | None) -> _DeviceFacts:
@@ -83,7 +100,7 @@ class AssertionSigner:
         self._cache_size = cache_size
         self._cache: OrderedDict[_CacheKey, tuple[str, int]] = OrderedDict()  # -> (token, exp), LRU
 
-    def assertion(self, *, session: str, route: str, audience: str, identity: Identity,
+    def assertion(self, *, session: str, route: str, audience: str, identity: Identity | Service,
                   device: Device | None, now: float) -> str:
         """The assertion for this request: cached, or freshly signed."""
         key = self.keyring.signing_key(now)
@@ -96,8 +113,7 @@ class AssertionSigner:
         claims: dict[str, Any] = {
             "iss": self.issuer,
             "aud": audience,
-            "sub": identity.subject,
-            "groups": sorted(identity.groups),
+            **_caller_claims(identity),
             "iat": issued,
             "nbf": issued,
             "exp": issued + self.ttl,
@@ -105,11 +121,8 @@ class AssertionSigner:
             "sid": sid_for(session, route),
             "route": route,
         }
-        optional = {"email": identity.email, "name": identity.name, "acr": identity.acr,
-                    "amr": list(identity.amr) or None,
-                    "auth_time": int(identity.auth_time.timestamp()) if identity.auth_time else None,
-                    "device": device_claim(device) if device is not None else None}
-        claims.update((name, value) for name, value in optional.items() if value is not None)
+        if device is not None:
+            claims["device"] = device_claim(device)
         token = jwt.encode({"alg": ALGORITHM, "kid": key.kid, "typ": "JWT"}, claims, key.key,
                            algorithms=[ALGORITHM])
         self.signs += 1

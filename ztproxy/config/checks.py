@@ -13,7 +13,9 @@ located with the document's YAML paths and lines:
   session cookie can reach from the public URL (the callback sets it there); the checks of
   each one's preset (:mod:`ztproxy.config.presets`), and options sections of no preset chosen;
 - without an identity provider, no route whose every allow rule needs a signed-in user;
-- with one, ``trusted_proxies`` (a balancer in front) needs ``public_url``.
+- with one, ``trusted_proxies`` (a balancer in front) needs ``public_url``;
+- token issuers: unique names (identity providers' included), routes naming ones that exist,
+  and only routes whose rules name services (the only ones that accept bearer tokens).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from yarl import URL
 
 from ztproxy.config.presets import option_sections, resolve_preset, with_defaults
-from ztproxy.config.rules import IDENTITY_CRITERIA
+from ztproxy.config.rules import IDENTITY_CRITERIA, SERVICE_CRITERIA
 from ztproxy.config.values import split_listen
 from ztproxy.errors import ConfigIssue
 
@@ -64,6 +66,9 @@ def run(document: Document, flagged: Collection[YamlPath]) -> list[ConfigIssue]:
                                         "issues them), so the listener can ask for and verify them"))
     providers = [(index, p) for index, p in enumerate(_list(data.get("identity_providers"))) if isinstance(p, dict)]
     issues.extend(_providers(context, providers, routes))
+    issuers = [(index, i) for index, i in enumerate(_list(data.get("token_issuers"))) if isinstance(i, dict)]
+    if isinstance(policies, dict):
+        issues.extend(_token_issuers(context, issuers, providers, routes, policies))
     if providers and isinstance(server, dict) and server.get("trusted_proxies") and not server.get("public_url") \
             and not context.skip(("server", "trusted_proxies")):
         # Behind a balancer the listen address is an internal one: sign-in would send users there.
@@ -194,6 +199,44 @@ def _providers(context: _Context, providers: list[tuple[int, dict[Any, Any]]],
             close = difflib.get_close_matches(name, list(names), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f": configured are {', '.join(map(repr, names))}"
             yield context.issue(path, f"unknown identity provider {name!r}{hint}")
+
+
+def _token_issuers(context: _Context, issuers: list[tuple[int, dict[Any, Any]]],
+                   providers: list[tuple[int, dict[Any, Any]]], routes: list[tuple[int, dict[Any, Any]]],
+                   policies: dict[Any, Any]) -> Iterator[ConfigIssue]:
+    taken = {provider.get("name", "default") for _, provider in providers}
+    names: dict[str, int | None] = {}
+    for index, issuer in issuers:
+        name, path = issuer.get("name"), ("token_issuers", index, "name")
+        if not isinstance(name, str) or context.skip(path):
+            continue
+        if name in names or name in taken:
+            yield context.issue(path, f"token issuer name {name!r} is taken (by another token issuer or an "
+                                      "identity provider); give each its own name")
+        names[name] = context.line(path)
+    for index, route in routes:
+        listed = route.get("token_issuers")
+        path = ("routes", index, "token_issuers")
+        if not isinstance(listed, list) or not listed or context.skip(path):
+            continue
+        for position, name in enumerate(listed):
+            if isinstance(name, str) and name not in names:
+                close = difflib.get_close_matches(name, list(names), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else \
+                    (f": configured are {', '.join(map(repr, names))}" if names else ": token_issuers is empty")
+                yield context.issue((*path, position), f"unknown token issuer {name!r}{hint}")
+        if not any(_names_services(rule, policies) for rule in _list(route.get("allow"))):
+            yield context.issue(path, f"route {route.get('name', index)!r} lists token issuers, but no allow rule "
+                                      "names a service (clients, scopes or services), so it accepts no bearer "
+                                      "token: name the services, or remove token_issuers")
+
+
+def _names_services(rule: Any, policies: dict[Any, Any]) -> bool:
+    """Whether ``rule`` (an allow entry) is about a calling service."""
+    if isinstance(rule, str) or (isinstance(rule, dict) and isinstance(rule.get("policy"), str)):
+        named = _list(policies.get(rule if isinstance(rule, str) else rule["policy"]))
+        return any(_names_services(entry, {}) for entry in named)  # policies don't nest
+    return isinstance(rule, dict) and any(key in rule for key in SERVICE_CRITERIA)
 
 
 def _preset(context: _Context, index: int, provider: dict[Any, Any]) -> Iterator[ConfigIssue]:

@@ -147,9 +147,14 @@ class IdentityProviderConfig(Model):
     @field_validator("algorithms")
     @classmethod
     def _check_algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return cls.check_algorithms(value)
+
+    @staticmethod
+    def check_algorithms(value: tuple[str, ...]) -> tuple[str, ...]:
+        """Asymmetric JWS algorithms only, at least one (token issuers share the rule)."""
         bad = [alg for alg in value if alg not in _ALLOWED_ALGORITHMS]
         if bad:
-            raise ValueError(f"unsupported ID token algorithm(s) {', '.join(map(repr, bad))}: "
+            raise ValueError(f"unsupported token signature algorithm(s) {', '.join(map(repr, bad))}: "
                              f"use asymmetric ones such as {', '.join(DEFAULT_ALGORITHMS)}")
         if not value:
             raise ValueError("at least one algorithm is required")

@@ -49,6 +49,7 @@ VALUE_LABELS: dict[Callable[..., Any], str] = {
     values._check_platform: "platform",
     values._check_claim_value: "string, number or boolean",
     rules._groups_list: "list of groups, or {any_of, all_of}",
+    rules._scopes_list: "list of scopes, or {all_of, any_of}",
     rules._policy_reference: "rule or policy name",
 }
 _BINARY_UNITS = (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
@@ -113,7 +114,7 @@ def _criterion_fields() -> Iterator[tuple[str, Any, Any]]:
     for name, info in Rule.model_fields.items():
         yield name, field_type(info), info.default
         model, _ = model_of(info.annotation)
-        if model is not None and name != "groups":  # groups: a list, or its two keys, told in one line
+        if model is not None and name not in ("groups", "scopes"):  # a list, or its two keys, told in one line
             for inner, inner_info in model.model_fields.items():
                 yield f"{name}.{inner}", field_type(inner_info), inner_info.default
 

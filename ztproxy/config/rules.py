@@ -33,6 +33,11 @@ from ztproxy.config.values import (
 # Criteria that need a signed-in user (or a known device): never next to ``public: true``.
 IDENTITY_CRITERIA = ("users", "email_domains", "groups", "claims", "mfa", "max_auth_age",
                       "max_session_age", "device")
+# Criteria about a calling service (an access token's client, its scopes, a workload's SPIFFE
+# ID): a route with a rule naming one accepts bearer tokens. Never in a rule about a person.
+SERVICE_CRITERIA = ("services", "clients", "scopes")
+# A SPIFFE ID (spiffe://trust-domain/path), with "*" for one path segment and a final "/**" for any rest.
+_SPIFFE_PATTERN = r"^spiffe://[a-z0-9._-]+(/(\*|[A-Za-z0-9._~!$&'()+,;=:@%-]+))*(/\*\*)?$"
 
 
 def _policy_reference(value: Any) -> Any:
@@ -50,6 +55,27 @@ def _claim_lists(value: Any) -> Any:
     if not isinstance(value, dict):
         return value
     return {key: item if isinstance(item, (list, tuple)) else [item] for key, item in value.items()}
+
+
+def _scopes_list(value: Any) -> Any:
+    """``scopes: [a, b]`` is short for ``scopes: {all_of: [a, b]}``: least privilege asks for each."""
+    return {"all_of": value} if isinstance(value, (list, tuple)) else value
+
+
+class ScopesRequirement(Model):
+    """``all_of``: the token has every one of these scopes; ``any_of``: at least one of them."""
+
+    all_of: tuple[Name, ...] = ()
+    any_of: tuple[Name, ...] = ()
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ScopesRequirement:
+        if not self.any_of and not self.all_of:
+            raise ValueError("name at least one scope in all_of or any_of")
+        return self
+
+
+SpiffePattern = Annotated[str, Field(pattern=_SPIFFE_PATTERN, max_length=2048)]
 
 
 class GroupsRequirement(Model):
@@ -117,6 +143,9 @@ class Rule(Model):
     paths: Annotated[tuple[PathPrefix, ...], NonEmpty] | None = None
     source_cidrs: Annotated[tuple[Cidr, ...], NonEmpty] | None = None
     time_window: TimeWindow | None = None
+    services: Annotated[tuple[SpiffePattern, ...], NonEmpty] | None = None  # workloads' SPIFFE IDs
+    clients: Annotated[tuple[Name, ...], NonEmpty] | None = None  # OAuth client_id of an access token
+    scopes: Annotated[ScopesRequirement | None, BeforeValidator(_scopes_list)] = None
 
     @model_validator(mode="after")
     def _coherent(self) -> Rule:
@@ -127,10 +156,19 @@ class Rule(Model):
         if self.policy is not None and given != {"policy"}:
             raise ValueError("a policy reference stands alone; write it as its own allow entry")
         mixed = [name for name in IDENTITY_CRITERIA if name in given]
-        if self.public and mixed:
+        services = [name for name in SERVICE_CRITERIA if name in given]
+        if self.public and (mixed or services):
             raise ValueError(f"public: true lets anyone in without signing in, so it cannot be combined with "
-                             f"{', '.join(mixed)}; drop public or those criteria")
+                             f"{', '.join(mixed + services)}; drop public or those criteria")
+        if mixed and services:
+            # A person is never a service and a service never a person: such a rule could never hold.
+            raise ValueError(f"a rule is about a person ({', '.join(mixed)}) or about a service "
+                             f"({', '.join(services)}), never both: write two allow rules")
         return self
+
+    @property
+    def names_services(self) -> bool:
+        return self.services is not None or self.clients is not None or self.scopes is not None
 
 
 RuleEntry = Annotated[Rule, BeforeValidator(_policy_reference)]

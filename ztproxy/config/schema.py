@@ -20,6 +20,7 @@ from ztproxy.config.devices import DevicesConfig
 from ztproxy.config.identity import IdentityProviderConfig
 from ztproxy.config.rules import RuleEntry
 from ztproxy.config.sessions import SessionsConfig
+from ztproxy.config.tokens import TokenIssuerConfig
 from ztproxy.config.values import (
     ByteSize,
     Cidr,
@@ -117,6 +118,8 @@ class RouteConfig(Model):
     deny: tuple[RuleEntry, ...] = ()  # a rule that holds here refuses the request, whatever allow says
     shadow: tuple[RuleEntry, ...] | None = None  # evaluated and logged beside allow/deny, never enforced
     identity_provider: str | None = None  # which provider signs users in here; default the first
+    # Besides the identity provider's, whose access tokens services may call here (token_issuers names).
+    token_issuers: tuple[str, ...] = ()
     audience: str | None = None  # of the identity assertion; default the route's origin
     claim_headers: dict[str, str] = {}  # noqa: RUF012 -- header name -> identity claim, added upstream
     # The upstream receives the Host the request arrived with (apps' CSRF and Origin checks expect
@@ -192,6 +195,7 @@ class Config(Model):
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
     identity_providers: tuple[IdentityProviderConfig, ...] = ()
+    token_issuers: tuple[TokenIssuerConfig, ...] = ()  # authorization servers of services' tokens only
     sessions: SessionsConfig = SessionsConfig()
     devices: DevicesConfig = DevicesConfig()
     assertion: AssertionConfig = AssertionConfig()

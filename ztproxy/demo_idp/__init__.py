@@ -105,6 +105,32 @@ class IdpClient:
 
 
 @dataclass(frozen=True)
+class IdpService:
+    """A machine client: it gets access tokens for itself (client credentials grant, RFC 6749 4.4)."""
+
+    client_id: str
+    client_secret: str
+    scopes: tuple[str, ...] = ()  # the scopes it may ask for (of the resources' own)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"client_id": self.client_id, "client_secret": self.client_secret, "scopes": list(self.scopes)}
+
+
+@dataclass(frozen=True)
+class IdpResource:
+    """An API that access tokens are issued for (RFC 8707 resource indicator = its audience)."""
+
+    indicator: str  # e.g. the route's audience, https://api.corp.example
+    scopes: tuple[str, ...]
+    token_format: str = "jwt"  # "jwt" (RFC 9068, verified locally) or "opaque" (introspection, RFC 7662)
+    token_ttl: int = 300
+
+    def to_json(self) -> dict[str, Any]:
+        return {"indicator": self.indicator, "scopes": list(self.scopes), "token_format": self.token_format,
+                "token_ttl": self.token_ttl}
+
+
+@dataclass(frozen=True)
 class BackchannelDelivery:
     """One logout token the IdP POSTed (or failed to POST) to a client's backchannel_logout_uri."""
 
@@ -154,7 +180,8 @@ class DemoIdp:
     def __init__(self, *, workdir: Path, port: int, clients: Sequence[IdpClient], users: Sequence[IdpUser],
                  host: str = "127.0.0.1", ttl: Mapping[str, int] | None = None, node: str = "node",
                  pwd_acr: str = DEFAULT_PWD_ACR, mfa_acr: str = DEFAULT_MFA_ACR,
-                 start_timeout: float = START_TIMEOUT, public_port: int | None = None) -> None:
+                 start_timeout: float = START_TIMEOUT, public_port: int | None = None,
+                 services: Sequence[IdpService] = (), resources: Sequence[IdpResource] = ()) -> None:
         _check_loopback(host)
         unknown = sorted(set(ttl or {}) - set(DEFAULT_TTL))
         if unknown:
@@ -168,6 +195,8 @@ class DemoIdp:
         # Where clients reach it: its own port, or a relay's in front of it (``public_port``).
         self.issuer = f"http://{host}:{public_port or port}"
         self.clients = tuple(clients)
+        self.services = tuple(services)
+        self.resources = tuple(resources)
         self.users: dict[str, IdpUser] = {user.username: user for user in users}
         self.node = node
         self.pwd_acr = pwd_acr
@@ -179,6 +208,21 @@ class DemoIdp:
         self.log_path = workdir / "idp.log"
         self._control_token = secrets.token_urlsafe(32)
         self._process: asyncio.subprocess.Process | None = None
+
+    async def client_credentials(self, service: IdpService, resource: str, scopes: Sequence[str] = ()) -> str:
+        """An access token for ``service`` at ``resource``, from the token endpoint as a service gets one."""
+        form = {"grant_type": "client_credentials", "resource": resource}
+        if scopes:
+            form["scope"] = " ".join(scopes)
+        headers = {"Authorization": aiohttp.encode_basic_auth(service.client_id, service.client_secret)}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{self.issuer}/token", data=form, headers=headers) as response:
+                body = await response.json()
+                if response.status != 200:
+                    raise IdpControlError(f"client credentials for {service.client_id} refused: {body}")
+        token = body["access_token"]
+        assert isinstance(token, str)
+        return token
 
     @property
     def discovery_url(self) -> str:
@@ -285,6 +329,8 @@ class DemoIdp:
             "mfa_acr": self.mfa_acr,
             "ttl": dict(self.ttl),
             "clients": [client.to_json() for client in self.clients],
+            "services": [service.to_json() for service in self.services],
+            "resources": [resource.to_json() for resource in self.resources],
         })
 
     def _write_users(self) -> None:

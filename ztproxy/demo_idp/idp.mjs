@@ -15,7 +15,10 @@
 //    "ttl": {"AccessToken": 600, "IdToken": 600, "RefreshToken": 86400, "Session": 86400,
 //            "Grant": 86400, "Interaction": 600},
 //    "clients": [{"client_id": "...", "client_secret": "...", "redirect_uris": ["..."],
-//                 "post_logout_redirect_uris": [], "backchannel_logout_uri": null}]}
+//                 "post_logout_redirect_uris": [], "backchannel_logout_uri": null}],
+//    "services": [{"client_id": "...", "client_secret": "...", "scopes": ["orders.read"]}],
+//    "resources": [{"indicator": "https://api.corp.example", "scopes": ["orders.read"],
+//                   "token_format": "jwt", "token_ttl": 300}]}
 //
 // Choices a relying party can count on:
 // - code flow only, PKCE S256 required, client_secret_basic or client_secret_post;
@@ -32,6 +35,9 @@
 //   session (password) and only MFA is missing, only the TOTP code is asked (step-up); prompt=login
 //   and an exceeded max_age ask for the password again;
 // - no consent page: every client is first-party and gets the scopes and claims it asks for;
+// - services (machine clients) get access tokens with the client credentials grant, for one
+//   resource each time (RFC 8707 `resource`, required): a JWT (RFC 9068, typ at+jwt, ES256) or an
+//   opaque token, as the resource says; any confidential client may introspect tokens (RFC 7662);
 // - POST /-/control/logout {"username": ...} with "Authorization: Bearer <control_token>" ends the
 //   user's OP sessions and sends back-channel logout tokens to every client they signed in to.
 //
@@ -275,9 +281,12 @@ class DemoAdapter extends MemoryAdapter {
 // ---------------------------------------------------------------------------------------------
 // The provider
 
+const services = config.services || [];
+const resources = new Map((config.resources || []).map((resource) => [resource.indicator, resource]));
+
 const provider = new Provider(config.issuer, {
   adapter: DemoAdapter,
-  clients: config.clients.map((client) => ({
+  clients: [...config.clients.map((client) => ({
     client_id: client.client_id,
     client_secret: client.client_secret,
     redirect_uris: client.redirect_uris,
@@ -293,12 +302,20 @@ const provider = new Provider(config.issuer, {
     token_endpoint_auth_method: client.token_endpoint_auth_method || 'client_secret_basic',
     ...(client.jwks ? { jwks: client.jwks } : {}), // private_key_jwt: the client's public keys
     require_auth_time: true, // auth_time in every ID token, not only when max_age is sent
-  })),
+  })), ...services.map((service) => ({
+    client_id: service.client_id,
+    client_secret: service.client_secret,
+    grant_types: ['client_credentials'],
+    redirect_uris: [],
+    response_types: [],
+    scope: service.scopes.join(' '),
+    token_endpoint_auth_method: 'client_secret_basic',
+  }))],
   clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
   responseTypes: ['code'],
   pkce: { methods: ['S256'], required: () => true }, // RFC 9700 2.1.1: PKCE for every client
   acrValues: [config.pwd_acr, config.mfa_acr],
-  scopes: ['openid', 'email', 'profile', 'groups'],
+  scopes: ['openid', 'email', 'profile', 'groups', ...new Set([...resources.values()].flatMap((r) => r.scopes))],
   claims: {
     openid: ['sub', 'acr', 'amr', 'auth_time'],
     email: ['email', 'email_verified'],
@@ -326,6 +343,25 @@ const provider = new Provider(config.issuer, {
     rpInitiatedLogout: { enabled: true, logoutSource, postLogoutSuccessSource },
     revocation: { enabled: true },
     userinfo: { enabled: true },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      // A service names its API; a user's sign-in (openid, no resource) gets userinfo tokens as before.
+      defaultResource: () => undefined,
+      useGrantedResource: () => false,
+      getResourceServerInfo(ctx, indicator) {
+        const resource = resources.get(indicator);
+        if (!resource) throw new errors.InvalidTarget();
+        return {
+          scope: resource.scopes.join(' '),
+          audience: resource.indicator,
+          accessTokenTTL: resource.token_ttl,
+          accessTokenFormat: resource.token_format,
+          ...(resource.token_format === 'jwt' ? { jwt: { sign: { alg: 'ES256' } } } : {}),
+        };
+      },
+    },
   },
   enabledJWA: { idTokenSigningAlgValues: ['RS256', 'ES256'] },
   jwks: loadOrCreateKeys(),

@@ -191,36 +191,9 @@ class Provider:
 
     async def _token_request(self, form: dict[str, str], *, refreshing: bool = False) -> TokenResponse:
         metadata = await self.metadata()
-        data = dict(form)
-        headers = {"Accept": "application/json"}
-        client = self._client
-        endpoint = client.token_endpoint(metadata)
-        client.credentials(data, headers, endpoint=endpoint, now=time.time())
-        method = client.method
-        try:
-            async with self._http.post(endpoint, data=data, headers=headers, timeout=self._timeout,
-                                       ssl=client.tls if client.tls is not None else True) as response:
-                body = await self._read(response, "token")
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self._last_failure = time.monotonic()
-            _log.warning("idp_unreachable", provider=self.name, endpoint="token", error=repr(exc)[:200])
-            raise IdentityProviderUnavailable() from exc
-        self._last_answer = time.monotonic()
-        try:
-            answer = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            answer = None
-        if not isinstance(answer, dict):
-            _log.warning("idp_bad_token_response", provider=self.name, status=status)
-            raise IdentityProviderUnavailable()
+        status, answer = await self._post(self._client.token_endpoint(metadata), form, "token")
         if status != 200:
             error = str(answer.get("error", ""))[:100]
-            if error == "invalid_client":
-                # RFC 6749 5.2: the IdP refuses the proxy's own authentication, not the user's code.
-                _log.error("invalid_client", provider=self.name, status=status, method=method,
-                           remedy=_INVALID_CLIENT_REMEDY)
-                raise SignInMisconfigured()
             _log.info("idp_token_refused", provider=self.name, status=status, error=error,
                       grant=form["grant_type"])
             if refreshing and 400 <= status < 500:
@@ -229,6 +202,51 @@ class Provider:
         return TokenResponse(id_token=_str_or_none(answer.get("id_token")),
                              access_token=_str_or_none(answer.get("access_token")),
                              refresh_token=_str_or_none(answer.get("refresh_token")))
+
+    async def introspect(self, token: str) -> Mapping[str, Any]:
+        """The issuer's word on an access token (RFC 7662), asked as the proxy's own client."""
+        metadata = await self.metadata()
+        endpoint = metadata.get("introspection_endpoint")
+        if not isinstance(endpoint, str):
+            _log.error("idp_no_introspection_endpoint", provider=self.name)
+            raise IdentityProviderUnavailable()
+        status, answer = await self._post(endpoint, {"token": token, "token_type_hint": "access_token"},
+                                          "introspection")
+        if status != 200:
+            _log.warning("idp_introspection_refused", provider=self.name, status=status,
+                         error=str(answer.get("error", ""))[:100])
+            raise IdentityProviderUnavailable()
+        return answer
+
+    async def _post(self, endpoint: str, form: dict[str, str], what: str) -> tuple[int, dict[str, Any]]:
+        """A form POSTed as the proxy's client (its authentication added): the status and JSON answer."""
+        data = dict(form)
+        headers = {"Accept": "application/json"}
+        client = self._client
+        client.credentials(data, headers, endpoint=endpoint, now=time.time())
+        try:
+            async with self._http.post(endpoint, data=data, headers=headers, timeout=self._timeout,
+                                       ssl=client.tls if client.tls is not None else True) as response:
+                body = await self._read(response, what)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._last_failure = time.monotonic()
+            _log.warning("idp_unreachable", provider=self.name, endpoint=what, error=repr(exc)[:200])
+            raise IdentityProviderUnavailable() from exc
+        self._last_answer = time.monotonic()
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            _log.warning("idp_bad_token_response", provider=self.name, endpoint=what, status=status)
+            raise IdentityProviderUnavailable()
+        if status != 200 and str(answer.get("error", "")) == "invalid_client":
+            # RFC 6749 5.2: the IdP refuses the proxy's own authentication, not the user's code.
+            _log.error("invalid_client", provider=self.name, status=status, method=client.method,
+                       remedy=_INVALID_CLIENT_REMEDY)
+            raise SignInMisconfigured()
+        return status, answer
 
     async def _get_json(self, url: str, headers: Mapping[str, str] | None = None,
                         refused: tuple[int, ...] = ()) -> Mapping[str, Any]:

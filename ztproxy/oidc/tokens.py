@@ -116,7 +116,7 @@ class _Registry(JWSRegistry):
         return self.algorithms[name]
 
 
-def _verify_signature(token: object, keys: KeySet, algorithms: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def verify_signature(token: object, keys: KeySet, algorithms: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The header and claims of a compact JWS signed with one of ``keys``, else TokenInvalid."""
     if not isinstance(token, str) or not token.isascii():
         raise TokenInvalid("malformed", "not a compact JWT")
@@ -169,7 +169,7 @@ def _candidate_keys(keys: KeySet, kid: str | None, alg: str, registry: _Registry
     return fitting
 
 
-def _token_type(header: Mapping[str, Any]) -> str | None:
+def token_type(header: Mapping[str, Any]) -> str | None:
     """The typ header as a comparable media type (RFC 7515 4.1.9: "application/" may be left out,
     and media types compare case-insensitively)."""
     typ = header.get("typ")
@@ -188,7 +188,7 @@ def _numeric_date(value: object) -> bool:
         return False
 
 
-def _check_types(claims: Mapping[str, Any]) -> None:
+def check_types(claims: Mapping[str, Any]) -> None:
     """A claim of the wrong JSON type is ``malformed``, whatever its value (never a TypeError later)."""
     for name in _STRING_CLAIMS:
         if claims.get(name) is not None and not isinstance(claims[name], str):
@@ -217,12 +217,12 @@ def _email_verified(value: object) -> bool | None:
     raise TokenInvalid("malformed", "claim 'email_verified' is not a boolean")
 
 
-def _check_registered_claims(claims: Mapping[str, Any], *, issuer: str, client_id: str, now: float,
-                             leeway: float, essential: Sequence[str]) -> None:
+def check_registered_claims(claims: Mapping[str, Any], *, issuer: str, audience: str, now: float,
+                            leeway: float, essential: Sequence[str]) -> None:
     """iss, aud, exp, nbf, iat and sub with joserfc's claims registry (types already checked)."""
     options: dict[str, jwt.ClaimsOption] = {name: {"essential": True} for name in essential}
     options["iss"] = {"essential": True, "value": issuer}  # OIDC Core 3.1.3.7 (2): exact match
-    options["aud"] = {"essential": True, "value": client_id}  # OIDC Core 3.1.3.7 (3): aud has us
+    options["aud"] = {"essential": True, "value": audience}  # OIDC Core 3.1.3.7 (3): aud has us
     # joserfc compares whole seconds; rounding now down and leeway up errs by under two seconds.
     registry = jwt.JWTClaimsRegistry(now=math.floor(now), leeway=math.ceil(leeway), **options)
     try:
@@ -254,14 +254,14 @@ def validate_id_token(token: str, *, keys: KeySet, issuer: str, client_id: str, 
     """
     if not nonce:
         raise ValueError("validate_id_token needs the nonce sent in the authentication request")
-    header, claims = _verify_signature(token, keys, algorithms)  # OIDC Core 3.1.3.7 (6-8)
+    header, claims = verify_signature(token, keys, algorithms)  # OIDC Core 3.1.3.7 (6-8)
     # RFC 8725 3.11: a token explicitly typed as another kind of JWT (logout+jwt, at+jwt, ...) is
     # not an ID token. OIDC Core names no typ for ID tokens, so "JWT", other values or none pass.
-    typ = _token_type(header)
+    typ = token_type(header)
     if typ is not None and typ.endswith("+jwt"):
         raise TokenInvalid("type", f"a token of type {header['typ']!r} is not an ID token")
-    _check_types(claims)
-    _check_registered_claims(claims, issuer=issuer, client_id=client_id, now=now, leeway=leeway,
+    check_types(claims)
+    check_registered_claims(claims, issuer=issuer, audience=client_id, now=now, leeway=leeway,
                              essential=("sub", "exp", "iat"))  # OIDC Core 2: all REQUIRED
     if len(claims["sub"]) > _MAX_SUBJECT_LENGTH:
         raise TokenInvalid("subject", "claim 'sub' is longer than 255 characters")
@@ -307,16 +307,16 @@ def validate_logout_token(token: str, *, keys: KeySet, issuer: str, client_id: s
                           now: float, leeway: float,
                           max_token_age: float = DEFAULT_MAX_LOGOUT_TOKEN_AGE) -> LogoutTokenClaims:
     """Validate a Back-Channel Logout token (OIDC Back-Channel Logout 1.0 2.6) and return its claims."""
-    header, claims = _verify_signature(token, keys, algorithms)  # 2.6 (2, 3): as for ID tokens
-    typ = _token_type(header)
+    header, claims = verify_signature(token, keys, algorithms)  # 2.6 (2, 3): as for ID tokens
+    typ = token_type(header)
     if typ is not None and typ not in _LOGOUT_TYPES:
         raise TokenInvalid("type", f"a token of type {header['typ']!r} is not a logout token")
     # 2.6 (7) / 2.4: a nonce is prohibited, so a logout token can never pass for an ID token.
     if "nonce" in claims:
         raise TokenInvalid("nonce", "a logout token must not carry a nonce")
-    _check_types(claims)
+    check_types(claims)
     # 2.6 (4): iss, aud, iat and exp as for ID tokens; 2.4 (final, 2023): iat, exp and jti are REQUIRED.
-    _check_registered_claims(claims, issuer=issuer, client_id=client_id, now=now, leeway=leeway,
+    check_registered_claims(claims, issuer=issuer, audience=client_id, now=now, leeway=leeway,
                              essential=("iat", "exp", "jti"))
     _check_iat_age(claims["iat"], now=now, leeway=leeway, max_age=max_token_age)
     # 2.6 (6) / 2.4: the events claim is what makes this JWT a logout token.

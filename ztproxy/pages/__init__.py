@@ -96,6 +96,8 @@ def page_for(request: web.Request, error: RequestError) -> web.Response:
     # After a malformed request the stream can't be trusted to be in sync: close it.
     close = isinstance(error, (BadRequest, HeadersTooLarge, ExpectationFailed, PayloadTooLarge))
     record = request.get(RECORD)
+    accept = headers.get("Accept", "")
+    if headers.get("Authorization", "")[:7].lower() == "bearer ":
+        accept = "application/json"  # a service with an access token: never an HTML page
     return error_response(error, request_id=record.request_id if record is not None else "-",
-                          accept=headers.get("Accept", ""),
-                          requested_with=headers.get("X-Requested-With", ""), close=close)
+                          accept=accept, requested_with=headers.get("X-Requested-With", ""), close=close)

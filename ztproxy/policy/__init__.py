@@ -19,7 +19,7 @@ This package imports no aiohttp and never reads the clock: ``now`` is one of the
 
 from __future__ import annotations
 
-from ztproxy.policy.compile import compile_route_policy, policy_hash
+from ztproxy.policy.compile import compile_route_policy, names_services, policy_hash
 from ztproxy.policy.evaluate import evaluate
 from ztproxy.policy.model import (
     CompiledRule,
@@ -30,6 +30,7 @@ from ztproxy.policy.model import (
     Outcome,
     RequestFacts,
     RoutePolicy,
+    Service,
     StepUp,
 )
 from ztproxy.policy.refusal import explain_refusal
@@ -43,9 +44,11 @@ __all__ = [
     "Outcome",
     "RequestFacts",
     "RoutePolicy",
+    "Service",
     "StepUp",
     "compile_route_policy",
     "evaluate",
     "explain_refusal",
+    "names_services",
     "policy_hash",
 ]

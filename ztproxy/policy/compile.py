@@ -38,6 +38,21 @@ def compile_route_policy(allow: Sequence[Rule], policies: Mapping[str, Sequence[
     return RoutePolicy(allow=allowing, deny=denying, constant=constant)
 
 
+def names_services(policy: RoutePolicy) -> bool:
+    """Whether an allow rule is about a calling service: the route then accepts bearer tokens."""
+    service_criteria = (criteria.Clients, criteria.Scopes, criteria.Services)
+    return any(isinstance(criterion, service_criteria) for rule in policy.allow for criterion in rule.criteria)
+
+
+def needed_scope(policy: RoutePolicy) -> str:
+    """The scopes a token needs to pass the first allow rule asking for some (RFC 6750 3.1 ``scope``)."""
+    for rule in policy.allow:
+        for criterion in rule.criteria:
+            if isinstance(criterion, criteria.Scopes):
+                return criterion.needed
+    return ""
+
+
 def policy_hash(routes: Mapping[str, RoutePolicy]) -> str:
     """sha256 over a canonical JSON of every route's compiled rules, for the audit log.
 

@@ -67,6 +67,19 @@ class Identity:
 
 
 @dataclass(frozen=True, slots=True)
+class Service:
+    """A calling service: an OAuth client with an access token, or a workload with its certificate."""
+
+    subject: str  # the SPIFFE ID of a workload, else the token's client_id
+    client_id: str | None = None  # of the access token
+    spiffe_id: str | None = None  # of the workload certificate, or the token's sub when it is one
+    scopes: frozenset[str] = frozenset()
+    issuer: str | None = None  # of the token
+    binding: str = "none"  # how the token is bound to its sender: "mtls", "dpop" or "none"
+    token_id: str | None = None  # the token's jti, when it has one
+
+
+@dataclass(frozen=True, slots=True)
 class Device:
     """The device a request comes from, as the posture providers describe it."""
 
@@ -93,6 +106,7 @@ class RequestFacts:
     now: datetime  # aware; the only clock criteria look at
     identity: Identity | None = None  # None: nobody signed in
     device: Device | None = None  # None: no posture known
+    service: Service | None = None  # a calling service; person criteria never match one
 
     def __post_init__(self) -> None:
         _aware(self.now, "now")

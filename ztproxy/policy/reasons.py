@@ -29,6 +29,14 @@ METHOD_NOT_ALLOWED = "method-not-allowed"
 PATH_NOT_ALLOWED = "path-not-allowed"
 SOURCE_NOT_ALLOWED = "source-not-allowed"
 OUTSIDE_TIME_WINDOW = "outside-time-window"
+# Services (bearer tokens, workload certificates).
+SERVICE_REQUIRED = "service-required"  # a rule about services, and no service calling
+TOKEN_INVALID = "token-invalid"
+TOKEN_EXPIRED = "token-expired"
+SCOPE_MISSING = "scope-missing"
+CLIENT_NOT_ALLOWED = "client-not-allowed"
+SERVICE_NOT_ALLOWED = "service-not-allowed"
+SENDER_CONSTRAINT_FAILED = "sender-constraint-failed"
 NO_ALLOW_RULE = "no-allow-rule"
 DENIED_BY_RULE = "denied-by-rule"
 # Not from a rule: a WebSocket upgrade from a page of another site (cross-site WebSocket hijacking).
@@ -44,7 +52,8 @@ DENY_REASONS = (
     MFA_REQUIRED, AUTH_TOO_OLD, SESSION_TOO_OLD, DEVICE_UNKNOWN, DEVICE_UNMANAGED, DISK_NOT_ENCRYPTED,
     PLATFORM_NOT_ALLOWED, OS_TOO_OLD, POSTURE_STALE, DEVICE_SCORE_TOO_LOW, DEVICE_OWNER_MISMATCH,
     METHOD_NOT_ALLOWED, PATH_NOT_ALLOWED, SOURCE_NOT_ALLOWED, OUTSIDE_TIME_WINDOW, NO_ALLOW_RULE,
-    DENIED_BY_RULE, ORIGIN_NOT_ALLOWED,
+    DENIED_BY_RULE, ORIGIN_NOT_ALLOWED, SERVICE_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED, SCOPE_MISSING,
+    CLIENT_NOT_ALLOWED, SERVICE_NOT_ALLOWED, SENDER_CONSTRAINT_FAILED,
 )
 """Every reason a DENY or STEP_UP decision can carry."""
 
@@ -55,4 +64,7 @@ SENTENCES = {
     NO_ALLOW_RULE: "This application has no access rule that admits anyone yet.",
     DENIED_BY_RULE: "Access to this application is blocked for this request.",
     ORIGIN_NOT_ALLOWED: "This application does not accept live connections opened by pages of another site.",
+    TOKEN_INVALID: "The access token is not valid here.",
+    TOKEN_EXPIRED: "The access token has expired: get a new one.",
+    SENDER_CONSTRAINT_FAILED: "The access token is bound to a key or certificate this request did not prove.",
 }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey
 
+from tests.support.forgery import tamper
 from ztproxy.verify import AssertionInvalid, Verifier
 from ztproxy.verify.testing import TestIssuer
 
@@ -38,16 +38,8 @@ def test_an_independent_library_accepts_what_we_mint(issuer: TestIssuer) -> None
     assert claims["sub"] == "alice"
 
 
-def _tamper(token: str, **changes: Any) -> str:
-    header, payload, signature = token.split(".")
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    claims.update(changes)
-    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    return f"{header}.{forged}.{signature}"
-
-
 @pytest.mark.parametrize("make", [
-    pytest.param(lambda i: _tamper(i.mint(sub="alice"), sub="admin"), id="tampered-payload"),
+    pytest.param(lambda i: tamper(i.mint(sub="alice"), sub="admin"), id="tampered-payload"),
     pytest.param(lambda i: i.mint(sub="alice", lifetime=-120), id="expired"),
     pytest.param(lambda i: TestIssuer(audience="https://payroll.corp.example", issuer=i.issuer).mint(), id="other-key"),
     pytest.param(lambda i: i.mint(aud="https://payroll.corp.example"), id="wrong-audience"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ztproxy.policy.criteria.auth_age import MaxAuthAge
 from ztproxy.policy.criteria.claims import Claims
+from ztproxy.policy.criteria.clients import Clients
 from ztproxy.policy.criteria.device import (
     DiskEncrypted,
     Managed,
@@ -24,6 +25,8 @@ from ztproxy.policy.criteria.methods import Methods
 from ztproxy.policy.criteria.mfa import Mfa
 from ztproxy.policy.criteria.paths import Paths
 from ztproxy.policy.criteria.public import Public
+from ztproxy.policy.criteria.scopes import Scopes
+from ztproxy.policy.criteria.services import Services
 from ztproxy.policy.criteria.session_age import MaxSessionAge
 from ztproxy.policy.criteria.source_cidrs import SourceCidrs
 from ztproxy.policy.criteria.time_window import TimeWindow
@@ -31,6 +34,7 @@ from ztproxy.policy.criteria.users import Users
 
 __all__ = [
     "Claims",
+    "Clients",
     "DiskEncrypted",
     "EmailDomains",
     "Groups",
@@ -45,6 +49,8 @@ __all__ = [
     "OwnerIsUser",
     "Paths",
     "Public",
+    "Scopes",
+    "Services",
     "SourceCidrs",
     "TimeWindow",
     "Users",

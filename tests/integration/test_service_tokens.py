@@ -1,0 +1,180 @@
+"""Services calling with OAuth access tokens (RFC 6750) issued by the real oidc-provider.
+
+The IdP issues client-credentials tokens for resources (RFC 8707): JWTs (RFC 9068) for the
+orders API, opaque ones (introspected, RFC 7662) for the archive. Every check the proxy makes
+has its negative test: the bad token must be refused, and the app must not have been called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+from tests.conftest import ProxyFactory, UpstreamFactory, free_port
+from tests.support.forgery import tamper
+from tests.support.idp import ALICE_PASSWORD, IdpFactory
+from tests.support.user_agent import UserAgent
+from ztproxy.demo_idp import DemoIdp, IdpClient, IdpResource, IdpService
+
+pytestmark = pytest.mark.integration
+
+ORDERS = "https://orders.corp.example"
+ARCHIVE = "https://archive.corp.example"
+ELSEWHERE = "https://elsewhere.corp.example"  # an API ztproxy does not front
+BILLING = IdpService("billing", "billing-secret-for-tests-0123456789", ("orders.read", "orders.write"))
+REPORTS = IdpService("reports", "reports-secret-for-tests-0123456789", ("orders.read",))
+
+
+class World:
+    def __init__(self, idp: DemoIdp, url: str, upstream: Any) -> None:
+        self.idp = idp
+        self.url = url
+        self.upstream = upstream
+
+    async def call(self, path: str, token: str | None = None, **headers: str) -> tuple[int, dict[str, str], Any]:
+        sent = dict(headers)
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        async with aiohttp.ClientSession() as client:
+            async with client.get(self.url + path, headers=sent) as response:
+                body = await response.text()
+                try:
+                    parsed: Any = json.loads(body)
+                except ValueError:
+                    parsed = body
+                return response.status, dict(response.headers), parsed
+
+
+@pytest.fixture
+async def world(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory) -> World:
+    upstream = await start_upstream()
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    idp = await start_idp(
+        clients=[IdpClient(client_id="ztproxy", client_secret="proxy-client-secret-for-tests",
+                           redirect_uris=(f"{public}/.ztproxy/callback",))],
+        services=[BILLING, REPORTS],
+        resources=[IdpResource(ORDERS, ("orders.read", "orders.write"), token_ttl=2),
+                   IdpResource(ARCHIVE, ("orders.read",), token_format="opaque"),
+                   IdpResource(ELSEWHERE, ("orders.read",))])
+    await start_proxy(f"""
+server: {{listen: 127.0.0.1:{port}, admin_listen: null}}
+identity_providers:
+  - name: demo
+    issuer: {idp.issuer}
+    client_id: ztproxy
+    client_secret: proxy-client-secret-for-tests
+    scopes: [openid, email, profile, groups]
+    clock_skew: 0s
+sessions:
+  cookie_secrets: [0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef]
+routes:
+  - {{name: orders, path: /orders, upstream: "{upstream.url}", audience: "{ORDERS}",
+     allow: [{{clients: [billing], scopes: [orders.read]}}]}}
+  - {{name: orders-write, path: /orders-write, upstream: "{upstream.url}", audience: "{ORDERS}",
+     allow: [{{clients: [billing, reports], scopes: [orders.write]}}]}}
+  - {{name: archive, path: /archive, upstream: "{upstream.url}", audience: "{ARCHIVE}",
+     allow: [{{clients: [billing]}}]}}
+  - {{name: mixed, path: /mixed, upstream: "{upstream.url}", audience: "{ORDERS}",
+     allow: [{{email_domains: [corp.example]}}, {{clients: [billing]}}]}}
+""")
+    return World(idp, public, upstream)
+
+
+async def test_a_service_with_a_jwt_access_token_reaches_the_app_as_itself(world: World) -> None:
+    token = await world.idp.client_credentials(BILLING, ORDERS, ["orders.read"])
+    status, _, body = await world.call("/orders/list", token)
+    assert status == 200, body
+    seen = {name.lower(): value for name, value in body["headers"]}
+    assert seen["x-ztproxy-user"] == "billing"
+    claims = jwt.decode(seen["x-ztproxy-jwt-assertion"], options={"verify_signature": False})
+    assert claims["caller"] == "service" and claims["sub"] == "billing" and claims["client_id"] == "billing"
+    assert claims["scope"] == "orders.read" and claims["binding"] == "none" and claims["aud"] == ORDERS
+    assert "groups" not in claims and "email" not in claims
+    # Verified once, then remembered until it expires: the same token again is served as well.
+    assert (await world.call("/orders/list", token))[0] == 200
+
+
+async def test_no_token_a_client_not_allowed_and_a_missing_scope(world: World) -> None:
+    calls = len(world.upstream.requests)
+    status, headers, body = await world.call("/orders/list")
+    assert status == 401 and headers["WWW-Authenticate"] == 'Bearer realm="ztproxy"'
+    reports = await world.idp.client_credentials(REPORTS, ORDERS, ["orders.read"])
+    status, headers, body = await world.call("/orders/list", reports)
+    assert status == 403 and body["error"] == "access-denied"  # JSON for a token caller, whatever it accepts
+    read_only = await world.idp.client_credentials(BILLING, ORDERS, ["orders.read"])
+    status, headers, body = await world.call("/orders-write/x", read_only)
+    assert status == 403 and body["error"] == "insufficient-scope"
+    assert headers["WWW-Authenticate"] == 'Bearer realm="ztproxy", error="insufficient_scope", scope="orders.write"'
+    assert len(world.upstream.requests) == calls  # the app was never called
+
+
+async def test_tokens_that_must_be_refused(world: World) -> None:
+    calls = len(world.upstream.requests)
+    token = await world.idp.client_credentials(BILLING, ORDERS, ["orders.read"])
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    unsigned = (base64.urlsafe_b64encode(json.dumps({**header, "alg": "none"}).encode()).rstrip(b"=").decode()
+                + "." + token.split(".")[1] + ".")
+    hs256 = jwt.encode(jwt.decode(token, options={"verify_signature": False}), BILLING.client_secret,
+                       algorithm="HS256", headers={"typ": "at+jwt", "kid": header["kid"]})
+    archive_token = await world.idp.client_credentials(BILLING, ARCHIVE, ["orders.read"])
+    elsewhere_token = await world.idp.client_credentials(BILLING, ELSEWHERE, ["orders.read"])
+    cases = {
+        "scope raised after signing": tamper(token, scope="orders.read orders.write"),
+        "client changed after signing": tamper(token, client_id="billing", sub="root"),
+        "alg none": unsigned,
+        "HS256 with the client secret": hs256,
+        "not a token": "not-a-token",
+        "an opaque token of another resource": archive_token,
+        "a JWT of another resource": elsewhere_token,
+        "characters no token has": "abc%def",
+    }
+    for case, bad in cases.items():
+        status, headers, body = await world.call("/orders/list", bad)
+        assert status == 401, case
+        assert headers["WWW-Authenticate"].startswith('Bearer realm="ztproxy", error="invalid_token"'), case
+        assert body["error"] == "invalid-token", case
+    assert len(world.upstream.requests) == calls
+
+
+async def test_an_expired_token_is_refused_as_expired(world: World) -> None:
+    token = await world.idp.client_credentials(BILLING, ORDERS, ["orders.read"])
+    assert (await world.call("/orders/list", token))[0] == 200
+    await asyncio.sleep(3)  # the orders tokens live 2 s; no clock skew is tolerated in this world
+    status, headers, body = await world.call("/orders/list", token)
+    assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
+    assert "expired" in headers["WWW-Authenticate"] and body["error"] == "invalid-token"
+
+
+async def test_an_opaque_token_is_introspected_and_the_issuer_down_fails_closed(world: World) -> None:
+    token = await world.idp.client_credentials(BILLING, ARCHIVE, ["orders.read"])
+    status, _, body = await world.call("/archive/doc", token)
+    assert status == 200, body
+    assert {name.lower(): value for name, value in body["headers"]}["x-ztproxy-user"] == "billing"
+    fresh = await world.idp.client_credentials(BILLING, ARCHIVE, ["orders.read"])
+    await world.idp.stop()
+    # Already vouched for: served from the cache. Never seen: it cannot be checked, so refused.
+    assert (await world.call("/archive/doc", token))[0] == 200
+    status, headers, body = await world.call("/archive/doc", fresh)
+    assert status == 503 and body["error"] == "token-service-unavailable"
+
+
+async def test_a_token_is_judged_alone_never_with_the_session_beside_it(world: World) -> None:
+    async with UserAgent() as agent:
+        page = await agent.login(world.url + "/mixed/", "alice", ALICE_PASSWORD)
+        assert page.status == 200  # alice passes the person rule
+        async with agent.session.get(world.url + "/mixed/", headers={"Authorization": "Bearer forged.token.x"}
+                                     ) as response:
+            assert response.status == 401  # the bad token decides, not alice's session
+        token = await world.idp.client_credentials(BILLING, ORDERS, ["orders.read"])
+        async with agent.session.get(world.url + "/mixed/", headers={"Authorization": f"Bearer {token}"}
+                                     ) as response:
+            assert response.status == 200
+            seen = {name.lower(): value for name, value in (await response.json())["headers"]}
+            assert seen["x-ztproxy-user"] == "billing"  # the service, not alice

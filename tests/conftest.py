@@ -38,7 +38,7 @@ settings.register_profile("ztproxy", deadline=None, suppress_health_check=[Healt
 settings.load_profile("ztproxy")
 
 # Fixtures for real external components, one module each.
-pytest_plugins = ["tests.support.redis", "tests.support.idp", "tests.support.posture"]
+pytest_plugins = ["tests.support.redis", "tests.support.idp", "tests.support.posture", "tests.support.jupyter"]
 
 
 def free_port() -> int:

@@ -2,9 +2,12 @@
 
 The world is the demo OpenID Provider, ztproxy, and ``jupyter lab`` (``tests.support.jupyter``) on
 127.0.0.1 behind it at ``/jupyter/``, set up as a deployment would set it up: Jupyter's own
-sign-in off (the proxy signs people in), its XSRF check and its Host and Origin checks on. The
-route keeps ztproxy's default ``preserve_host: true``: Jupyter compares the browser's ``Origin``
-with the ``Host`` it receives, and refuses kernel WebSockets and API writes when they differ.
+sign-in off (the proxy signs people in), its XSRF check and its Host and Origin checks on.
+People use a host name, ``jupyter.localhost`` (Chromium resolves any ``*.localhost`` to
+loopback itself), which Jupyter is told is its own (``local_hostnames``): it refuses other
+names (DNS rebinding). The route keeps ztproxy's default ``preserve_host: true``: Jupyter
+compares the browser's ``Origin`` with the ``Host`` it receives, and refuses kernel WebSockets
+and API writes when they differ.
 
 A person signs in through the proxy, opens a notebook from JupyterLab's launcher, runs a cell
 (the kernel's answer comes back over the kernel's WebSocket, through the proxy), uploads a
@@ -40,6 +43,7 @@ from tests.support.jupyter import JupyterFactory, JupyterLab
 pytestmark = pytest.mark.integration
 
 BASE = "/jupyter/"
+PUBLIC_HOST = "jupyter.localhost"
 # JupyterLab's first load (a few MiB of scripts, a kernel to start) takes seconds on a busy
 # two-core machine: each step gets far more than it needs; a journey stays under JOURNEY_TIMEOUT.
 STEP_TIMEOUT_MS = 40_000
@@ -67,7 +71,7 @@ DOWNLOAD_SHA256 = """async (url) => {
 
 @pytest.fixture
 def jupyter(start_jupyter: JupyterFactory) -> JupyterLab:
-    return start_jupyter(base_url=BASE)
+    return start_jupyter(base_url=BASE, local_hostnames=[PUBLIC_HOST])
 
 
 @pytest.fixture
@@ -75,14 +79,19 @@ async def world(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream
                 jupyter: JupyterLab) -> LoginWorld:
     # start_world formats ``routes`` with its echo upstream, unused here; Jupyter's URL goes in first.
     routes = ROUTES.format(jupyter=f"http://127.0.0.1:{jupyter.port}")
-    return await start_world(start_idp, start_proxy, start_upstream, routes=routes)
+    return await start_world(start_idp, start_proxy, start_upstream, routes=routes, public_host=PUBLIC_HOST)
+
+
+def public_url(world: LoginWorld) -> str:
+    """Where people reach the proxy: http://jupyter.localhost:PORT (it listens on 127.0.0.1)."""
+    return world.proxy.config.public_url
 
 
 async def open_jupyterlab(page: Page, world: LoginWorld) -> None:
     """Signed out, open JupyterLab through the proxy, sign in, and see its launcher."""
-    await page.goto(world.url + BASE + "lab")
+    await page.goto(public_url(world) + BASE + "lab")
     await enter_password(page, world, "alice", ALICE_PASSWORD)
-    await page.wait_for_url(url_starts(world.url + BASE + "lab"))
+    await page.wait_for_url(url_starts(public_url(world) + BASE + "lab"))
     await expect(page.locator(".jp-Launcher")).to_be_visible(timeout=STEP_TIMEOUT_MS)
 
 
@@ -114,7 +123,7 @@ async def test_a_notebook_cell_runs_on_the_kernel_through_the_proxy(world: Login
     # The kernel's messages went over a WebSocket the browser opened to the proxy, not to Jupyter.
     kernel_sockets = [url for url in sockets if "/api/kernels/" in url and "/channels" in url]
     assert kernel_sockets, sockets
-    proxy_ws = world.url.replace("http://", "ws://") + BASE
+    proxy_ws = public_url(world).replace("http://", "ws://") + BASE
     assert all(url.startswith(proxy_ws) for url in kernel_sockets), kernel_sockets
 
 
@@ -153,7 +162,7 @@ async def test_a_file_uploaded_through_the_proxy_downloads_back_intact(world: Lo
     assert len(chunk_answers) > 1 and all(status in (200, 201) for status in chunk_answers), chunk_answers
 
     async def download(page: Page) -> dict[str, object]:
-        url = world.url + BASE + "files/" + urllib.parse.quote(UPLOAD_NAME) + "?download=1"
+        url = public_url(world) + BASE + "files/" + urllib.parse.quote(UPLOAD_NAME) + "?download=1"
         result: dict[str, object] = await page.evaluate(DOWNLOAD_SHA256, url)
         return result
 
@@ -184,15 +193,20 @@ async def test_without_a_session_jupyter_is_out_of_reach(world: LoginWorld, jupy
         assert await response.json() == []  # no kernel was started
 
     # Jupyter's own checks are on, so the proxy is what lets the pages above work: a write
-    # without Jupyter's XSRF header, and one whose Origin is not the Host Jupyter receives (what
-    # preserve_host: false would send), are refused by Jupyter itself.
-    origin = f"http://127.0.0.1:{world.proxy.port}"
-    async with client.post(jupyter.url + "api/kernels", json={"name": "python3"},
-                           headers={"Host": f"127.0.0.1:{world.proxy.port}", "Origin": origin}) as response:
+    # without Jupyter's XSRF header, one whose Origin is not the Host Jupyter receives (what
+    # preserve_host: false would send), and one for a host name Jupyter was not told about
+    # are refused by Jupyter itself.
+    public = public_url(world)
+    host = urllib.parse.urlsplit(public).netloc
+    start_kernel = {"url": jupyter.url + "api/kernels", "json": {"name": "python3"}}
+    xsrf = {"X-XSRFToken": "x", "Cookie": "_xsrf=x"}
+    async with client.post(**start_kernel, headers={"Host": host, "Origin": public}) as response:
         assert response.status == 403, response.status
-    async with client.post(jupyter.url + "api/kernels", json={"name": "python3"},
-                           headers={"Origin": origin, "X-XSRFToken": "x", "Cookie": "_xsrf=x"}) as response:
+    async with client.post(**start_kernel, headers={"Origin": public, **xsrf}) as response:
         assert response.status == 404, response.status  # Jupyter's answer to a cross-origin API call
+    other = f"other.localhost:{world.proxy.port}"
+    async with client.post(**start_kernel, headers={"Host": other, "Origin": f"http://{other}", **xsrf}) as response:
+        assert response.status == 403, response.status
     async with client.get(jupyter.url + "api/kernels") as response:
         assert await response.json() == []
 

@@ -84,10 +84,12 @@ WorldFactory = Callable[..., Awaitable[LoginWorld]]
 
 async def start_world(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory, *,
                       sessions: str = "", provider: str = "", ttl: dict[str, int] | None = None,
-                      routes: str = ROUTES) -> LoginWorld:
+                      routes: str = ROUTES, public_host: str = "127.0.0.1") -> LoginWorld:
+    # public_host: the name people use; the proxy still listens on 127.0.0.1 (e.g. app.localhost,
+    # which Chromium resolves to loopback by itself).
     upstream = await start_upstream()
     port = free_port()
-    public = f"http://127.0.0.1:{port}"
+    public = f"http://{public_host}:{port}"
     idp = await start_idp(clients=[IdpClient(
         client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
         redirect_uris=(f"{public}/.ztproxy/callback",),
@@ -97,6 +99,7 @@ async def start_world(start_idp: IdpFactory, start_proxy: ProxyFactory, start_up
     proxy = await start_proxy(f"""
 server:
   listen: 127.0.0.1:{port}
+  public_url: {public}
   admin_listen: null
 identity_providers:
   - name: demo

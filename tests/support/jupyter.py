@@ -1,8 +1,11 @@
 """Test fixture: JupyterLab 4 (``jupyter lab``, a test dependency) as a real app on loopback.
 
-- ``start_jupyter``: a factory ``start_jupyter(base_url="/jupyter/")`` -> ``JupyterLab``, a
-  ``jupyter lab`` process on 127.0.0.1 and a free port, ready once its ``/api`` answers;
+- ``start_jupyter``: a factory
+  ``start_jupyter(base_url="/jupyter/", local_hostnames=["jupyter.localhost"])`` -> ``JupyterLab``,
+  a ``jupyter lab`` process on 127.0.0.1 and a free port, ready once its ``/api`` answers;
   stopped by PID at the end of the test (SIGTERM: Jupyter shuts its kernels down itself).
+  ``local_hostnames``: the host names it is reached by through the proxy (a deployment's one
+  setting besides sign-in: Jupyter refuses requests for other names than local ones).
 
 Jupyter is set up as it would be behind ztproxy, and no further: its own sign-in is off (no
 token, no password: the proxy signs people in), while its XSRF, Host and Origin checks stay on.
@@ -21,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +98,7 @@ def start_jupyter(tmp_path: Path) -> Iterator[JupyterFactory]:
     """Start ``jupyter lab`` processes for this test; each gets its own directories and port."""
     started: list[JupyterLab] = []
 
-    def start(*, base_url: str = "/") -> JupyterLab:
+    def start(*, base_url: str = "/", local_hostnames: Sequence[str] = ()) -> JupyterLab:
         home = tmp_path / f"jupyter-{len(started)}"
         dirs = {name: home / name for name in ("root", "config", "data", "runtime", "ipython")}
         for directory in dirs.values():
@@ -113,6 +116,9 @@ def start_jupyter(tmp_path: Path) -> Iterator[JupyterFactory]:
             # ztproxy signs people in; Jupyter's XSRF, Host and Origin checks stay as they are.
             "--IdentityProvider.token=", "--ServerApp.password=",
             "--allow-root",  # the tests run as root in CI
+            # The names people reach it by through the proxy, beside localhost and loopback addresses:
+            # Jupyter refuses other Host names (DNS rebinding).
+            *(f"--ServerApp.local_hostnames={name}" for name in local_hostnames),
         ]
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,

@@ -84,11 +84,14 @@ WorldFactory = Callable[..., Awaitable[LoginWorld]]
 
 async def start_world(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory, *,
                       sessions: str = "", provider: str = "", ttl: dict[str, int] | None = None,
-                      routes: str = ROUTES, server: str = "", public_port: int | None = None) -> LoginWorld:
-    """``public_port``: where people reach the proxy, when something else listens there (forward-auth)."""
+                      routes: str = ROUTES, server: str = "", public_port: int | None = None,
+                      public_host: str = "127.0.0.1") -> LoginWorld:
+    """``public_host`` and ``public_port``: the name and port people use, when they are not the
+    proxy's own (a name Chromium resolves to loopback by itself, such as app.localhost; a calling
+    proxy in front, for forward-auth). The proxy itself listens on 127.0.0.1."""
     upstream = await start_upstream()
     port = free_port()
-    public = f"http://127.0.0.1:{public_port or port}"
+    public = f"http://{public_host}:{public_port or port}"
     idp = await start_idp(clients=[IdpClient(
         client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
         redirect_uris=(f"{public}/.ztproxy/callback",),

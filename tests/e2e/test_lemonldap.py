@@ -43,7 +43,7 @@ from tests.support.lemonldap import (
 pytestmark = pytest.mark.integration
 
 REFRESH_INTERVAL = 1.0  # seconds: every request after the first re-verifies the user at LemonLDAP
-MAX_AUTH_AGE = 3  # seconds, the /fresh route's
+MAX_AUTH_AGE = 4  # seconds, the /fresh route's: more than a sign-in takes on a busy machine
 
 
 class Relying:
@@ -269,7 +269,7 @@ async def test_step_up_with_max_age_signs_in_again_at_lemonldap(world: World, br
         return await sign_in(page, world, "/fresh/", ALICE)
 
     first_sign_in = assertion_claims(await browser.run(first))["auth_time"]
-    await asyncio.sleep(MAX_AUTH_AGE + 1.5)
+    await asyncio.sleep(MAX_AUTH_AGE + 1.1)
     step_up_start = len(browser.documents)
 
     async def step_up(page: Page) -> dict[str, Any]:

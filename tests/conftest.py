@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,7 +185,8 @@ def proxy_process(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     """Start ``ztproxy run`` as its own process; always stopped (by PID) at the end."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(yaml_text: str, *args: str, wait: bool = True) -> ProxyProcess:
+    def start(yaml_text: str, *args: str, wait: bool = True, env: Mapping[str, str] | None = None) -> ProxyProcess:
+        """``env``: variables added to the process's environment (e.g. ``SSL_CERT_FILE``)."""
         config_path = tmp_path / f"ztproxy-{len(started)}.yaml"
         config_path.write_text(yaml_text, encoding="utf-8")
         log_path = tmp_path / f"ztproxy-{len(started)}.log"
@@ -194,7 +195,7 @@ def proxy_process(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
             process = subprocess.Popen(
                 [sys.executable, "-m", "ztproxy", "run", "-c", str(config_path), *args],
                 stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         started.append(process)
         assert config.server.admin_listen is not None
         result = ProxyProcess(process=process, url=config.public_url,

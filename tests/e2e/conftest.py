@@ -17,7 +17,8 @@ a ``Page``, run there while the test's loop goes on serving the proxy::
 - ``chromium``: the session's browser (launched at first use, closed at the end of the session);
 - ``browser``: a ``BrowserTab`` for this test, in a fresh context (no cookies, no storage), which
   records every document the tab loaded (redirect hops included) and, when the test fails, leaves
-  a screenshot and that list in the test's tmp dir.
+  a screenshot and that list in the test's tmp dir; a module overrides ``browser_context_options``
+  to give that context options (Playwright's ``new_context`` keywords).
 """
 
 from __future__ import annotations
@@ -95,12 +96,12 @@ class Chromium:
         finally:
             future.cancel()  # a timed-out journey stops where it is, not in the next test
 
-    async def open_tab(self) -> BrowserTab:
-        return await self.call(self._open_tab())
+    async def open_tab(self, **context_options: Any) -> BrowserTab:
+        return await self.call(self._open_tab(context_options))
 
-    async def _open_tab(self) -> BrowserTab:
+    async def _open_tab(self, context_options: dict[str, Any]) -> BrowserTab:
         assert self._browser is not None, "Chromium is not started"
-        context = await self._browser.new_context()
+        context = await self._browser.new_context(**context_options)
         context.set_default_timeout(ACTION_TIMEOUT_MS)
         page = await context.new_page()
         tab = BrowserTab(chromium=self, context=context, page=page)
@@ -170,8 +171,15 @@ def chromium() -> Iterator[Chromium]:
 
 
 @pytest.fixture
-async def browser(chromium: Chromium, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BrowserTab]:
-    tab = await chromium.open_tab()
+def browser_context_options() -> dict[str, Any]:
+    """Playwright's ``new_context`` options for the ``browser`` fixture's tab; a test module may override it."""
+    return {}
+
+
+@pytest.fixture
+async def browser(chromium: Chromium, request: pytest.FixtureRequest, tmp_path: Path,
+                  browser_context_options: dict[str, Any]) -> AsyncIterator[BrowserTab]:
+    tab = await chromium.open_tab(**browser_context_options)
     yield tab
     failed = request.node.stash.get(_CALL_FAILED, False)
     await tab.close(tmp_path if failed else None)

@@ -89,6 +89,9 @@ def _policy_parser(policy: argparse.ArgumentParser,
     explain.add_argument("--group", action="append", default=[], help="repeatable")
     explain.add_argument("--mfa", action="store_true", help="the login used a second factor")
     explain.add_argument("--auth-age", help="how long ago the user authenticated, e.g. 5m")
+    explain.add_argument("--service", help="a calling workload's SPIFFE ID (instead of a person)")
+    explain.add_argument("--client-id", help="a calling service's OAuth client_id (instead of a person)")
+    explain.add_argument("--scope", action="append", default=[], help="a scope of its token; repeatable")
     explain.add_argument("--device-id", help="a known device (implied by the other --device options)")
     explain.add_argument("--device-managed", action="store_true")
     explain.add_argument("--disk-encrypted", action="store_true")
@@ -208,7 +211,10 @@ def _explain_case(args: argparse.Namespace) -> dict[str, Any]:
     """The explain options as one test case, validated like a tests file."""
     request = {"url": args.url, "method": args.method, "client_ip": args.client_ip, "time": args.time}
     case: dict[str, Any] = {"name": "explain", "request": {k: v for k, v in request.items() if v is not None}}
-    if args.sub or args.email:
+    if args.service or args.client_id:
+        service = {"service": args.service, "client_id": args.client_id, "scopes": args.scope}
+        case["identity"] = {k: v for k, v in service.items() if v is not None}
+    elif args.sub or args.email:
         identity = {"sub": args.sub, "email": args.email, "groups": args.group, "mfa": args.mfa,
                     "auth_age": args.auth_age}
         case["identity"] = {k: v for k, v in identity.items() if v is not None}

@@ -21,6 +21,7 @@ from tests.support.forgery import tamper
 from tests.support.idp import ALICE_PASSWORD, IdpFactory
 from tests.support.user_agent import UserAgent
 from ztproxy.demo_idp import DemoIdp, IdpClient, IdpResource, IdpService
+from ztproxy.verify import Verifier
 
 pytestmark = pytest.mark.integration
 
@@ -178,3 +179,15 @@ async def test_a_token_is_judged_alone_never_with_the_session_beside_it(world: W
             assert response.status == 200
             seen = {name.lower(): value for name, value in (await response.json())["headers"]}
             assert seen["x-ztproxy-user"] == "billing"  # the service, not alice
+
+
+async def test_the_app_tells_a_service_from_a_person_with_ztproxy_verify(world: World) -> None:
+    token = await world.idp.client_credentials(BILLING, ORDERS, ["orders.read"])
+    _, _, body = await world.call("/orders/list", token)
+    assertion = {name.lower(): value for name, value in body["headers"]}["x-ztproxy-jwt-assertion"]
+    async with aiohttp.ClientSession() as client:
+        async with client.get(world.url + "/.well-known/ztproxy/jwks.json") as response:
+            jwks = await response.json()
+    identity = Verifier(issuer=world.url, audience=ORDERS, jwks=jwks).verify(assertion)
+    assert identity.is_service and identity.subject == "billing" and identity.client_id == "billing"
+    assert identity.scopes == ("orders.read",) and identity.groups == () and identity.email is None

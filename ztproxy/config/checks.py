@@ -217,6 +217,11 @@ def _token_issuers(context: _Context, issuers: list[tuple[int, dict[Any, Any]]],
     for index, route in routes:
         listed = route.get("token_issuers")
         path = ("routes", index, "token_issuers")
+        if not providers and not listed and not context.skip(("routes", index, "allow")) \
+                and any(_names_services(rule, policies) for rule in _list(route.get("allow"))):
+            yield context.issue(("routes", index, "allow"),
+                                f"route {route.get('name', index)!r} names services, but accepts access tokens from "
+                                "no issuer: list token_issuers, or configure an identity provider")
         if not isinstance(listed, list) or not listed or context.skip(path):
             continue
         for position, name in enumerate(listed):

@@ -25,7 +25,7 @@ from ztproxy.context import compile_routes
 from ztproxy.errors import ConfigError, ConfigIssue, PathRejected
 from ztproxy.policy.breakdown import NO_ROUTE, RouteDecision, decide
 from ztproxy.policy.compile import compile_route_policy
-from ztproxy.policy.model import Device, Identity, Outcome, RequestFacts
+from ztproxy.policy.model import Device, Identity, Outcome, RequestFacts, Service
 from ztproxy.routing import normalize_host, parse_target
 
 DECISIONS = (*(outcome.value for outcome in Outcome), NO_ROUTE)
@@ -35,6 +35,8 @@ DEFAULT_DEVICE_ID = "test-device"
 _CASE_KEYS = ("name", "request", "identity", "device", "expect")
 _REQUEST_KEYS = ("method", "url", "client_ip", "time")
 _IDENTITY_KEYS = ("sub", "email", "groups", "claims", "acr", "amr", "mfa", "auth_age", "session_age")
+# A calling service instead of a person: a workload's SPIFFE ID, or an access token's client and scopes.
+_SERVICE_KEYS = ("service", "client_id", "scopes")
 _DEVICE_KEYS = ("id", "managed", "disk_encrypted", "platform", "os_version", "posture_age", "score", "owner")
 _EXPECT_KEYS = ("decision", "route", "reasons")
 
@@ -159,9 +161,12 @@ def _read_case(reader: _Reader, path: Path, raw: dict[str, Any], now: datetime) 
     method = reader.check((*path, "request", "method"), request.get("method", "GET"), _method)
     client_ip = reader.check((*path, "request", "client_ip"), request.get("client_ip", DEFAULT_CLIENT_IP), _ip)
     target = reader.check((*path, "request", "url"), request.get("url", "https://localhost/"), _url)
-    identity = device = None  # checked even when the time is not, with now in its place
-    if raw.get("identity") is not None:
-        identity = _identity(reader, (*path, "identity"), raw["identity"], when or now)
+    identity = device = service = None  # checked even when the time is not, with now in its place
+    raw_identity = raw.get("identity")
+    if isinstance(raw_identity, dict) and any(key in raw_identity for key in _SERVICE_KEYS):
+        service = _service(reader, (*path, "identity"), raw_identity)
+    elif raw_identity is not None:
+        identity = _identity(reader, (*path, "identity"), raw_identity, when or now)
     if raw.get("device") is not None:
         device = _device(reader, (*path, "device"), raw["device"], when or now)
     expect = _expect(reader, (*path, "expect"), raw["expect"]) if "expect" in raw else None
@@ -169,7 +174,7 @@ def _read_case(reader: _Reader, path: Path, raw: dict[str, Any], now: datetime) 
             or when is None or method is None or client_ip is None or target is None):
         return None
     facts = RequestFacts(method=method, path=target[1], client_ip=client_ip, now=when,
-                         identity=identity, device=device)
+                         identity=identity, device=device, service=service)
     return Case(name=str(raw["name"]), host=target[0], facts=facts, expect=expect)
 
 
@@ -188,6 +193,23 @@ def _identity(reader: _Reader, path: Path, value: Any, now: datetime) -> Identit
         return None
     return Identity(subject=sub or email or "", email=email, groups=frozenset(groups), claims=claims, acr=acr,
                     amr=tuple(amr), mfa=mfa, auth_time=_ago(now, auth_age), session_started=_ago(now, session_age))
+
+
+def _service(reader: _Reader, path: Path, value: Any) -> Service | None:
+    raw = reader.mapping(path, value, _SERVICE_KEYS)
+    spiffe_id, client_id = (reader.check((*path, key), raw.get(key), _optional(_text))
+                            for key in ("service", "client_id"))
+    scopes = reader.check((*path, "scopes"), raw.get("scopes", []), _texts)
+    if spiffe_id is not None and not spiffe_id.startswith("spiffe://"):
+        reader.fail((*path, "service"), f"expected a SPIFFE ID (spiffe://trust-domain/path), got {spiffe_id!r}")
+        return None
+    if spiffe_id is None and client_id is None:
+        reader.fail(path, "give 'service' (a SPIFFE ID) or 'client_id'")
+        return None
+    if scopes is None:
+        return None
+    return Service(subject=spiffe_id or client_id or "", client_id=client_id, spiffe_id=spiffe_id,
+                   scopes=frozenset(scopes))
 
 
 def _device(reader: _Reader, path: Path, value: Any, now: datetime) -> Device | None:

@@ -43,13 +43,20 @@ class Identity:
     name: str | None
     groups: tuple[str, ...]
     claims: Mapping[str, Any] = field(repr=False)
+    # A service (an access token's client, a workload) or a person (a browser session).
+    is_service: bool = False
+    client_id: str | None = None  # of a service's access token
+    scopes: tuple[str, ...] = ()  # of a service's access token
 
     @classmethod
     def from_claims(cls, claims: Mapping[str, Any]) -> Identity:
         groups = claims.get("groups") or ()
+        scope = claims.get("scope")
         return cls(subject=str(claims["sub"]), email=claims.get("email"), name=claims.get("name"),
                    groups=tuple(str(group) for group in groups) if isinstance(groups, list) else (),
-                   claims=dict(claims))
+                   claims=dict(claims), is_service=claims.get("caller") == "service",
+                   client_id=claims.get("client_id") if isinstance(claims.get("client_id"), str) else None,
+                   scopes=tuple(scope.split()) if isinstance(scope, str) else ())
 
 
 def _fetch_json(url: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import pytest
 
 from tests.conftest import REPO, free_port
@@ -237,6 +238,32 @@ async def test_the_app_refuses_a_forged_assertion(tmp_path: Path, start_demo: li
             page = await response.text()
     assert response.status == 200
     assert "mallory@evil.example" not in page
+
+
+async def test_a_service_calls_the_api_with_the_token_the_banner_shows_how_to_get(
+        tmp_path: Path, start_demo: list[RunningDemo]) -> None:
+    demo = _start(tmp_path, tmp_path / "state", free_port())
+    start_demo.append(demo)
+    _wait_ready(demo)
+    banner = demo.output()
+    # The banner's two commands, done as they say: client credentials at the IdP, then /api.
+    get_token = next(line.strip() for line in banner.splitlines() if line.strip().startswith("TOKEN=$(curl"))
+    token_url = re.search(r" (http://\S+/token) ", get_token)
+    assert token_url is not None and "-u reports-bot:reports-bot" in get_token, get_token
+    assert f'curl -H "Authorization: Bearer $TOKEN" {demo.url}/api/reports' in banner
+    form = {"grant_type": "client_credentials", "scope": "reports.read", "resource": demo.url}
+    async with UserAgent() as ua:
+        headers = {"Authorization": aiohttp.encode_basic_auth("reports-bot", "reports-bot")}
+        async with ua.session.post(token_url.group(1), data=form, headers=headers) as response:
+            assert response.status == 200, await response.text()
+            token = (await response.json())["access_token"]
+        async with ua.session.get(demo.url + "/api/reports", headers={"Authorization": f"Bearer {token}"}) as api:
+            assert api.status == 200
+            assert await api.json() == {"path": "/api/reports", "called_by": "reports-bot", "caller": "service",
+                                        "client_id": "reports-bot", "scopes": ["reports.read"]}
+        # Without the token, or as a person: refused by the proxy, the app never asked.
+        async with ua.session.get(demo.url + "/api/reports", headers={"Accept": "application/json"}) as refused:
+            assert refused.status == 401 and refused.headers["WWW-Authenticate"] == 'Bearer realm="ztproxy"'
 
 
 def _run_to_exit(tmp_path: Path, port: int, env: dict[str, str] | None = None) -> tuple[int, str]:

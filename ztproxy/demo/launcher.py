@@ -61,6 +61,7 @@ def _check_node() -> None:
 
 def _banner(url: str, issuer: str, app_url: str, state: scenario.DemoState) -> str:
     secret = state.totp_secret
+    get_token, call = scenario.service_commands(url, issuer)
     return f"""
   ztproxy demo: open {url}/ in a browser
 
@@ -72,6 +73,9 @@ def _banner(url: str, issuer: str, app_url: str, state: scenario.DemoState) -> s
     3. {url}/.ztproxy/logout
        sign out, sign in as bob (password bob) at /app, then open /payroll: ztproxy sends him
        back to the IdP for his one-time code (step-up: a second factor, at most {scenario.MAX_AUTH_AGE} old)
+    4. a service, in a terminal: get an access token as {scenario.SERVICE.client_id}, call /api with it
+       {get_token}
+       {call}
 
   Users, at the demo OpenID Provider {issuer}
     alice / alice   group employees
@@ -133,7 +137,7 @@ async def _start(stack: contextlib.AsyncExitStack, *, port: int, log_format: Log
         redirect_uris=(f"{url}/.ztproxy/callback",),
         post_logout_redirect_uris=(f"{url}/.ztproxy/signed-out",),
         backchannel_logout_uri=f"{url}/.ztproxy/backchannel-logout",
-    )])
+    )], services=[scenario.SERVICE], resources=[scenario.api_resource(url)])
     stack.push_async_callback(idp.stop)
     await idp.start()
 

@@ -194,6 +194,16 @@ def build_sample_app(verifier: Verifier, guide: DemoGuide, *, jwks_url: str) -> 
     """The sample app; ``verifier`` checks the assertions it receives (keys from ``jwks_url``)."""
     explanation = how_it_verifies(verifier, jwks_url)
 
+    async def api(request: web.Request) -> web.Response:
+        # An API answers services in JSON: who called, as the verified assertion says.
+        verification = await verify_request(verifier, request.headers)
+        identity = verification.identity
+        if identity is None:
+            return web.json_response({"error": verification.error or "no assertion"}, status=401)
+        return web.json_response({
+            "path": request.path, "called_by": identity.subject, "caller": "service" if identity.is_service
+            else "person", "client_id": identity.client_id, "scopes": list(identity.scopes)})
+
     async def show(request: web.Request) -> web.Response:
         page = _page_for(request.path)
         if page is None and request.path != "/":
@@ -214,5 +224,6 @@ def build_sample_app(verifier: Verifier, guide: DemoGuide, *, jwks_url: str) -> 
                             headers={"Cache-Control": "no-store"})
 
     app = web.Application()
+    app.router.add_route("*", "/api{path:(/.*)?}", api)
     app.router.add_route("*", "/{path:.*}", show)
     return app

@@ -26,12 +26,16 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from ztproxy.demo.sample_app import DemoGuide, DemoUser
-from ztproxy.demo_idp import IdpUser
+from ztproxy.demo_idp import IdpResource, IdpService, IdpUser
 
 DEMO_HOST = "127.0.0.1"
 CLIENT_ID = "ztproxy-demo"
 TOTP_ISSUER = "ztproxy demo"
 MAX_AUTH_AGE = "10m"  # how recent bob's sign-in with a second factor must be for /payroll
+# A service calling /api with an access token (client credentials). Its secret is as public as
+# alice's password: the demo's OpenID Provider listens on loopback only.
+SERVICE = IdpService(client_id="reports-bot", client_secret="reports-bot", scopes=("reports.read",))
+API_SCOPE = "reports.read"
 _HEX_SECRET = re.compile(r"[0-9a-f]{64}")
 _BASE32_SECRET = re.compile(r"[A-Z2-7]{32}")
 
@@ -108,6 +112,20 @@ def idp_users(totp_secret: str) -> tuple[IdpUser, ...]:
     )
 
 
+def api_resource(url: str) -> IdpResource:
+    """The access tokens for /api: JWTs whose audience is the route's (its origin, the proxy's URL)."""
+    return IdpResource(indicator=url, scopes=(API_SCOPE,))
+
+
+def service_commands(url: str, issuer: str) -> tuple[str, str]:
+    """The two shell commands of the tour: get a token as reports-bot, call /api with it."""
+    get_token = (f"TOKEN=$(curl -s -u {SERVICE.client_id}:{SERVICE.client_secret} -d grant_type=client_credentials "
+                 f"-d scope={API_SCOPE} -d resource={url} {issuer}/token "
+                 "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')")
+    call = f'curl -H "Authorization: Bearer $TOKEN" {url}/api/reports'
+    return get_token, call
+
+
 def guide(users: tuple[IdpUser, ...], totp_secret: str) -> DemoGuide:
     return DemoGuide(
         users=[DemoUser(username=user.username, password=user.password, groups=user.groups,
@@ -164,4 +182,10 @@ routes:
       - groups: [payroll]
         mfa: true
         max_auth_age: {MAX_AUTH_AGE}
+  - name: api
+    path: /api
+    upstream: {upstream}
+    allow:
+      - clients: [{SERVICE.client_id}]
+        scopes: [{API_SCOPE}]
 """

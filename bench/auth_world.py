@@ -119,8 +119,9 @@ def _nginx_variable(header: str) -> str:
 
 
 def write_ztproxy_config(workdir: Path, *, port: int, admin_port: int, issuer: str, client: IdpClient,
-                         redis_port: int, upstream_url: str, server: str = "") -> Path:
-    """``server``: more lines of the server section (indented), e.g. forward-auth's."""
+                         redis_port: int, upstream_url: str, server: str = "", extra_routes: str = "") -> Path:
+    """``server``: more lines of the server section (indented), e.g. forward-auth's; ``extra_routes``:
+    more entries of ``routes`` (before the catch-all one)."""
     config = workdir / "ztproxy-auth.yaml"
     config.write_text(ztproxy_listener_yaml(port, admin_port, server) + f"""\
 identity_providers:
@@ -136,7 +137,7 @@ sessions:
 assertion:
   keys_dir: {workdir / 'ztproxy-keys'}
 routes:
-  - name: public
+{extra_routes}  - name: public
     path: {PUBLIC_PATH}
     upstream: {upstream_url}
     allow: [{{public: true}}]

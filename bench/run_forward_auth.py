@@ -20,43 +20,26 @@ round trip per request. Exit 0 when every run was clean, even if a target FAILs.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 try:
-    import redis
-    from auth_world import (
-        USER,
-        ZTPROXY_COOKIE,
-        LoadTarget,
-        sign_in,
-        start_redis,
-        start_ztproxy_auth,
-        write_ztproxy_config,
-    )
+    from auth_world import USER, ZTPROXY_COOKIE, LoadTarget, sign_in, start_ztproxy_auth, write_ztproxy_config
+    from rounds import Rounds, World, run_main
 except ModuleNotFoundError as missing:  # run by a python without the project installed
     sys.exit(f"run_forward_auth.py needs the project's venv ({missing.name} is not installed here): "
              ".venv/bin/python bench/run_forward_auth.py")
-from loadgen import WRK
 from processes import ManagedProcess, TargetFailed, free_port
-from run import log, median_outcome
-from run_auth import AuthOutcome, RedisWatch, clean_result, measure, parse_args, print_table
-from targets import NGINX, BenchEnv, find_python, find_ztproxy, start_nginx, start_upstream
+from run import median_outcome
+from run_auth import AuthOutcome, clean_result, print_table
+from targets import BenchEnv, start_nginx
 
 from ztproxy.calling_proxies import generate
 from ztproxy.config.loader import load_text
 from ztproxy.demo_idp import DemoIdp, IdpClient, IdpStartError
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-TARGET_NAMES = ("decisions", "ztproxy-full", "nginx+ztproxy", "nginx-alone")
 MIN_DECISIONS_MULTIPLE_OF_FULL = 1.5
 PLAIN_PATH = "/plain"  # nginx-alone's location: the same nginx, no auth_request
 
@@ -75,7 +58,7 @@ def front_nginx(config_text: str, front_port: int, upstream_url: str) -> str:
         .replace(marker, plain + marker, 1)
 
 
-async def start_targets(stack: AsyncExitStack, env: BenchEnv, redis_port: int) -> dict[str, LoadTarget]:
+async def start_world(stack: AsyncExitStack, env: BenchEnv, redis_port: int) -> World:
     port, admin_port, decisions_port, front_port, idp_port = (free_port() for _ in range(5))
     front = f"http://127.0.0.1:{front_port}"
     client = IdpClient(client_id="ztproxy", client_secret=secrets.token_urlsafe(24),
@@ -106,7 +89,7 @@ async def start_targets(stack: AsyncExitStack, env: BenchEnv, redis_port: int) -
         LoadTarget("nginx+ztproxy", front + "/", cookie, nginx),
         LoadTarget("nginx-alone", f"{front}{PLAIN_PATH}/", None, nginx),
     ]
-    return {target.name: target for target in targets}
+    return World({target.name: target for target in targets})
 
 
 def checks(rounds: dict[str, list[AuthOutcome]]) -> list[str]:
@@ -132,7 +115,7 @@ def checks(rounds: dict[str, list[AuthOutcome]]) -> list[str]:
     return lines
 
 
-def report(rounds: dict[str, list[AuthOutcome]]) -> list[str]:
+def report(rounds: Rounds, world: World) -> None:
     outcomes = {name: median_outcome(runs) for name, runs in rounds.items()}
     print_table(outcomes, {"ztp-full": outcomes["ztproxy-full"], "nginx": outcomes["nginx-alone"]}, redis_cpu=False)
     print()
@@ -142,57 +125,14 @@ def report(rounds: dict[str, list[AuthOutcome]]) -> list[str]:
                 print(f"{name}: {run.error}")
     print("cpu us/req is the CPU of the target's process tree: ztproxy's for decisions and ztproxy-full, "
           "nginx's alone for the two nginx rows (ztproxy answers nginx+ztproxy's decisions besides).")
-    lines = checks(rounds)
     print()
-    for line in lines:
+    for line in checks(rounds):
         print(line)
-    return lines
-
-
-async def measure_rounds(workdir: Path, args: argparse.Namespace) -> dict[str, list[AuthOutcome]] | None:
-    rounds: dict[str, list[AuthOutcome]] = {name: [] for name in TARGET_NAMES}
-    async with AsyncExitStack() as stack:
-        try:
-            redis_process, redis_port = start_redis(workdir)
-            stack.callback(redis_process.stop)
-            upstream, upstream_url = start_upstream(workdir)
-            stack.callback(upstream.stop)
-            env = BenchEnv(workdir=workdir, upstream_url=upstream_url, workers=args.workers,
-                           python=find_python(REPO_ROOT), ztproxy=find_ztproxy(REPO_ROOT), bench_dir=BENCH_DIR)
-            log(f"redis on port {redis_port}, upstream nginx at {upstream_url}; starting the IdP, ztproxy "
-                "and nginx in front, signing in through nginx")
-            targets = await start_targets(stack, env, redis_port)
-        except TargetFailed as exc:
-            print(f"could not start: {exc}", file=sys.stderr)
-            return None
-        watch = RedisWatch(redis.Redis(port=redis_port, socket_timeout=5.0), redis_process.pid)
-        stack.callback(watch.client.close)
-        for number in range(args.rounds):
-            log(f"round {number + 1} of {args.rounds}")
-            order = TARGET_NAMES if number % 2 == 0 else tuple(reversed(TARGET_NAMES))
-            for name in order:
-                rounds[name].append(measure(targets[name], watch, args))
-        report(rounds)
-    return rounds
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    missing = [tool for tool in (NGINX, WRK) if shutil.which(tool) is None]
-    if missing:
-        print(f"missing tools: {', '.join(missing)} (apt-get install -y nginx wrk)", file=sys.stderr)
-        return 1
-    log(f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s with the session cookie; "
-        f"ztproxy with {args.workers} workers; {args.rounds} rounds")
-    with tempfile.TemporaryDirectory(prefix="ztproxy-bench-forward-auth-") as tmp:
-        workdir = Path(tmp)
-        workdir.chmod(0o711)  # nginx's workers may run as another user when started by root
-        rounds = asyncio.run(measure_rounds(workdir, args))
-    if rounds is None:
-        return 1
-    unclean = [run for runs in rounds.values() for run in runs
-               if (result := clean_result(run)) is None or result.errors]
-    return 1 if unclean else 0
+    return run_main(argv, "ztproxy-bench-forward-auth-", start_world,
+                    "the IdP, ztproxy and nginx in front, signing in through nginx", report)
 
 
 if __name__ == "__main__":

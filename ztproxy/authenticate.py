@@ -18,8 +18,10 @@ from collections.abc import Awaitable
 from aiohttp import web
 
 from ztproxy.auth import AUTH, Auth, for_route, open_ticket
-from ztproxy.bearer import BEARER, BearerTokens, TokenRejected, bearer_token, token_handle
+from ztproxy.bearer import BEARER, BearerTokens, Evidence, Presented, TokenRejected, presented_token, token_handle
 from ztproxy.cookies import read_ticket
+from ztproxy.policy.model import Service
+from ztproxy.posture.client_cert import peer_certificate
 from ztproxy.sessions.sealing import Ticket
 from ztproxy.state import RECORD, RequestRecord, ServiceCaller
 
@@ -32,16 +34,11 @@ def authenticate(request: web.Request) -> Awaitable[None] | None:
         return None  # public (or closed) whatever the identity: no cookie, no store
     if ctx.route.accepts_tokens and (bearer := request.app[BEARER]) is not None:
         try:
-            token = bearer_token(request.headers)
+            presented = presented_token(request.headers)
+            if presented is not None:
+                return _service(request, record, bearer, presented)
         except TokenRejected as refused:
-            record.refused_credential = refused.reason
-            return None
-        if token is not None:
-            now = time.time()
-            service = bearer.cached(ctx.route, token, now)
-            if service is None:
-                return _authenticate_service(record, bearer, token, now)
-            record.caller = ServiceCaller(service, token_handle(token))
+            _refused(record, refused)
             return None
     auth = request.app[AUTH]
     if auth is None:
@@ -60,13 +57,58 @@ def authenticate(request: web.Request) -> Awaitable[None] | None:
     return None
 
 
-async def _authenticate_service(record: RequestRecord, bearer: BearerTokens, token: str, now: float) -> None:
+def _service(request: web.Request, record: RequestRecord, bearer: BearerTokens,
+             presented: Presented) -> Awaitable[None] | None:
+    """The calling service of a token verified before (no I/O unless a DPoP proof is to be
+    remembered), else the awaitable verification."""
+    now = time.time()
+    verified = bearer.cached(record.context.route, presented.token, now)
+    if verified is None:
+        return _verify_service(request, record, bearer, presented, now)
+    bound = bearer.bind(verified, presented, _evidence(request, record), now)
+    if not isinstance(bound, Service):
+        return _bound(record, presented, bound)
+    record.caller = ServiceCaller(bound, token_handle(presented.token))
+    return None
+
+
+async def _verify_service(request: web.Request, record: RequestRecord, bearer: BearerTokens, presented: Presented,
+                          now: float) -> None:
     try:
-        service = await bearer.verify(record.context.route, token, now)
+        verified = await bearer.verify(record.context.route, presented.token, now)
+        bound = bearer.bind(verified, presented, _evidence(request, record), now)
+        service = bound if isinstance(bound, Service) else await bound
     except TokenRejected as refused:
-        record.refused_credential = refused.reason
+        _refused(record, refused)
         return
-    record.caller = ServiceCaller(service, token_handle(token))
+    record.caller = ServiceCaller(service, token_handle(presented.token))
+
+
+async def _bound(record: RequestRecord, presented: Presented, bound: Awaitable[Service]) -> None:
+    try:
+        service = await bound
+    except TokenRejected as refused:
+        _refused(record, refused)
+        return
+    record.caller = ServiceCaller(service, token_handle(presented.token))
+
+
+def _refused(record: RequestRecord, refused: TokenRejected) -> None:
+    record.refused_credential = refused.reason
+    record.credential_challenge = refused.challenge
+
+
+def _evidence(request: web.Request, record: RequestRecord) -> Evidence:
+    """What the request shows of its sender: its method and URL as the client addressed them
+    (a trusted proxy's X-Forwarded-Proto and -Host believed), its DPoP proof, its certificate."""
+    ctx = record.context
+    scheme, host = ctx.scheme, ctx.host_header
+    if ctx.forwarded.peer_trusted:
+        scheme = request.headers.get("X-Forwarded-Proto", scheme)
+        host = request.headers.get("X-Forwarded-Host", host)
+    proofs = request.headers.getall("DPoP", ())
+    return Evidence(method=ctx.method, url=f"{scheme}://{host}{ctx.target.path}",
+                    dpop=proofs[0] if len(proofs) == 1 else None, certificate=peer_certificate(request.transport))
 
 
 async def _authenticate(record: RequestRecord, auth: Auth, ticket: Ticket, now: float,

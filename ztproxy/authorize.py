@@ -115,13 +115,19 @@ def _refuse_token(request: web.Request, record: RequestRecord, reason: str) -> N
     if not _explaining(record):
         log_decision(request, record, decision, None)
     description = explain_refusal(decision)
-    raise InvalidToken(description, headers=_bearer_challenge(error="invalid_token", error_description=description))
+    challenge = record.credential_challenge or _bearer_challenge(error="invalid_token", error_description=description)
+    raise InvalidToken(description, headers=challenge)
 
 
 def _refuse_service(policy: RoutePolicy, decision: Decision, service: Service | None) -> None:
     """A service refused (403; insufficient_scope names the scope), or no token where one is needed (401)."""
     if service is None:
         raise AuthenticationRequired("This application requires an access token.", headers=_bearer_challenge())
+    if why.SENDER_CONSTRAINT_FAILED in decision.reasons:
+        # The route asks for a sender-constrained token and got a plain bearer one: 401, as RFC 9449 7.1 has it.
+        description = explain_refusal(decision)
+        raise InvalidToken(description, headers=_bearer_challenge(error="invalid_token",
+                                                                  error_description=description))
     if why.SCOPE_MISSING in decision.reasons:
         scope = needed_scope(policy)
         raise InsufficientScope(explain_refusal(decision), reasons=decision.reasons,

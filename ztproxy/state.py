@@ -97,8 +97,10 @@ class RequestRecord:
     question: Question | None = None  # intake: what a forward-auth request asks (None: proxy it)
     intake: RequestContext | None = None  # intake: route, canonical target, client; None if it refused
     caller: Caller | None = None  # authenticate: who is asking, when anyone signed in
-    # authenticate: why the credential presented (a bearer token) was refused, as a policy reason.
+    # authenticate: why the credential presented (a bearer token) was refused, as a policy reason,
+    # and the challenge headers of that refusal when they are not RFC 6750's (DPoP's own).
     refused_credential: str | None = None
+    credential_challenge: tuple[tuple[str, str], ...] = ()
     device: Device | None = None  # assess_device: from what device, when a provider knows it
     decision: Decision | None = None  # authorize: the audit trail of this request
     # The assertion step: the identity headers (signed assertion first) the upstream receives.

@@ -35,7 +35,7 @@ IDENTITY_CRITERIA = ("users", "email_domains", "groups", "claims", "mfa", "max_a
                       "max_session_age", "device")
 # Criteria about a calling service (an access token's client, its scopes, a workload's SPIFFE
 # ID): a route with a rule naming one accepts bearer tokens. Never in a rule about a person.
-SERVICE_CRITERIA = ("services", "clients", "scopes")
+SERVICE_CRITERIA = ("services", "clients", "scopes", "sender_constrained")
 # A SPIFFE ID (spiffe://trust-domain/path), with "*" for one path segment and a final "/**" for any rest.
 _SPIFFE_PATTERN = r"^spiffe://[a-z0-9._-]+(/(\*|[A-Za-z0-9._~!$&'()+,;=:@%-]+))*(/\*\*)?$"
 
@@ -146,6 +146,7 @@ class Rule(Model):
     services: Annotated[tuple[SpiffePattern, ...], NonEmpty] | None = None  # workloads' SPIFFE IDs
     clients: Annotated[tuple[Name, ...], NonEmpty] | None = None  # OAuth client_id of an access token
     scopes: Annotated[ScopesRequirement | None, BeforeValidator(_scopes_list)] = None
+    sender_constrained: bool = False  # the service's token is bound to it (DPoP, mTLS); not a plain bearer
 
     @model_validator(mode="after")
     def _coherent(self) -> Rule:
@@ -168,7 +169,8 @@ class Rule(Model):
 
     @property
     def names_services(self) -> bool:
-        return self.services is not None or self.clients is not None or self.scopes is not None
+        return self.services is not None or self.clients is not None or self.scopes is not None \
+            or self.sender_constrained
 
 
 RuleEntry = Annotated[Rule, BeforeValidator(_policy_reference)]

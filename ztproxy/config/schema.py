@@ -20,7 +20,7 @@ from ztproxy.config.devices import DevicesConfig
 from ztproxy.config.identity import IdentityProviderConfig
 from ztproxy.config.rules import RuleEntry
 from ztproxy.config.sessions import SessionsConfig
-from ztproxy.config.tokens import TokenIssuerConfig
+from ztproxy.config.tokens import DpopConfig, TokenIssuerConfig
 from ztproxy.config.values import (
     ByteSize,
     Cidr,
@@ -196,6 +196,7 @@ class Config(Model):
     logging: LoggingConfig = LoggingConfig()
     identity_providers: tuple[IdentityProviderConfig, ...] = ()
     token_issuers: tuple[TokenIssuerConfig, ...] = ()  # authorization servers of services' tokens only
+    dpop: DpopConfig = DpopConfig()  # proofs of DPoP-bound access tokens
     sessions: SessionsConfig = SessionsConfig()
     devices: DevicesConfig = DevicesConfig()
     assertion: AssertionConfig = AssertionConfig()

@@ -32,6 +32,18 @@ _ISSUER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _NO_CLIENT = "ztproxy-token-verifier"
 
 
+DEFAULT_DPOP_MAX_AGE = 60.0
+
+
+class DpopConfig(Model):
+    """How DPoP proofs (RFC 9449) of sender-constrained tokens are checked."""
+
+    # Ask for a server nonce in each proof (RFC 9449 8): a proof made in advance is then useless.
+    nonce: bool = False
+    max_age: Duration = DEFAULT_DPOP_MAX_AGE  # a proof's iat at most this old
+    clock_skew: Duration = 5.0  # tolerated clock difference with the caller
+
+
 class TokenIssuerConfig(Model):
     name: str
     issuer: HttpUrl

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import IO, Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -111,9 +112,11 @@ class IdpService:
     client_id: str
     client_secret: str
     scopes: tuple[str, ...] = ()  # the scopes it may ask for (of the resources' own)
+    certificate_bound: bool = False  # its tokens are bound to its client certificate (RFC 8705)
 
     def to_json(self) -> dict[str, Any]:
-        return {"client_id": self.client_id, "client_secret": self.client_secret, "scopes": list(self.scopes)}
+        return {"client_id": self.client_id, "client_secret": self.client_secret, "scopes": list(self.scopes),
+                "certificate_bound": self.certificate_bound}
 
 
 @dataclass(frozen=True)
@@ -209,12 +212,21 @@ class DemoIdp:
         self._control_token = secrets.token_urlsafe(32)
         self._process: asyncio.subprocess.Process | None = None
 
-    async def client_credentials(self, service: IdpService, resource: str, scopes: Sequence[str] = ()) -> str:
-        """An access token for ``service`` at ``resource``, from the token endpoint as a service gets one."""
+    async def client_credentials(self, service: IdpService, resource: str, scopes: Sequence[str] = (), *,
+                                 dpop_proof: str | None = None, client_certificate: str | None = None) -> str:
+        """An access token for ``service`` at ``resource``, from the token endpoint as a service gets one.
+
+        ``dpop_proof`` (a DPoP proof for POST {issuer}/token) binds it to that key;
+        ``client_certificate`` (PEM) is the certificate a certificate-bound service shows.
+        """
         form = {"grant_type": "client_credentials", "resource": resource}
         if scopes:
             form["scope"] = " ".join(scopes)
         headers = {"Authorization": aiohttp.encode_basic_auth(service.client_id, service.client_secret)}
+        if dpop_proof is not None:
+            headers["DPoP"] = dpop_proof
+        if client_certificate is not None:
+            headers["X-Client-Cert"] = quote(client_certificate, safe="")
         async with aiohttp.ClientSession() as session:
             async with session.post(f"{self.issuer}/token", data=form, headers=headers) as response:
                 body = await response.json()

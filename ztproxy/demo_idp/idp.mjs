@@ -38,6 +38,9 @@
 // - services (machine clients) get access tokens with the client credentials grant, for one
 //   resource each time (RFC 8707 `resource`, required): a JWT (RFC 9068, typ at+jwt, ES256) or an
 //   opaque token, as the resource says; any confidential client may introspect tokens (RFC 7662);
+//   a DPoP proof with the request binds the token to its key (RFC 9449, cnf.jkt), and a service
+//   marked certificate_bound gets tokens bound to the PEM certificate in an x-client-cert header
+//   (RFC 8705, cnf.x5t#S256);
 // - POST /-/control/logout {"username": ...} with "Authorization: Bearer <control_token>" ends the
 //   user's OP sessions and sends back-channel logout tokens to every client they signed in to.
 //
@@ -310,6 +313,8 @@ const provider = new Provider(config.issuer, {
     response_types: [],
     scope: service.scopes.join(' '),
     token_endpoint_auth_method: 'client_secret_basic',
+    // RFC 8705 3: tokens bound to the certificate the service presented at the token endpoint.
+    ...(service.certificate_bound ? { tls_client_certificate_bound_access_tokens: true } : {}),
   }))],
   clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
   responseTypes: ['code'],
@@ -345,6 +350,20 @@ const provider = new Provider(config.issuer, {
     userinfo: { enabled: true },
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
+    // RFC 9449: a service that sends a DPoP proof gets a token bound to its key (cnf.jkt).
+    dPoP: { enabled: true },
+    mTLS: {
+      enabled: true,
+      certificateBoundAccessTokens: true,
+      // The demo IdP speaks plain HTTP on loopback: the client certificate comes in a header, as
+      // from a TLS terminator in front (URL-encoded PEM). Only tokens are bound with it.
+      getCertificate(ctx) {
+        const value = ctx.get('x-client-cert');
+        return value ? decodeURIComponent(value) : undefined;
+      },
+      certificateAuthorized: () => true,
+      certificateSubjectMatches: () => true,
+    },
     resourceIndicators: {
       enabled: true,
       // A service names its API; a user's sign-in (openid, no resource) gets userinfo tokens as before.

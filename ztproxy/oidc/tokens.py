@@ -62,6 +62,7 @@ class TokenInvalid(Exception):
         # Messages quote the token (alg, kid, typ...): bounded, so a crafted one cannot flood the logs.
         super().__init__(f"{reason}: {message[:_MAX_MESSAGE_LENGTH]}")
         self.reason = reason
+        self.detail = message[:_MAX_MESSAGE_LENGTH]
 
 
 class UnknownSigningKey(TokenInvalid):

@@ -97,7 +97,7 @@ def page_for(request: web.Request, error: RequestError) -> web.Response:
     close = isinstance(error, (BadRequest, HeadersTooLarge, ExpectationFailed, PayloadTooLarge))
     record = request.get(RECORD)
     accept = headers.get("Accept", "")
-    if headers.get("Authorization", "")[:7].lower() == "bearer ":
+    if headers.get("Authorization", "").partition(" ")[0].lower() in ("bearer", "dpop"):
         accept = "application/json"  # a service with an access token: never an HTML page
     return error_response(error, request_id=record.request_id if record is not None else "-",
                           accept=accept, requested_with=headers.get("X-Requested-With", ""), close=close)

@@ -40,7 +40,7 @@ def compile_route_policy(allow: Sequence[Rule], policies: Mapping[str, Sequence[
 
 def names_services(policy: RoutePolicy) -> bool:
     """Whether an allow rule is about a calling service: the route then accepts bearer tokens."""
-    service_criteria = (criteria.Clients, criteria.Scopes, criteria.Services)
+    service_criteria = (criteria.Clients, criteria.Scopes, criteria.Services, criteria.SenderConstrained)
     return any(isinstance(criterion, service_criteria) for rule in policy.allow for criterion in rule.criteria)
 
 

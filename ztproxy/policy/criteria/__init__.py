@@ -26,6 +26,7 @@ from ztproxy.policy.criteria.mfa import Mfa
 from ztproxy.policy.criteria.paths import Paths
 from ztproxy.policy.criteria.public import Public
 from ztproxy.policy.criteria.scopes import Scopes
+from ztproxy.policy.criteria.sender_constrained import SenderConstrained
 from ztproxy.policy.criteria.services import Services
 from ztproxy.policy.criteria.session_age import MaxSessionAge
 from ztproxy.policy.criteria.source_cidrs import SourceCidrs
@@ -50,6 +51,7 @@ __all__ = [
     "Paths",
     "Public",
     "Scopes",
+    "SenderConstrained",
     "Services",
     "SourceCidrs",
     "TimeWindow",

@@ -191,3 +191,43 @@ async def test_the_app_tells_a_service_from_a_person_with_ztproxy_verify(world: 
     identity = Verifier(issuer=world.url, audience=ORDERS, jwks=jwks).verify(assertion)
     assert identity.is_service and identity.subject == "billing" and identity.client_id == "billing"
     assert identity.scopes == ("orders.read",) and identity.groups == () and identity.email is None
+
+
+async def test_token_issuers_are_trusted_only_where_a_route_lists_them(start_idp: IdpFactory,
+                                                                       start_proxy: ProxyFactory,
+                                                                       start_upstream: UpstreamFactory) -> None:
+    upstream = await start_upstream()
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    sign_in = await start_idp(clients=[IdpClient(client_id="ztproxy", client_secret="proxy-client-secret-for-tests",
+                                                 redirect_uris=(f"{public}/.ztproxy/callback",))],
+                              services=[BILLING], resources=[IdpResource(ORDERS, BILLING.scopes)])
+    # A second authorization server, for services only; the proxy's client there may introspect.
+    ci = await start_idp(clients=[IdpClient(client_id="ztproxy-at-ci", client_secret="ci-introspection-secret",
+                                            redirect_uris=("http://127.0.0.1:9/unused",))],
+                         services=[BILLING], resources=[IdpResource(ORDERS, BILLING.scopes),
+                                                        IdpResource(ARCHIVE, BILLING.scopes, token_format="opaque")])
+    await start_proxy(f"""
+server: {{listen: 127.0.0.1:{port}, admin_listen: null}}
+identity_providers:
+  - {{name: corp, issuer: "{sign_in.issuer}", client_id: ztproxy, client_secret: proxy-client-secret-for-tests}}
+token_issuers:
+  - {{name: ci, issuer: "{ci.issuer}", client_id: ztproxy-at-ci, client_secret: ci-introspection-secret}}
+routes:
+  - {{name: ci-api, path: /ci, upstream: "{upstream.url}", audience: "{ORDERS}", token_issuers: [ci],
+     allow: [{{clients: [billing]}}]}}
+  - {{name: archive, path: /archive, upstream: "{upstream.url}", audience: "{ARCHIVE}", token_issuers: [ci],
+     allow: [{{clients: [billing]}}]}}
+  - {{name: corp-api, path: /corp, upstream: "{upstream.url}", audience: "{ORDERS}", allow: [{{clients: [billing]}}]}}
+""")
+    world = World(ci, public, upstream)
+    from_ci = await ci.client_credentials(BILLING, ORDERS, ["orders.read"])
+    from_corp = await sign_in.client_credentials(BILLING, ORDERS, ["orders.read"])
+    assert (await world.call("/ci/x", from_ci))[0] == 200
+    assert (await world.call("/ci/x", from_corp))[0] == 200  # its identity provider's tokens too
+    assert (await world.call("/corp/x", from_corp))[0] == 200
+    status, headers, _ = await world.call("/corp/x", from_ci)  # an issuer this route does not list
+    assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
+    # An opaque token of the token issuer, introspected with the proxy's client there.
+    opaque = await ci.client_credentials(BILLING, ARCHIVE, ["orders.read"])
+    assert (await world.call("/archive/x", opaque))[0] == 200

@@ -8,14 +8,21 @@ the app; ``/.ztproxy/start`` sends the signed-in browser on to where it was goin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiohttp import web
 
 from ztproxy.auth import AUTH
 from ztproxy.errors import RouteNotFound
 from ztproxy.forward_auth import Kind, allowed_headers
+from ztproxy.memo import Memo
 from ztproxy.pages import secure
 from ztproxy.pages.info import link_button, paragraph, render
 from ztproxy.state import RECORD
+
+# The allowed answer's headers by (identity headers, the route's claim headers): a session's
+# identity headers are the same objects for the life of its cached assertion.
+_ALLOWED: Memo[tuple[tuple[tuple[str, str], ...], int], tuple[Mapping[str, str], list[tuple[str, str]]]] = Memo(4096)
 
 
 async def answer(request: web.Request) -> web.StreamResponse:
@@ -24,8 +31,12 @@ async def answer(request: web.Request) -> web.StreamResponse:
     assert question is not None  # app.handle sends only forward-auth requests here
     ctx = record.context
     if question.kind is Kind.AUTH:
-        headers = allowed_headers(ctx.route.config.claim_headers, record.upstream_identity)
-        response = web.Response(status=200, headers=[*headers, ("X-Request-Id", ctx.request_id)])
+        claim_headers = ctx.route.config.claim_headers
+        key = (record.upstream_identity, id(claim_headers))
+        entry = _ALLOWED.get(key)
+        if entry is None or entry[0] is not claim_headers:
+            entry = _ALLOWED.remember(key, (claim_headers, allowed_headers(claim_headers, record.upstream_identity)))
+        response = web.Response(status=200, headers=[*entry[1], ("X-Request-Id", ctx.request_id)])
         # Never cached: a revoked session or a changed device must be refused at the next request.
         return secure(response)
     query = f"?{ctx.target.query}" if ctx.target.query else ""

@@ -24,6 +24,7 @@ body of an auth answer), without writing a second decision event. No aiohttp her
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, urlsplit
@@ -162,6 +163,7 @@ def _scheme(value: str) -> str:
     return scheme
 
 
+@functools.lru_cache(maxsize=4096)  # a calling proxy asks about the same URLs again and again
 def _from_url(method: str, url: str) -> Original:
     if len(url) > _MAX_URL or not url.isascii():
         raise BadRequest("The original request's URL is not valid.")

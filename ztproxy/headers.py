@@ -14,6 +14,7 @@ posture header, every route's ``claim_headers``) and ``server.headers_with_separ
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -158,14 +159,19 @@ def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
+@functools.lru_cache(maxsize=4096)  # per request, for the peer and each hop: the same few addresses
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 def _is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
     if not trusted:
         return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in trusted)
+    ip = _address(address)
+    return ip is not None and any(ip in network for network in trusted)
 
 
 def forwarded_for(peer: str, client_chain: Sequence[str], trusted: Sequence[IPNetwork]) -> ForwardedFor:

@@ -18,6 +18,7 @@ from ztproxy.me import ME_PATH, me
 from ztproxy.oidc.login import CALLBACK_PATH
 from ztproxy.oidc.logout import BACKCHANNEL_PATH, FRONTCHANNEL_PATH, LOGOUT_PATH, SIGNED_OUT_PATH, signed_out_page
 from ztproxy.routing import is_proxy_path
+from ztproxy.signals.receiver import SIGNALS, SSF_EVENTS_PATH
 from ztproxy.signing import JWKS_PATH, jwks
 from ztproxy.state import RECORD
 
@@ -59,6 +60,8 @@ async def _answer(request: web.Request, path: str) -> web.StreamResponse:
         return await jwks(request)
     if path == ME_PATH:
         return await me(request, request.app[AUTH])
+    if path == SSF_EVENTS_PATH and (signals := request.app[SIGNALS]) is not None:
+        return await signals.receive(request)
     endpoint = _SIGN_IN_ENDPOINTS.get(path)
     auth = request.app[AUTH]
     if endpoint is None or auth is None:

@@ -66,6 +66,11 @@ def run(document: Document, flagged: Collection[YamlPath]) -> list[ConfigIssue]:
                                         "issues them), so the listener can ask for and verify them"))
     providers = [(index, p) for index, p in enumerate(_list(data.get("identity_providers"))) if isinstance(p, dict)]
     issues.extend(_providers(context, providers, routes))
+    signals = data.get("signals")
+    if isinstance(signals, dict) and _list(signals.get("transmitters")) and not providers \
+            and not context.skip(("signals", "transmitters")):
+        issues.append(context.issue(("signals", "transmitters"), "security signals act on signed-in users' "
+                                                                  "sessions: configure identity_providers"))
     issuers = [(index, i) for index, i in enumerate(_list(data.get("token_issuers"))) if isinstance(i, dict)]
     if isinstance(policies, dict):
         issues.extend(_token_issuers(context, issuers, providers, routes, policies))

@@ -20,6 +20,7 @@ from ztproxy.config.devices import DevicesConfig
 from ztproxy.config.identity import IdentityProviderConfig
 from ztproxy.config.rules import RuleEntry
 from ztproxy.config.sessions import SessionsConfig
+from ztproxy.config.signals import SignalsConfig
 from ztproxy.config.tokens import DpopConfig, TokenIssuerConfig
 from ztproxy.config.values import (
     ByteSize,
@@ -197,6 +198,7 @@ class Config(Model):
     identity_providers: tuple[IdentityProviderConfig, ...] = ()
     token_issuers: tuple[TokenIssuerConfig, ...] = ()  # authorization servers of services' tokens only
     dpop: DpopConfig = DpopConfig()  # proofs of DPoP-bound access tokens
+    signals: SignalsConfig = SignalsConfig()  # security events from the IdP, EDR and MDM (SSF)
     sessions: SessionsConfig = SessionsConfig()
     devices: DevicesConfig = DevicesConfig()
     assertion: AssertionConfig = AssertionConfig()

@@ -38,6 +38,7 @@ from ztproxy.policy.reasons import MFA_REQUIRED
 from ztproxy.sessions.manager import SessionManager
 from ztproxy.sessions.model import Session
 from ztproxy.sessions.sealing import CookieSealer
+from ztproxy.signals.events import disabled_key
 
 _log = structlog.get_logger("ztproxy.login")
 
@@ -167,6 +168,7 @@ class LoginFlow:
         userinfo = await _userinfo(provider, tokens, claims)
         groups = await provider.groups(tokens.access_token, claims.raw)
         session = session_from_login(provider.config, claims, userinfo, tokens, now, groups=groups)
+        await self._check_enabled(provider, session)
         ticket = await self.sessions.start(session, now, replacing=read_ticket(request, self.cookies))
         _log.info("login_completed", provider=provider.name, subject=session.subject, mfa=session.mfa,
                   acr=session.acr, session=ticket.public_id)
@@ -174,6 +176,13 @@ class LoginFlow:
         response = self._landing(request, pending, session)
         self.cookies.set(response, self.cookies.session_name, ticket.cookie_value(), max_age=self.lifetime)
         return response
+
+    async def _check_enabled(self, provider: Provider, session: Session) -> None:
+        """A security signal disabled this account (RISC account-disabled): no new session."""
+        accounts = [f"sub:{session.subject}", *([f"email:{session.email}"] if session.email else [])]
+        for account in accounts:
+            if await self.sessions.store.get(disabled_key(provider.name, account)) is not None:
+                raise _refused(provider, "account-disabled", "This account is disabled. Contact your administrator.")
 
     async def _spend_state(self, provider: Provider, pending: PendingLogin) -> None:
         # Single use, even for a replay that carries a copy of the login cookie.

@@ -50,6 +50,11 @@ def idp_session_index(provider: str, idp_session: str) -> str:
     return "idx:sid:" + hashlib.sha256(f"{provider}\0{idp_session}".encode()).hexdigest()
 
 
+def email_index(provider: str, email: str) -> str:
+    """Sessions by the user's email (security signals may name a user by email alone)."""
+    return "idx:email:" + hashlib.sha256(f"{provider}\0{email.lower()}".encode()).hexdigest()
+
+
 def handle_index(handle: str) -> str:
     return "idx:handle:" + handle
 
@@ -67,6 +72,8 @@ def _indexes(store_key: str, session: Session) -> list[str]:
     indexes = [user_index(session.provider, session.subject), handle_index(public_handle(store_key))]
     if session.idp_session:
         indexes.append(idp_session_index(session.provider, session.idp_session))
+    if session.email:
+        indexes.append(email_index(session.provider, session.email))
     return indexes
 
 
@@ -212,13 +219,15 @@ class SessionManager:
         await self.revocations.announce(keys)
 
     async def end_matching(self, provider: str, *, subject: str | None = None,
-                           idp_session: str | None = None) -> int:
-        """End every session of a user, or of one IdP session (back-channel logout)."""
+                           idp_session: str | None = None, email: str | None = None) -> int:
+        """End every session of a user (by subject or email), or of one IdP session (back-channel logout)."""
         keys: set[str] = set()
         if idp_session is not None:
             keys.update(await self.store.members(idp_session_index(provider, idp_session)))
         elif subject is not None:
             keys.update(await self.store.members(user_index(provider, subject)))
+        elif email is not None:
+            keys.update(await self.store.members(email_index(provider, email)))
         await self.end_keys(keys)
         return len(keys)
 

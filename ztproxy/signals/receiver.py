@@ -1,0 +1,257 @@
+"""The Shared Signals receiver: streams at the transmitters, the push endpoint, and what events do.
+
+At start ztproxy creates its stream at each transmitter (or, when one exists, replaces its
+delivery), asking for the events it acts on, pushed (RFC 8935) to
+``{public_url}/.ztproxy/ssf/events`` with an ``Authorization`` header holding a push secret
+made once and kept in the session store, so every replica accepts what any one registered.
+
+``/.ztproxy/ssf/events`` answers 202 to an accepted SET, else 400 with ``{"err", "description"}``
+(RFC 8935 2.3). Effects go through the sessions' own revocation path, so they reach every
+worker and replica at once: ``session-revoked`` ends the IdP session's sessions (or the user's),
+``credential-change`` and ``credential-compromise`` the user's, ``account-disabled`` and
+``account-purged`` the user's and refuse new sign-ins until ``account-enabled``. Per subject
+and event type, an event older than one applied already changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from aiohttp import web
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from yarl import URL
+
+from ztproxy.auth import AUTH, Auth
+from ztproxy.config.signals import TransmitterConfig
+from ztproxy.fetch import BodyTooLarge, FetchFailed, get_json, json_client, read_bounded
+from ztproxy.oidc.access_tokens import unverified_issuer
+from ztproxy.oidc.tokens import UnknownSigningKey
+from ztproxy.sessions.manager import SessionManager
+from ztproxy.signals import events as ev
+from ztproxy.signals.events import SecurityEvent, SetRefused, disabled_key
+from ztproxy.state import CONFIG
+
+_log = structlog.get_logger("ztproxy.signals")
+
+SSF_EVENTS_PATH = "/.ztproxy/ssf/events"
+_MAX_SET = 64 * 1024
+_MAX_DOCUMENT = 1024 * 1024
+_SECRET_KEY = "ssf:push-secret"
+_FOREVER = 10 * 365 * 86400.0  # the store wants a ttl; the push secret and account states outlive any stream
+_RETRY = 5.0  # seconds between attempts to set up a stream the transmitter could not be asked about
+
+
+def configuration_url(config: TransmitterConfig) -> str:
+    """SSF 1.0: /.well-known/ssf-configuration between the issuer's host and its path."""
+    if config.configuration_url is not None:
+        return config.configuration_url
+    issuer = URL(config.issuer)
+    path = issuer.path.rstrip("/")
+    return str(issuer.with_path(f"/.well-known/ssf-configuration{path}"))
+
+
+class Transmitter:
+    """One transmitter: its SSF configuration and keys (cached), and our stream there."""
+
+    def __init__(self, config: TransmitterConfig, http: aiohttp.ClientSession, provider: str) -> None:
+        self.config = config
+        self.provider = provider  # whose users its subjects name
+        self._http = http
+        self._document: Mapping[str, Any] | None = None
+        self._keys: KeySet | None = None
+        self._fetched = float("-inf")
+
+    async def document(self) -> Mapping[str, Any]:
+        if self._document is None or time.monotonic() - self._fetched > self.config.metadata_ttl:
+            status, document = await get_json(self._http, configuration_url(self.config), max_bytes=_MAX_DOCUMENT)
+            if status != 200 or not isinstance(document, dict) or document.get("issuer") != self.config.issuer:
+                raise FetchFailed(f"no SSF configuration for {self.config.issuer} (status {status})")
+            self._document, self._fetched, self._keys = document, time.monotonic(), None
+        return self._document
+
+    async def keys(self, *, refetch: bool = False) -> KeySet:
+        if self._keys is None or refetch:
+            document = await self.document()
+            status, jwks = await get_json(self._http, str(document.get("jwks_uri", "")), max_bytes=_MAX_DOCUMENT)
+            try:
+                self._keys = KeySet.import_key_set(jwks)
+            except (JoseError, ValueError, TypeError, KeyError) as exc:
+                raise FetchFailed(f"the transmitter's keys are unusable (status {status})") from exc
+        return self._keys
+
+    async def ensure_stream(self, endpoint: str, secret: str) -> None:
+        """Create our stream, or replace the delivery of the one there (another replica's, an old one)."""
+        document = await self.document()
+        url = document.get("configuration_endpoint")
+        if not isinstance(url, str):
+            raise FetchFailed("the transmitter offers no stream management")
+        headers = {"Authorization": f"Bearer {self.config.bearer_token}"} if self.config.bearer_token else {}
+        stream = {"aud": self.config.audience, "events_requested": list(ev.ACTED_ON),
+                  "delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": endpoint,
+                               "authorization_header": f"Bearer {secret}"}}
+        async with self._http.post(url, json=stream, headers=headers, allow_redirects=False) as response:
+            status = response.status
+            created = orjson.loads(await read_bounded(response, _MAX_DOCUMENT)) if status in (200, 201) else None
+        if status == 409:  # SSF 8.1.1.1: a stream exists for this receiver: take it over
+            status, existing = await get_json(self._http, url, max_bytes=_MAX_DOCUMENT, headers=headers)
+            current = existing[0] if isinstance(existing, list) and existing else existing
+            if status != 200 or not isinstance(current, dict):
+                raise FetchFailed(f"reading the existing stream answered {status}")
+            update = {**stream, "stream_id": current.get("stream_id")}
+            async with self._http.patch(url, json=update, headers=headers, allow_redirects=False) as response:
+                status = response.status
+                await response.read()
+            if status not in (200, 202):
+                raise FetchFailed(f"updating the stream answered {status}")
+            created = update
+        elif status not in (200, 201):
+            raise FetchFailed(f"creating the stream answered {status}")
+        _log.info("ssf_stream_ready", transmitter=self.config.name,
+                  stream_id=str((created or {}).get("stream_id", ""))[:100])
+
+
+@dataclass
+class Signals:
+    """The receiver: the transmitters by issuer, and the sessions its events act on."""
+
+    transmitters: Mapping[str, Transmitter]
+    sessions: SessionManager
+    secret: str
+
+    async def receive(self, request: web.Request) -> web.Response:
+        try:
+            event, transmitter = await self._accept(request)
+        except SetRefused as refused:
+            _log.warning("ssf_event_refused", err=refused.err, description=refused.description)
+            return web.json_response({"err": refused.err, "description": refused.description}, status=400)
+        outcome = await self.apply(event, transmitter)
+        _log.info("ssf_event", transmitter=transmitter.config.name, event_type=event.event_type, jti=event.jti[:64],
+                  outcome=outcome)
+        return web.Response(status=202)
+
+    async def _accept(self, request: web.Request) -> tuple[SecurityEvent, Transmitter]:
+        # RFC 8935 2: the push is authorised by the header the stream was given, on any replica.
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.secret}".encode()):
+            raise SetRefused("authentication_failed", "the Authorization header is not this receiver's")
+        if request.content_type != "application/secevent+jwt":
+            raise SetRefused("invalid_request", "the body must be application/secevent+jwt")
+        try:
+            body = await read_bounded_request(request)
+        except BodyTooLarge as exc:
+            raise SetRefused("invalid_request", "the SET is too large") from exc
+        token = body.decode("ascii", errors="replace").strip()
+        transmitter = self.transmitters.get(unverified_issuer(token) or "")
+        if transmitter is None:
+            raise SetRefused("invalid_issuer", "the SET is not from a transmitter of this receiver")
+        config = transmitter.config
+        now = time.time()
+        try:
+            try:
+                event = ev.read_set(token, keys=await transmitter.keys(), issuer=config.issuer,
+                                    audience=config.audience, algorithms=config.algorithms, now=now)
+            except UnknownSigningKey:
+                event = ev.read_set(token, keys=await transmitter.keys(refetch=True), issuer=config.issuer,
+                                    audience=config.audience, algorithms=config.algorithms, now=now)
+        except UnknownSigningKey as exc:
+            raise SetRefused("invalid_key", "the SET is signed with a key the transmitter does not publish") from exc
+        except FetchFailed as exc:
+            raise SetRefused("invalid_key", "the transmitter's keys cannot be read now") from exc
+        # RFC 8417 2.2 / RFC 8935 2.3: a jti accepted by any replica is a replay.
+        if not await self.sessions.store.put(f"ssf:jti:{config.issuer}:{event.jti}", b"", 2 * ev.MAX_AGE,
+                                             only_new=True):
+            raise SetRefused("invalid_request", "this SET was accepted before")
+        return event, transmitter
+
+    async def apply(self, event: SecurityEvent, transmitter: Transmitter) -> str:
+        """What the event did: ``applied``, ``ignored`` (older than one applied, unknown), ``unmatched``."""
+        store = self.sessions.store
+        # Events per subject and type in the order they happened: an older one never undoes a newer one.
+        order_key = f"ssf:last:{transmitter.config.name}:{event.event_type}:{event.subject.key}"
+        last = await store.get(order_key)
+        if last is not None and float(last) > event.timestamp:
+            return "ignored"
+        await store.put(order_key, repr(event.timestamp).encode(), _FOREVER)
+        provider, who = transmitter.provider, event.subject
+        kind = event.event_type
+        if kind == ev.SESSION_REVOKED and who.session is not None:
+            await self.sessions.end_matching(provider, idp_session=who.session)
+            return "applied"
+        if kind not in (ev.SESSION_REVOKED, ev.CREDENTIAL_CHANGE, ev.CREDENTIAL_COMPROMISE, ev.ACCOUNT_DISABLED,
+                        ev.ACCOUNT_PURGED, ev.ACCOUNT_ENABLED):
+            return "ignored"
+        if who.subject is None and who.email is None:
+            return "unmatched"
+        # An account names a user: by sub at this issuer, else by email (RFC 9493 formats).
+        account = f"sub:{who.subject}" if who.subject is not None else f"email:{who.email}"
+        if kind == ev.ACCOUNT_ENABLED:
+            await store.delete(disabled_key(provider, account))
+            return "applied"
+        if kind in (ev.ACCOUNT_DISABLED, ev.ACCOUNT_PURGED):
+            await store.put(disabled_key(provider, account), repr(event.timestamp).encode(), _FOREVER)
+        await self.sessions.end_matching(provider, subject=who.subject, email=who.email)
+        return "applied"
+
+
+async def read_bounded_request(request: web.Request) -> bytes:
+    if (request.content_length or 0) > _MAX_SET:
+        raise BodyTooLarge(f"larger than {_MAX_SET} bytes")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(16384):
+        body += chunk
+        if len(body) > _MAX_SET:
+            raise BodyTooLarge(f"larger than {_MAX_SET} bytes")
+    return bytes(body)
+
+
+SIGNALS = web.AppKey[Signals | None]("signals")
+
+
+async def _set_up(transmitters: Mapping[str, Transmitter], endpoint: str, secret: str) -> None:
+    """Each stream, retried until its transmitter answers (a receiver must not need it to start)."""
+    pending = dict(transmitters)
+    while pending:
+        for issuer, transmitter in list(pending.items()):
+            try:
+                await transmitter.ensure_stream(endpoint, secret)
+            except (FetchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                _log.warning("ssf_stream_setup_failed", transmitter=transmitter.config.name, error=str(exc)[:200])
+                continue
+            del pending[issuer]
+        if pending:
+            await asyncio.sleep(_RETRY)
+
+
+async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx, after ``auth_ctx``: the receiver, when transmitters are configured."""
+    config = app[CONFIG]
+    auth: Auth | None = app[AUTH]
+    if not config.signals.transmitters or auth is None:
+        app[SIGNALS] = None
+        yield
+        return
+    store = auth.sessions.store
+    await store.put(_SECRET_KEY, secrets.token_urlsafe(32).encode(), _FOREVER, only_new=True)
+    secret = (await store.get(_SECRET_KEY) or b"").decode()
+    default = config.identity_providers[0].name
+    timeout = max(transmitter.http_timeout for transmitter in config.signals.transmitters)
+    async with json_client(timeout) as http:
+        transmitters = {t.issuer: Transmitter(t, http, t.identity_provider or default)
+                        for t in config.signals.transmitters}
+        app[SIGNALS] = Signals(transmitters, auth.sessions, secret)
+        setup = asyncio.create_task(_set_up(transmitters, f"{config.public_url}{SSF_EVENTS_PATH}", secret))
+        try:
+            yield
+        finally:
+            setup.cancel()
+            await asyncio.gather(setup, return_exceptions=True)

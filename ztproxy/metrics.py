@@ -205,6 +205,9 @@ _sessions_ended = _meter.create_counter(
     "ztproxy.sessions.ended", description="Sessions ended, by reason (logout, backchannel, refresh-rejected, "
     "admin, expired...)")
 _reloads = _meter.create_counter("ztproxy.config.reloads", description="Configuration reloads, by result")
+_signals = _meter.create_counter(
+    "ztproxy.signals", description="Security events received, by event type and result (applied, ignored, "
+                                   "unmatched, rejected with its reason)")
 _shadow_disagreements = _meter.create_counter(
     "ztproxy.shadow.disagreements", description="Requests a route's shadow policy decided differently from the "
     "enforced one, by route and the two decisions")
@@ -265,6 +268,12 @@ def session_ended(reason: str, count: int = 1) -> None:
     """Sessions ended on purpose: ``logout``, ``backchannel``, ``refresh-rejected``, ``admin``..."""
     if count > 0:
         _sessions_ended.add(count, {"reason": reason})
+
+
+def signal_received(event: str, result: str, reason: str | None = None) -> None:
+    """A security event pushed by a transmitter: ``event`` its type URI's last segment, or "-"
+    when it was rejected unread; ``reason`` the RFC 8935 error code of a rejection."""
+    _signals.add(1, {"event": event, "result": result, **({"reason": reason} if reason else {})})
 
 
 def config_reloaded(ok: bool) -> None:

@@ -19,6 +19,7 @@ from tests.integration.login_env import ROUTES, LoginWorld, start_world
 from tests.support.idp import ALICE_PASSWORD, BOB_PASSWORD, BOB_TOTP_SECRET, IdpFactory
 from tests.support.ssf_transmitter import RunningTransmitter, TransmitterFactory
 from tests.support.user_agent import UserAgent
+from tests.unit.test_metrics import changes, scrape
 from ztproxy.signals import events as ev
 
 pytestmark = pytest.mark.integration
@@ -75,6 +76,7 @@ async def subject_of(agent: UserAgent, world: LoginWorld) -> str:
 
 async def test_session_revoked_and_credential_change_end_the_users_sessions(signals: Signals) -> None:
     world = signals.world
+    before = scrape()
     alice = await signed_in(world, "alice", ALICE_PASSWORD)
     bob = await signed_in(world, "bob", BOB_PASSWORD, BOB_TOTP_SECRET)
     try:
@@ -88,6 +90,9 @@ async def test_session_revoked_and_credential_change_end_the_users_sessions(sign
                                                    sub_id={"format": "email", "email": "Bob@corp.example"},
                                                    payload={"credential_type": "password", "change_type": "update"})
         assert status == 202 and await api_status(bob, world) == 401
+        delta = changes(before, scrape())
+        assert delta("ztproxy_signals_total", event="session-revoked", result="applied") == 1
+        assert delta("ztproxy_signals_total", event="credential-change", result="applied") == 1
     finally:
         await alice.close()
         await bob.close()
@@ -110,6 +115,7 @@ async def test_a_disabled_account_cannot_sign_in_until_enabled(signals: Signals)
 async def test_bad_sets_get_the_documented_answer_and_change_nothing(signals: Signals) -> None:
     world, transmitter = signals.world, signals.transmitter
     alice = await signed_in(world, "alice", ALICE_PASSWORD)
+    before = scrape()
     try:
         user = signals.user(await subject_of(alice, world))
         forger = ECKey.generate_key("P-256", parameters={"kid": "ssf-1"})
@@ -132,6 +138,7 @@ async def test_bad_sets_get_the_documented_answer_and_change_nothing(signals: Si
         status, body = await transmitter.push(event=ev.SESSION_REVOKED, sub_id=user, jti="j-1")
         assert status == 400 and "invalid_request" in body
         assert await api_status(alice, world) == 200  # none of it touched alice's session
+        assert changes(before, scrape())("ztproxy_signals_total", result="rejected", reason="invalid_key") == 1
         # An event older than one already applied for the subject changes nothing.
         now = time.time()
         assert (await transmitter.push(event=ev.ACCOUNT_ENABLED, sub_id=user,

@@ -138,8 +138,9 @@ async def start_transmitter() -> AsyncIterator[TransmitterFactory]:
     async def start() -> RunningTransmitter:
         port = free_port()
         management, control = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
-        process = subprocess.Popen([sys.executable, "-m", "tests.support.ssf_transmitter", "--port", str(port),
-                                    "--token", management, "--control-token", control], cwd=REPO)
+        # --name=value: a token may begin with "-", which argparse would read as an option.
+        process = subprocess.Popen([sys.executable, "-m", "tests.support.ssf_transmitter", f"--port={port}",
+                                    f"--token={management}", f"--control-token={control}"], cwd=REPO)
         transmitter = RunningTransmitter(f"http://127.0.0.1:{port}", management, control, process)
         started.append(transmitter)
         async with asyncio.timeout(15):

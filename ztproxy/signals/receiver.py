@@ -31,6 +31,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from yarl import URL
 
+from ztproxy import metrics
 from ztproxy.auth import AUTH, Auth
 from ztproxy.config.signals import TransmitterConfig
 from ztproxy.fetch import BodyTooLarge, FetchFailed, get_json, json_client, read_bounded
@@ -133,8 +134,10 @@ class Signals:
             event, transmitter = await self._accept(request)
         except SetRefused as refused:
             _log.warning("ssf_event_refused", err=refused.err, description=refused.description)
+            metrics.signal_received("-", "rejected", refused.err)
             return web.json_response({"err": refused.err, "description": refused.description}, status=400)
         outcome = await self.apply(event, transmitter)
+        metrics.signal_received(event.event_type.rsplit("/", 1)[-1][:64], outcome)
         _log.info("ssf_event", transmitter=transmitter.config.name, event_type=event.event_type, jti=event.jti[:64],
                   outcome=outcome)
         return web.Response(status=202)

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from tests.conftest import ProxyFactory, UpstreamFactory
+from tests.integration import test_revocation as replicas
 from tests.integration.login_env import ROUTES, LoginWorld, start_world
+from tests.integration.test_process import StartProcess
 from tests.support.idp import ALICE_PASSWORD, BOB_PASSWORD, BOB_TOTP_SECRET, IdpFactory
+from tests.support.redis import RedisFactory
 from tests.support.ssf_transmitter import RunningTransmitter, TransmitterFactory
 from tests.support.user_agent import UserAgent
 from tests.unit.test_metrics import changes, scrape
@@ -147,3 +151,28 @@ async def test_bad_sets_get_the_documented_answer_and_change_nothing(signals: Si
                                        payload={"event_timestamp": now - 60}))[0] == 202
     finally:
         await alice.close()
+
+
+async def test_a_signal_pushed_to_one_replica_is_enforced_by_every_replica(
+        start_idp: IdpFactory, start_upstream: UpstreamFactory, proxy_process: StartProcess,
+        redis_factory: RedisFactory, tmp_path: Path, start_transmitter: TransmitterFactory) -> None:
+    transmitter = await start_transmitter()
+    extra = f"""signals:
+  transmitters:
+    - {{name: edr, issuer: "{transmitter.issuer}", audience: "{AUDIENCE}",
+       bearer_token: "{transmitter.management_token}"}}
+"""
+    # Replica A (one worker) receives the pushes; B has two workers. They share Redis.
+    world = await replicas.start_world(start_idp, start_upstream, proxy_process, redis_factory.start(), tmp_path,
+                                       extra=extra, workers=(1, 2))
+    async with world.agent:
+        await world.allowed_everywhere()
+        async with asyncio.timeout(15):  # both replicas set the stream up; the second takes it over
+            while await transmitter.stream() is None:
+                await asyncio.sleep(0.05)
+        status, _ = await transmitter.push(event=ev.SESSION_REVOKED,
+                                           sub_id={"format": "email", "email": "alice@corp.example"})
+        accepted_at = time.monotonic()
+        assert status == 202
+        times = await world.denied_within(world.replicas, accepted_at)
+        print(f"denied after the signal (s): {times}")

@@ -176,3 +176,36 @@ async def test_a_signal_pushed_to_one_replica_is_enforced_by_every_replica(
         assert status == 202
         times = await world.denied_within(world.replicas, accepted_at)
         print(f"denied after the signal (s): {times}")
+
+
+async def test_polled_signals_are_applied_then_acknowledged(start_idp: IdpFactory, start_proxy: ProxyFactory,
+                                                            start_upstream: UpstreamFactory,
+                                                            start_transmitter: TransmitterFactory) -> None:
+    transmitter = await start_transmitter()
+    world = await start_world(start_idp, start_proxy, start_upstream, routes=ROUTES + f"""
+signals:
+  transmitters:
+    - name: idp
+      issuer: "{transmitter.issuer}"
+      audience: "{AUDIENCE}"
+      bearer_token: "{transmitter.management_token}"
+      delivery: poll
+      poll_interval: 0.05s
+""")
+    async with asyncio.timeout(10):
+        while (stream := await transmitter.stream()) is None:
+            await asyncio.sleep(0.05)
+    assert stream["delivery"]["method"] == "urn:ietf:rfc:8936"
+    alice = await signed_in(world, "alice", ALICE_PASSWORD)
+    try:
+        user = {"format": "email", "email": "alice@corp.example"}
+        assert (await transmitter.push(event=ev.SESSION_REVOKED, sub_id=user, jti="p-1"))[0] == 202
+        assert (await transmitter.push(event=ev.SESSION_REVOKED, sub_id=user, aud="https://other.example",
+                                       jti="p-2"))[0] == 202
+        async with asyncio.timeout(10):  # polled, applied, acknowledged; the bad one reported
+            while not ((polled := await transmitter.polled())["acked"] == ["p-1"] and "p-2" in polled["errors"]):
+                await asyncio.sleep(0.05)
+        assert polled["errors"]["p-2"]["err"] == "invalid_audience" and polled["queued"] == []
+        assert await api_status(alice, world) == 401
+    finally:
+        await alice.close()

@@ -5,10 +5,12 @@
 It serves its SSF configuration (``/.well-known/ssf-configuration``), its JWKS and the stream
 management API (``/ssf/stream``: POST creates the one stream, 409 when it exists; GET reads
 it; PATCH replaces it), all behind the management bearer token. A test drives it through
-``POST /-/push`` (with the control token): ``{"event": TYPE, "sub_id": SUBJECT, "event": {...}}``
-signs a SET with its key, pushes it to the stream's endpoint with the stream's
-authorization header, and answers with the receiver's status and body. ``"raw": true`` lets
-a test send the token it gives as it is (``"token"``), to try forged ones.
+``POST /-/push`` (with the control token): ``{"event": TYPE, "sub_id": SUBJECT, "payload": {...}}``
+signs a SET with its key and, for push delivery, pushes it to the stream's endpoint with the
+stream's authorization header and answers with the receiver's status and body; for poll
+delivery (RFC 8936) it queues it for ``POST /ssf/poll``, which hands out what is not yet
+acknowledged and keeps the acknowledgements and errors (``GET /-/polled``). ``"raw": true``
+lets a test send the token it gives as it is (``"token"``), to try forged ones.
 
 ``start_transmitter`` (a fixture) starts it on a free loopback port and stops it by PID.
 """
@@ -37,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def build_app(issuer: str, management_token: str, control_token: str) -> web.Application:
     key = ECKey.generate_key("P-256", parameters={"kid": "ssf-1", "use": "sig", "alg": "ES256"})
-    state: dict[str, Any] = {"stream": None}
+    state: dict[str, Any] = {"stream": None, "queue": {}, "acked": [], "errors": {}}
 
     def authorised(request: web.Request, token: str) -> bool:
         return request.headers.get("Authorization") == f"Bearer {token}"
@@ -56,6 +58,8 @@ def build_app(issuer: str, management_token: str, control_token: str) -> web.App
         if request.method == "GET":
             return web.json_response(state["stream"]) if state["stream"] else web.json_response({}, status=404)
         body = await request.json()
+        if body.get("delivery", {}).get("method") == "urn:ietf:rfc:8936":
+            body["delivery"]["endpoint_url"] = f"{issuer}/ssf/poll"  # RFC 8936: the transmitter's own
         if request.method == "POST":
             if state["stream"] is not None:
                 return web.json_response({"error": "conflict"}, status=409)
@@ -72,11 +76,14 @@ def build_app(issuer: str, management_token: str, control_token: str) -> web.App
         if current is None:
             return web.json_response({"error": "no stream"}, status=409)
         delivery = current["delivery"]
+        jti = order.get("jti") or secrets.token_hex(12)
         token = order.get("token") if order.get("raw") else jwt.encode(
             {"alg": "ES256", "kid": "ssf-1", "typ": "secevent+jwt"},
             {"iss": issuer, "aud": order.get("aud", current["aud"]), "iat": int(order.get("iat", time.time())),
-             "jti": order.get("jti", secrets.token_hex(12)), "sub_id": order["sub_id"],
-             "events": {order["event"]: order.get("payload", {})}}, key)
+             "jti": jti, "sub_id": order["sub_id"], "events": {order["event"]: order.get("payload", {})}}, key)
+        if delivery["method"] == "urn:ietf:rfc:8936":
+            state["queue"][jti] = token
+            return web.json_response({"status": 202, "body": "queued", "jti": jti})
         headers = {"Content-Type": order.get("content_type", "application/secevent+jwt"),
                    "Authorization": order.get("authorization", delivery["authorization_header"])}
         async with aiohttp.ClientSession() as client:
@@ -84,7 +91,26 @@ def build_app(issuer: str, management_token: str, control_token: str) -> web.App
                 text = await response.text()
                 return web.json_response({"status": response.status, "body": text})
 
+    async def poll(request: web.Request) -> web.Response:
+        if not authorised(request, management_token):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        body = await request.json()
+        for jti in body.get("ack", []):
+            state["queue"].pop(jti, None)
+            state["acked"].append(jti)
+        for jti, error in body.get("setErrs", {}).items():
+            state["queue"].pop(jti, None)
+            state["errors"][jti] = error
+        return web.json_response({"sets": dict(state["queue"]), "moreAvailable": False})
+
+    async def polled(request: web.Request) -> web.Response:
+        if not authorised(request, control_token):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response({"acked": state["acked"], "errors": state["errors"], "queued": list(state["queue"])})
+
     app = web.Application()
+    app.router.add_post("/ssf/poll", poll)
+    app.router.add_get("/-/polled", polled)
     app.router.add_get("/.well-known/ssf-configuration", configuration)
     app.router.add_get("/jwks", jwks)
     app.router.add_route("*", "/ssf/stream", stream)
@@ -118,6 +144,15 @@ class RunningTransmitter:
                 assert response.status == 200, await response.text()
                 answer = await response.json()
         return int(answer["status"]), str(answer["body"])
+
+    async def polled(self) -> dict[str, Any]:
+        """What the receiver acknowledged and reported as errors, and what is still queued."""
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{self.issuer}/-/polled",
+                                  headers={"Authorization": f"Bearer {self.control_token}"}) as response:
+                answer = await response.json()
+                assert isinstance(answer, dict)
+                return answer
 
     async def stream(self) -> dict[str, Any] | None:
         async with aiohttp.ClientSession() as client:

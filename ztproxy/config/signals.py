@@ -28,7 +28,9 @@ class TransmitterConfig(Model):
     name: str
     issuer: HttpUrl  # the iss of its SETs
     audience: str  # what ztproxy expects in their aud
-    delivery: Literal["push"] = "push"
+    # push (RFC 8935: the transmitter POSTs each SET here) or poll (RFC 8936: ztproxy asks for them).
+    delivery: Literal["push", "poll"] = "push"
+    poll_interval: Duration = 2.0  # poll delivery: the wait between polls that found nothing
     # The transmitter's stream management API bearer token (better bearer_token_file).
     bearer_token: str | None = None
     # Whose users the events' subjects name (an identity provider's name); default the first.

@@ -3,7 +3,10 @@
 At start ztproxy creates its stream at each transmitter (or, when one exists, replaces its
 delivery), asking for the events it acts on, pushed (RFC 8935) to
 ``{public_url}/.ztproxy/ssf/events`` with an ``Authorization`` header holding a push secret
-made once and kept in the session store, so every replica accepts what any one registered.
+made once and kept in the session store, so every replica accepts what any one registered;
+or polled (RFC 8936) at the endpoint the transmitter gives, each SET acknowledged only
+once its effect is applied (a restart asks again for what it had not acknowledged, and a
+SET seen before changes nothing the second time).
 
 ``/.ztproxy/ssf/events`` answers 202 to an accepted SET, else 400 with ``{"err", "description"}``
 (RFC 8935 2.3). Effects go through the sessions' own revocation path, so they reach every
@@ -50,6 +53,7 @@ _MAX_DOCUMENT = 1024 * 1024
 _SECRET_KEY = "ssf:push-secret"
 _FOREVER = 10 * 365 * 86400.0  # the store wants a ttl; the push secret and account states outlive any stream
 _RETRY = 5.0  # seconds between attempts to set up a stream the transmitter could not be asked about
+_SEEN_BEFORE = "this SET was accepted before"
 
 
 def configuration_url(config: TransmitterConfig) -> str:
@@ -90,16 +94,17 @@ class Transmitter:
                 raise FetchFailed(f"the transmitter's keys are unusable (status {status})") from exc
         return self._keys
 
-    async def ensure_stream(self, endpoint: str, secret: str) -> None:
-        """Create our stream, or replace the delivery of the one there (another replica's, an old one)."""
+    async def ensure_stream(self, endpoint: str, secret: str) -> dict[str, Any]:
+        """Create our stream, or replace the delivery of the one there (another replica's, an old one);
+        the stream as the transmitter describes it."""
         document = await self.document()
         url = document.get("configuration_endpoint")
         if not isinstance(url, str):
             raise FetchFailed("the transmitter offers no stream management")
         headers = {"Authorization": f"Bearer {self.config.bearer_token}"} if self.config.bearer_token else {}
-        stream = {"aud": self.config.audience, "events_requested": list(ev.ACTED_ON),
-                  "delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": endpoint,
-                               "authorization_header": f"Bearer {secret}"}}
+        delivery: dict[str, str] = {"method": "urn:ietf:rfc:8936"} if self.config.delivery == "poll" else {
+            "method": "urn:ietf:rfc:8935", "endpoint_url": endpoint, "authorization_header": f"Bearer {secret}"}
+        stream = {"aud": self.config.audience, "events_requested": list(ev.ACTED_ON), "delivery": delivery}
         async with self._http.post(url, json=stream, headers=headers, allow_redirects=False) as response:
             status = response.status
             created = orjson.loads(await read_bounded(response, _MAX_DOCUMENT)) if status in (200, 201) else None
@@ -114,11 +119,25 @@ class Transmitter:
                 await response.read()
             if status not in (200, 202):
                 raise FetchFailed(f"updating the stream answered {status}")
-            created = update
+            created = {**current, **update, "delivery": {**current.get("delivery", {}), **delivery}}
         elif status not in (200, 201):
             raise FetchFailed(f"creating the stream answered {status}")
-        _log.info("ssf_stream_ready", transmitter=self.config.name,
+        _log.info("ssf_stream_ready", transmitter=self.config.name, delivery=self.config.delivery,
                   stream_id=str((created or {}).get("stream_id", ""))[:100])
+        return created if isinstance(created, dict) else {}
+
+    async def poll(self, url: str, acks: list[str], errors: dict[str, dict[str, str]]) -> dict[str, str]:
+        """One poll (RFC 8936 2.4): acknowledge ``acks``, report ``errors``; the SETs returned, by jti."""
+        headers = {"Authorization": f"Bearer {self.config.bearer_token}"} if self.config.bearer_token else {}
+        body = {"ack": acks, "maxEvents": 100, "returnImmediately": True, **({"setErrs": errors} if errors else {})}
+        async with self._http.post(url, json=body, headers=headers, allow_redirects=False) as response:
+            status = response.status
+            answer = orjson.loads(await read_bounded(response, _MAX_DOCUMENT)) if status == 200 else None
+        if not isinstance(answer, dict):
+            raise FetchFailed(f"polling answered {status}")
+        sets = answer.get("sets", {})
+        return {str(jti): token for jti, token in sets.items() if isinstance(token, str)} \
+            if isinstance(sets, dict) else {}
 
 
 @dataclass
@@ -153,7 +172,10 @@ class Signals:
             body = await read_bounded_request(request)
         except BodyTooLarge as exc:
             raise SetRefused("invalid_request", "the SET is too large") from exc
-        token = body.decode("ascii", errors="replace").strip()
+        return await self.read(body.decode("ascii", errors="replace").strip())
+
+    async def read(self, token: str) -> tuple[SecurityEvent, Transmitter]:
+        """A SET's event and transmitter (pushed or polled), once: SetRefused otherwise."""
         transmitter = self.transmitters.get(unverified_issuer(token) or "")
         if transmitter is None:
             raise SetRefused("invalid_issuer", "the SET is not from a transmitter of this receiver")
@@ -173,7 +195,7 @@ class Signals:
         # RFC 8417 2.2 / RFC 8935 2.3: a jti accepted by any replica is a replay.
         if not await self.sessions.store.put(f"ssf:jti:{config.issuer}:{event.jti}", b"", 2 * ev.MAX_AGE,
                                              only_new=True):
-            raise SetRefused("invalid_request", "this SET was accepted before")
+            raise SetRefused("invalid_request", _SEEN_BEFORE)
         return event, transmitter
 
     async def apply(self, event: SecurityEvent, transmitter: Transmitter) -> str:
@@ -220,19 +242,62 @@ async def read_bounded_request(request: web.Request) -> bytes:
 SIGNALS = web.AppKey[Signals | None]("signals")
 
 
-async def _set_up(transmitters: Mapping[str, Transmitter], endpoint: str, secret: str) -> None:
-    """Each stream, retried until its transmitter answers (a receiver must not need it to start)."""
-    pending = dict(transmitters)
-    while pending:
-        for issuer, transmitter in list(pending.items()):
-            try:
-                await transmitter.ensure_stream(endpoint, secret)
-            except (FetchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                _log.warning("ssf_stream_setup_failed", transmitter=transmitter.config.name, error=str(exc)[:200])
-                continue
-            del pending[issuer]
-        if pending:
+async def _set_up(signals: Signals, endpoint: str, secret: str) -> None:
+    """Each stream, retried until its transmitter answers (a receiver must not need it to start);
+    then, for poll delivery, the polling."""
+    pending = dict(signals.transmitters)
+    polls: list[asyncio.Task[None]] = []
+    try:
+        while pending:
+            for issuer, transmitter in list(pending.items()):
+                try:
+                    stream = await transmitter.ensure_stream(endpoint, secret)
+                except (FetchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    _log.warning("ssf_stream_setup_failed", transmitter=transmitter.config.name, error=str(exc)[:200])
+                    continue
+                del pending[issuer]
+                poll_url = stream.get("delivery", {}).get("endpoint_url") if transmitter.config.delivery == "poll" \
+                    else None
+                if isinstance(poll_url, str):
+                    polls.append(asyncio.create_task(_poll(signals, transmitter, poll_url)))
+            if pending:
+                await asyncio.sleep(_RETRY)
+        await asyncio.gather(*polls)
+    finally:
+        for task in polls:
+            task.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
+
+
+async def _poll(signals: Signals, transmitter: Transmitter, url: str) -> None:
+    """RFC 8936: ask for SETs, apply each, acknowledge it at the next poll; errors reported likewise."""
+    acks: list[str] = []
+    errors: dict[str, dict[str, str]] = {}
+    while True:
+        try:
+            sets = await transmitter.poll(url, acks, errors)
+        except (FetchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            _log.warning("ssf_poll_failed", transmitter=transmitter.config.name, error=str(exc)[:200])
             await asyncio.sleep(_RETRY)
+            continue
+        acks, errors = [], {}
+        for jti, token in sets.items():
+            try:
+                event, source = await signals.read(token)
+            except SetRefused as refused:
+                if refused.description == _SEEN_BEFORE:
+                    acks.append(jti)  # applied before (a poll cut short, a restart): acknowledge it now
+                    continue
+                errors[jti] = {"err": refused.err, "description": refused.description}
+                metrics.signal_received("-", "rejected", refused.err)
+                continue
+            outcome = await signals.apply(event, source)
+            metrics.signal_received(event.event_type.rsplit("/", 1)[-1][:64], outcome)
+            _log.info("ssf_event", transmitter=source.config.name, event_type=event.event_type,
+                      jti=event.jti[:64], outcome=outcome, delivery="poll")
+            acks.append(jti)
+        if not sets and not acks and not errors:
+            await asyncio.sleep(transmitter.config.poll_interval)
 
 
 async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -251,8 +316,8 @@ async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
     async with json_client(timeout) as http:
         transmitters = {t.issuer: Transmitter(t, http, t.identity_provider or default)
                         for t in config.signals.transmitters}
-        app[SIGNALS] = Signals(transmitters, auth.sessions, secret)
-        setup = asyncio.create_task(_set_up(transmitters, f"{config.public_url}{SSF_EVENTS_PATH}", secret))
+        signals = app[SIGNALS] = Signals(transmitters, auth.sessions, secret)
+        setup = asyncio.create_task(_set_up(signals, f"{config.public_url}{SSF_EVENTS_PATH}", secret))
         try:
             yield
         finally:

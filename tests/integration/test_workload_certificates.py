@@ -71,8 +71,11 @@ routes:
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"])
 async def test_an_svid_of_the_trust_domain_reaches_the_app_as_the_workload(world: World,
                                                                           version: ssl.TLSVersion) -> None:
-    status, _, body = await world.call("/billing/invoices", world.pki.svid(BILLING), version=version)
+    with capture_logs() as logs:
+        status, _, body = await world.call("/billing/invoices", world.pki.svid(BILLING), version=version)
     assert status == 200, body
+    # Its certificate is the workload's: the device provider does not look at it.
+    assert not [event for event in logs if event["event"].endswith("_certificate_rejected")]
     seen = world.upstream_saw(body)
     assert seen["x-ztproxy-user"] == BILLING
     claims = jwt.decode(seen["x-ztproxy-jwt-assertion"], options={"verify_signature": False})

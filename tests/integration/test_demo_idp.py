@@ -176,7 +176,9 @@ async def test_discovery_pkce_and_client_authentication(rp: TinyRp, ua: UserAgen
     assert metadata["backchannel_logout_supported"] is True
     assert metadata["backchannel_logout_session_supported"] is True
     assert metadata["authorization_response_iss_parameter_supported"] is True
-    assert set(metadata["grant_types_supported"]) == {"authorization_code", "refresh_token"}
+    # People sign in with the code flow; services get tokens for themselves (client credentials).
+    assert set(metadata["grant_types_supported"]) == {"authorization_code", "refresh_token", "client_credentials"}
+    assert metadata["introspection_endpoint"].startswith(rp.idp.issuer + "/")
     assert {"client_secret_basic", "client_secret_post"} <= set(metadata["token_endpoint_auth_methods_supported"])
     for endpoint in ("end_session_endpoint", "userinfo_endpoint", "jwks_uri", "token_endpoint"):
         assert metadata[endpoint].startswith(rp.idp.issuer + "/")

@@ -156,3 +156,25 @@ async def test_a_bundle_replaced_on_disk_takes_effect_without_a_restart(world: W
     assert (await world.call("/billing/x", new_svid))[0] == 200
     with pytest.raises(aiohttp.ClientConnectionError):  # the removed CA: the handshake fails now
         await world.call("/billing/x", old_svid)
+
+
+async def test_in_forward_auth_the_calling_proxys_certificate_is_no_workload(
+        spiffe_pki: SpiffePki, start_proxy: ProxyFactory, start_upstream: UpstreamFactory) -> None:
+    upstream = await start_upstream()
+    port = free_port()
+    await start_proxy(f"""
+server: {{listen: 127.0.0.1:{port}, admin_listen: null, tls: {spiffe_pki.tls_yaml()}, trusted_proxies: [127.0.0.1]}}
+workload_identity: {spiffe_pki.workload_yaml()}
+routes:
+  - {{name: billing, path: /billing, upstream: "{upstream.url}", allow: [{{services: ["spiffe://corp.example/**"]}}]}}
+""")
+    world = World(spiffe_pki, f"https://127.0.0.1:{port}", upstream)
+    # The calling proxy presents its own SVID (a mesh sidecar would): the original caller has none.
+    connector = aiohttp.TCPConnector(ssl=spiffe_pki.client_context(spiffe_pki.svid("spiffe://corp.example/nginx")))
+    described = {"X-Forwarded-Method": "GET", "X-Forwarded-Proto": "https", "X-Forwarded-Host": f"127.0.0.1:{port}",
+                 "X-Forwarded-Uri": "/billing/x", "Accept": "application/json"}
+    async with aiohttp.ClientSession(connector=connector) as client, \
+            client.get(world.url + "/.ztproxy/auth", headers=described) as response:
+        assert response.status == 401
+    # The same certificate calling the route itself is that workload.
+    assert (await world.call("/billing/x", spiffe_pki.svid("spiffe://corp.example/nginx")))[0] == 200

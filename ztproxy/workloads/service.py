@@ -6,7 +6,8 @@ configuration has ``workload_identity`` (else None). The authentication stage as
 bearer token. What ``svid.examine`` finds is remembered per certificate and trust bundle
 generation; the dates are checked on every request. A certificate that a trust bundle
 issued but that is no SVID gives no caller and a ``workload_certificate_rejected`` event
-saying why; one of no trust domain (a device certificate) gives no caller, silently.
+saying why; one of no trust domain (a device certificate) gives no caller, silently. In
+forward-auth the TLS peer is the calling proxy, so its certificate names no caller.
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ settings.load_profile("ztproxy")
 
 # Fixtures for real external components, one module each.
 pytest_plugins = ["tests.support.redis", "tests.support.idp", "tests.support.posture", "tests.support.nginx",
-                  "tests.support.caddy", "tests.support.jupyter", "tests.support.ssf_transmitter"]
+                  "tests.support.caddy", "tests.support.jupyter", "tests.support.ssf_transmitter",
+                  "tests.support.spiffe"]
 
 
 def free_port() -> int:

@@ -34,6 +34,7 @@ from ztproxy.state import CONFIG, INTAKE, POLICY_HASH, RECORD, ROUTE_LIST, ROUTE
 from ztproxy.upstream import client_session_ctx
 from ztproxy.upstream_identity import assert_identity
 from ztproxy.websocket import proxy_websocket
+from ztproxy.workloads.service import workloads_ctx
 
 # The app's pipeline, for the dispatcher of ``reload.LiveApp`` that serves this app's configuration.
 PIPELINE = web.AppKey[Handler]("pipeline")
@@ -42,7 +43,8 @@ STAGES: tuple[Stage, ...] = (
     intake,            # header budget, canonical path, host, client ip, route -> RequestContext
                        # (for forward-auth: of the original request the calling proxy describes)
     proxy_endpoints,   # /.ztproxy/* answered by the proxy (callback, logout...), never forwarded
-    authenticate,      # session cookie -> live session, re-verified at the IdP when due
+    authenticate,      # session cookie -> live session, re-verified at the IdP when due;
+                       # bearer token, else workload certificate -> the calling service
     assess_device,     # client certificate, signed posture, inventory, MDM -> the device and its posture
     authorize,         # policy.evaluate -> allow, sign-in / step-up redirect, 401, or the 403 page
     assert_identity,   # the signed assertion and identity headers the upstream will receive
@@ -84,6 +86,7 @@ def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(auth_ctx)
     app.cleanup_ctx.append(bearer_ctx)
     app.cleanup_ctx.append(signals_ctx)
+    app.cleanup_ctx.append(workloads_ctx)
     app.cleanup_ctx.append(assertion_ctx)
     app.cleanup_ctx.append(posture_ctx)
     app[PIPELINE] = build_pipeline(STAGES, handle)

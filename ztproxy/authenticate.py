@@ -1,5 +1,6 @@
 """Authentication stage: who is asking. The session cookie -> a live, re-verified session;
-on routes whose rules name services, a bearer token -> the calling service.
+on routes whose rules name services, a bearer token, else a workload certificate (X.509
+SVID) -> the calling service.
 
 Routes whose decision is known at load time (public) never look at cookies. A cookie
 that opens no session (unknown, ended, expired, tampered, foreign) is the same as no
@@ -24,6 +25,7 @@ from ztproxy.policy.model import Service
 from ztproxy.posture.client_cert import peer_certificate
 from ztproxy.sessions.sealing import Ticket
 from ztproxy.state import RECORD, RequestRecord, ServiceCaller
+from ztproxy.workloads.service import workload_caller
 
 
 def authenticate(request: web.Request) -> Awaitable[None] | None:
@@ -40,6 +42,9 @@ def authenticate(request: web.Request) -> Awaitable[None] | None:
         except TokenRejected as refused:
             _refused(record, refused)
             return None
+    if ctx.route.accepts_tokens and (workload := workload_caller(request)) is not None:
+        record.caller = workload  # no token: the SVID decides, never a session cookie beside it
+        return None
     auth = request.app[AUTH]
     if auth is None:
         return None

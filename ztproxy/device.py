@@ -16,7 +16,7 @@ from aiohttp import web
 from ztproxy.auth import AUTH
 from ztproxy.posture import Posture
 from ztproxy.posture.service import POSTURE, device_of
-from ztproxy.state import RECORD, Person, RequestRecord
+from ztproxy.state import RECORD, Person, RequestRecord, ServiceCaller
 
 
 def assess_device(request: web.Request) -> Awaitable[None] | None:
@@ -25,6 +25,9 @@ def assess_device(request: web.Request) -> Awaitable[None] | None:
     record = request[RECORD]
     if posture is None or not record.context.route.needs_identity:
         return None
+    caller = record.caller
+    if isinstance(caller, ServiceCaller) and caller.service.binding == "mtls":
+        return None  # the client certificate is the service's (its SVID), no device's
     return _assess(request, record, posture)
 
 

@@ -23,6 +23,7 @@ Every use of aiohttp's private API in ztproxy is here (read against 3.14, the lo
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
@@ -32,11 +33,12 @@ from aiohttp import web, web_response
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from ztproxy.config.schema import Config
+from ztproxy.config.schema import Config, TlsConfig
 from ztproxy.config.values import split_listen
 from ztproxy.errors import BadRequest, HeadersTooLarge, RequestError, UriTooLong
 from ztproxy.pages import error_response
 from ztproxy.telemetry import AccessLogger, get_logger
+from ztproxy.workloads.bundles import ClientTrust, trust_bundles
 
 log = get_logger("ztproxy.listener")
 
@@ -194,27 +196,41 @@ async def start_listener(app: web.Application, config: Config, sock: socket.sock
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:
-    """The listener's TLS context; with ``client_ca_file`` it asks for a device certificate.
+    """The listener's TLS context; with ``client_ca_file`` or trust bundles it asks for a client certificate.
 
     A client certificate is asked for, never required: without one the request is served
-    with no device. One issued by the device CA passes whatever its dates (OpenSSL's
-    X509_V_FLAG_NO_CHECK_TIME, which the ssl module has no name for): an expired device
-    certificate would otherwise fail the handshake, and its client would get no page at all,
-    public routes included, while it presents it. ``ztproxy.posture.client_cert`` checks the
-    dates against the request's clock instead and gives no device. One from another CA fails
+    with no device and no workload. One issued by the device CA or a trust bundle passes
+    whatever its dates (OpenSSL's X509_V_FLAG_NO_CHECK_TIME, which the ssl module has no name
+    for): an expired certificate would otherwise fail the handshake, and its client would
+    get no page at all, public routes included, while it presents it.
+    ``ztproxy.posture.client_cert`` and ``ztproxy.workloads.svid`` check the dates against
+    the request's clock instead and give no device or workload. One from another CA fails
     the connection (alert unknown_ca): the stdlib offers no verify callback to accept it as
-    "no certificate" (tests/integration/posture/test_tls.py shows each case).
+    "no certificate" (tests/integration/posture/test_tls.py shows each case). With
+    ``workload_identity``, each handshake gets the context of the trust bundles as their
+    files say now (``ztproxy.workloads.bundles.ClientTrust``).
     """
     tls = config.server.tls
     if tls is None:
         return None
+    if config.workload_identity is None:
+        return _server_context(tls, "")
+    trust = ClientTrust(trust_bundles(config.workload_identity), functools.partial(_server_context, tls))
+    return trust.listener_context()
+
+
+def _server_context(tls: TlsConfig, authorities: str) -> ssl.SSLContext:
+    """A server context trusting ``client_ca_file`` and ``authorities`` (PEM) for client certificates."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(tls.cert_file, tls.key_file)
     context.set_alpn_protocols(["http/1.1"])
-    if tls.client_ca_file is not None:
+    if tls.client_ca_file is not None or authorities:
         context.verify_mode = ssl.CERT_OPTIONAL  # RFC 8446 4.3.2: request, don't require
-        context.load_verify_locations(tls.client_ca_file)
+        if tls.client_ca_file is not None:
+            context.load_verify_locations(tls.client_ca_file)
+        if authorities:
+            context.load_verify_locations(cadata=authorities)
         context.verify_flags |= 0x200000  # X509_V_FLAG_NO_CHECK_TIME (OpenSSL x509_vfy.h)
     return context
 

@@ -75,10 +75,10 @@ class Person:
 
 @dataclass(frozen=True, slots=True)
 class ServiceCaller:
-    """A caller that is a service: an access token (a workload certificate later) vouched for it."""
+    """A caller that is a service: an access token or a workload certificate vouched for it."""
 
     service: Service
-    handle: str  # a hash of the token, as logs and assertions name it (never the token)
+    handle: str  # a hash of the token or certificate, as logs and assertions name it (never the token)
 
     @property
     def subject(self) -> str:

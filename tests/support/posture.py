@@ -50,7 +50,7 @@ class Issued:
 
 class CertificateAuthority:
     def __init__(self, name: str, directory: Path, *, not_before: datetime | None = None,
-                 not_after: datetime | None = None) -> None:
+                 not_after: datetime | None = None, path_length: int | None = 0) -> None:
         now = datetime.now(UTC)
         self.directory = directory
         self.slug = name.lower().replace(" ", "-")
@@ -60,7 +60,7 @@ class CertificateAuthority:
             x509.CertificateBuilder().subject_name(self.name).issuer_name(self.name)
             .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(not_before or now - DAY).not_valid_after(not_after or now + 365 * DAY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                          content_commitment=False, key_encipherment=False, data_encipherment=False,
                                          key_agreement=False, encipher_only=False, decipher_only=False),
@@ -72,7 +72,9 @@ class CertificateAuthority:
 
     def issue(self, *, common_name: str | None = None, uris: Sequence[str] = (), dns_names: Sequence[str] = (),
               ips: Sequence[str] = (), server: bool = False, not_before: datetime | None = None,
-              not_after: datetime | None = None) -> Issued:
+              not_after: datetime | None = None,
+              extensions: Sequence[tuple[x509.ExtensionType, bool]] = ()) -> Issued:
+        """A certificate for a fresh key, with ``extensions`` as (value, critical) besides the usual ones."""
         now = datetime.now(UTC)
         key = ec.generate_private_key(ec.SECP256R1())
         subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name is not None else []
@@ -86,6 +88,8 @@ class CertificateAuthority:
         names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
         certificate = builder.sign(self.key, hashes.SHA256())
         self._count += 1
         stem = self.directory / f"{self.slug}-{self._count}"

@@ -15,7 +15,8 @@ located with the document's YAML paths and lines:
 - without an identity provider, no route whose every allow rule needs a signed-in user;
 - with one, ``trusted_proxies`` (a balancer in front) needs ``public_url``;
 - token issuers: unique names (identity providers' included), routes naming ones that exist,
-  and only routes whose rules name services (the only ones that accept bearer tokens).
+  and only routes whose rules name services (the only ones that accept bearer tokens);
+- workload identity: needs ``server.tls``; each trust bundle file readable, with certificates.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import stat
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
 from yarl import URL
 
 from ztproxy.config.presets import option_sections, resolve_preset, with_defaults
@@ -72,8 +74,11 @@ def run(document: Document, flagged: Collection[YamlPath]) -> list[ConfigIssue]:
         issues.append(context.issue(("signals", "transmitters"), "security signals act on signed-in users' "
                                                                   "sessions: configure identity_providers"))
     issuers = [(index, i) for index, i in enumerate(_list(data.get("token_issuers"))) if isinstance(i, dict)]
+    workloads = data.get("workload_identity")
     if isinstance(policies, dict):
-        issues.extend(_token_issuers(context, issuers, providers, routes, policies))
+        issues.extend(_token_issuers(context, issuers, providers, routes, policies, workloads=bool(workloads)))
+    if isinstance(workloads, dict):
+        issues.extend(_workload_identity(context, workloads, server))
     if providers and isinstance(server, dict) and server.get("trusted_proxies") and not server.get("public_url") \
             and not context.skip(("server", "trusted_proxies")):
         # Behind a balancer the listen address is an internal one: sign-in would send users there.
@@ -208,7 +213,7 @@ def _providers(context: _Context, providers: list[tuple[int, dict[Any, Any]]],
 
 def _token_issuers(context: _Context, issuers: list[tuple[int, dict[Any, Any]]],
                    providers: list[tuple[int, dict[Any, Any]]], routes: list[tuple[int, dict[Any, Any]]],
-                   policies: dict[Any, Any]) -> Iterator[ConfigIssue]:
+                   policies: dict[Any, Any], *, workloads: bool) -> Iterator[ConfigIssue]:
     taken = {provider.get("name", "default") for _, provider in providers}
     names: dict[str, int | None] = {}
     for index, issuer in issuers:
@@ -222,8 +227,10 @@ def _token_issuers(context: _Context, issuers: list[tuple[int, dict[Any, Any]]],
     for index, route in routes:
         listed = route.get("token_issuers")
         path = ("routes", index, "token_issuers")
+        # With workload identity, a rule on `services` alone is met by a workload certificate.
+        needing_tokens = ("clients", "scopes") if workloads else SERVICE_CRITERIA
         if not providers and not listed and not context.skip(("routes", index, "allow")) \
-                and any(_names_services(rule, policies) for rule in _list(route.get("allow"))):
+                and any(_names_services(rule, policies, needing_tokens) for rule in _list(route.get("allow"))):
             yield context.issue(("routes", index, "allow"),
                                 f"route {route.get('name', index)!r} names services, but accepts access tokens from "
                                 "no issuer: list token_issuers, or configure an identity provider")
@@ -241,12 +248,12 @@ def _token_issuers(context: _Context, issuers: list[tuple[int, dict[Any, Any]]],
                                       "token: name the services, or remove token_issuers")
 
 
-def _names_services(rule: Any, policies: dict[Any, Any]) -> bool:
-    """Whether ``rule`` (an allow entry) is about a calling service."""
+def _names_services(rule: Any, policies: dict[Any, Any], criteria: tuple[str, ...] = SERVICE_CRITERIA) -> bool:
+    """Whether ``rule`` (an allow entry) is about a calling service (names one of ``criteria``)."""
     if isinstance(rule, str) or (isinstance(rule, dict) and isinstance(rule.get("policy"), str)):
         named = _list(policies.get(rule if isinstance(rule, str) else rule["policy"]))
-        return any(_names_services(entry, {}) for entry in named)  # policies don't nest
-    return isinstance(rule, dict) and any(key in rule for key in SERVICE_CRITERIA)
+        return any(_names_services(entry, {}, criteria) for entry in named)  # policies don't nest
+    return isinstance(rule, dict) and any(key in rule for key in criteria)
 
 
 def _preset(context: _Context, index: int, provider: dict[Any, Any]) -> Iterator[ConfigIssue]:
@@ -335,6 +342,33 @@ def _cookie_reach(context: _Context, data: dict[Any, Any], routes: list[tuple[in
             yield context.issue(path, f"host {host!r} needs sign-in, but the session cookie is set on "
                                       f"{public_host!r} (the public URL's host): set sessions.cookie_domain to a "
                                       f"domain both are under, or serve this route on {public_host!r}")
+
+
+def _workload_identity(context: _Context, workloads: dict[Any, Any], server: Any) -> Iterator[ConfigIssue]:
+    """Workload certificates come over the listener's TLS, from the trust bundle files."""
+    tls = server.get("tls") if isinstance(server, dict) else None
+    if not isinstance(tls, dict) and not context.skip(("workload_identity",)):
+        yield context.issue(("workload_identity",), "workload certificates come over mutual TLS: configure "
+                                                    "server.tls (cert_file and key_file) on the listener")
+    domains = workloads.get("trust_domains")
+    if not isinstance(domains, dict):
+        return
+    for name, domain in domains.items():
+        path = ("workload_identity", "trust_domains", name, "bundle_file")
+        filename = domain.get("bundle_file") if isinstance(domain, dict) else None
+        if not isinstance(filename, str) or not filename or context.skip(path):
+            continue
+        problem = _unreadable(filename)
+        if problem is None:
+            try:
+                with open(filename, "rb") as file:
+                    x509.load_pem_x509_certificates(file.read())
+            except OSError as exc:
+                problem = str(exc.strerror or exc).lower()
+            except ValueError:
+                problem = "it holds no PEM certificate (-----BEGIN CERTIFICATE-----), or a broken one"
+        if problem is not None:
+            yield context.issue(path, f"cannot read the trust bundle of {name!r} from {filename!r}: {problem}")
 
 
 def _tls_files(context: _Context, tls: dict[Any, Any]) -> Iterator[ConfigIssue]:

@@ -33,6 +33,7 @@ from ztproxy.config.values import (
     is_host_name,
     split_listen,
 )
+from ztproxy.config.workloads import WorkloadIdentityConfig
 from ztproxy.origins import normalize_origin
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -201,6 +202,7 @@ class Config(Model):
     signals: SignalsConfig = SignalsConfig()  # security events from the IdP, EDR and MDM (SSF)
     sessions: SessionsConfig = SessionsConfig()
     devices: DevicesConfig = DevicesConfig()
+    workload_identity: WorkloadIdentityConfig | None = None  # SPIFFE trust domains: X.509 SVIDs over mTLS
     assertion: AssertionConfig = AssertionConfig()
     # pydantic copies mutable defaults; ruff sees Model as a pydantic model only in its own file.
     policies: dict[str, tuple[RuleEntry, ...]] = {}  # noqa: RUF012

@@ -21,7 +21,7 @@ from ztproxy.errors import (
     PayloadTooLarge,
     RequestError,
 )
-from ztproxy.state import RECORD
+from ztproxy.state import RECORD, ServiceCaller
 
 # Every response the proxy makes itself on the proxy listener (pages, JSON errors, redirects):
 # nothing of it may be framed (clickjacking), cached, sniffed into another type, or send the
@@ -97,7 +97,8 @@ def page_for(request: web.Request, error: RequestError) -> web.Response:
     close = isinstance(error, (BadRequest, HeadersTooLarge, ExpectationFailed, PayloadTooLarge))
     record = request.get(RECORD)
     accept = headers.get("Accept", "")
-    if headers.get("Authorization", "").partition(" ")[0].lower() in ("bearer", "dpop"):
-        accept = "application/json"  # a service with an access token: never an HTML page
+    if headers.get("Authorization", "").partition(" ")[0].lower() in ("bearer", "dpop") or \
+            (record is not None and isinstance(record.caller, ServiceCaller)):
+        accept = "application/json"  # a service (access token, workload certificate): never an HTML page
     return error_response(error, request_id=record.request_id if record is not None else "-",
                           accept=accept, requested_with=headers.get("X-Requested-With", ""), close=close)

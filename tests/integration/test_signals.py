@@ -44,6 +44,7 @@ class Signals:
 async def signals(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory,
                   start_transmitter: TransmitterFactory) -> Signals:
     transmitter = await start_transmitter()
+    before = scrape()
     world = await start_world(start_idp, start_proxy, start_upstream, routes=ROUTES + f"""
 signals:
   transmitters:
@@ -57,6 +58,9 @@ signals:
             await asyncio.sleep(0.05)
     assert stream["delivery"]["endpoint_url"] == world.url + "/.ztproxy/ssf/events"
     assert set(ev.ACTED_ON) <= set(stream["events_requested"])
+    async with asyncio.timeout(10):  # then verified: the transmitter echoed the state ztproxy asked for
+        while not changes(before, scrape())("ztproxy_signals_total", event="verification", result="applied"):
+            await asyncio.sleep(0.05)
     return Signals(world, transmitter)
 
 
@@ -203,7 +207,7 @@ signals:
         assert (await transmitter.push(event=ev.SESSION_REVOKED, sub_id=user, aud="https://other.example",
                                        jti="p-2"))[0] == 202
         async with asyncio.timeout(10):  # polled, applied, acknowledged; the bad one reported
-            while not ((polled := await transmitter.polled())["acked"] == ["p-1"] and "p-2" in polled["errors"]):
+            while not ("p-1" in (polled := await transmitter.polled())["acked"] and "p-2" in polled["errors"]):
                 await asyncio.sleep(0.05)
         assert polled["errors"]["p-2"]["err"] == "invalid_audience" and polled["queued"] == []
         assert await api_status(alice, world) == 401

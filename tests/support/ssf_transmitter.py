@@ -47,7 +47,9 @@ def build_app(issuer: str, management_token: str, control_token: str) -> web.App
     async def configuration(request: web.Request) -> web.Response:
         return web.json_response({"issuer": issuer, "jwks_uri": f"{issuer}/jwks",
                                   "configuration_endpoint": f"{issuer}/ssf/stream",
-                                  "delivery_methods_supported": ["urn:ietf:rfc:8935"]})
+                                  "verification_endpoint": f"{issuer}/ssf/verify",
+                                  "status_endpoint": f"{issuer}/ssf/status",
+                                  "delivery_methods_supported": ["urn:ietf:rfc:8935", "urn:ietf:rfc:8936"]})
 
     async def jwks(request: web.Request) -> web.Response:
         return web.json_response({"keys": [key.as_dict(private=False)]})
@@ -71,7 +73,28 @@ def build_app(issuer: str, management_token: str, control_token: str) -> web.App
     async def push(request: web.Request) -> web.Response:
         if not authorised(request, control_token):
             return web.json_response({"error": "unauthorized"}, status=401)
-        order = await request.json()
+        return await deliver(await request.json())
+
+    async def verify(request: web.Request) -> web.Response:
+        # SSF 8.1.4: a verification event carrying the receiver's state, through the stream.
+        if not authorised(request, management_token):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        body = await request.json()
+        # Delivered after this answer, as a transmitter's queue would: the receiver is waiting on us.
+        order = {"event": "https://schemas.openid.net/secevent/ssf/event-type/verification",
+                 "sub_id": {"format": "opaque", "id": body.get("stream_id", "")},
+                 "payload": {"state": body.get("state", "")}}
+        task = asyncio.get_running_loop().create_task(deliver(order))
+        state.setdefault("tasks", set()).add(task)
+        task.add_done_callback(state["tasks"].discard)
+        return web.Response(status=204)
+
+    async def status(request: web.Request) -> web.Response:
+        if not authorised(request, management_token):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response({"stream_id": request.query.get("stream_id"), "status": "enabled"})
+
+    async def deliver(order: dict[str, Any]) -> web.Response:
         current = state["stream"]
         if current is None:
             return web.json_response({"error": "no stream"}, status=409)
@@ -110,6 +133,8 @@ def build_app(issuer: str, management_token: str, control_token: str) -> web.App
 
     app = web.Application()
     app.router.add_post("/ssf/poll", poll)
+    app.router.add_post("/ssf/verify", verify)
+    app.router.add_get("/ssf/status", status)
     app.router.add_get("/-/polled", polled)
     app.router.add_get("/.well-known/ssf-configuration", configuration)
     app.router.add_get("/jwks", jwks)

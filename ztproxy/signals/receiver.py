@@ -54,6 +54,7 @@ _SECRET_KEY = "ssf:push-secret"
 _FOREVER = 10 * 365 * 86400.0  # the store wants a ttl; the push secret and account states outlive any stream
 _RETRY = 5.0  # seconds between attempts to set up a stream the transmitter could not be asked about
 _SEEN_BEFORE = "this SET was accepted before"
+_STATUS_INTERVAL = 60.0  # seconds between checks of a stream's status
 
 
 def configuration_url(config: TransmitterConfig) -> str:
@@ -125,6 +126,29 @@ class Transmitter:
         _log.info("ssf_stream_ready", transmitter=self.config.name, delivery=self.config.delivery,
                   stream_id=str((created or {}).get("stream_id", ""))[:100])
         return created if isinstance(created, dict) else {}
+
+    async def request_verification(self, stream_id: str, state: str) -> None:
+        """SSF 8.1.4: ask the transmitter to send a verification event carrying ``state``."""
+        url = (await self.document()).get("verification_endpoint")
+        if not isinstance(url, str):
+            return
+        headers = {"Authorization": f"Bearer {self.config.bearer_token}"} if self.config.bearer_token else {}
+        async with self._http.post(url, json={"stream_id": stream_id, "state": state}, headers=headers,
+                                   allow_redirects=False) as response:
+            await response.read()
+            if response.status not in (200, 204):
+                raise FetchFailed(f"requesting verification answered {response.status}")
+
+    async def status(self, stream_id: str) -> str | None:
+        """SSF 8.1.2: the stream's status at the transmitter (enabled, paused, disabled)."""
+        url = (await self.document()).get("status_endpoint")
+        if not isinstance(url, str):
+            return None
+        headers = {"Authorization": f"Bearer {self.config.bearer_token}"} if self.config.bearer_token else {}
+        status, answer = await get_json(self._http, URL(url).with_query(stream_id=stream_id), max_bytes=_MAX_DOCUMENT,
+                                        headers=headers)
+        value = answer.get("status") if status == 200 and isinstance(answer, dict) else None
+        return value if isinstance(value, str) else None
 
     async def poll(self, url: str, acks: list[str], errors: dict[str, dict[str, str]]) -> dict[str, str]:
         """One poll (RFC 8936 2.4): acknowledge ``acks``, report ``errors``; the SETs returned, by jti."""
@@ -201,6 +225,13 @@ class Signals:
     async def apply(self, event: SecurityEvent, transmitter: Transmitter) -> str:
         """What the event did: ``applied``, ``ignored`` (older than one applied, unknown), ``unmatched``."""
         store = self.sessions.store
+        if event.event_type == ev.VERIFICATION:
+            # SSF 8.1.4: the transmitter answers our verification request with the state we sent.
+            expected = await store.get(_verification_key(transmitter))
+            if expected is not None and hmac.compare_digest(str(event.payload.get("state", "")).encode(), expected):
+                _log.info("ssf_stream_verified", transmitter=transmitter.config.name)
+                return "applied"
+            return "ignored"
         # Events per subject and type in the order they happened: an older one never undoes a newer one.
         order_key = f"ssf:last:{transmitter.config.name}:{event.event_type}:{event.subject.key}"
         last = await store.get(order_key)
@@ -260,6 +291,7 @@ async def _set_up(signals: Signals, endpoint: str, secret: str) -> None:
                     else None
                 if isinstance(poll_url, str):
                     polls.append(asyncio.create_task(_poll(signals, transmitter, poll_url)))
+                polls.append(asyncio.create_task(_watch(signals, transmitter, str(stream.get("stream_id", "")))))
             if pending:
                 await asyncio.sleep(_RETRY)
         await asyncio.gather(*polls)
@@ -267,6 +299,30 @@ async def _set_up(signals: Signals, endpoint: str, secret: str) -> None:
         for task in polls:
             task.cancel()
         await asyncio.gather(*polls, return_exceptions=True)
+
+
+def _verification_key(transmitter: Transmitter) -> str:
+    return f"ssf:verify:{transmitter.config.name}"
+
+
+async def _watch(signals: Signals, transmitter: Transmitter, stream_id: str) -> None:
+    """Verify the stream once (the state shared by the replicas), then check its status now and then:
+    a stream the transmitter paused or disabled delivers nothing, which must not go unnoticed."""
+    state = secrets.token_urlsafe(16)
+    try:
+        await signals.sessions.store.put(_verification_key(transmitter), state.encode(), _FOREVER)
+        await transmitter.request_verification(stream_id, state)
+    except (FetchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        _log.warning("ssf_verification_failed", transmitter=transmitter.config.name, error=str(exc)[:200])
+    while True:
+        try:
+            status = await transmitter.status(stream_id)
+        except (FetchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            _log.warning("ssf_status_failed", transmitter=transmitter.config.name, error=str(exc)[:200])
+        else:
+            if status is not None and status != "enabled":
+                _log.warning("ssf_stream_not_enabled", transmitter=transmitter.config.name, status=status[:40])
+        await asyncio.sleep(_STATUS_INTERVAL)
 
 
 async def _poll(signals: Signals, transmitter: Transmitter, url: str) -> None:

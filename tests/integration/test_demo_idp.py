@@ -176,7 +176,8 @@ async def test_discovery_pkce_and_client_authentication(rp: TinyRp, ua: UserAgen
     assert metadata["backchannel_logout_supported"] is True
     assert metadata["backchannel_logout_session_supported"] is True
     assert metadata["authorization_response_iss_parameter_supported"] is True
-    assert set(metadata["grant_types_supported"]) == {"authorization_code", "refresh_token"}
+    # client_credentials: the tokens the demo IdP issues to services (issue 15).
+    assert set(metadata["grant_types_supported"]) == {"authorization_code", "refresh_token", "client_credentials"}
     assert {"client_secret_basic", "client_secret_post"} <= set(metadata["token_endpoint_auth_methods_supported"])
     for endpoint in ("end_session_endpoint", "userinfo_endpoint", "jwks_uri", "token_endpoint"):
         assert metadata[endpoint].startswith(rp.idp.issuer + "/")

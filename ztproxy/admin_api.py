@@ -1,8 +1,13 @@
-"""The admin API on the admin listener: list a user's sessions; revoke a session, a user, a device.
+"""The admin API on the admin listener: list a user's sessions; revoke a session, a user, a device,
+a service, a client or a token.
 
     GET    /admin/sessions?user=SUB[&provider=NAME]  -> {"sessions": [{"handle", "provider", "expires_at", ...}]}
     DELETE /admin/sessions/{handle}                  -> {"revoked": 1}           (404 if no such live session)
     POST   /admin/sessions/revoke  {"user": SUB[, "provider": NAME]} | {"device": ID}  -> {"revoked": N}
+    POST   /admin/services/revoke  {"client_id": ID} | {"service": SPIFFE_ID} | {"jti": ID[, "exp": UNIX]}
+                                                     -> {"revoked": {"kind", "value", "revoked_at", "expires_at"}}
+    GET    /admin/services/revocations               -> {"revocations": [{"kind", "value", ...}]}
+    POST   /admin/services/lift    (the same bodies, without exp) -> {"lifted": 1}  (404 if none)
 
 Every ``/admin/`` request needs ``Authorization: Bearer <server.admin_token>``, compared in
 constant time; without a configured token the whole API answers 403 (never open). Answers
@@ -12,7 +17,8 @@ The API works on what the store shows without opening a session (it has no sessi
 by design): the user, handle and device indexes, and the store's expiries. A session's
 handle is its public id, the ``session=`` of the logs and the ``sid`` of assertions.
 Revocations go through :class:`~ztproxy.sessions.manager.SessionManager`: deleted in the
-store, then announced to every worker and replica.
+store, then announced to every worker and replica; those of services through
+:class:`~ztproxy.service_revocations.ServiceRevocations`: kept in the store, then announced.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from aiohttp import web
 from ztproxy import metrics
 from ztproxy.config.schema import Config
 from ztproxy.errors import SessionStoreUnavailable
+from ztproxy.service_revocations import KINDS, TOKEN_BOUND, Revocation, ServiceRevocations
 from ztproxy.sessions.manager import SessionManager
 from ztproxy.sessions.store import open_store
 from ztproxy.state import CONFIG
@@ -45,6 +52,7 @@ _HANDLE_RE = re.compile(r"[0-9a-f]{16}")
 _REALM = 'Bearer realm="ztproxy-admin"'
 
 ADMIN_SESSIONS = web.AppKey("admin_sessions", SessionManager)
+ADMIN_SERVICES = web.AppKey("admin_services", ServiceRevocations)
 _TOKEN_DIGEST = web.AppKey("admin_token_digest", bytes)
 
 
@@ -68,8 +76,13 @@ def add_admin_api(app: web.Application, config: Config) -> None:
     app.router.add_get("/admin/sessions", list_sessions)
     app.router.add_delete("/admin/sessions/{handle}", revoke_session)
     app.router.add_post("/admin/sessions/revoke", revoke_sessions)
+    app.router.add_post("/admin/services/revoke", revoke_service)
+    app.router.add_get("/admin/services/revocations", list_service_revocations)
+    app.router.add_post("/admin/services/lift", lift_service_revocation)
     if token is not None and config.identity_providers:
         app.cleanup_ctx.append(_sessions_ctx)
+    if token is not None:
+        app.cleanup_ctx.append(_services_ctx)
 
 
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -81,6 +94,15 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await sessions.close()
+        await store.close()
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = open_store(app[CONFIG].sessions)
+    app[ADMIN_SERVICES] = ServiceRevocations(store, poll_every=float(app[CONFIG].sessions.cache_ttl))
+    try:
+        yield
+    finally:
         await store.close()
 
 
@@ -96,7 +118,9 @@ async def _guard(request: web.Request,
         return _error(error)
     except web.HTTPNotFound:
         return _error(ApiError(404, "not-found", "No such admin endpoint: see GET /admin/sessions, "
-                                                 "DELETE /admin/sessions/{handle}, POST /admin/sessions/revoke."))
+                                                 "DELETE /admin/sessions/{handle}, POST /admin/sessions/revoke, "
+                                                 "POST /admin/services/revoke, GET /admin/services/revocations, "
+                                                 "POST /admin/services/lift."))
     except web.HTTPException as exc:  # 405, 413... raised by aiohttp itself
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
         return _error(ApiError(exc.status, _http_code(exc.status), exc.reason, allow))
@@ -176,6 +200,61 @@ async def revoke_sessions(request: web.Request) -> web.Response:
     log.info("sessions_revoked", by="admin", subject=subject, provider=provider, sessions_ended=ended)
     metrics.session_ended("admin", ended)
     return _json({"revoked": ended, "user": subject})
+
+
+async def revoke_service(request: web.Request) -> web.Response:
+    services = request.app[ADMIN_SERVICES]
+    body = await _json_body(request)
+    kind, value = _service_target(body, extra=("exp",))
+    now = time.time()
+    expires_at: float | None = None
+    if kind == "jti":
+        exp = body.get("exp")
+        if exp is not None and (isinstance(exp, bool) or not isinstance(exp, int | float) or exp <= now):
+            raise ApiError(400, "bad-request", "exp must be the token's expiry in Unix seconds, in the future.")
+        # A token lives until its exp; without it, TOKEN_BOUND (the docs tell operators so).
+        expires_at = float(exp) if exp is not None else now + TOKEN_BOUND
+    elif "exp" in body:
+        raise ApiError(400, "bad-request", "exp goes with jti: a client or a service is revoked until lifted.")
+    revocation = Revocation(kind, value, now, expires_at)
+    await services.revoke(revocation, now)
+    log.info("service_revoked", by="admin", kind=kind, value=value,
+             expires_at=_iso(expires_at) if expires_at is not None else None)
+    return _json({"revoked": _revocation(revocation)})
+
+
+async def list_service_revocations(request: web.Request) -> web.Response:
+    listed = await request.app[ADMIN_SERVICES].listed()
+    return _json({"revocations": [_revocation(revocation) for revocation in listed]})
+
+
+async def lift_service_revocation(request: web.Request) -> web.Response:
+    kind, value = _service_target(await _json_body(request), extra=())
+    if not await request.app[ADMIN_SERVICES].lift(kind, value):
+        raise ApiError(404, "not-found", f"No revocation of {kind} {value[:200]!r} is in force.")
+    log.info("service_revocation_lifted", by="admin", kind=kind, value=value)
+    return _json({"lifted": 1, "kind": kind, "value": value})
+
+
+def _service_target(body: dict[str, Any], *, extra: tuple[str, ...]) -> tuple[str, str]:
+    """The one kind (client_id, service, jti) and value a services body names."""
+    unknown = sorted(set(body) - {*KINDS, *extra})
+    if unknown:
+        raise ApiError(400, "bad-request", f"Unknown field {unknown[0]!r}: give client_id, service or jti.")
+    named = [kind for kind in KINDS if kind in body]
+    if len(named) != 1:
+        raise ApiError(400, "bad-request", "Give exactly one of client_id, service or jti.")
+    kind = named[0]
+    value = _identifier(body[kind], kind)
+    if kind == "service" and not value.startswith("spiffe://"):
+        raise ApiError(400, "bad-request", "service is a SPIFFE ID: spiffe://trust-domain/path.")
+    return kind, value
+
+
+def _revocation(revocation: Revocation) -> dict[str, Any]:
+    expires_at = revocation.expires_at
+    return {"kind": revocation.kind, "value": revocation.value, "revoked_at": _iso(revocation.revoked_at),
+            "expires_at": _iso(expires_at) if expires_at is not None else None}
 
 
 def _sessions(request: web.Request) -> SessionManager:

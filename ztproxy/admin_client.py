@@ -1,4 +1,4 @@
-"""A small client of the admin API (``ztproxy.admin_api``), for ``ztproxy sessions``.
+"""A small client of the admin API (``ztproxy.admin_api``), for ``ztproxy sessions`` and ``ztproxy services``.
 
 Synchronous and stdlib-only (urllib): a CLI call makes one or two requests and exits.
 Every failure is an :class:`AdminApiError` with a message fit for an operator.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,6 +35,34 @@ def admin_url(listen: str) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+class AdminSetupError(Exception):
+    """The admin API cannot even be looked for: no URL, no token, an unreadable file (a usage error)."""
+
+
+def reach(url: str | None, token_file: str | None, config_path: str | None) -> AdminClient:
+    """The client of ``--admin-url`` and ``--token-file``, else of ``-c FILE``'s admin listener and token."""
+    token = None
+    if token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise AdminSetupError(f"cannot read --token-file {token_file}: {error}") from None
+    if (url is None or token is None) and config_path:
+        from ztproxy.config import load
+
+        server = load(config_path).server  # a ConfigError is the caller's to render
+        url = url or (admin_url(server.admin_listen) if server.admin_listen else None)
+        token = token or server.admin_token
+    if not url:
+        raise AdminSetupError("no admin URL: pass --admin-url URL or -c FILE with server.admin_listen")
+    if not token:
+        raise AdminSetupError("no admin token: pass --token-file FILE or -c FILE with server.admin_token_file")
+    try:
+        return AdminClient(url, token)
+    except AdminApiError as error:
+        raise AdminSetupError(str(error)) from None
+
+
 class AdminClient:
     def __init__(self, base_url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         if not base_url.startswith(("http://", "https://")):
@@ -55,6 +84,16 @@ class AdminClient:
 
     def revoke_device(self, device: str) -> dict[str, Any]:
         return self._call("POST", "/admin/sessions/revoke", {"device": device})
+
+    def revoke_service(self, kind: str, value: str, exp: float | None = None) -> dict[str, Any]:
+        """``kind``: client_id, service or jti; ``exp`` (a jti's token expiry, Unix seconds) if known."""
+        return self._call("POST", "/admin/services/revoke", {kind: value, **({"exp": exp} if exp is not None else {})})
+
+    def service_revocations(self) -> dict[str, Any]:
+        return self._call("GET", "/admin/services/revocations")
+
+    def lift_service(self, kind: str, value: str) -> dict[str, Any]:
+        return self._call("POST", "/admin/services/lift", {kind: value})
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}

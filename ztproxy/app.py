@@ -28,6 +28,7 @@ from ztproxy.pipeline import Handler, Stage, build_pipeline
 from ztproxy.policy import policy_hash
 from ztproxy.posture.service import posture_ctx
 from ztproxy.routing import RouteTable
+from ztproxy.service_revocations import revocations_ctx
 from ztproxy.signals.receiver import signals_ctx
 from ztproxy.signing import assertion_ctx
 from ztproxy.state import CONFIG, INTAKE, POLICY_HASH, RECORD, ROUTE_LIST, ROUTES, IntakeSettings
@@ -85,6 +86,7 @@ def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(client_session_ctx)
     app.cleanup_ctx.append(auth_ctx)
     app.cleanup_ctx.append(bearer_ctx)
+    app.cleanup_ctx.append(revocations_ctx)
     app.cleanup_ctx.append(signals_ctx)
     app.cleanup_ctx.append(workloads_ctx)
     app.cleanup_ctx.append(assertion_ctx)

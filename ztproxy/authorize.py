@@ -13,6 +13,7 @@ without writing a second decision event.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 
@@ -29,6 +30,7 @@ from ztproxy.pages import wants_json
 from ztproxy.policy import Decision, Outcome, RequestFacts, RoutePolicy, Service, StepUp, evaluate, explain_refusal
 from ztproxy.policy import reasons as why
 from ztproxy.policy.compile import needed_scope
+from ztproxy.service_revocations import REVOKED_SERVICES
 from ztproxy.state import POLICY_HASH, RECORD, Person, RequestRecord, ServiceCaller
 from ztproxy.telemetry import decision_event
 
@@ -59,6 +61,9 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
     service = caller.service if isinstance(caller, ServiceCaller) else None
     if record.refused_credential is not None:
         _refuse_token(request, record, record.refused_credential)
+    if service is not None and (revoked := request.app[REVOKED_SERVICES]) is not None \
+            and (refusal := revoked.refusal(service, time.time())) is not None:
+        _refuse_token(request, record, refusal)  # a client, service or token revoked, before or after it was issued
     decision = policy.constant
     if decision is None or route.shadow is not None:
         facts = RequestFacts(
@@ -180,11 +185,17 @@ def log_decision(request: web.Request, record: RequestRecord, decision: Decision
     """The audit trail: who, from what device, on which route, what was decided and why."""
     ctx = record.context
     caller = record.caller
+    service = caller.service if isinstance(caller, ServiceCaller) else None
     fields: dict[str, object] = {
         "request_id": ctx.request_id,
         "route": ctx.route.name,
+        "caller": caller.kind if caller is not None else metrics.ANONYMOUS,
         "subject": caller.subject if caller is not None else None,
         "session": caller.handle if caller is not None else None,
+        # A service's names and scopes, never its token (``session`` is the token's hash).
+        "service": service.spiffe_id if service is not None else None,
+        "client_id": service.client_id if service is not None else None,
+        "scopes": sorted(service.scopes) if service is not None else None,
         "device": record.device.id if record.device is not None else None,
         "client": ctx.client_ip,
         "method": ctx.method,

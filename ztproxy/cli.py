@@ -9,6 +9,8 @@
     ztproxy keys generate|rotate|list|jwks --dir DIR   (or -c FILE: its assertion section)
     ztproxy sessions list --user SUB | revoke --session HANDLE | --user SUB | --device ID
                           [-c FILE | --admin-url URL --token-file FILE]
+    ztproxy services revoke|lift --client-id ID | --service SPIFFE_ID | --jti JTI [--exp UNIX] | list
+                          [-c FILE | --admin-url URL --token-file FILE]
     ztproxy forward-auth nginx|caddy|traefik|envoy -c FILE
     ztproxy --version
 
@@ -31,6 +33,7 @@ from ztproxy import __version__
 from ztproxy.errors import ConfigError
 
 if TYPE_CHECKING:
+    from ztproxy.admin_client import AdminClient
     from ztproxy.assertion.keys import KeyStatus, RotationPolicy
 
 
@@ -61,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     _keys_parser(commands.add_parser("keys", help="create, rotate and list the keys signing identity assertions"))
     _sessions_parser(commands.add_parser("sessions", help="list and revoke sessions through the admin API"),
                      config_arg)
+    _services_parser(commands.add_parser("services", help="revoke services, clients and tokens through the "
+                                                          "admin API"), config_arg)
     forward_auth = commands.add_parser(
         "forward-auth", help="print the configuration of a proxy that asks ztproxy about each request")
     forward_auth.add_argument("kind", choices=("nginx", "caddy", "traefik", "envoy"))
@@ -125,6 +130,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return _keys(args)
     if args.command == "sessions":
         return _sessions(args)
+    if args.command == "services":
+        return _services(args)
     if args.command == "config":  # the one action: schema
         from ztproxy.config import jsonschema
 
@@ -344,15 +351,20 @@ def _key_lines(statuses: Sequence[KeyStatus]) -> list[str]:
     return lines
 
 
+def _admin_api_args(sub: argparse.ArgumentParser, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
+    """How ``ztproxy sessions|services`` reach the admin API: -c FILE, or --admin-url and --token-file."""
+    config_arg(sub)
+    sub.add_argument("--admin-url", help="the admin listener, e.g. http://127.0.0.1:9090 "
+                                         "(default: server.admin_listen of -c)")
+    sub.add_argument("--token-file", help="file holding the admin token (default: server.admin_token of -c)")
+
+
 def _sessions_parser(sessions: argparse.ArgumentParser,
                      config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
     actions = sessions.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def where(sub: argparse.ArgumentParser) -> None:
-        config_arg(sub)
-        sub.add_argument("--admin-url", help="the admin listener, e.g. http://127.0.0.1:9090 "
-                                             "(default: server.admin_listen of -c)")
-        sub.add_argument("--token-file", help="file holding the admin token (default: server.admin_token of -c)")
+        _admin_api_args(sub, config_arg)
         sub.add_argument("--provider", help="only this identity provider's sessions (with --user)")
 
     listing = actions.add_parser("list", help="a user's live sessions: handle, provider, idle expiry")
@@ -367,37 +379,91 @@ def _sessions_parser(sessions: argparse.ArgumentParser,
     target.add_argument("--device", metavar="ID", help="every session served from this device")
 
 
+def _services_parser(services: argparse.ArgumentParser,
+                     config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
+    actions = services.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def where(sub: argparse.ArgumentParser) -> None:
+        _admin_api_args(sub, config_arg)
+
+    def target(sub: argparse.ArgumentParser) -> None:
+        group = sub.add_mutually_exclusive_group(required=True)
+        group.add_argument("--client-id", metavar="ID", help="an OAuth client: every token it has or will get")
+        group.add_argument("--service", metavar="SPIFFE_ID", help="a workload, by its SPIFFE ID")
+        group.add_argument("--jti", metavar="JTI", help="one access token, by its jti")
+
+    revoke = actions.add_parser("revoke", help="refuse a client, service or token on every worker and replica")
+    where(revoke)
+    target(revoke)
+    revoke.add_argument("--exp", type=int, metavar="UNIX", help="with --jti: the token's exp (default: revoked 24h)")
+    listing = actions.add_parser("list", help="the revocations in force")
+    where(listing)
+    listing.add_argument("--json", action="store_true", help="print the admin API's JSON answer")
+    lift = actions.add_parser("lift", help="end a revocation")
+    where(lift)
+    target(lift)
+
+
+def _services(args: argparse.Namespace) -> int:
+    """Exit 2 for unusable arguments or configuration, 1 when the admin API refuses or cannot be reached."""
+    from ztproxy.admin_client import AdminApiError
+
+    if args.action == "revoke" and args.exp is not None and not args.jti:
+        print("ztproxy services: --exp goes with --jti", file=sys.stderr)
+        return 2
+    api = _admin_api(args, "services")
+    if isinstance(api, int):
+        return api
+    named = {} if args.action == "list" else {"client_id": args.client_id, "service": args.service, "jti": args.jti}
+    kind, value = next(((kind, value) for kind, value in named.items() if value is not None), ("", ""))
+    try:
+        if args.action == "list":
+            answer = api.service_revocations()
+        elif args.action == "revoke":
+            answer = api.revoke_service(kind, value, args.exp)
+        else:
+            answer = api.lift_service(kind, value)
+    except AdminApiError as error:
+        print(f"ztproxy services: {error}", file=sys.stderr)
+        return 1
+    if args.action == "revoke":
+        until = answer["revoked"].get("expires_at") or "lifted"
+        print(f"revoked {kind} {value} until {until}")
+    elif args.action == "lift":
+        print(f"lifted the revocation of {kind} {value}")
+    elif args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        listed = answer.get("revocations", [])
+        print("\n".join(f"{item['kind']}  {item['value']}  since {item['revoked_at']}  until "
+                        f"{item['expires_at'] or 'lifted'}" for item in listed) if listed else "no revocations")
+    return 0
+
+
+def _admin_api(args: argparse.Namespace, command: str) -> AdminClient | int:
+    """The admin API's client for ``ztproxy sessions|services``; an exit code (2) when it cannot be had."""
+    from ztproxy.admin_client import AdminSetupError, reach
+
+    try:
+        return reach(args.admin_url, args.token_file, args.config)
+    except AdminSetupError as error:
+        print(f"ztproxy {command}: {error}", file=sys.stderr)
+    except ConfigError as error:
+        print(error.render(), file=sys.stderr)
+    return 2
+
+
 def _sessions(args: argparse.Namespace) -> int:
     """Exit 2 for unusable arguments or configuration, 1 when the admin API refuses or cannot be reached."""
-    from ztproxy.admin_client import AdminApiError, AdminClient, admin_url
+    from ztproxy.admin_client import AdminApiError
 
-    url, token = args.admin_url, None
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as error:
-            print(f"ztproxy sessions: cannot read --token-file {args.token_file}: {error}", file=sys.stderr)
-            return 2
-    if (url is None or token is None) and args.config:
-        from ztproxy.config import load
-
-        try:
-            server = load(args.config).server
-        except ConfigError as error:
-            print(error.render(), file=sys.stderr)
-            return 2
-        url = url or (admin_url(server.admin_listen) if server.admin_listen else None)
-        token = token or server.admin_token
-    if not url or not token:
-        print("ztproxy sessions: " + ("no admin URL: pass --admin-url URL or -c FILE with server.admin_listen"
-                                      if not url else "no admin token: pass --token-file FILE or -c FILE with "
-                                      "server.admin_token_file"), file=sys.stderr)
-        return 2
+    api = _admin_api(args, "sessions")
+    if isinstance(api, int):
+        return api
     if args.provider and args.action == "revoke" and not args.user:
         print("ztproxy sessions: --provider goes with --user", file=sys.stderr)
         return 2
     try:
-        api = AdminClient(url, token)
         if args.action == "list":
             answer = api.list_sessions(args.user, args.provider)
         elif args.session:

@@ -5,7 +5,7 @@ into a private registry (plus the process's CPU, memory and file descriptors), r
 Prometheus's text format by ``exposition``. Two kinds of measurement feed that reader:
 
 - Per request (requests, latency, denials, step-ups, upstream latency): counted into plain
-  series kept per label values (route, status, decision), found with one dict lookup. The
+  series kept per label values (route, status, decision, caller), found with one dict lookup. The
   SDK's synchronous instruments clean and hash their attributes on every call, 10 to 30 µs
   each, measured: a tenth of the proxy's whole hot path per instrument. At collection the
   series are handed to the reader as OpenTelemetry data points (what the specification
@@ -56,6 +56,7 @@ from ztproxy.policy import Decision, Outcome
 
 # The compatibility text format: every Prometheus server version reads it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ANONYMOUS = "anonymous"  # the caller label of a request with no person or service established
 NO_VALUE = "-"  # route or decision label of a request refused before it had one (no route name starts so)
 # Seconds. The proxy's own work is sub-millisecond; upstreams and sign-ins take longer.
 LATENCY_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -105,26 +106,30 @@ class RequestMetrics:
 
     def __init__(self) -> None:
         self.started = time.time_ns()
-        self._requests: dict[tuple[str, int, str], _RequestSeries] = {}
-        self._latency: dict[tuple[str, str], _Latency] = {}
+        self._requests: dict[tuple[str, int, str, str], _RequestSeries] = {}
+        self._latency: dict[tuple[str, str, str], _Latency] = {}
         self._upstream: dict[str, _Latency] = {}
-        self._refusals: dict[tuple[Outcome, str, str], int] = {}
+        self._refusals: dict[tuple[Outcome, str, str, str], int] = {}
 
-    def observe(self, route: str, status: int, decision: Decision | None, seconds: float) -> None:
-        """One answered request, ``seconds`` after its handling began (streamed bodies included)."""
+    def observe(self, route: str, status: int, decision: Decision | None, seconds: float,
+                caller: str = ANONYMOUS) -> None:
+        """One answered request, ``seconds`` after its handling began (streamed bodies included).
+
+        ``caller``: ``person``, ``service`` or ``anonymous`` (nobody established).
+        """
         # _value_ is a plain attribute; Enum.value is a property, a few hundred ns on this path.
         outcome = NO_VALUE if decision is None else decision.outcome._value_
-        series = self._requests.get((route, status, outcome))
+        series = self._requests.get((route, status, outcome, caller))
         if series is None:
-            latency = self._latency.setdefault((route, outcome), _Latency())
-            series = self._requests[(route, status, outcome)] = _RequestSeries(latency)
+            latency = self._latency.setdefault((route, outcome, caller), _Latency())
+            series = self._requests[(route, status, outcome, caller)] = _RequestSeries(latency)
         series.count += 1
         if status != 101:  # a WebSocket's time is the socket's lifetime, not the proxy's latency
             series.latency.record(seconds)
         if decision is not None and decision.outcome is not Outcome.ALLOW:
             refusals = self._refusals
             for reason in decision.reasons:
-                key = (decision.outcome, route, reason)
+                key = (decision.outcome, route, reason, caller)
                 refusals[key] = refusals.get(key, 0) + 1
 
     def observe_upstream(self, route: str, seconds: float) -> None:
@@ -137,21 +142,21 @@ class RequestMetrics:
     def produce(self) -> list[Metric]:
         """The series as OpenTelemetry metrics (cumulative since this process started)."""
         start, now = self.started, time.time_ns()
-        requests = [NumberDataPoint({"route": route, "status": str(status), "decision": outcome}, start, now,
-                                    series.count)
-                    for (route, status, outcome), series in list(self._requests.items())]
-        latency = [histogram.point({"route": route, "decision": outcome}, start, now)
-                   for (route, outcome), histogram in list(self._latency.items())]
+        requests = [NumberDataPoint({"route": route, "status": str(status), "decision": outcome, "caller": caller},
+                                    start, now, series.count)
+                    for (route, status, outcome, caller), series in list(self._requests.items())]
+        latency = [histogram.point({"route": route, "decision": outcome, "caller": caller}, start, now)
+                   for (route, outcome, caller), histogram in list(self._latency.items())]
         upstream = [histogram.point({"route": route}, start, now)
                     for route, histogram in list(self._upstream.items())]
         denials: list[NumberDataPoint] = []
         step_ups: list[NumberDataPoint] = []
-        for (outcome, route, reason), count in list(self._refusals.items()):
-            point = NumberDataPoint({"route": route, "reason": reason}, start, now, count)
+        for (outcome, route, reason, caller), count in list(self._refusals.items()):
+            point = NumberDataPoint({"route": route, "reason": reason, "caller": caller}, start, now, count)
             (step_ups if outcome is Outcome.STEP_UP else denials).append(point)
         return [
-            _sum("ztproxy.requests", "Requests answered, by route, HTTP status and policy decision "
-                 "('-': refused before a route or a decision)", requests),
+            _sum("ztproxy.requests", "Requests answered, by route, HTTP status, policy decision "
+                 "('-': refused before a route or a decision) and caller (person, service, anonymous)", requests),
             _histogram("ztproxy.request.duration", "Time from the start of a request's handling to its answer "
                        "(streamed bodies included, WebSockets left out)", latency),
             _histogram("ztproxy.upstream.duration", "Time from sending a request upstream to its response "

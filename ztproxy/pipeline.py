@@ -26,7 +26,7 @@ from aiohttp import web
 from ztproxy import tracing
 from ztproxy.errors import InternalError, RequestError
 from ztproxy.forward_auth import Kind, strict_status
-from ztproxy.metrics import NO_VALUE, REQUESTS, RequestMetrics
+from ztproxy.metrics import ANONYMOUS, NO_VALUE, REQUESTS, RequestMetrics
 from ztproxy.pages import page_for, secure
 from ztproxy.state import CONFIG, RECORD, RequestRecord
 from ztproxy.telemetry import access_event
@@ -105,4 +105,6 @@ _request_ids = _RequestIds()
 
 def _observe(requests: RequestMetrics, record: RequestRecord, status: int, duration: float) -> None:
     ctx = record.intake
-    requests.observe(ctx.route.name if ctx is not None else NO_VALUE, status, record.decision, duration)
+    caller = record.caller
+    requests.observe(ctx.route.name if ctx is not None else NO_VALUE, status, record.decision, duration,
+                     ANONYMOUS if caller is None else caller.kind)

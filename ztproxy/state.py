@@ -11,6 +11,7 @@ so no stage needs to import another to know what it found.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from aiohttp import web
 
@@ -56,6 +57,7 @@ POLICY_HASH = web.AppKey("policy_hash", str)  # of every route's compiled rules:
 class Person:
     """A caller signed in with a browser session."""
 
+    kind: ClassVar[str] = "person"  # the caller label of metrics and decision events
     ticket: Ticket
     session: Session
 
@@ -77,6 +79,7 @@ class Person:
 class ServiceCaller:
     """A caller that is a service: an access token or a workload certificate vouched for it."""
 
+    kind: ClassVar[str] = "service"  # the caller label of metrics and decision events
     service: Service
     handle: str  # a hash of the token or certificate, as logs and assertions name it (never the token)
 

@@ -58,6 +58,8 @@ routes:
     assert office["shadow_decision"] == "deny" and office["shadow_disagrees"] is True
     assert office["shadow_reasons"] == ["source-not-allowed"] and office["policy"] == expected_hash
     assert office["subject"] is None and office["client"] == "127.0.0.1" and office["request_id"]
+    assert office["caller"] == "anonymous"  # nobody established: no service, client or scopes either
+    assert (office["service"], office["client_id"], office["scopes"]) == (None, None, None)
     assert closed["decision"] == "deny" and closed["reasons"] == ["source-not-allowed"]
     assert "shadow_decision" not in closed
     # Public routes are decided at load time: their requests show in the access log only.

@@ -15,11 +15,13 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ProxyFactory, UpstreamFactory, free_port
 from tests.support.forgery import tamper
 from tests.support.idp import ALICE_PASSWORD, IdpFactory
 from tests.support.user_agent import UserAgent
+from ztproxy import metrics
 from ztproxy.demo_idp import DemoIdp, IdpClient, IdpResource, IdpService
 from ztproxy.verify import Verifier
 
@@ -231,3 +233,27 @@ routes:
     # An opaque token of the token issuer, introspected with the proxy's client there.
     opaque = await ci.client_credentials(BILLING, ARCHIVE, ["orders.read"])
     assert (await world.call("/archive/x", opaque))[0] == 200
+
+
+async def test_requests_denials_and_latency_are_labelled_with_the_caller(world: World) -> None:
+    def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return {(sample.name, frozenset(sample.labels.items())): sample.value
+                for family in text_string_to_metric_families(metrics.exposition().decode())
+                for sample in family.samples}
+
+    def delta(name: str, **labels: str) -> float:
+        wanted = labels.items()
+        return sum(value for (found, series), value in after.items() if found == name and wanted <= series) - sum(
+            value for (found, series), value in before.items() if found == name and wanted <= series)
+
+    before = scrape()
+    billing = await world.idp.client_credentials(BILLING, ORDERS, ["orders.read"])
+    reports = await world.idp.client_credentials(REPORTS, ORDERS, ["orders.read"])
+    assert (await world.call("/orders/list", billing))[0] == 200
+    assert (await world.call("/orders/list", reports))[0] == 403
+    assert (await world.call("/orders/list"))[0] == 401
+    after = scrape()
+    assert delta("ztproxy_requests_total", route="orders", status="200", caller="service") == 1
+    assert delta("ztproxy_request_duration_seconds_count", route="orders", decision="allow", caller="service") == 1
+    assert delta("ztproxy_denials_total", route="orders", reason="client-not-allowed", caller="service") == 1
+    assert delta("ztproxy_denials_total", route="orders", reason="service-required", caller="anonymous") == 1

@@ -27,10 +27,12 @@ async def test_sign_in_back_channel_logout_and_the_delay_to_the_first_refusal(
     completed = sample("ztproxy_logins_total", result="completed")
     ended = sample("ztproxy_sessions_ended_total", reason="backchannel")
     delays = sample("ztproxy_revocation_delay_seconds_count")
+    as_person = sample("ztproxy_requests_total", status="200", caller="person")
     async with UserAgent() as agent:
         await world.login(agent, "/app/", "alice", ALICE_PASSWORD)
         cookie = next(c.value for c in agent.cookie_jar if c.key == "ztproxy_session")
     assert sample("ztproxy_logins_total", result="completed") == completed + 1
+    assert sample("ztproxy_requests_total", status="200", caller="person") == as_person + 1  # the signed-in page
     assert sample("ztproxy_sessions_active") >= 1
     await world.idp.end_sessions("alice")
     assert sample("ztproxy_sessions_ended_total", reason="backchannel") == ended + 1

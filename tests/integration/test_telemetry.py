@@ -179,12 +179,12 @@ routes:
         assert status_line.split()[1] == b"400"
         text, after = await scrape(client, proxy.admin_url)
     delta = changes(before, after)
-    assert delta("ztproxy_requests_total", route="open", status="200", decision="allow") == 3
-    assert delta("ztproxy_requests_total", route="closed", status="403", decision="deny") == 1
-    assert delta("ztproxy_requests_total", route="-", status="404", decision="-") == 1
-    assert delta("ztproxy_requests_total", route="-", status="400", decision="-") == 1
-    assert delta("ztproxy_denials_total", route="closed", reason="source-not-allowed") == 1
-    assert delta("ztproxy_request_duration_seconds_count", route="open", decision="allow") == 3
+    assert delta("ztproxy_requests_total", route="open", status="200", decision="allow", caller="anonymous") == 3
+    assert delta("ztproxy_requests_total", route="closed", status="403", decision="deny", caller="anonymous") == 1
+    assert delta("ztproxy_requests_total", route="-", status="404", decision="-", caller="anonymous") == 1
+    assert delta("ztproxy_requests_total", route="-", status="400", decision="-", caller="anonymous") == 1
+    assert delta("ztproxy_denials_total", route="closed", reason="source-not-allowed", caller="anonymous") == 1
+    assert delta("ztproxy_request_duration_seconds_count", route="open", decision="allow", caller="anonymous") == 3
     assert delta("ztproxy_upstream_duration_seconds_count", route="open") == 3
     assert delta("ztproxy_upstream_duration_seconds_count", route="closed") == 0
     assert 'worker="' not in text  # one process: nothing to tell apart

@@ -58,13 +58,29 @@ def test_requests_are_counted_by_route_status_and_decision() -> None:
     assert delta("ztproxy_step_ups_total", route="unit-wiki", reason="group-missing") == 0
 
 
+def test_requests_denials_and_latency_are_labelled_by_caller() -> None:
+    before = scrape()
+    metrics.REQUESTS.observe("unit-api", 200, ALLOW, 0.0002, "service")
+    metrics.REQUESTS.observe("unit-api", 200, ALLOW, 0.0002, "person")
+    metrics.REQUESTS.observe("unit-api", 401, DENY, 0.0001, "service")
+    metrics.REQUESTS.observe("unit-api", 401, DENY, 0.0001)  # nobody established
+    delta = changes(before, scrape())
+    assert delta("ztproxy_requests_total", route="unit-api", status="200", caller="service") == 1
+    assert delta("ztproxy_requests_total", route="unit-api", status="200", caller="person") == 1
+    assert delta("ztproxy_requests_total", route="unit-api", status="401", caller="anonymous") == 1
+    assert delta("ztproxy_request_duration_seconds_count", route="unit-api", decision="deny", caller="service") == 1
+    assert delta("ztproxy_denials_total", route="unit-api", reason="group-missing", caller="service") == 1
+    assert delta("ztproxy_denials_total", route="unit-api", reason="group-missing", caller="anonymous") == 1
+    assert delta("ztproxy_denials_total", route="unit-api", reason="group-missing", caller="person") == 0
+
+
 def test_step_ups_count_apart_from_denials() -> None:
     requests = RequestMetrics()
-    requests.observe("pay", 302, STEP_UP, 0.001)
-    requests.observe("pay", 401, STEP_UP, 0.001)
+    requests.observe("pay", 302, STEP_UP, 0.001, "person")
+    requests.observe("pay", 401, STEP_UP, 0.001, "person")
     produced = {metric.name: metric for metric in requests.produce()}
     [step_up] = produced["ztproxy.step_ups"].data.data_points
-    assert dict(step_up.attributes or {}) == {"route": "pay", "reason": "mfa-required"}
+    assert dict(step_up.attributes or {}) == {"route": "pay", "reason": "mfa-required", "caller": "person"}
     assert step_up.value == 2  # type: ignore[union-attr]
     assert list(produced["ztproxy.denials"].data.data_points) == []
 

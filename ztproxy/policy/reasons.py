@@ -33,6 +33,8 @@ OUTSIDE_TIME_WINDOW = "outside-time-window"
 SERVICE_REQUIRED = "service-required"  # a rule about services, and no service calling
 TOKEN_INVALID = "token-invalid"
 TOKEN_EXPIRED = "token-expired"
+TOKEN_REVOKED = "token-revoked"  # its jti was revoked (admin API)
+SERVICE_REVOKED = "service-revoked"  # its client_id or SPIFFE ID was revoked (admin API)
 SCOPE_MISSING = "scope-missing"
 CLIENT_NOT_ALLOWED = "client-not-allowed"
 SERVICE_NOT_ALLOWED = "service-not-allowed"
@@ -53,7 +55,7 @@ DENY_REASONS = (
     PLATFORM_NOT_ALLOWED, OS_TOO_OLD, POSTURE_STALE, DEVICE_SCORE_TOO_LOW, DEVICE_OWNER_MISMATCH,
     METHOD_NOT_ALLOWED, PATH_NOT_ALLOWED, SOURCE_NOT_ALLOWED, OUTSIDE_TIME_WINDOW, NO_ALLOW_RULE,
     DENIED_BY_RULE, ORIGIN_NOT_ALLOWED, SERVICE_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED, SCOPE_MISSING,
-    CLIENT_NOT_ALLOWED, SERVICE_NOT_ALLOWED, SENDER_CONSTRAINT_FAILED,
+    CLIENT_NOT_ALLOWED, SERVICE_NOT_ALLOWED, SENDER_CONSTRAINT_FAILED, TOKEN_REVOKED, SERVICE_REVOKED,
 )
 """Every reason a DENY or STEP_UP decision can carry."""
 
@@ -66,5 +68,7 @@ SENTENCES = {
     ORIGIN_NOT_ALLOWED: "This application does not accept live connections opened by pages of another site.",
     TOKEN_INVALID: "The access token is not valid here.",
     TOKEN_EXPIRED: "The access token has expired: get a new one.",
+    TOKEN_REVOKED: "The access token has been revoked: get a new one.",
+    SERVICE_REVOKED: "This service's access has been revoked by an administrator.",
     SENDER_CONSTRAINT_FAILED: "The access token is bound to a key or certificate this request did not prove.",
 }

@@ -13,7 +13,8 @@ two concurrent ``only_new`` writes of one key cannot both win.
 opens a configuration naming the same store the same store until the last of them closes
 it: in one process, the proxy and its admin listener see the same sessions, and so does
 the configuration a reload swaps in (it opens the store before the old one closes it). Published messages
-reach that store's subscribers at once, in the publisher's call.
+reach that store's subscribers at once, in the publisher's call. Tables (``put_entry``) are
+dicts apart from ``max_entries``: a flood of sessions never evicts a revocation.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 import structlog
 
 from ztproxy.config.sessions import SessionsConfig
-from ztproxy.sessions.store import check_put
+from ztproxy.sessions.store import check_entry_ttl, check_put
 
 _log = structlog.get_logger("ztproxy.sessions")
 
@@ -65,6 +67,7 @@ class MemoryStore:
         self._expiries: list[tuple[float, int, str]] = []
         self._serials = itertools.count()
         self._subscribers: dict[str, list[Callable[[bytes], None]]] = {}
+        self._tables: dict[str, dict[str, tuple[bytes, float]]] = {}  # entry -> (value, expires_at)
         self._users = 1  # close() forgets everything when the last user of an opened store calls it
 
     @classmethod
@@ -147,6 +150,18 @@ class MemoryStore:
             if not subscribers:
                 self._subscribers.pop(channel, None)
 
+    async def put_entry(self, table: str, entry: str, value: bytes, ttl: float | None) -> None:
+        check_entry_ttl(ttl)
+        entries = self._table(table, self._clock())
+        entries[entry] = (bytes(value), math.inf if ttl is None else self._clock() + ttl)
+
+    async def delete_entry(self, table: str, entry: str) -> bool:
+        entries = self._table(table, self._clock())
+        return entries.pop(entry, None) is not None
+
+    async def entries(self, table: str) -> dict[str, bytes]:
+        return {entry: value for entry, (value, _) in self._table(table, self._clock()).items()}
+
     async def ping(self) -> None:
         return None
 
@@ -160,6 +175,14 @@ class MemoryStore:
         self._entries.clear()
         self._indexes.clear()
         self._expiries.clear()
+        self._tables.clear()
+
+    def _table(self, table: str, now: float) -> dict[str, tuple[bytes, float]]:
+        """The live entries of ``table`` (the expired ones dropped: tables are small)."""
+        entries = self._tables.setdefault(table, {})
+        for entry in [entry for entry, (_, expires_at) in entries.items() if expires_at <= now]:
+            del entries[entry]
+        return entries
 
     def _live(self, key: str, now: float) -> _Entry | None:
         entry = self._entries.get(key)

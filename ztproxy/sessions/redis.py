@@ -2,7 +2,8 @@
 
 One client with one connection pool per process. The hot path is one ``GET``; a write
 without indexes is one ``SET key value PX ttl [NX|XX]``. Writes that touch indexes run as
-one Lua script, atomically and in one round trip.
+one Lua script, atomically and in one round trip; so does every operation on a table (a
+hash of entries beside a sorted set of their expiries).
 
 An index is a sorted set of keys scored by their expiry on the Redis clock. The script
 that writes a member also re-checks the members whose score has passed (dropping the ones
@@ -44,7 +45,7 @@ from structlog import get_logger
 
 from ztproxy.config.sessions import SessionsConfig, redact_url
 from ztproxy.errors import SessionStoreUnavailable
-from ztproxy.sessions.store import check_put
+from ztproxy.sessions.store import check_entry_ttl, check_put
 
 T = TypeVar("T")
 
@@ -94,6 +95,15 @@ local function add_to_indexes(ttl)
   end
 end
 
+-- A table: a hash of entries (KEYS[1]) and a sorted set of their expiries (KEYS[2], '+inf'
+-- for none); expired entries are dropped whenever the table is written or read.
+local function prune(now)
+  for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+    redis.call('HDEL', KEYS[1], entry)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+end
+
 local op = ARGV[1]
 if op == 'put' then
   local ok
@@ -112,6 +122,22 @@ elseif op == 'touch' then
 elseif op == 'members' then
   settle(KEYS[1], now_ms(), '+inf')
   return redis.call('ZRANGE', KEYS[1], 0, -1)
+elseif op == 'entry_put' then
+  local now = now_ms()
+  prune(now)
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  if ARGV[4] == '' then
+    redis.call('ZADD', KEYS[2], '+inf', ARGV[2])
+  else
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[2])
+  end
+  return 1
+elseif op == 'entry_delete' then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return redis.call('HDEL', KEYS[1], ARGV[2])
+elseif op == 'entries' then
+  prune(now_ms())
+  return redis.call('HGETALL', KEYS[1])
 end
 return redis.error_reply('unknown operation')
 """
@@ -208,6 +234,18 @@ class RedisStore:
         found = await self._run(lambda: self._script(keys=[index], args=["members"]))
         return [member.decode() for member in found]
 
+    async def put_entry(self, table: str, entry: str, value: bytes, ttl: float | None) -> None:
+        check_entry_ttl(ttl)
+        expiry = "" if ttl is None else _milliseconds(ttl)
+        await self._run(lambda: self._script(keys=_table_keys(table), args=["entry_put", entry, value, expiry]))
+
+    async def delete_entry(self, table: str, entry: str) -> bool:
+        return bool(await self._run(lambda: self._script(keys=_table_keys(table), args=["entry_delete", entry])))
+
+    async def entries(self, table: str) -> dict[str, bytes]:
+        flat = await self._run(lambda: self._script(keys=_table_keys(table), args=["entries"]))
+        return {flat[i].decode("utf-8", errors="surrogateescape"): flat[i + 1] for i in range(0, len(flat), 2)}
+
     async def ttl(self, key: str) -> float | None:
         remaining = int(await self._run(lambda: self._client.pttl(key)))
         if remaining == -2:
@@ -284,6 +322,10 @@ def _deliver(callback: Callable[..., None], args: tuple[bytes, ...], channel: st
         callback(*args)
     except Exception:  # a subscriber's bug must not end the subscription
         _log.exception("subscriber_failed", channel=channel)
+
+
+def _table_keys(table: str) -> list[str]:
+    return [table, table + ":expiries"]
 
 
 def _milliseconds(ttl: float) -> int:

@@ -22,7 +22,9 @@ implements two small Protocols, each operation atomic in its backend:
 An ``async close()``, if the class has one, is called when the store is no longer used.
 :func:`open_store` wraps such a class in an :class:`AdaptedStore`, which builds the rest
 of :class:`SessionStore` on those six: ``touch`` re-puts the value it reads with
-``only_existing``, and every value goes with its wall-clock expiry, which ``ttl`` reads.
+``only_existing``, and every value goes with its wall-clock expiry, which ``ttl`` reads;
+a table entry is a key of its own in the table's index, and an entry kept "until deleted"
+lives :data:`ADAPTED_UNTIL_DELETED` there.
 That costs a read more per ``touch``, and a content change that lands between that read and
 the re-put is overwritten by the value it read. The built-in stores (``memory``, Redis)
 implement :class:`SessionStore` themselves: ``touch`` and ``ttl`` are one step each there.
@@ -34,6 +36,7 @@ it is registered in :data:`ztproxy.config.sessions.STORES`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 import time
@@ -99,6 +102,19 @@ class SessionStore(Storage, Broadcast, Protocol):
     async def ttl(self, key: str) -> float | None:
         """The seconds ``key`` has left to live, or None when it is absent."""
 
+    async def put_entry(self, table: str, entry: str, value: bytes, ttl: float | None) -> None:
+        """Keep ``value`` as ``entry`` of ``table`` for ``ttl`` seconds (None: until deleted), replacing it.
+
+        A table is a small map read whole (the revoked services and tokens): every worker
+        reads all of it in one step (:meth:`entries`), so it stays small.
+        """
+
+    async def delete_entry(self, table: str, entry: str) -> bool:
+        """Forget ``entry`` of ``table``; True when it was there."""
+
+    async def entries(self, table: str) -> dict[str, bytes]:
+        """Every live entry of ``table`` with its value, in one step."""
+
     async def ping(self) -> None:
         """Raise SessionStoreUnavailable unless the backend answers (for readiness)."""
 
@@ -151,6 +167,13 @@ def check_put(ttl: float, *, only_new: bool = False, only_existing: bool = False
         raise ValueError("only_new and only_existing exclude each other")
 
 
+def check_entry_ttl(ttl: float | None) -> None:
+    if ttl is not None:
+        check_put(ttl)
+
+
+# An adapted store keeps a table entry "until deleted" this long (its backend needs an expiry).
+ADAPTED_UNTIL_DELETED = 10 * 365 * 86400.0
 _EXPIRY = struct.Struct(">Q")  # before each value an adapted store keeps: its wall-clock expiry, in ms
 _PING_KEY = "ztproxy:ping"
 
@@ -201,6 +224,28 @@ class AdaptedStore:
                         on_subscribed: Callable[[], None]) -> None:
         await self.store.subscribe(channel, on_message, on_subscribed)
 
+    async def put_entry(self, table: str, entry: str, value: bytes, ttl: float | None) -> None:
+        check_entry_ttl(ttl)
+        name = entry.encode("utf-8", errors="surrogatepass")
+        await self.put(_entry_key(table, entry), _ENTRY_NAME.pack(len(name)) + name + value,
+                       ADAPTED_UNTIL_DELETED if ttl is None else ttl, indexes=[table])
+
+    async def delete_entry(self, table: str, entry: str) -> bool:
+        key = _entry_key(table, entry)
+        present = await self.store.get(key) is not None
+        await self.store.delete(key)
+        return present
+
+    async def entries(self, table: str) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for key in await self.store.members(table):
+            stored = await self.get(key)
+            if stored is not None and len(stored) >= _ENTRY_NAME.size:
+                size: int = _ENTRY_NAME.unpack_from(stored)[0]
+                name = stored[_ENTRY_NAME.size:_ENTRY_NAME.size + size].decode("utf-8", errors="surrogatepass")
+                found[name] = stored[_ENTRY_NAME.size + size:]
+        return found
+
     async def ping(self) -> None:
         await self.store.get(_PING_KEY)
 
@@ -211,3 +256,11 @@ class AdaptedStore:
 
     def _with_expiry(self, value: bytes, ttl: float) -> bytes:
         return _EXPIRY.pack(int((self._clock() + ttl) * 1000)) + value
+
+
+_ENTRY_NAME = struct.Struct(">I")  # before an adapted table entry's value: the length of its name
+
+
+def _entry_key(table: str, entry: str) -> str:
+    digest = hashlib.sha256(entry.encode("utf-8", errors="surrogatepass")).hexdigest()
+    return f"{table}:entry:{digest}"

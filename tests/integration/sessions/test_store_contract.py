@@ -241,6 +241,55 @@ async def test_ttl_tells_how_long_a_key_has_left(store: SessionStore) -> None:
     assert await store.ttl("s:a") is None
 
 
+# --- tables: small maps read whole (the revoked services and tokens) ---
+
+
+async def test_a_table_lists_its_entries_with_their_values(store: SessionStore) -> None:
+    assert await store.entries("t:revoked") == {}
+    await store.put_entry("t:revoked", "client_id:billing", b"first", None)
+    unicode = "jti:caf\u00e9 \u2603"
+    await store.put_entry("t:revoked", unicode, bytes(range(256)), LONG_TTL)
+    await store.put_entry("t:other", "client_id:billing", b"elsewhere", None)
+    assert await store.entries("t:revoked") == {"client_id:billing": b"first", unicode: bytes(range(256))}
+    await store.put_entry("t:revoked", "client_id:billing", b"second", None)  # replaced
+    assert (await store.entries("t:revoked"))["client_id:billing"] == b"second"
+    assert await store.entries("t:other") == {"client_id:billing": b"elsewhere"}
+
+
+async def test_a_table_entry_is_deleted_once(store: SessionStore) -> None:
+    await store.put_entry("t:revoked", "service:spiffe://corp/a", b"", None)
+    assert await store.delete_entry("t:revoked", "service:spiffe://corp/a") is True
+    assert await store.delete_entry("t:revoked", "service:spiffe://corp/a") is False
+    assert await store.entries("t:revoked") == {}
+
+
+async def test_a_table_entry_expires_after_its_ttl_and_one_without_stays(store: SessionStore) -> None:
+    await store.put_entry("t:revoked", "jti:short", b"x", SHORT_TTL)
+    await store.put_entry("t:revoked", "client_id:kept", b"y", None)
+    assert set(await store.entries("t:revoked")) == {"jti:short", "client_id:kept"}
+    await eventually(lambda: _gone(store, "t:revoked", "jti:short"), "the short entry to expire")
+    assert await store.entries("t:revoked") == {"client_id:kept": b"y"}
+    await store.put_entry("t:revoked", "jti:short", b"again", LONG_TTL)  # an expired entry can come back
+    assert (await store.entries("t:revoked"))["jti:short"] == b"again"
+
+
+async def test_table_entries_are_apart_from_keys(store: SessionStore) -> None:
+    await store.put_entry("t:revoked", "s:a", b"entry", None)
+    assert await store.get("s:a") is None
+    await store.put("s:a", b"key", LONG_TTL)
+    assert await store.entries("t:revoked") == {"s:a": b"entry"}
+
+
+@pytest.mark.parametrize("ttl", [0, -1, math.inf, math.nan])
+async def test_a_table_ttl_that_is_not_a_positive_number_is_refused(store: SessionStore, ttl: float) -> None:
+    with pytest.raises(ValueError):
+        await store.put_entry("t:revoked", "jti:x", b"", ttl)
+
+
+async def _gone(store: SessionStore, table: str, entry: str) -> bool:
+    return entry not in await store.entries(table)
+
+
 # --- the broadcast channel: publish, subscribe (at most once, to whoever listens now) ---
 
 

@@ -1,0 +1,238 @@
+"""Revoked services and tokens: refused on every worker and replica, tokens issued before and after.
+
+An operator revokes an OAuth client (``client_id``: every token it holds or will be given),
+a workload (``service``: its SPIFFE ID) or one token (``jti``) through the admin API. The
+session store is the authority: a revocation is an entry of the table :data:`TABLE` (a
+client's or a service's kept until lifted; a token's until that token expires: its ``exp``
+when the operator gives it, else :data:`TOKEN_BOUND`). Each change then writes a new
+generation under :data:`GENERATION_KEY` and is announced on :data:`CHANNEL`.
+
+Every worker keeps the whole table in three dicts (:class:`RevokedServices`) and checks each
+service request against them: dict lookups, no I/O, for tokens served from the verified-token
+cache of ``ztproxy.bearer`` too. An announcement of a revocation adds it at once (a message
+can only add a refusal, never lift one) and makes the worker read the table again, as it
+does at every (re)subscription and when the generation it reads every ``sessions.cache_ttl``
+has changed: a worker that missed an
+announcement (pub/sub is at most once) refuses within ``cache_ttl``, as for sessions. Until a
+worker has read the table once, it answers service requests 503 (fail closed); a store that
+goes away later leaves the last table read in force. No aiohttp but the app's cleanup context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+import orjson
+import structlog
+from aiohttp import web
+
+from ztproxy import metrics
+from ztproxy.errors import SessionStoreUnavailable, TokenServiceUnavailable
+from ztproxy.policy import reasons
+from ztproxy.policy.model import Service
+from ztproxy.sessions.store import SessionStore, open_store
+from ztproxy.state import CONFIG, ROUTE_LIST
+
+TABLE = "services:revoked"
+GENERATION_KEY = "services:revoked:generation"
+CHANNEL = "ztproxy:services:revoked"
+KINDS = ("client_id", "service", "jti")
+TOKEN_BOUND = 24 * 3600.0  # how long a jti stays revoked when the token's exp is not given
+MIN_POLL = 0.1  # seconds between reads of the generation, at least (cache_ttl may be 0)
+GENERATION_TTL = 30 * 86400.0  # a generation that expires only costs every worker one more read
+
+_log = structlog.get_logger("ztproxy.services")
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One revoked client, service or token; ``expires_at`` None: until lifted (Unix seconds)."""
+
+    kind: str  # one of KINDS
+    value: str
+    revoked_at: float
+    expires_at: float | None = None
+
+    @property
+    def entry(self) -> str:
+        """Its name in the store's table."""
+        return f"{self.kind}:{self.value}"
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"revoked_at": self.revoked_at, "expires_at": self.expires_at})
+
+    @classmethod
+    def from_entry(cls, entry: str, value: bytes) -> Revocation | None:
+        """The revocation a table entry holds; None for anything this version cannot read."""
+        kind, _, name = entry.partition(":")
+        try:
+            fields = orjson.loads(value)
+            revoked_at, expires_at = float(fields["revoked_at"]), fields.get("expires_at")
+            expires = None if expires_at is None else float(expires_at)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+        return cls(kind, name, revoked_at, expires) if kind in KINDS and name else None
+
+
+class RevokedServices:
+    """This worker's copy of the table, checked on every service request."""
+
+    def __init__(self) -> None:
+        self.loaded = False  # until the table was read once, nothing can be vouched for
+        self._clients: dict[str, Revocation] = {}
+        self._services: dict[str, Revocation] = {}
+        self._tokens: dict[str, Revocation] = {}
+
+    def replace(self, revocations: Iterable[Revocation]) -> None:
+        by_kind: dict[str, dict[str, Revocation]] = {kind: {} for kind in KINDS}
+        for revocation in revocations:
+            by_kind[revocation.kind][revocation.value] = revocation
+        self._clients, self._services, self._tokens = by_kind["client_id"], by_kind["service"], by_kind["jti"]
+        self.loaded = True
+
+    def add(self, revocation: Revocation) -> None:
+        """One revocation announced, in force here before the table is read again."""
+        {"client_id": self._clients, "service": self._services, "jti": self._tokens}[revocation.kind][
+            revocation.value] = revocation
+
+    def refusal(self, service: Service, now: float) -> str | None:
+        """The reason ``service`` is refused (``token-revoked``, ``service-revoked``), or None."""
+        if not self.loaded:
+            raise TokenServiceUnavailable()
+        found = None
+        if service.token_id is not None:
+            found = self._tokens.get(service.token_id)
+            if found is not None and found.expires_at is not None and found.expires_at <= now:
+                found = None
+        reason = reasons.TOKEN_REVOKED
+        if found is None:
+            reason = reasons.SERVICE_REVOKED
+            if service.client_id is not None:
+                found = self._clients.get(service.client_id)
+            if found is None and service.spiffe_id is not None:
+                found = self._services.get(service.spiffe_id)
+            if found is None:
+                return None
+        metrics.revocation_enforced("service:" + found.entry, found.revoked_at, now)
+        return reason
+
+
+class ServiceRevocations:
+    """The table in the store, and this process's copy of it (see the module docstring)."""
+
+    def __init__(self, store: SessionStore, *, poll_every: float) -> None:
+        self.store = store
+        self.revoked = RevokedServices()
+        self._poll_every = poll_every
+        self._generation: bytes | None = None
+        self._wake = asyncio.Event()
+
+    async def revoke(self, revocation: Revocation, now: float) -> None:
+        """Store ``revocation`` (replacing one of the same kind and value), then announce it."""
+        ttl = None if revocation.expires_at is None else revocation.expires_at - now
+        if ttl is not None and ttl <= 0:
+            raise ValueError("the token has expired already")
+        await self.store.put_entry(TABLE, revocation.entry, revocation.to_bytes(), ttl)
+        await self._changed(revocation)
+
+    async def lift(self, kind: str, value: str) -> bool:
+        """Forget a revocation; False when there was none."""
+        lifted = await self.store.delete_entry(TABLE, f"{kind}:{value}")
+        if lifted:
+            await self._changed()
+        return lifted
+
+    async def listed(self) -> list[Revocation]:
+        """Every revocation in force, oldest first."""
+        found = (Revocation.from_entry(entry, value) for entry, value in (await self.store.entries(TABLE)).items())
+        return sorted((r for r in found if r is not None), key=lambda r: (r.revoked_at, r.kind, r.value))
+
+    async def reload(self) -> None:
+        """Read the generation, then the whole table (in that order: a writer changes them the other way)."""
+        generation = await self.store.get(GENERATION_KEY)
+        self.revoked.replace(await self.listed())
+        self._generation = generation
+
+    async def follow(self) -> None:
+        """Keep this worker's copy current until cancelled (the app runs this as a task)."""
+        subscription = asyncio.ensure_future(self.store.subscribe(CHANNEL, self._heard, self._wake.set))
+        unavailable = False
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll_every):
+                        await self._wake.wait()
+                heard = self._wake.is_set()
+                self._wake.clear()
+                try:
+                    if heard or not self.revoked.loaded or await self.store.get(GENERATION_KEY) != self._generation:
+                        await self.reload()
+                    unavailable = False
+                except SessionStoreUnavailable:
+                    if not unavailable:  # once per outage; the copy read last stays in force
+                        _log.warning("service_revocations_unavailable", loaded=self.revoked.loaded)
+                    unavailable = True
+        finally:
+            subscription.cancel()
+            await asyncio.gather(subscription, return_exceptions=True)
+
+    def _heard(self, message: bytes) -> None:
+        announced = _announced(message)
+        if announced is not None and self.revoked.loaded:
+            self.revoked.add(announced)
+        self._wake.set()
+
+    async def _changed(self, revocation: Revocation | None = None) -> None:
+        await self.store.put(GENERATION_KEY, os.urandom(16), GENERATION_TTL)
+        message: dict[str, object] = {"t": int(time.time() * 1000)}
+        if revocation is not None:
+            message.update(entry=revocation.entry, value=revocation.to_bytes().decode())
+        try:
+            await self.store.publish(CHANNEL, orjson.dumps(message))
+        except SessionStoreUnavailable:
+            # Stored all the same: the other workers see the new generation within their cache_ttl.
+            _log.warning("service_revocation_not_announced")
+        await self.reload()
+
+
+def _announced(message: bytes) -> Revocation | None:
+    """The revocation an announcement carries, if it carries one this version reads."""
+    try:
+        fields = orjson.loads(message)
+        entry, value = fields["entry"], fields["value"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if not isinstance(entry, str) or not isinstance(value, str):
+        return None
+    return Revocation.from_entry(entry, value.encode())
+
+
+REVOKED_SERVICES = web.AppKey[RevokedServices | None]("revoked_services")
+
+
+async def revocations_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: this worker's copy of the revocations, kept current, when a route takes services."""
+    if not any(route.accepts_tokens for route in app[ROUTE_LIST]):
+        app[REVOKED_SERVICES] = None
+        yield
+        return
+    config = app[CONFIG].sessions
+    store = open_store(config)
+    revocations = ServiceRevocations(store, poll_every=max(float(config.cache_ttl), MIN_POLL))
+    app[REVOKED_SERVICES] = revocations.revoked
+    try:
+        await revocations.reload()
+    except SessionStoreUnavailable:
+        _log.warning("service_revocations_unavailable", loaded=False)
+    following = asyncio.create_task(revocations.follow())
+    try:
+        yield
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        await store.close()

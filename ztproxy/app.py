@@ -26,7 +26,9 @@ from ztproxy.intake import intake
 from ztproxy.pipeline import Handler, Stage, build_pipeline
 from ztproxy.policy import policy_hash
 from ztproxy.posture.service import posture_ctx
+from ztproxy.risk_service import risk_ctx
 from ztproxy.routing import RouteTable
+from ztproxy.session_risk import assess_risk
 from ztproxy.signing import assertion_ctx
 from ztproxy.state import CONFIG, INTAKE, POLICY_HASH, RECORD, ROUTE_LIST, ROUTES, IntakeSettings
 from ztproxy.upstream import client_session_ctx
@@ -42,6 +44,7 @@ STAGES: tuple[Stage, ...] = (
     proxy_endpoints,   # /.ztproxy/* answered by the proxy (callback, logout...), never forwarded
     authenticate,      # session cookie -> live session, re-verified at the IdP when due
     assess_device,     # client certificate, signed posture, inventory, MDM -> the device and its posture
+    assess_risk,       # the session's network, browser and device vs. its context -> signals, risk level
     authorize,         # policy.evaluate -> allow, sign-in / step-up redirect, 401, or the 403 page
     assert_identity,   # the signed assertion and identity headers the upstream will receive
 )
@@ -80,6 +83,7 @@ def build_app(config: Config) -> web.Application:
     )
     app.cleanup_ctx.append(client_session_ctx)
     app.cleanup_ctx.append(auth_ctx)
+    app.cleanup_ctx.append(risk_ctx)
     app.cleanup_ctx.append(assertion_ctx)
     app.cleanup_ctx.append(posture_ctx)
     app[PIPELINE] = build_pipeline(STAGES, handle)

@@ -195,6 +195,8 @@ _provider = MeterProvider(
     metric_readers=[_Reader(REQUESTS, _registry)],
     resource=_RESOURCE,
     views=[View(instrument_name="ztproxy.revocation.delay",
+                aggregation=ExplicitBucketHistogramAggregation(REVOCATION_BOUNDS)),
+           View(instrument_name="ztproxy.risk.detection",
                 aggregation=ExplicitBucketHistogramAggregation(REVOCATION_BOUNDS))],
 )
 _meter = _provider.get_meter("ztproxy")
@@ -211,6 +213,12 @@ _shadow_disagreements = _meter.create_counter(
 _revocation_delay = _meter.create_histogram(
     "ztproxy.revocation.delay", unit="s",
     description="Time from a revocation to the first request it denied in this process")
+_risk_signals = _meter.create_counter(
+    "ztproxy.risk.signals", description="Session risk signals, by signal and the action taken")
+_risk_detection = _meter.create_histogram(
+    "ztproxy.risk.detection", unit="s",
+    description="Time to detect, by signal: for concurrent-use, from the first request from the second "
+    "network to the request that made the use concurrent")
 _active_sources: list[Callable[[], int]] = []
 
 
@@ -265,6 +273,14 @@ def session_ended(reason: str, count: int = 1) -> None:
     """Sessions ended on purpose: ``logout``, ``backchannel``, ``refresh-rejected``, ``admin``..."""
     if count > 0:
         _sessions_ended.add(count, {"reason": reason})
+
+
+def risk_signal(signal: str, action: str) -> None:
+    _risk_signals.add(1, {"signal": signal, "action": action})
+
+
+def risk_detected(signal: str, seconds: float) -> None:
+    _risk_detection.record(max(0.0, seconds), {"signal": signal})
 
 
 def config_reloaded(ok: bool) -> None:

@@ -8,7 +8,7 @@ This module imports no aiohttp.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
@@ -32,7 +32,7 @@ from ztproxy.config.values import (
 
 # Criteria that need a signed-in user (or a known device): never next to ``public: true``.
 IDENTITY_CRITERIA = ("users", "email_domains", "groups", "claims", "mfa", "max_auth_age",
-                      "max_session_age", "device")
+                      "max_session_age", "device", "max_risk")
 
 
 def _policy_reference(value: Any) -> Any:
@@ -113,6 +113,7 @@ class Rule(Model):
     max_auth_age: MaxAge = None
     max_session_age: MaxAge = None
     device: DeviceRequirement | None = None
+    max_risk: Literal["low", "medium"] | None = None  # the session's risk level (ztproxy.risk)
     methods: Annotated[tuple[Method, ...], NonEmpty] | None = None
     paths: Annotated[tuple[PathPrefix, ...], NonEmpty] | None = None
     source_cidrs: Annotated[tuple[Cidr, ...], NonEmpty] | None = None

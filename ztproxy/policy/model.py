@@ -93,6 +93,7 @@ class RequestFacts:
     now: datetime  # aware; the only clock criteria look at
     identity: Identity | None = None  # None: nobody signed in
     device: Device | None = None  # None: no posture known
+    risk: str = "low"  # the session's risk level (ztproxy.risk): low, medium or high
 
     def __post_init__(self) -> None:
         _aware(self.now, "now")

@@ -29,6 +29,10 @@ METHOD_NOT_ALLOWED = "method-not-allowed"
 PATH_NOT_ALLOWED = "path-not-allowed"
 SOURCE_NOT_ALLOWED = "source-not-allowed"
 OUTSIDE_TIME_WINDOW = "outside-time-window"
+RISK_TOO_HIGH = "risk-too-high"
+# Not from a rule: the session's risk signals (ztproxy.risk) refuse it or ask it to sign in again.
+SESSION_LOCKED = "session-locked"
+SESSION_AT_RISK = "session-at-risk"
 NO_ALLOW_RULE = "no-allow-rule"
 DENIED_BY_RULE = "denied-by-rule"
 # Not from a rule: a WebSocket upgrade from a page of another site (cross-site WebSocket hijacking).
@@ -44,7 +48,7 @@ DENY_REASONS = (
     MFA_REQUIRED, AUTH_TOO_OLD, SESSION_TOO_OLD, DEVICE_UNKNOWN, DEVICE_UNMANAGED, DISK_NOT_ENCRYPTED,
     PLATFORM_NOT_ALLOWED, OS_TOO_OLD, POSTURE_STALE, DEVICE_SCORE_TOO_LOW, DEVICE_OWNER_MISMATCH,
     METHOD_NOT_ALLOWED, PATH_NOT_ALLOWED, SOURCE_NOT_ALLOWED, OUTSIDE_TIME_WINDOW, NO_ALLOW_RULE,
-    DENIED_BY_RULE, ORIGIN_NOT_ALLOWED,
+    DENIED_BY_RULE, ORIGIN_NOT_ALLOWED, RISK_TOO_HIGH, SESSION_LOCKED, SESSION_AT_RISK,
 )
 """Every reason a DENY or STEP_UP decision can carry."""
 
@@ -55,4 +59,6 @@ SENTENCES = {
     NO_ALLOW_RULE: "This application has no access rule that admits anyone yet.",
     DENIED_BY_RULE: "Access to this application is blocked for this request.",
     ORIGIN_NOT_ALLOWED: "This application does not accept live connections opened by pages of another site.",
+    SESSION_LOCKED: "This session is locked for a while after suspicious activity.",
+    SESSION_AT_RISK: "This session was used in a way that suggests someone else may hold it.",
 }

@@ -95,7 +95,9 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
     if identity is None:
         raise AccessDenied(explain_refusal(decision), reasons=decision.reasons)
     words = explanation(record.risk, decision) or _denial_burst(request, record, decision)
-    raise AccessDenied(words or explain_refusal(decision), reasons=decision.reasons,
+    if words is not None:  # the session's risk: it may be ended or locked, so no "signed in as"
+        raise AccessDenied(words, reasons=decision.reasons)
+    raise AccessDenied(explain_refusal(decision), reasons=decision.reasons,
                        hint=f"You are signed in as {identity.email or identity.subject}. {AccessDenied.hint}",
                        link=(ME_PATH, "See your sign-in, your device and the applications open to you"))
 

@@ -80,12 +80,18 @@ def echo_json(response: Response) -> dict[str, Any]:
 
 
 WorldFactory = Callable[..., Awaitable[LoginWorld]]
+NO_SIGN_IN_BURST = "\n  sign_ins: {count: 100000, window: 60s, lock: 5m}"
 
 
 async def start_world(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory, *,
                       sessions: str = "", provider: str = "", ttl: dict[str, int] | None = None,
-                      routes: str = ROUTES, server: str = "", public_port: int | None = None) -> LoginWorld:
-    """``public_port``: where people reach the proxy, when something else listens there (forward-auth)."""
+                      routes: str = ROUTES, server: str = "", public_port: int | None = None,
+                      risk: str = "") -> LoginWorld:
+    """``public_port``: where people reach the proxy, when something else listens there (forward-auth).
+
+    ``risk``: the ``risk`` section's body (indented two spaces). Tests sign in often from one
+    address: sign-ins are never a burst here unless a test says so.
+    """
     upstream = await start_upstream()
     port = free_port()
     public = f"http://127.0.0.1:{public_port or port}"
@@ -112,6 +118,8 @@ identity_providers:
 sessions:
   cookie_secrets: [0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef]
 {sessions}
+risk:
+{risk if "sign_ins:" in risk else risk + NO_SIGN_IN_BURST}
 {routes.format(upstream=upstream.url)}
 """)
     return LoginWorld(idp=idp, proxy=proxy, upstream=upstream)

@@ -35,7 +35,7 @@ from ztproxy.policy.model import Device
 from ztproxy.policy.reasons import SESSION_LOCKED
 from ztproxy.risk import RiskRules, RiskState, Verdict, judge, judge_denial, network_of
 from ztproxy.risk.bursts import Bursts
-from ztproxy.risk.engine import LOCK, REVOKE, route_rules
+from ztproxy.risk.engine import LOCK, REVOKE, needs_mfa, route_rules
 from ztproxy.risk.signals import SIGN_IN_BURST
 from ztproxy.risk.words import sentence
 from ztproxy.risk_seen import seen_in
@@ -56,7 +56,7 @@ class RiskService:
         self.config = config
         self.sessions = sessions
         self.store = store
-        self._rules = {route.name: route_rules(config, route.config.risk, _needs_mfa(route)) for route in routes}
+        self._rules = {route.name: route_rules(config, route.config.risk, needs_mfa(route.policy)) for route in routes}
         self._default_rules = route_rules(config, {}, needs_mfa=False)
         self._secret = secret
         self._denials = Bursts()
@@ -151,10 +151,6 @@ class RiskService:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _needs_mfa(route: CompiledRoute) -> bool:
-    return any(rule.step_up is not None and rule.step_up.mfa for rule in route.policy.allow)
 
 
 RISK = web.AppKey[RiskService | None]("risk")

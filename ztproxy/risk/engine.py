@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import get_args
 
 from ztproxy.config.risk import Action, RiskConfig, Signal
+from ztproxy.policy.model import RoutePolicy
 from ztproxy.risk.context import Noted, RiskState, Seen
 from ztproxy.risk.signals import (
     CONCURRENT_USE,
@@ -55,6 +56,11 @@ def route_rules(config: RiskConfig, overrides: Mapping[Signal, Action], needs_mf
                      config.revoke_all_sessions, needs_mfa)
 
 
+def needs_mfa(policy: RoutePolicy) -> bool:
+    """Whether a route asks for MFA (``step_up_if_mfa`` steps up there)."""
+    return any(rule.step_up is not None and rule.step_up.mfa for rule in policy.allow)
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     state: RiskState
@@ -87,11 +93,15 @@ def level_of(state: RiskState, now: float) -> str:
     return MEDIUM if recent else LOW
 
 
-def judge(state: RiskState, seen: Seen, now: float, rules: RiskRules) -> Verdict:
-    """The signals of one request, and what they lead to on this route."""
+def judge(state: RiskState, seen: Seen, now: float, rules: RiskRules, given: Iterable[str] = ()) -> Verdict:
+    """The signals of one request, and what they lead to on this route.
+
+    ``given``: signals to count as detected too (``ztproxy policy explain --signal``).
+    """
     detections = [found for found in (network_signal(state, seen, now, rules.concurrent_window),
                                       user_agent_signal(state, seen), device_signal(state, seen))
                   if found is not None]
+    detections += [Detection(signal) for signal in given if signal in rules.actions]
     moved = state
     for found in detections:
         if found.signal in (NETWORK_CHANGED, CONCURRENT_USE):

@@ -5,7 +5,7 @@ The driver in ``pipeline.py`` gives each request its record (``state.RequestReco
 id, then what each stage finds), turns errors into pages and logs clients that left (499);
 ``telemetry.AccessLogger`` writes the access event once the response is out. Stages are
 siblings: each reads and writes the record and imports the shared layer below it (``auth``,
-``posture.service``, ``signing``, ``upstream``, ``state``), never another stage.
+``posture.service``, ``risk_service``, ``signing``, ``upstream``, ``state``), never another stage.
 """
 
 from __future__ import annotations

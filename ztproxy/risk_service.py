@@ -15,13 +15,11 @@ with the ended session's subject, public handle and signal. The security-signals
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import hmac
 import secrets
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from aiohttp import web
@@ -60,7 +58,6 @@ class RiskService:
         self._default_rules = route_rules(config, {}, needs_mfa=False)
         self._secret = secret
         self._denials = Bursts()
-        self._tasks: set[asyncio.Task[None]] = set()
         self.on_revoke: list[OnRevoke] = []  # containment hooks (see the module docstring)
 
     def rules_for(self, route: str) -> RiskRules:
@@ -121,7 +118,7 @@ class RiskService:
         rules = self.rules_for(route)
         verdict = judge_denial(state, now, rules)
         verdict = dataclasses.replace(verdict, changed=True)
-        self._spawn(self.act(ticket, session, verdict, route, now))
+        self.sessions.spawn(self.act(ticket, session, verdict, route, now))
         return verdict
 
     async def admit_sign_in(self, client_ip: str, now: float) -> None:
@@ -142,15 +139,6 @@ class RiskService:
             await self.store.put("risk:sign-in-lock:" + key, b"1", burst.lock)
             raise refusal
 
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 RISK = web.AppKey[RiskService | None]("risk")
@@ -166,9 +154,6 @@ async def risk_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     cookie_secrets = config.sessions.cookie_secrets
     secret = parse_secret(cookie_secrets[0]) if cookie_secrets else secrets.token_bytes(32)
-    service = RiskService(config.risk, auth.sessions, auth.sessions.store, app[ROUTE_LIST], secret)
-    app[RISK] = service
-    try:
-        yield
-    finally:
-        await service.close()
+    # Its background writes belong to the session manager, which auth_ctx closes.
+    app[RISK] = RiskService(config.risk, auth.sessions, auth.sessions.store, app[ROUTE_LIST], secret)
+    yield

@@ -105,11 +105,7 @@ def test_diff_and_explain_are_reports(files: Path) -> None:
 
 
 RISKY = CONFIG + """
-  - name: wiki
-    host: wiki.corp.example
-    upstream: http://127.0.0.1:9
-    allow:
-      - {groups: [ops], max_risk: low}
+  - {name: wiki, host: wiki.corp.example, upstream: "http://127.0.0.1:9", allow: [{groups: [ops], max_risk: low}]}
 """
 
 RISK_CASES = """

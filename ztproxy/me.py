@@ -59,9 +59,11 @@ def _reachable(request: web.Request, signed_in: Person | None, device: Device | 
     now = datetime.now(UTC)
     public_url = request.app[CONFIG].public_url
     apps = []
+    state = signed_in.session.risk if signed_in else None
+    risk = level_of(state, now.timestamp()) if state is not None else "low"
     for route in request.app[ROUTE_LIST]:
         facts = RequestFacts(method="GET", path=route.config.path, client_ip=ctx.client_ip, now=now,
-                             identity=signed_in.session.identity if signed_in else None, device=device)
+                             identity=signed_in.session.identity if signed_in else None, device=device, risk=risk)
         decision = route.policy.constant or evaluate(route.policy, facts)
         if decision.outcome is Outcome.DENY:
             continue

@@ -12,6 +12,8 @@ from tests.conftest import ProxyFactory, UpstreamFactory
 from tests.integration.login_env import LoginWorld, start_world
 from tests.support.idp import ALICE_PASSWORD, BOB_PASSWORD, BOB_TOTP_SECRET, IdpFactory
 from tests.support.user_agent import BROWSER_ACCEPT, UserAgent
+from ztproxy.policy.model import Device
+from ztproxy.posture import PostureQuery
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 
@@ -130,3 +132,30 @@ async def test_a_moved_session_signs_in_again_on_a_route_that_needs_mfa_and_goes
             risk = orjson.loads(text)["risk"]
             assert (risk["signed_in_from"], risk["level"], risk["signals"]) == ("127.0.2.0/24", "low", [])
             assert (await get(moved, world.url + "/mfa/"))[0] == 200
+
+
+class HeaderDevice:
+    """A posture provider for this test: the device id a request's X-Test-Device header names."""
+
+    async def start(self) -> None:
+        return None
+
+    async def observe(self, query: PostureQuery, device: Device | None) -> Device | None:
+        named = query.headers.get("X-Test-Device")
+        return Device(id=named) if named else device
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_another_device_ends_the_session(
+        start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory) -> None:
+    devices = f"devices: {{custom: [{{provider: '{__name__}:HeaderDevice'}}]}}"
+    world = await start_world(start_idp, start_proxy, start_upstream, sessions=devices)
+    async with UserAgent() as owner:
+        await world.login(owner, "/app/", "alice", ALICE_PASSWORD)
+        assert (await get(owner, world.url + "/app/", **{"X-Test-Device": "laptop-1"}))[0] == 200
+        assert (await get(owner, world.url + "/app/", **{"X-Test-Device": "laptop-1"}))[0] == 200
+        status, text = await get(owner, world.url + "/app/", **{"X-Test-Device": "laptop-2"})
+        assert status == 403 and "used from another device" in text
+        assert (await get(owner, world.url + "/app/", **{"X-Test-Device": "laptop-1"}))[0] == 401

@@ -98,6 +98,10 @@ def judge(state: RiskState, seen: Seen, now: float, rules: RiskRules, given: Ite
 
     ``given``: signals to count as detected too (``ztproxy policy explain --signal``).
     """
+    if (not given and not state.signals and state.locked_until is None and seen.network == state.network
+            and seen.browser.family == state.browser.family
+            and (seen.device == state.device if state.device_known else seen.device is None)):
+        return Verdict(state, False, (), (), None, None, LOW, rules.mfa)  # the usual request: nothing new
     detections = [found for found in (network_signal(state, seen, now, rules.concurrent_window),
                                       user_agent_signal(state, seen), device_signal(state, seen))
                   if found is not None]

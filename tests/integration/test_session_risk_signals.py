@@ -159,3 +159,15 @@ async def test_another_device_ends_the_session(
         status, text = await get(owner, world.url + "/app/", **{"X-Test-Device": "laptop-2"})
         assert status == 403 and "used from another device" in text
         assert (await get(owner, world.url + "/app/", **{"X-Test-Device": "laptop-1"}))[0] == 401
+
+
+async def test_with_risk_off_nothing_is_judged(
+        start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory) -> None:
+    world = await world_with(start_idp, start_proxy, start_upstream, "  enabled: false")
+    async with UserAgent(local_address="127.0.1.1") as owner:
+        await world.login(owner, "/app/", "alice", ALICE_PASSWORD)
+        async with copy_of(owner, world.url, "127.0.2.1") as elsewhere:
+            assert (await get(elsewhere, world.url + "/app/", **{"User-Agent": FIREFOX}))[0] == 200
+        assert (await get(owner, world.url + "/app/"))[0] == 200
+        status, text = await get(owner, world.url + "/.ztproxy/me")
+        assert orjson.loads(text)["risk"]["level"] == "low"

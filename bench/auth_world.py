@@ -42,6 +42,9 @@ USER = IdpUser(username="alice", password=secrets.token_urlsafe(16), email=f"ali
 OUTSIDER = IdpUser(username="mallory", password=secrets.token_urlsafe(16), email="mallory@evil" + EMAIL_DOMAIN,
                    name="Mallory Example", groups=("employees",))
 ZTPROXY_COOKIE = "ztproxy_session"
+# Sent at sign-in and with every request that carries the session: ztproxy's session risk ends
+# a session used from another browser (user-agent-changed), as a copied cookie would be.
+BENCH_USER_AGENT = "ztproxy-bench/1"
 # The upstream answers this path with the identity headers it received, for the report.
 IDENTITY_PATH = "/bench-identity"
 IDENTITY_HEADERS = ("X-Ztproxy-User", "X-Ztproxy-Email", "X-Ztproxy-Groups", "X-Ztproxy-Jwt-Assertion",
@@ -206,6 +209,7 @@ async def start_world(stack: AsyncExitStack, env: BenchEnv, redis_port: int) -> 
 async def sign_in(start_url: str, cookie_name: str) -> str:
     """Sign in through the IdP's pages as ``USER``; the ``Cookie`` header value that carries the session."""
     async with UserAgent() as agent:
+        agent.session.headers["User-Agent"] = BENCH_USER_AGENT
         try:
             page = await agent.login(start_url, USER.username, USER.password)
         except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:  # RuntimeError: a redirect loop
@@ -236,7 +240,7 @@ def _get(url: str, cookie: str | None, headers: tuple[tuple[str, str], ...] = ()
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=PROBE_TIMEOUT)
     try:
-        sent = {**dict(headers), **({"Cookie": cookie} if cookie else {})}
+        sent = {**dict(headers), **({"Cookie": cookie, "User-Agent": BENCH_USER_AGENT} if cookie else {})}
         connection.request("GET", parts.path or "/", headers=sent)
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), response.read()

@@ -38,7 +38,16 @@ from apache import APACHE, ApacheMissing, check_installed
 
 try:
     import redis
-    from auth_world import AuthWorld, LoadTarget, ProbeFailed, identity_location, probe, start_redis, start_world
+    from auth_world import (
+        BENCH_USER_AGENT,
+        AuthWorld,
+        LoadTarget,
+        ProbeFailed,
+        identity_location,
+        probe,
+        start_redis,
+        start_world,
+    )
 except ModuleNotFoundError as missing:  # run by a python without the project installed
     sys.exit(f"run_auth.py needs the project's venv ({missing.name} is not installed here): "
              ".venv/bin/python bench/run_auth.py")
@@ -105,7 +114,7 @@ def run_load(target: LoadTarget, args: argparse.Namespace, duration: float) -> t
     """wrk with the session cookie and the status-counting script: (report, non-200 count, first other)."""
     extra = ["-s", str(STATUS_SCRIPT)]
     if target.cookie:
-        extra += ["-H", f"Cookie: {target.cookie}"]
+        extra += ["-H", f"Cookie: {target.cookie}", "-H", f"User-Agent: {BENCH_USER_AGENT}"]
     for name, value in target.headers:
         extra += ["-H", f"{name}: {value}"]
     text = wrk_output(target.url, threads=args.threads, connections=args.connections, duration=duration,

@@ -5,7 +5,7 @@ The driver in ``pipeline.py`` gives each request its record (``state.RequestReco
 id, then what each stage finds), turns errors into pages and logs clients that left (499);
 ``telemetry.AccessLogger`` writes the access event once the response is out. Stages are
 siblings: each reads and writes the record and imports the shared layer below it (``auth``,
-``posture.service``, ``signing``, ``upstream``, ``state``), never another stage.
+``posture.service``, ``risk_service``, ``signing``, ``upstream``, ``state``), never another stage.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from ztproxy.intake import intake
 from ztproxy.pipeline import Handler, Stage, build_pipeline
 from ztproxy.policy import policy_hash
 from ztproxy.posture.service import posture_ctx
+from ztproxy.risk_service import risk_ctx
 from ztproxy.routing import RouteTable
 from ztproxy.service_revocations import revocations_ctx
+from ztproxy.session_risk import assess_risk
 from ztproxy.signals.receiver import signals_ctx
 from ztproxy.signing import assertion_ctx
 from ztproxy.state import CONFIG, INTAKE, POLICY_HASH, RECORD, ROUTE_LIST, ROUTES, IntakeSettings
@@ -47,6 +49,7 @@ STAGES: tuple[Stage, ...] = (
     authenticate,      # session cookie -> live session, re-verified at the IdP when due;
                        # bearer token, else workload certificate -> the calling service
     assess_device,     # client certificate, signed posture, inventory, MDM -> the device and its posture
+    assess_risk,       # the session's network, browser and device vs. its context -> signals, risk level
     authorize,         # policy.evaluate -> allow, sign-in / step-up redirect, 401, or the 403 page
     assert_identity,   # the signed assertion and identity headers the upstream will receive
 )
@@ -89,6 +92,7 @@ def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(revocations_ctx)
     app.cleanup_ctx.append(signals_ctx)
     app.cleanup_ctx.append(workloads_ctx)
+    app.cleanup_ctx.append(risk_ctx)
     app.cleanup_ctx.append(assertion_ctx)
     app.cleanup_ctx.append(posture_ctx)
     app[PIPELINE] = build_pipeline(STAGES, handle)

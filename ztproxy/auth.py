@@ -25,6 +25,7 @@ from ztproxy.oidc.logout import Logout
 from ztproxy.oidc.provider import Provider
 from ztproxy.oidc.redirects import ReturnUrls
 from ztproxy.oidc.refresh import Refresher
+from ztproxy.risk_seen import sign_in_context
 from ztproxy.routing import RouteTable
 from ztproxy.run_secrets import generate_cookie_secret
 from ztproxy.sessions.manager import SessionManager
@@ -123,7 +124,8 @@ def build_auth(config: Config, routes: RouteTable[Any], http: aiohttp.ClientSess
         refresher=Refresher(providers, sessions, sessions_config.refresh_interval),
         login=LoginFlow(providers=providers, sessions=sessions, sealer=CookieSealer(secrets), cookies=cookies,
                         return_urls=return_urls, public_url=public_url, login_timeout=sessions_config.login_timeout,
-                        lifetime=sessions_config.lifetime),
+                        lifetime=sessions_config.lifetime,
+                        context_of=sign_in_context if config.risk.enabled else None),
         logout=Logout(providers=providers, sessions=sessions, cookies=cookies, public_url=public_url),
         cookies=cookies,
         return_urls=return_urls,

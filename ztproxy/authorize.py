@@ -30,6 +30,8 @@ from ztproxy.pages import wants_json
 from ztproxy.policy import Decision, Outcome, RequestFacts, RoutePolicy, Service, StepUp, evaluate, explain_refusal
 from ztproxy.policy import reasons as why
 from ztproxy.policy.compile import needed_scope
+from ztproxy.risk.enforce import enforce, explanation
+from ztproxy.risk_service import RISK
 from ztproxy.service_revocations import REVOKED_SERVICES
 from ztproxy.state import POLICY_HASH, RECORD, Person, RequestRecord, ServiceCaller
 from ztproxy.telemetry import decision_event
@@ -74,9 +76,11 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
             identity=identity,
             device=record.device,
             service=service,
+            risk=record.risk.level if record.risk is not None else "low",
         )
         # Routes whose decision is known at config load (public) skip building facts at all.
-        decision = decision or evaluate(policy, facts)
+        # The session's risk may refuse it or ask for a new sign-in whatever the policy says.
+        decision = enforce(record.risk, decision or evaluate(policy, facts))
         shadow = None if route.shadow is None else route.shadow.constant or evaluate(route.shadow, facts)
         if not _explaining(record):
             log_decision(request, record, decision, shadow)
@@ -94,7 +98,7 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
     if auth is not None:
         if decision.outcome is Outcome.STEP_UP and decision.step_up is not None:
             step_up = decision.step_up
-            if why.AUTH_TOO_OLD not in decision.reasons:
+            if why.AUTH_TOO_OLD not in decision.reasons and why.SESSION_AT_RISK not in decision.reasons:
                 # Only MFA is missing: a fresh password (prompt=login) would add nothing.
                 step_up = StepUp(mfa=step_up.mfa, max_age=None)
             return _sign_in(request, record, auth, step_up)
@@ -102,6 +106,9 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
             return _sign_in(request, record, auth, _first_sign_in(policy))
     if identity is None:
         raise AccessDenied(explain_refusal(decision), reasons=decision.reasons)
+    words = explanation(record.risk, decision) or _denial_burst(request, record, decision)
+    if words is not None:  # the session's risk: it may be ended or locked, so no "signed in as"
+        raise AccessDenied(words, reasons=decision.reasons)
     raise AccessDenied(explain_refusal(decision), reasons=decision.reasons,
                        hint=f"You are signed in as {identity.email or identity.subject}. {AccessDenied.hint}",
                        link=(ME_PATH, "See your sign-in, your device and the applications open to you"))
@@ -138,6 +145,17 @@ def _refuse_service(policy: RoutePolicy, decision: Decision, service: Service | 
         raise InsufficientScope(explain_refusal(decision), reasons=decision.reasons,
                                 headers=_bearer_challenge(error="insufficient_scope", scope=scope))
     raise AccessDenied(explain_refusal(decision), reasons=decision.reasons)
+
+
+def _denial_burst(request: web.Request, record: RequestRecord, decision: Decision) -> str | None:
+    """Count a 403 for the session (``denial-burst``); the count-th one says what it led to."""
+    risk = request.app[RISK]
+    caller = record.caller
+    if risk is None or not isinstance(caller, Person) or _explaining(record) or record.risk is None:
+        return None
+    verdict = risk.note_denial(caller.ticket, caller.session, record.risk.state, record.context.route.name,
+                                  time.time())
+    return explanation(verdict, enforce(verdict, decision)) if verdict is not None else None
 
 
 def _explaining(record: RequestRecord) -> bool:
@@ -206,6 +224,8 @@ def log_decision(request: web.Request, record: RequestRecord, decision: Decision
         "policy": request.app[POLICY_HASH],
         **extra,
     }
+    if record.risk is not None:
+        fields.update(record.risk.event_fields())
     if shadow is not None:
         fields["shadow_decision"] = shadow.outcome.value
         fields["shadow_reasons"] = shadow.reasons
@@ -242,6 +262,9 @@ async def _sign_in(request: web.Request, record: RequestRecord, auth: Auth, step
         return_to = auth.return_urls.for_request(ctx.host, ctx.target.path + query)
         if question is not None and question.kind is not Kind.START:
             return _sign_in_elsewhere(question, return_to, step_up)
+        risk = request.app[RISK]
+        if risk is not None:  # sign-in-burst: a locked address starts no sign-in
+            await risk.admit_sign_in(ctx.client_ip, time.time())
         return await auth.login.begin(request, provider, return_to=return_to, step_up=step_up)
     if step_up is None or record.caller is None:
         raise AuthenticationRequired("This application requires you to sign in.",
@@ -257,7 +280,8 @@ async def _sign_in(request: web.Request, record: RequestRecord, auth: Auth, step
     if step_up.max_age is not None:
         sentences.append("a recent sign-in")
         params.append(f"max_age={int(step_up.max_age)}")
-    description = f"This application requires {' and '.join(sentences)}."
+    description = explanation(record.risk, record.decision) if record.decision is not None else None
+    description = description or f"This application requires {' and '.join(sentences)}."
     params.insert(1, f'error_description="{description}"')
     raise StepUpRequired(description, headers=(("WWW-Authenticate", "Bearer " + ", ".join(params)),))
 

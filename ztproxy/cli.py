@@ -5,6 +5,7 @@
     ztproxy demo  [--port PORT] [--state-dir DIR]
     ztproxy policy test    -c FILE TESTS.yaml
     ztproxy policy explain -c FILE --url URL [--method M] [--sub S --email E --group G --mfa ...]
+                           [--network NET --user-agent UA --signal NAME ...]
     ztproxy policy diff    -c OLD -c NEW TESTS.yaml
     ztproxy keys generate|rotate|list|jwks --dir DIR   (or -c FILE: its assertion section)
     ztproxy sessions list --user SUB | revoke --session HANDLE | --user SUB | --device ID
@@ -102,6 +103,12 @@ def _policy_parser(policy: argparse.ArgumentParser,
     explain.add_argument("--disk-encrypted", action="store_true")
     explain.add_argument("--platform")
     explain.add_argument("--os-version")
+    explain.add_argument("--network", help="where the session signed in: an address or its network "
+                                           "(default: the client's; another one is a network-changed signal)")
+    explain.add_argument("--user-agent", help="the request's User-Agent header")
+    explain.add_argument("--signed-in-user-agent", help="the session's browser (default: --user-agent)")
+    explain.add_argument("--signal", action="append", default=[], help="a session risk signal given now, "
+                                                                       "e.g. concurrent-use (repeatable)")
 
     diff = actions.add_parser("diff", help="show the test cases whose decision changes between two configurations")
     diff.add_argument("-c", "--config", action="append", default=[], help="the old, then the new configuration")
@@ -204,7 +211,7 @@ def _policy(args: argparse.Namespace) -> int:
         print(error.render(), file=sys.stderr)
         return 2
     if args.action == "explain":
-        print("\n".join(breakdown.rule_by_rule(configs[0], case.host, case.facts)))
+        print("\n".join(breakdown.rule_by_rule(configs[0], case.host, case.facts, case.session)))
         return 0
     if args.action == "diff":
         print("\n".join(suite.diff_cases(configs[0], configs[1], cases)))
@@ -216,7 +223,8 @@ def _policy(args: argparse.Namespace) -> int:
 
 def _explain_case(args: argparse.Namespace) -> dict[str, Any]:
     """The explain options as one test case, validated like a tests file."""
-    request = {"url": args.url, "method": args.method, "client_ip": args.client_ip, "time": args.time}
+    request = {"url": args.url, "method": args.method, "client_ip": args.client_ip, "time": args.time,
+               "user_agent": args.user_agent}
     case: dict[str, Any] = {"name": "explain", "request": {k: v for k, v in request.items() if v is not None}}
     if args.service or args.client_id:
         service = {"service": args.service, "client_id": args.client_id, "scopes": args.scope}
@@ -229,6 +237,9 @@ def _explain_case(args: argparse.Namespace) -> dict[str, Any]:
               "disk_encrypted": args.disk_encrypted or None, "platform": args.platform, "os_version": args.os_version}
     if any(value is not None for value in device.values()):
         case["device"] = {k: v for k, v in device.items() if v is not None}
+    session = {"network": args.network, "user_agent": args.signed_in_user_agent, "signals": args.signal or None}
+    if args.user_agent is not None or any(value is not None for value in session.values()):
+        case["session"] = {k: v for k, v in session.items() if v is not None}
     return case
 
 

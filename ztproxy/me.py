@@ -21,6 +21,9 @@ from ztproxy.pages import info, wants_json
 from ztproxy.policy import Outcome, RequestFacts, evaluate
 from ztproxy.policy.model import Device
 from ztproxy.posture.service import POSTURE, device_of
+from ztproxy.risk import RiskState, level_of
+from ztproxy.risk.engine import RECENT
+from ztproxy.risk.words import what_happened
 from ztproxy.state import CONFIG, RECORD, ROUTE_LIST, Person
 
 ME_PATH = "/.ztproxy/me"
@@ -37,6 +40,16 @@ def _age(seconds: float) -> str:
     return f"{count} {unit}{'' if count == 1 else 's'} ago"
 
 
+def _risk(state: RiskState | None, now: float) -> dict[str, Any]:
+    """The session's context (prefixes only) and its recent signals."""
+    if state is None:
+        return {"level": "low", "signals": [], "signed_in_from": None, "network": None, "browser": None}
+    return {"level": level_of(state, now),
+            "signals": [{"signal": noted.signal, "action": noted.action, "at": int(noted.at)}
+                        for noted in state.signals if now - noted.at < RECENT],
+            "signed_in_from": state.signed_in_from, "network": state.network, "browser": str(state.browser)}
+
+
 def _route_url(route: CompiledRoute, public_url: str) -> str:
     return route_origin(public_url, route.config.host) + route.config.path
 
@@ -46,9 +59,11 @@ def _reachable(request: web.Request, signed_in: Person | None, device: Device | 
     now = datetime.now(UTC)
     public_url = request.app[CONFIG].public_url
     apps = []
+    state = signed_in.session.risk if signed_in else None
+    risk = level_of(state, now.timestamp()) if state is not None else "low"
     for route in request.app[ROUTE_LIST]:
         facts = RequestFacts(method="GET", path=route.config.path, client_ip=ctx.client_ip, now=now,
-                             identity=signed_in.session.identity if signed_in else None, device=device)
+                             identity=signed_in.session.identity if signed_in else None, device=device, risk=risk)
         decision = route.policy.constant or evaluate(route.policy, facts)
         if decision.outcome is Outcome.DENY:
             continue
@@ -71,6 +86,7 @@ async def me(request: web.Request, auth: Auth | None) -> web.StreamResponse:
                     auth_time=None if session.auth_time is None else int(session.auth_time),
                     session_started=int(session.created),
                     session=signed_in.ticket.public_id)
+        data["risk"] = _risk(session.risk, now)
     if device is not None:
         data["device"] = {"id": device.id, "managed": device.managed, "disk_encrypted": device.disk_encrypted,
                           "platform": device.platform, "os_version": device.os_version, "score": device.score,
@@ -88,6 +104,15 @@ async def me(request: web.Request, auth: Auth | None) -> web.StreamResponse:
             ("Signed in", "unknown" if session.auth_time is None else _age(now - session.auth_time)),
             ("Second factor", "yes" if session.mfa else "no"),
             ("Session started", _age(now - session.created)),
+        ]))
+        risk = data["risk"]
+        body.append(info.table([
+            ("Risk", risk["level"]),
+            ("Signed in from network", risk["signed_in_from"] or "-"),
+            ("Network now", risk["network"] or "-"),
+            ("Browser", risk["browser"] or "-"),
+            ("Recent signals", "; ".join(f"{what_happened(signal['signal'])} ({signal['action']}, "
+                                         f"{_age(now - signal['at'])})" for signal in risk["signals"]) or "none"),
         ]))
     else:
         body.append(info.paragraph("You are not signed in. Open an application below to sign in."))

@@ -200,6 +200,8 @@ _provider = MeterProvider(
     metric_readers=[_Reader(REQUESTS, _registry)],
     resource=_RESOURCE,
     views=[View(instrument_name="ztproxy.revocation.delay",
+                aggregation=ExplicitBucketHistogramAggregation(REVOCATION_BOUNDS)),
+           View(instrument_name="ztproxy.risk.detection",
                 aggregation=ExplicitBucketHistogramAggregation(REVOCATION_BOUNDS))],
 )
 _meter = _provider.get_meter("ztproxy")
@@ -219,6 +221,12 @@ _shadow_disagreements = _meter.create_counter(
 _revocation_delay = _meter.create_histogram(
     "ztproxy.revocation.delay", unit="s",
     description="Time from a revocation to the first request it denied in this process")
+_risk_signals = _meter.create_counter(
+    "ztproxy.risk.signals", description="Session risk signals, by signal and the action taken")
+_risk_detection = _meter.create_histogram(
+    "ztproxy.risk.detection", unit="s",
+    description="Time to detect, by signal: for concurrent-use, from the first request from the second "
+    "network to the request that made the use concurrent")
 _active_sources: list[Callable[[], int]] = []
 
 
@@ -279,6 +287,14 @@ def signal_received(event: str, result: str, reason: str | None = None) -> None:
     """A security event pushed by a transmitter: ``event`` its type URI's last segment, or "-"
     when it was rejected unread; ``reason`` the RFC 8935 error code of a rejection."""
     _signals.add(1, {"event": event, "result": result, **({"reason": reason} if reason else {})})
+
+
+def risk_signal(signal: str, action: str) -> None:
+    _risk_signals.add(1, {"signal": signal, "action": action})
+
+
+def risk_detected(signal: str, seconds: float) -> None:
+    _risk_detection.record(max(0.0, seconds), {"signal": signal})
 
 
 def config_reloaded(ok: bool) -> None:

@@ -21,6 +21,7 @@ from ztproxy.forward_auth import Question
 from ztproxy.headers import HeaderRules, IPNetwork
 from ztproxy.policy import Decision
 from ztproxy.policy.model import Device, Identity, Service
+from ztproxy.risk import Verdict
 from ztproxy.routing import RouteTable
 from ztproxy.sessions.model import Session
 from ztproxy.sessions.sealing import Ticket
@@ -105,6 +106,7 @@ class RequestRecord:
     refused_credential: str | None = None
     credential_challenge: tuple[tuple[str, str], ...] = ()
     device: Device | None = None  # assess_device: from what device, when a provider knows it
+    risk: Verdict | None = None  # assess_risk: the session's signals, risk level and what they lead to
     decision: Decision | None = None  # authorize: the audit trail of this request
     # The assertion step: the identity headers (signed assertion first) the upstream receives.
     upstream_identity: tuple[tuple[str, str], ...] = ()

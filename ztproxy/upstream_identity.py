@@ -40,7 +40,8 @@ def assert_identity(request: web.Request) -> None:
         return
     identity = caller.identity
     token = request.app[SIGNER].assertion(session=caller.handle, route=route.name, audience=route.audience,
-                                          identity=identity, device=record.device, now=time.time())
+                                          identity=identity, device=record.device, now=time.time(),
+                                          risk=record.risk.level if record.risk is not None else "low")
     record.upstream_identity = ((ASSERTION_HEADER, token), *_identity_headers(identity, route.config.claim_headers))
 
 

@@ -80,15 +80,20 @@ def echo_json(response: Response) -> dict[str, Any]:
 
 
 WorldFactory = Callable[..., Awaitable[LoginWorld]]
+NO_SIGN_IN_BURST = "\n  sign_ins: {count: 100000, window: 60s, lock: 5m}"
 
 
 async def start_world(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory, *,
                       sessions: str = "", provider: str = "", ttl: dict[str, int] | None = None,
                       routes: str = ROUTES, server: str = "", public_port: int | None = None,
-                      public_host: str = "127.0.0.1") -> LoginWorld:
+                      public_host: str = "127.0.0.1", risk: str = "") -> LoginWorld:
     """``public_host`` and ``public_port``: the name and port people use, when they are not the
     proxy's own (a name Chromium resolves to loopback by itself, such as app.localhost; a calling
-    proxy in front, for forward-auth). The proxy itself listens on 127.0.0.1."""
+    proxy in front, for forward-auth). The proxy itself listens on 127.0.0.1.
+
+    ``risk``: the ``risk`` section's body (indented two spaces). Tests sign in often from one
+    address: sign-ins are never a burst here unless a test says so.
+    """
     upstream = await start_upstream()
     port = free_port()
     public = f"http://{public_host}:{public_port or port}"
@@ -115,6 +120,8 @@ identity_providers:
 sessions:
   cookie_secrets: [0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef]
 {sessions}
+risk:
+{risk if "sign_ins:" in risk else risk + NO_SIGN_IN_BURST}
 {routes.format(upstream=upstream.url)}
 """)
     return LoginWorld(idp=idp, proxy=proxy, upstream=upstream)

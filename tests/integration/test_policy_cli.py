@@ -102,3 +102,54 @@ def test_diff_and_explain_are_reports(files: Path) -> None:
                      "--group", "ops", cwd=files)
     assert explain.returncode == 0, explain.stderr
     assert "decision: step-up by allow[0] (mfa-required)" in explain.stdout.splitlines()
+
+
+RISKY = CONFIG + """
+  - {name: wiki, host: wiki.corp.example, upstream: "http://127.0.0.1:9", allow: [{groups: [ops], max_risk: low}]}
+"""
+
+RISK_CASES = """
+- name: from the network the session signed in on
+  request: {url: "https://wiki.corp.example/", client_ip: 10.0.1.7}
+  identity: {sub: u-1, groups: [ops]}
+  session: {network: 10.0.1.200}
+  expect: {decision: allow, route: wiki}
+- name: a moved session is medium risk, too much for the wiki
+  request: {url: "https://wiki.corp.example/", client_ip: 10.0.2.7}
+  identity: {sub: u-1, groups: [ops]}
+  session: {network: 10.0.1.0/24}
+  expect: {decision: deny, reasons: [risk-too-high]}
+- name: a moved session steps up on a route that needs mfa, whatever its mfa
+  request: {url: "https://admin.corp.example/", client_ip: 10.0.2.7}
+  identity: {sub: u-1, groups: [ops], mfa: true}
+  session: {network: 10.0.1.0/24}
+  expect: {decision: step-up, reasons: [session-at-risk]}
+- name: concurrent use is refused
+  request: {url: "https://admin.corp.example/x"}
+  identity: {sub: u-1, groups: [ops], mfa: true}
+  session: {signals: [concurrent-use]}
+  expect: {decision: deny, route: admin, reasons: [session-at-risk]}
+- name: anyone reads the docs
+  request: {url: "https://docs.corp.example/guide"}
+  expect: {decision: allow, route: docs, reasons: [public]}
+"""
+
+
+def test_policy_test_and_explain_take_the_session_context(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(RISKY)
+    (tmp_path / "risk.yaml").write_text(RISK_CASES)
+    result = policy("test", "-c", "config.yaml", "risk.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    explain = policy("explain", "-c", "config.yaml", "--url", "https://wiki.corp.example/", "--sub", "u-1",
+                     "--group", "ops", "--client-ip", "10.0.2.7", "--network", "10.0.1.0/24",
+                     "--user-agent", "curl/8.5.0", "--signed-in-user-agent", "Mozilla/5.0 Firefox/128.0", cwd=tmp_path)
+    assert explain.returncode == 0, explain.stderr
+    lines = explain.stdout.splitlines()
+    assert "risk: high (signals: network-changed -> log, user-agent-changed -> revoke)" in lines
+    assert "decision: deny by risk:user-agent-changed (session-at-risk)" in lines
+    signal = policy("explain", "-c", "config.yaml", "--url", "https://admin.corp.example/", "--sub", "u-1",
+                    "--group", "ops", "--mfa", "--signal", "network-changed", cwd=tmp_path)
+    assert "decision: step-up by risk:network-changed (session-at-risk)" in signal.stdout.splitlines()
+    bad = policy("explain", "-c", "config.yaml", "--url", "https://admin.corp.example/", "--sub", "u-1",
+                 "--signal", "moon-phase", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown signal(s) 'moon-phase'" in bad.stderr

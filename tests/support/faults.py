@@ -197,7 +197,9 @@ identity_providers:
   - {{name: demo, issuer: '{idp.issuer}', client_id: {CLIENT_ID}, client_secret: {CLIENT_SECRET}}}
 sessions:
   cookie_secrets: [{secrets.token_hex(32)}]
-{sessions}"""
+{sessions}
+risk:  # the load starts sign-ins by the hundred from 127.0.0.1: never a burst here
+  sign_ins: {{count: 1000000, window: 60s, lock: 1s}}"""
     return f"""
 server:
   listen: 127.0.0.1:{port}

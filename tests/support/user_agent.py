@@ -143,11 +143,14 @@ BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.
 class UserAgent:
     """A cookie-keeping HTTP client that follows redirects one by one and fills in forms."""
 
-    def __init__(self, *, new_connection_per_request: bool = False) -> None:
+    def __init__(self, *, new_connection_per_request: bool = False, local_address: str | None = None,
+                 cookie_jar: aiohttp.CookieJar | None = None) -> None:
         # unsafe=True: keep cookies for IP-address hosts (everything here is on 127.0.0.1).
-        self.cookie_jar = aiohttp.CookieJar(unsafe=True)
+        self.cookie_jar = cookie_jar if cookie_jar is not None else aiohttp.CookieJar(unsafe=True)
         # A new connection each time spreads requests over the workers of a multi-process server.
-        connector = aiohttp.TCPConnector(force_close=new_connection_per_request)
+        # ``local_address`` (127.0.1.1, 127.0.2.1...): connect from it, as a client of that network.
+        connector = aiohttp.TCPConnector(force_close=new_connection_per_request,
+                                         local_addr=(local_address, 0) if local_address else None)
         # What a browser sends when it navigates: servers tell page loads from API calls by it.
         self.session = aiohttp.ClientSession(cookie_jar=self.cookie_jar, connector=connector,
                                              headers={"Accept": BROWSER_ACCEPT},

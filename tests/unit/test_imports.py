@@ -35,11 +35,13 @@ class Rule:
 
 
 CORE = ("ztproxy.config", "ztproxy.config.*", "ztproxy.policy", "ztproxy.policy.*", "ztproxy.sessions.sealing",
+        "ztproxy.risk", "ztproxy.risk.*",
         "ztproxy.assertion", "ztproxy.assertion.*", "ztproxy.errors", "ztproxy.headers", "ztproxy.origins")
 
 # The request pipeline's stages and handlers (app.STAGES, app.handle): siblings that share the
 # request record (state.py) and the services below them, never each other (STYLE 25).
-STAGES = ("ztproxy.intake", "ztproxy.endpoints", "ztproxy.authenticate", "ztproxy.device", "ztproxy.authorize",
+STAGES = ("ztproxy.intake", "ztproxy.endpoints", "ztproxy.authenticate", "ztproxy.device", "ztproxy.session_risk",
+          "ztproxy.authorize",
           "ztproxy.upstream_identity", "ztproxy.forward", "ztproxy.websocket", "ztproxy.answers")
 
 RULES = [

@@ -30,7 +30,7 @@ DEFAULT_CACHE_SIZE = 10_000
 # What the claims depend on, apart from time: any change means a new token.
 _IdentityFacts = tuple[Any, ...]
 _DeviceFacts = tuple[Any, ...] | None
-_CacheKey = tuple[str, str, str, _IdentityFacts, _DeviceFacts, str]
+_CacheKey = tuple[str, str, str, _IdentityFacts, _DeviceFacts, str, str]
 
 
 def sid_for(session: str, route: str) -> str:
@@ -101,10 +101,10 @@ class AssertionSigner:
         self._cache: OrderedDict[_CacheKey, tuple[str, int]] = OrderedDict()  # -> (token, exp), LRU
 
     def assertion(self, *, session: str, route: str, audience: str, identity: Identity | Service,
-                  device: Device | None, now: float) -> str:
-        """The assertion for this request: cached, or freshly signed."""
+                  device: Device | None, now: float, risk: str = "low") -> str:
+        """The assertion for this request: cached, or freshly signed. ``risk``: the session's level."""
         key = self.keyring.signing_key(now)
-        cache_key = (session, route, audience, _identity_facts(identity), _device_facts(device), key.kid)
+        cache_key = (session, route, audience, _identity_facts(identity), _device_facts(device), key.kid, risk)
         cached = self._cache.get(cache_key)
         if cached is not None and cached[1] - now > self.reuse_margin:
             self._cache.move_to_end(cache_key)
@@ -120,6 +120,7 @@ class AssertionSigner:
             "jti": secrets.token_urlsafe(16),
             "sid": sid_for(session, route),
             "route": route,
+            "risk": risk,
         }
         if device is not None:
             claims["device"] = device_claim(device)

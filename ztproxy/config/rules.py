@@ -8,7 +8,7 @@ This module imports no aiohttp.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
@@ -32,7 +32,7 @@ from ztproxy.config.values import (
 
 # Criteria that need a signed-in user (or a known device): never next to ``public: true``.
 IDENTITY_CRITERIA = ("users", "email_domains", "groups", "claims", "mfa", "max_auth_age",
-                      "max_session_age", "device")
+                      "max_session_age", "device", "max_risk")
 # Criteria about a calling service (an access token's client, its scopes, a workload's SPIFFE
 # ID): a route with a rule naming one accepts bearer tokens. Never in a rule about a person.
 SERVICE_CRITERIA = ("services", "clients", "scopes", "sender_constrained")
@@ -139,6 +139,7 @@ class Rule(Model):
     max_auth_age: MaxAge = None
     max_session_age: MaxAge = None
     device: DeviceRequirement | None = None
+    max_risk: Literal["low", "medium"] | None = None  # the session's risk level (ztproxy.risk)
     methods: Annotated[tuple[Method, ...], NonEmpty] | None = None
     paths: Annotated[tuple[PathPrefix, ...], NonEmpty] | None = None
     source_cidrs: Annotated[tuple[Cidr, ...], NonEmpty] | None = None

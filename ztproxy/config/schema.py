@@ -18,6 +18,7 @@ from yarl import URL
 from ztproxy.config.assertion import AssertionConfig
 from ztproxy.config.devices import DevicesConfig
 from ztproxy.config.identity import IdentityProviderConfig
+from ztproxy.config.risk import Action, RiskConfig, Signal, check_rules
 from ztproxy.config.rules import RuleEntry
 from ztproxy.config.sessions import SessionsConfig
 from ztproxy.config.signals import SignalsConfig
@@ -134,6 +135,13 @@ class RouteConfig(Model):
     websocket_origins: tuple[str, ...] = ()
     # Forward an unauthenticated CORS preflight (OPTIONS with Origin and Access-Control-Request-Method).
     cors_allow_preflight: bool = False
+    risk: dict[Signal, Action] = {}  # noqa: RUF012 -- signal -> action here, over risk.rules
+
+    @field_validator("risk")
+    @classmethod
+    def _check_risk(cls, value: dict[Signal, Action]) -> dict[Signal, Action]:
+        check_rules(value)
+        return value
 
     @field_validator("name")
     @classmethod
@@ -204,6 +212,7 @@ class Config(Model):
     devices: DevicesConfig = DevicesConfig()
     workload_identity: WorkloadIdentityConfig | None = None  # SPIFFE trust domains: X.509 SVIDs over mTLS
     assertion: AssertionConfig = AssertionConfig()
+    risk: RiskConfig = RiskConfig()
     # pydantic copies mutable defaults; ruff sees Model as a pydantic model only in its own file.
     policies: dict[str, tuple[RuleEntry, ...]] = {}  # noqa: RUF012
     routes: tuple[RouteConfig, ...] = Field(min_length=1)

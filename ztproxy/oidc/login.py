@@ -35,6 +35,7 @@ from ztproxy.oidc.tokens import IdTokenClaims, TokenInvalid
 from ztproxy.pages import page_for
 from ztproxy.policy.model import StepUp
 from ztproxy.policy.reasons import MFA_REQUIRED
+from ztproxy.risk.context import RiskState
 from ztproxy.sessions.manager import SessionManager
 from ztproxy.sessions.model import Session
 from ztproxy.sessions.sealing import CookieSealer
@@ -66,7 +67,7 @@ class PendingLogin:
 class LoginFlow:
     def __init__(self, *, providers: Mapping[str, Provider], sessions: SessionManager, sealer: CookieSealer,
                  cookies: CookieSettings, return_urls: ReturnUrls, public_url: str, login_timeout: float,
-                 lifetime: float) -> None:
+                 lifetime: float, context_of: Callable[[web.Request], RiskState] | None = None) -> None:
         self.providers = providers
         self.sessions = sessions
         self.sealer = sealer
@@ -76,6 +77,7 @@ class LoginFlow:
         self.redirect_uri = f"{public_url}{CALLBACK_PATH}"
         self.login_timeout = login_timeout
         self.lifetime = lifetime
+        self.context_of = context_of  # the sign-in's context, sealed with the session (ztproxy.risk)
 
     # --- the way out ----------------------------------------------------------------------
 
@@ -168,6 +170,8 @@ class LoginFlow:
         userinfo = await _userinfo(provider, tokens, claims)
         groups = await provider.groups(tokens.access_token, claims.raw)
         session = session_from_login(provider.config, claims, userinfo, tokens, now, groups=groups)
+        if self.context_of is not None:
+            session = session.replace(risk=self.context_of(request))
         await self._check_enabled(provider, session)
         ticket = await self.sessions.start(session, now, replacing=read_ticket(request, self.cookies))
         _log.info("login_completed", provider=provider.name, subject=session.subject, mfa=session.mfa,

@@ -9,13 +9,19 @@ deny rules both, in plain lines for people (the deny page's sentences for a refu
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ztproxy.config.risk import RiskConfig
 from ztproxy.config.schema import Config
 from ztproxy.context import compile_routes
 from ztproxy.policy.evaluate import evaluate
 from ztproxy.policy.model import CompiledRule, Decision, RequestFacts, RoutePolicy
+from ztproxy.risk.enforce import enforce
+from ztproxy.risk.engine import Verdict
+from ztproxy.risk.explain import SessionContext, verdict_for
+from ztproxy.risk.words import sentence
 from ztproxy.routing import RouteTable
 
 NO_ROUTE = "no-route"  # the decision of a request no route matches (the proxy answers 404)
@@ -28,6 +34,7 @@ class RouteDecision:
     route: str | None  # None: no route matches
     decision: Decision | None  # None when there is no route
     evaluated: tuple[str, ...] = ()  # labels of the rules looked at (the deciding one included)
+    risk: Verdict | None = None  # the session's, when the case describes its context
 
     @property
     def verdict(self) -> str:
@@ -38,14 +45,22 @@ class RouteDecision:
         return () if self.decision is None else self.decision.reasons
 
 
-def decide(routes: RouteTable[Any], host: str | None, facts: RequestFacts) -> RouteDecision:
-    """Route and decide as the proxy would (``routes``: a ``compile_routes`` table)."""
+def decide(routes: RouteTable[Any], host: str | None, facts: RequestFacts, session: SessionContext | None = None,
+           risk: RiskConfig | None = None) -> RouteDecision:
+    """Route and decide as the proxy would (``routes``: a ``compile_routes`` table).
+
+    ``session``: the session's context, judged with ``risk`` (default: the default risk section).
+    """
     route = routes.match(host, facts.path)
     if route is None:
         return RouteDecision(route=None, decision=None)
     policy: RoutePolicy = route.policy
-    return RouteDecision(route=str(route.name), decision=evaluate(policy, facts),
-                         evaluated=evaluated_rules(policy, facts))
+    verdict = None
+    if session is not None and facts.identity is not None:
+        verdict = verdict_for(session, risk or RiskConfig(), route.config.risk, policy, facts.now.timestamp())
+        facts = dataclasses.replace(facts, risk=verdict.level)
+    return RouteDecision(route=str(route.name), decision=enforce(verdict, evaluate(policy, facts)),
+                         evaluated=evaluated_rules(policy, facts), risk=verdict)
 
 
 def evaluated_rules(policy: RoutePolicy, facts: RequestFacts) -> tuple[str, ...]:
@@ -69,19 +84,27 @@ def criterion_results(rule: CompiledRule, facts: RequestFacts) -> list[tuple[str
     return [(criterion.name, criterion(facts)) for criterion in rule.criteria]
 
 
-def rule_by_rule(config: Config, host: str | None, facts: RequestFacts) -> list[str]:
-    """The route, the decision with its reasons, and every rule of the route criterion by criterion."""
+def rule_by_rule(config: Config, host: str | None, facts: RequestFacts,
+                 session: SessionContext | None = None) -> list[str]:
+    """The route, the session's risk, the decision with its reasons, and every rule criterion by criterion."""
     routes = compile_routes(config)
     lines = [f"request: {facts.method} {host or '-'} {facts.path} from {facts.client_ip} at {facts.now.isoformat()}"]
+    outcome = decide(routes, host, facts, session, config.risk)
     route = routes.match(host, facts.path)
-    if route is None:
+    if route is None or outcome.decision is None:
         return [*lines, "route: none", f"decision: {NO_ROUTE}"]
     policy: RoutePolicy = route.policy
-    decision = evaluate(policy, facts)
+    decision = outcome.decision
+    lines.append(f"route: {route.name}")
+    if outcome.risk is not None:
+        verdict = outcome.risk
+        facts = dataclasses.replace(facts, risk=verdict.level)
+        signals = ", ".join(f"{noted.signal} -> {noted.action}" for noted in verdict.detected) or "none"
+        lines.append(f"risk: {verdict.level} (signals: {signals})")
+        if verdict.action is not None and verdict.signal is not None:
+            lines.append(f"  {sentence(verdict.signal, verdict.action)}")
     decided_by = f" by {decision.rule}" if decision.rule else ""
-    lines += [f"route: {route.name}",
-              f"decision: {decision.outcome.value}{decided_by} ({', '.join(decision.reasons)})",
-              "rules:"]
+    lines += [f"decision: {decision.outcome.value}{decided_by} ({', '.join(decision.reasons)})", "rules:"]
     if not policy.allow:
         lines.append("  (no allow rule: everyone is refused)")
     for rule in (*policy.deny, *policy.allow):

@@ -107,6 +107,7 @@ class RequestFacts:
     identity: Identity | None = None  # None: nobody signed in
     device: Device | None = None  # None: no posture known
     service: Service | None = None  # a calling service; person criteria never match one
+    risk: str = "low"  # the session's risk level (ztproxy.risk): low, medium or high
 
     def __post_init__(self) -> None:
         _aware(self.now, "now")

@@ -39,6 +39,10 @@ SCOPE_MISSING = "scope-missing"
 CLIENT_NOT_ALLOWED = "client-not-allowed"
 SERVICE_NOT_ALLOWED = "service-not-allowed"
 SENDER_CONSTRAINT_FAILED = "sender-constraint-failed"
+RISK_TOO_HIGH = "risk-too-high"
+# Not from a rule: the session's risk signals (ztproxy.risk) refuse it or ask it to sign in again.
+SESSION_LOCKED = "session-locked"
+SESSION_AT_RISK = "session-at-risk"
 NO_ALLOW_RULE = "no-allow-rule"
 DENIED_BY_RULE = "denied-by-rule"
 # Not from a rule: a WebSocket upgrade from a page of another site (cross-site WebSocket hijacking).
@@ -56,6 +60,7 @@ DENY_REASONS = (
     METHOD_NOT_ALLOWED, PATH_NOT_ALLOWED, SOURCE_NOT_ALLOWED, OUTSIDE_TIME_WINDOW, NO_ALLOW_RULE,
     DENIED_BY_RULE, ORIGIN_NOT_ALLOWED, SERVICE_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED, SCOPE_MISSING,
     CLIENT_NOT_ALLOWED, SERVICE_NOT_ALLOWED, SENDER_CONSTRAINT_FAILED, TOKEN_REVOKED, SERVICE_REVOKED,
+    RISK_TOO_HIGH, SESSION_LOCKED, SESSION_AT_RISK,
 )
 """Every reason a DENY or STEP_UP decision can carry."""
 
@@ -71,4 +76,6 @@ SENTENCES = {
     TOKEN_REVOKED: "The access token has been revoked: get a new one.",
     SERVICE_REVOKED: "This service's access has been revoked by an administrator.",
     SENDER_CONSTRAINT_FAILED: "The access token is bound to a key or certificate this request did not prove.",
+    SESSION_LOCKED: "This session is locked for a while after suspicious activity.",
+    SESSION_AT_RISK: "This session was used in a way that suggests someone else may hold it.",
 }

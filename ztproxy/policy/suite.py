@@ -26,14 +26,18 @@ from ztproxy.errors import ConfigError, ConfigIssue, PathRejected
 from ztproxy.policy.breakdown import NO_ROUTE, RouteDecision, decide
 from ztproxy.policy.compile import compile_route_policy
 from ztproxy.policy.model import Device, Identity, Outcome, RequestFacts, Service
+from ztproxy.risk.context import Seen, browser_of, network_of
+from ztproxy.risk.explain import SessionContext
+from ztproxy.risk.signals import SIGNALS
 from ztproxy.routing import normalize_host, parse_target
 
 DECISIONS = (*(outcome.value for outcome in Outcome), NO_ROUTE)
 DEFAULT_CLIENT_IP = "127.0.0.1"
 DEFAULT_DEVICE_ID = "test-device"
 
-_CASE_KEYS = ("name", "request", "identity", "device", "expect")
-_REQUEST_KEYS = ("method", "url", "client_ip", "time")
+_CASE_KEYS = ("name", "request", "identity", "device", "session", "expect")
+_REQUEST_KEYS = ("method", "url", "client_ip", "time", "user_agent")
+_SESSION_KEYS = ("network", "user_agent", "signals")
 _IDENTITY_KEYS = ("sub", "email", "groups", "claims", "acr", "amr", "mfa", "auth_age", "session_age")
 # A calling service instead of a person: a workload's SPIFFE ID, or an access token's client and scopes.
 _SERVICE_KEYS = ("service", "client_id", "scopes")
@@ -57,6 +61,7 @@ class Case:
     host: str | None  # normalised, as routing matches it
     facts: RequestFacts  # facts.path is the canonical path
     expect: Expect | None
+    session: SessionContext | None = None  # the session's context (risk signals), when given
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,12 +175,44 @@ def _read_case(reader: _Reader, path: Path, raw: dict[str, Any], now: datetime) 
     if raw.get("device") is not None:
         device = _device(reader, (*path, "device"), raw["device"], when or now)
     expect = _expect(reader, (*path, "expect"), raw["expect"]) if "expect" in raw else None
+    user_agent = reader.check((*path, "request", "user_agent"), request.get("user_agent"), _optional(_text))
+    session = None
+    if raw.get("session") is not None and client_ip is not None:
+        seen = Seen(network_of(client_ip), browser_of(user_agent), device.id if device is not None else None)
+        session = _session(reader, (*path, "session"), raw["session"], seen)
     if (len(reader.issues) > before or path[0] not in reader.names
             or when is None or method is None or client_ip is None or target is None):
         return None
     facts = RequestFacts(method=method, path=target[1], client_ip=client_ip, now=when,
                          identity=identity, device=device, service=service)
-    return Case(name=str(raw["name"]), host=target[0], facts=facts, expect=expect)
+    return Case(name=str(raw["name"]), host=target[0], facts=facts, expect=expect, session=session)
+
+
+def _session(reader: _Reader, path: Path, value: Any, seen: Seen) -> SessionContext | None:
+    """Where the session signed in (an address or its prefix), with what browser, and signals given now."""
+    raw = reader.mapping(path, value, _SESSION_KEYS)
+    network = reader.check((*path, "network"), raw.get("network"), _optional(_network))
+    user_agent = reader.check((*path, "user_agent"), raw.get("user_agent"), _optional(_text))
+    signals = reader.check((*path, "signals"), raw.get("signals", []), _signals) or []
+    browser = browser_of(user_agent) if "user_agent" in raw else seen.browser
+    return SessionContext(network or seen.network, browser, seen, tuple(signals))
+
+
+def _network(value: Any) -> str:
+    text = _text(value)
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"expected an address or a network such as 10.0.1.0/24, got {text!r}") from None
+    return network_of(str(network.network_address)) or str(network)
+
+
+def _signals(value: Any) -> list[str]:
+    names = _texts(value)
+    unknown = [name for name in names if name not in SIGNALS]
+    if unknown:
+        raise ValueError(f"unknown signal(s) {', '.join(map(repr, unknown))}: expected some of {', '.join(SIGNALS)}")
+    return names
 
 
 def _identity(reader: _Reader, path: Path, value: Any, now: datetime) -> Identity | None:
@@ -243,7 +280,7 @@ def run_cases(config: Config, cases: Sequence[Case]) -> Report:
     failed = 0
     exercised: dict[str, set[str]] = {}
     for case in cases:
-        outcome = decide(routes, case.host, case.facts)
+        outcome = decide(routes, case.host, case.facts, case.session, config.risk)
         if outcome.route is not None:
             exercised.setdefault(outcome.route, set()).update(outcome.evaluated)
         problem = _mismatch(case.expect, outcome) if case.expect is not None else None
@@ -259,7 +296,8 @@ def diff_cases(old_config: Config, new_config: Config, cases: Sequence[Case]) ->
     old, new = compile_routes(old_config), compile_routes(new_config)
     lines = []
     for case in cases:
-        before, after = decide(old, case.host, case.facts), decide(new, case.host, case.facts)
+        before = decide(old, case.host, case.facts, case.session, old_config.risk)
+        after = decide(new, case.host, case.facts, case.session, new_config.risk)
         if (before.route, before.verdict, before.reasons) == (after.route, after.verdict, after.reasons):
             continue
         route = before.route if before.route == after.route else f"{before.route or '-'} -> {after.route or '-'}"

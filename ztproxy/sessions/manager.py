@@ -105,7 +105,7 @@ class SessionManager:
         self._touch_every = min(config.idle_timeout / 8, 60.0)
         # Counts the copies dropped for endings: a store read overtaken by one is not kept.
         self._forgets = 0
-        self.revocations = RevocationFeed(store, forget=self.forget, forget_all=self._forget_all, spawn=self._spawn)
+        self.revocations = RevocationFeed(store, forget=self.forget, forget_all=self._forget_all, spawn=self.spawn)
         self._devices_noted: dict[tuple[str, str], None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -276,7 +276,7 @@ class SessionManager:
         if len(noted) >= DEVICES_NOTED_SIZE:
             del noted[next(iter(noted))]  # the oldest: at worst it is written once more
         noted[seen] = None
-        self._spawn(self._record_device(store_key, device_id, left))
+        self.spawn(self._record_device(store_key, device_id, left))
 
     async def _record_device(self, store_key: str, device_id: str, left: float) -> None:
         try:
@@ -314,7 +314,8 @@ class SessionManager:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, owned by the manager (cancelled by :meth:`close`)."""
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -126,6 +126,17 @@ class MemoryStore:
         now = self._clock()
         return [key for key in list(self._indexes.get(index, ())) if self._live(key, now) is not None]
 
+    async def increment(self, key: str, ttl: float) -> int:
+        check_put(ttl)
+        now = self._clock()
+        current = self._live(key, now)
+        if current is None:
+            await self.put(key, b"1", ttl)
+            return 1
+        count = int(current.value) + 1
+        self._entries[key] = _Entry(str(count).encode(), current.expires_at, current.serial, current.indexes)
+        return count
+
     async def ttl(self, key: str) -> float | None:
         now = self._clock()
         entry = self._live(key, now)

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from ztproxy.policy.model import Identity
+from ztproxy.risk.context import RiskState
 
 FORMAT_VERSION = 1
 
@@ -38,6 +39,7 @@ class Session:
     refresh_token: str | None = None
     id_token: str | None = None  # the hint for RP-initiated logout
     idp_session: str | None = None  # the OP's `sid`, for back-channel logout
+    risk: RiskState | None = None  # the sign-in's context (prefixes) and the session's recent risk
     identity: Identity = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -61,6 +63,7 @@ class Session:
     def to_bytes(self) -> bytes:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         data["claims"] = dict(self.claims)
+        data["risk"] = None if self.risk is None else self.risk.to_data()
         data["v"] = FORMAT_VERSION
         return orjson.dumps(data)
 
@@ -73,6 +76,8 @@ class Session:
                 return None
             data["groups"] = tuple(data["groups"])
             data["amr"] = tuple(data["amr"])
+            risk = data.get("risk")
+            data["risk"] = None if risk is None else RiskState.from_data(risk)
             session = cls(**data)
         except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, OverflowError):
             return None

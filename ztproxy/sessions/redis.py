@@ -119,6 +119,10 @@ elseif op == 'touch' then
   if redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 0 then return 0 end
   add_to_indexes(tonumber(ARGV[2]))
   return 1
+elseif op == 'increment' then
+  local count = redis.call('INCR', KEYS[1])
+  if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  return count
 elseif op == 'members' then
   settle(KEYS[1], now_ms(), '+inf')
   return redis.call('ZRANGE', KEYS[1], 0, -1)
@@ -245,6 +249,11 @@ class RedisStore:
     async def entries(self, table: str) -> dict[str, bytes]:
         flat = await self._run(lambda: self._script(keys=_table_keys(table), args=["entries"]))
         return {flat[i].decode("utf-8", errors="surrogateescape"): flat[i + 1] for i in range(0, len(flat), 2)}
+
+    async def increment(self, key: str, ttl: float) -> int:
+        check_put(ttl)
+        ttl_ms = _milliseconds(ttl)
+        return int(await self._run(lambda: self._script(keys=[key], args=["increment", ttl_ms])))
 
     async def ttl(self, key: str) -> float | None:
         remaining = int(await self._run(lambda: self._client.pttl(key)))

@@ -24,7 +24,8 @@ An ``async close()``, if the class has one, is called when the store is no longe
 of :class:`SessionStore` on those six: ``touch`` re-puts the value it reads with
 ``only_existing``, and every value goes with its wall-clock expiry, which ``ttl`` reads;
 a table entry is a key of its own in the table's index, and an entry kept "until deleted"
-lives :data:`ADAPTED_UNTIL_DELETED` there.
+lives :data:`ADAPTED_UNTIL_DELETED` there. ``increment`` reads and re-puts a counter (not
+atomic: concurrent increments may count once).
 That costs a read more per ``touch``, and a content change that lands between that read and
 the re-put is overwritten by the value it read. The built-in stores (``memory``, Redis)
 implement :class:`SessionStore` themselves: ``touch`` and ``ttl`` are one step each there.
@@ -114,6 +115,13 @@ class SessionStore(Storage, Broadcast, Protocol):
 
     async def entries(self, table: str) -> dict[str, bytes]:
         """Every live entry of ``table`` with its value, in one step."""
+
+    async def increment(self, key: str, ttl: float) -> int:
+        """Add one to the counter under ``key`` and return it; a new counter lives ``ttl`` seconds.
+
+        Counters are shared by every worker and replica (sign-ins started per address); the
+        expiry is set by the first increment only, so a counter counts within a fixed window.
+        """
 
     async def ping(self) -> None:
         """Raise SessionStoreUnavailable unless the backend answers (for readiness)."""
@@ -216,6 +224,22 @@ class AdaptedStore:
             return None
         expires_at: int = _EXPIRY.unpack_from(stored)[0]
         return max(0.0, expires_at / 1000 - self._clock())
+
+    async def increment(self, key: str, ttl: float) -> int:
+        # Not atomic here: two replicas counting at once may both write the same count.
+        check_put(ttl)
+        stored = await self.store.get(key)
+        if stored is None:
+            await self.put(key, b"1", ttl)
+            return 1
+        expires_at: int = _EXPIRY.unpack_from(stored)[0]
+        count = int(stored[_EXPIRY.size:]) + 1
+        left = expires_at / 1000 - self._clock()
+        if left <= 0:
+            await self.put(key, b"1", ttl)
+            return 1
+        await self.store.put(key, stored[:_EXPIRY.size] + str(count).encode(), left)
+        return count
 
     async def publish(self, channel: str, message: bytes) -> None:
         await self.store.publish(channel, message)

@@ -225,6 +225,20 @@ async def test_only_new_and_only_existing_together_are_refused(store: SessionSto
         await store.put("s:a", b"x", LONG_TTL, only_new=True, only_existing=True)
 
 
+async def test_increment_counts_within_the_window_of_its_first_increment(store: SessionStore) -> None:
+    assert [await store.increment("count:a", LONG_TTL) for _ in range(3)] == [1, 2, 3]
+    assert await store.increment("count:b", LONG_TTL) == 1
+    left = await store.ttl("count:a")
+    assert left is not None and LONG_TTL - EXPIRY_BOUND < left <= LONG_TTL
+    await store.increment("count:short", SHORT_TTL)
+
+    async def restarted() -> bool:
+        return await store.get("count:short") is None
+
+    await eventually(restarted, "a counter ends with its window")
+    assert await store.increment("count:short", LONG_TTL) == 1
+
+
 async def test_ping_answers(store: SessionStore) -> None:
     await store.ping()
 

@@ -68,7 +68,7 @@ def test_claims_and_header(signer: AssertionSigner, ring: KeyRing, now: float) -
         "auth_time": int(AUTH_TIME.timestamp()), "acr": "urn:corp:mfa", "amr": ["pwd", "otp"],
         "device": {"id": "dev-7", "managed": True, "disk_encrypted": True, "platform": "macos",
                    "os_version": "14.2", "score": 90},
-        "route": "wiki",
+        "route": "wiki", "risk": "low",
     }
     assert len(claims["jti"]) >= 22
 
@@ -83,7 +83,8 @@ def test_pyjwt_accepts_it_with_the_published_jwks(signer: AssertionSigner, ring:
 def test_what_is_unknown_is_left_out(signer: AssertionSigner, ring: KeyRing, now: float) -> None:
     token = sign(signer, now, identity=Identity(subject="svc-backup"), device=None)
     claims = verifier(ring, now).verify(token).claims
-    assert set(claims) == {"iss", "aud", "caller", "sub", "groups", "iat", "nbf", "exp", "jti", "sid", "route"}
+    assert set(claims) == {"iss", "aud", "caller", "sub", "groups", "iat", "nbf", "exp", "jti", "sid", "route",
+                           "risk"}
     sparse = sign(signer, now, device=Device(id="dev-9"))
     assert verifier(ring, now).verify(sparse).claims["device"] == {"id": "dev-9", "managed": False,
                                                                   "disk_encrypted": False}

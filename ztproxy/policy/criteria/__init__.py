@@ -21,6 +21,7 @@ from ztproxy.policy.criteria.device import (
 )
 from ztproxy.policy.criteria.email_domains import EmailDomains
 from ztproxy.policy.criteria.groups import Groups
+from ztproxy.policy.criteria.max_risk import MaxRisk
 from ztproxy.policy.criteria.methods import Methods
 from ztproxy.policy.criteria.mfa import Mfa
 from ztproxy.policy.criteria.paths import Paths
@@ -42,6 +43,7 @@ __all__ = [
     "Managed",
     "MaxAuthAge",
     "MaxPostureAge",
+    "MaxRisk",
     "MaxSessionAge",
     "Methods",
     "Mfa",

@@ -184,9 +184,15 @@ async def test_a_revoked_client_is_refused_everywhere_before_and_after_and_until
     assert await world.admin("POST", "/admin/services/lift", {"client_id": "billing"}) == (
         404, {"error": "not-found", "message": "No revocation of client_id 'billing' is in force."})
 
-    # The decision event says why, and names the service, never the token.
-    events = [json.loads(line) for line in world.replicas[0].process.log_lines() if line.startswith("{")]
-    refused = [e for e in events if e.get("event") == "decision" and e["reasons"] == ["service-revoked"]]
+    # The decision event says why, and names the service, never the token. Log lines leave in
+    # batches (logging.flush_interval): they reach the file a moment later.
+    deadline = time.monotonic() + 5
+    while True:
+        events = [json.loads(line) for line in world.replicas[0].process.log_lines() if line.startswith("{")]
+        refused = [e for e in events if e.get("event") == "decision" and e["reasons"] == ["service-revoked"]]
+        if refused or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
     assert refused, "no decision event for the refusal"
     assert refused[0]["caller"] == "service" and refused[0]["client_id"] == "billing"
     assert refused[0]["scopes"] == ["orders.read"] and refused[0]["decision"] == "deny"
@@ -255,7 +261,11 @@ async def test_revocations_survive_restarts_and_the_cli_drives_them(
     await until(lambda: int(world.redis.command("PUBSUB", "NUMSUB", CHANNEL)[1]) == 3, "every worker to resubscribe")
     first = world.replicas[0].process.process
     first.send_signal(signal.SIGTERM)
-    first.wait(timeout=15)
+    try:  # in a thread: the test's own servers (the upstream) keep answering meanwhile
+        await asyncio.to_thread(first.wait, 15)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("replica A did not stop within 15 s of SIGTERM:\n"
+                             + "\n".join(world.replicas[0].process.log_lines()[-30:])) from None
     again = Replica("A again", proxy_process(world.config_text[0]), 1)  # the same ports, once ready
     assert (await world.call(again, token))[0] == 401  # read at start, before the first request
 

@@ -35,10 +35,11 @@ async def answer(request: web.Request) -> web.StreamResponse:
         key = (record.upstream_identity, id(claim_headers))
         entry = _ALLOWED.get(key)
         if entry is None or entry[0] is not claim_headers:
-            entry = _ALLOWED.remember(key, (claim_headers, allowed_headers(claim_headers, record.upstream_identity)))
-        response = web.Response(status=200, headers=[*entry[1], ("X-Request-Id", ctx.request_id)])
-        # Never cached: a revoked session or a changed device must be refused at the next request.
-        return secure(response)
+            # Never cached: a revoked session or a changed device must be refused at the next request.
+            # (The pages' other protective headers mean nothing to a calling proxy, which drops them.)
+            headers = [*allowed_headers(claim_headers, record.upstream_identity), ("Cache-Control", "no-store")]
+            entry = _ALLOWED.remember(key, (claim_headers, headers))
+        return web.Response(status=200, headers=[*entry[1], ("X-Request-Id", ctx.request_id)])
     query = f"?{ctx.target.query}" if ctx.target.query else ""
     auth = request.app[AUTH]
     if auth is None:

@@ -174,7 +174,17 @@ def _is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
     return ip is not None and any(ip in network for network in trusted)
 
 
+@functools.lru_cache(maxsize=4096)  # per request: the same peers and chains again and again
+def _forwarded(peer: str, client_chain: tuple[str, ...], trusted: tuple[IPNetwork, ...]) -> ForwardedFor:
+    return _work_out_forwarded(peer, client_chain, trusted)
+
+
 def forwarded_for(peer: str, client_chain: Sequence[str], trusted: Sequence[IPNetwork]) -> ForwardedFor:
+    """See :func:`_work_out_forwarded`; remembered for the few peers and chains a proxy sees."""
+    return _forwarded(peer, tuple(client_chain), tuple(trusted))
+
+
+def _work_out_forwarded(peer: str, client_chain: Sequence[str], trusted: Sequence[IPNetwork]) -> ForwardedFor:
     """Work out the client address and the X-Forwarded-For chain to pass on.
 
     Client-sent X-Forwarded-For is honoured only when the direct peer is a trusted

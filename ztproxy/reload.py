@@ -145,7 +145,7 @@ class LiveApp:
 
     async def _decide(self, request: web.Request) -> web.StreamResponse:
         try:
-            kind = endpoint_kind(parse_target(request.raw_path).path)
+            kind = endpoint_kind(parse_target(request.raw_path).path)  # canonical, as intake will judge it
         except PathRejected:
             kind = None
         if kind not in (Kind.AUTH, Kind.DENIED):

@@ -77,6 +77,7 @@ class RequestTarget:
     authority: str | None  # host[:port] of an absolute-form target, else None
 
 
+@functools.lru_cache(maxsize=8192)  # hot path: clients ask for the same few addresses again and again
 def parse_target(raw: str) -> RequestTarget:
     """Split and canonicalise a request-target (``request.raw_path``).
 

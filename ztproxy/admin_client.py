@@ -57,6 +57,10 @@ def reach(url: str | None, token_file: str | None, config_path: str | None) -> A
         raise AdminSetupError("no admin URL: pass --admin-url URL or -c FILE with server.admin_listen")
     if not token:
         raise AdminSetupError("no admin token: pass --token-file FILE or -c FILE with server.admin_token_file")
+    if not token.isprintable() or not token.isascii() or " " in token:
+        # It goes into a header: a file of several lines (a config file passed by mistake) cannot.
+        raise AdminSetupError("the admin token is not one line of letters, digits and -._~+/= "
+                              "(is --token-file the file holding the token?)")
     try:
         return AdminClient(url, token)
     except AdminApiError as error:

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, api: AdminClient | int) -> int:
         print(f"ztproxy grants: {error}", file=sys.stderr)
         return 1
     if args.action != "list":
-        print(f"{args.action} {args.id}: {_line(answer['grant'])}")
+        print(_line(answer["grant"]))
     elif args.json:
         print(json.dumps(answer, indent=2))
     else:

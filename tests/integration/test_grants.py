@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -71,6 +72,7 @@ class World:
     replicas: list[Replica]
     token_file: Path
     config_path: Path
+    texts: list[str]  # each replica's configuration
 
     @property
     def wrong_token(self) -> Path:
@@ -189,11 +191,10 @@ def start_replicas(start_idp: IdpFactory, start_upstream: UpstreamFactory, proxy
         idp = await start_idp(port=idp_port, users=[ALICE, BOB, CAROL], clients=[IdpClient(
             client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
             redirect_uris=tuple(f"http://127.0.0.1:{port}/.ztproxy/callback" for port in ports))])
-        replicas, config_path = [], tmp_path / "replica-a.yaml"
+        replicas, texts = [], []
         for name, port, workers in (("A", ports[0], 1), ("B", ports[1], 2)):
             text = replica_yaml(port, idp.issuer, idp.mfa_acr, upstream, redis, token_file, webhook)
-            if name == "A":
-                config_path.write_text(text)
+            texts.append(text)
             process = proxy_process(text, *(["--workers", str(workers)] if workers > 1 else []), wait=False)
             replicas.append(Replica(name, process, workers))
         for replica in replicas:
@@ -202,7 +203,8 @@ def start_replicas(start_idp: IdpFactory, start_upstream: UpstreamFactory, proxy
         while int(redis.command("PUBSUB", "NUMSUB", CHANNEL)[1]) < 3:  # every worker follows the grants
             assert time.monotonic() < deadline, "the workers did not subscribe"
             await asyncio.sleep(0.05)
-        return World(redis, idp, upstream, replicas, token_file, config_path)
+        # The file replica A was started with (proxy_process numbers them), for reloads.
+        return World(redis, idp, upstream, replicas, token_file, tmp_path / "ztproxy-0.yaml", texts)
 
     return start
 
@@ -410,3 +412,34 @@ async def test_admin_api_cli_and_a_grant_that_ends_by_itself(start_replicas: Wor
                                   "--token-file", str(token_file)], capture_output=True, text=True, cwd=REPO,
                                  timeout=60)
             assert bad.returncode == code and words in bad.stderr and "Traceback" not in bad.stderr
+
+
+async def test_grants_survive_a_restart_and_follow_the_route_across_reloads(
+        start_replicas: WorldFactory, proxy_process: StartProcess) -> None:
+    world = await start_replicas()
+    async with UserAgent(new_connection_per_request=True) as bob:
+        await sign_in_bob(world, bob)
+        granted = await ask(bob, world.a)
+        code, _ = await world.admin("POST", f"/admin/grants/{granted}/approve", {"comment": "on call"})
+        assert code == 200
+        await everywhere(bob, world, 200, time.monotonic(), "the approval is not in force")
+
+        # Replica B restarted: the grant (and the session) are in Redis, not in the process.
+        world.b.process.signal(signal.SIGTERM)
+        world.b.process.process.wait(timeout=30)
+        restarted = proxy_process(world.texts[1], "--workers", "2")
+        assert await status(bob, Replica("B2", restarted, 2)) == 200
+
+        # A reload that drops payroll's grant rule: the grant opens nothing; one that brings it back: it does.
+        without = world.texts[0].replace("grant: {approvers: {groups: [payroll-leads]}, max_duration: 1h}",
+                                         "users: [alice]")
+        assert without != world.texts[0]
+        for text, expected in ((without, 403), (world.texts[0], 200)):
+            world.config_path.write_text(text, encoding="utf-8")
+            world.a.process.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 30
+            while await status(bob, world.a) != expected:
+                assert time.monotonic() < deadline, f"the reload did not make payroll answer {expected}"
+                await asyncio.sleep(0.1)
+        code, listed = await world.admin("GET", "/admin/grants?state=active")
+        assert [grant["id"] for grant in listed["grants"]] == [granted]

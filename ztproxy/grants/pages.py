@@ -174,7 +174,12 @@ async def _overview(request: web.Request, grants: Grants, signed_in: SignedIn) -
             body.append(pages.to_decide(waiting, token, _ACTION_PATH))
             if running:
                 body.append("<h2>Access granted now</h2>" + pages.to_end(running, token, _ACTION_PATH))
-    return info.render("Access requests", "".join(body), kicker=f"ztproxy · {person.label}")
+    response = info.render("Access requests", "".join(body), kicker=f"ztproxy · {person.label}")
+    # The proxy's pages say no-referrer, with which browsers send "Origin: null" on a form's POST
+    # (Fetch, "serializing a request origin"): same-origin lets this page's forms show their origin,
+    # and still tells no other site where the user was.
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
 
 
 def _see_other() -> web.Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -94,3 +95,22 @@ def test_policy_test_refuses_grants_that_are_not_route_names() -> None:
     with pytest.raises(ConfigError, match="grants"):
         case_from_mapping({"name": "bad", "request": {"url": "https://x/"},
                            "identity": {"sub": "bob", "grants": "payroll"}}, datetime(2024, 5, 6, tzinfo=UTC))
+
+
+def test_policy_explain_takes_grants(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ztproxy.cli import main
+
+    config = tmp_path / "ztproxy.yaml"
+    config.write_text("""
+identity_providers: [{name: corp, issuer: https://idp.corp.example, client_id: z, client_secret: s}]
+routes:
+  - {name: payroll, upstream: http://127.0.0.1:9,
+     allow: [{email_domains: [corp.example], grant: {approvers: {groups: [payroll-leads]}}}]}
+""")
+    where = ["policy", "explain", "-c", str(config), "--url", "https://x/report", "--email", "bob@corp.example"]
+    assert main(where) == 0
+    refused = capsys.readouterr().out
+    assert "decision: deny" in refused and "grant: fails: grant-required" in refused
+    assert main([*where, "--grant", "payroll"]) == 0
+    allowed = capsys.readouterr().out
+    assert "grant: held for payroll" in allowed and "decision: allow" in allowed

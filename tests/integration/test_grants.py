@@ -323,6 +323,14 @@ async def test_bad_posts_are_refused_and_change_nothing(start_replicas: WorldFac
             code, text = await post(bob, world.a, requests, fields, origin=origin)
             assert code == expected, (why, text[:300])
             assert "Traceback" not in text and "<!doctype html>" in text, why
+        async with UserAgent() as nobody:  # signed out: an API client is told to sign in, a browser is sent to
+            async with nobody.session.get(world.a.url + "/.ztproxy/access/", headers=JSON,
+                                          allow_redirects=False) as response:
+                assert response.status == 401
+            code, _ = await post(nobody, world.a, requests, good)
+            assert code == 401
+            location = (await nobody.get(world.a.url + "/.ztproxy/access/")).location
+            assert location is not None and location.startswith(world.idp.issuer)
         code, text = await post(bob, world.a, requests, {**good, "duration": "2h"}, accept="application/json")
         assert code == 400 and '"error":"access-request-invalid"' in text and "1h" in text
         assert (await page(bob, world.a))["requests"] == []  # nothing was created

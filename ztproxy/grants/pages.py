@@ -82,6 +82,8 @@ async def access(request: web.Request, auth: Auth | None, grants: Grants | None)
         return _see_other()
     signed_in = await open_session(request, auth, ctx.route.config.identity_provider)
     if request.method in ("GET", "HEAD"):
+        if signed_in is None and path == ACCESS_PATH and _wants_json(request):
+            raise AuthenticationRequired("Sign in first: open /.ztproxy/access/ in your browser.")
         if path == SIGN_IN_PATH or (path == ACCESS_PATH and signed_in is None):
             step_up = StepUp(mfa=True, max_age=None) if request.query.get("mfa") == "1" else None
             query = "" if path == SIGN_IN_PATH or not ctx.target.query else f"?{ctx.target.query}"
@@ -105,7 +107,7 @@ async def access(request: web.Request, auth: Auth | None, grants: Grants | None)
         answer = await _act(path, form, grants, person_of(signed_in))
     except GrantRefused as refused:
         raise _error(refused) from None
-    if wants_json(request.headers.get("Accept", ""), request.headers.get("X-Requested-With", "")):
+    if _wants_json(request):
         return web.json_response({"request": answer}, headers={"Cache-Control": "no-store"})
     return _see_other()
 
@@ -153,7 +155,7 @@ async def _overview(request: web.Request, grants: Grants, signed_in: SignedIn) -
     route = request.query.get("route", "")[:100]
     terms = grants.terms_of(route) if route else None
     token = csrf_token(signed_in)
-    if wants_json(request.headers.get("Accept", ""), request.headers.get("X-Requested-With", "")):
+    if _wants_json(request):
         return web.json_response({
             "csrf_token": token, "requests": [kept.summary(at) for kept in mine],
             "to_decide": [kept.summary(at) for kept in waiting], "active": [kept.summary(at) for kept in running],
@@ -180,6 +182,10 @@ async def _overview(request: web.Request, grants: Grants, signed_in: SignedIn) -
     # and still tells no other site where the user was.
     response.headers["Referrer-Policy"] = "same-origin"
     return response
+
+
+def _wants_json(request: web.Request) -> bool:
+    return wants_json(request.headers.get("Accept", ""), request.headers.get("X-Requested-With", ""))
 
 
 def _see_other() -> web.Response:

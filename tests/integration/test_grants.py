@@ -41,7 +41,7 @@ from tests.support.idp import (
 )
 from tests.support.redis import RedisFactory, RedisServer
 from tests.support.user_agent import Response, UserAgent
-from ztproxy.demo_idp import DemoIdp, IdpClient
+from ztproxy.demo_idp import DemoIdp, IdpClient, IdpUser
 from ztproxy.grants.registry import CHANNEL
 
 pytestmark = pytest.mark.integration
@@ -50,6 +50,8 @@ BOUND = 10.0  # seconds from an approval or revocation to every worker of every 
 ADMIN_TOKEN = "grants-test-admin-token-0123456789abcdef0123"
 COOKIE_SECRET = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 JSON = {"Accept": "application/json"}
+DAVE = IdpUser(username="dave", password="dave-demo-password", email="dave@corp.example", name="Dave Example",
+               groups=("employees", "payroll-leads"))
 StartProcess = Callable[..., ProxyProcess]
 
 
@@ -169,6 +171,12 @@ routes:
       - email_domains: [corp.example]
         grant: {{approvers: {{groups: [payroll-leads]}}, max_duration: 1h}}
   - {{name: wiki, path: /wiki, upstream: '{upstream.url}', allow: [{{email_domains: [corp.example]}}]}}
+  - name: ledger
+    path: /ledger
+    upstream: '{upstream.url}'
+    allow:
+      - email_domains: [corp.example]
+        grant: {{approvers: {{groups: [payroll-leads]}}, approvals: 2, approval_mfa: false}}
 """
 
 
@@ -188,7 +196,7 @@ def start_replicas(start_idp: IdpFactory, start_upstream: UpstreamFactory, proxy
         ports, idp_port = [free_port(), free_port()], free_port()
         token_file = tmp_path / "admin-token"
         token_file.write_text(ADMIN_TOKEN + "\n")
-        idp = await start_idp(port=idp_port, users=[ALICE, BOB, CAROL], clients=[IdpClient(
+        idp = await start_idp(port=idp_port, users=[ALICE, BOB, CAROL, DAVE], clients=[IdpClient(
             client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
             redirect_uris=tuple(f"http://127.0.0.1:{port}/.ztproxy/callback" for port in ports))])
         replicas, texts = [], []
@@ -215,10 +223,11 @@ async def sign_in_bob(world: World, agent: UserAgent) -> Response:
     return refused
 
 
-async def ask(agent: UserAgent, replica: Replica, duration: str = "30m", reason: str = "month-end close") -> str:
+async def ask(agent: UserAgent, replica: Replica, duration: str = "30m", reason: str = "month-end close",
+              route: str = "payroll") -> str:
     token = (await page(agent, replica))["csrf_token"]
     code, text = await post(agent, replica, "/.ztproxy/access/requests",
-                            {"csrf_token": token, "route": "payroll", "reason": reason, "duration": duration},
+                            {"csrf_token": token, "route": route, "reason": reason, "duration": duration},
                             accept="application/json")
     assert code == 200, text
     request_id = json.loads(text)["request"]["id"]
@@ -249,7 +258,7 @@ async def test_ask_approve_use_revoke_across_replicas(start_replicas: WorldFacto
         landed = await carol.login(world.a.url + "/.ztproxy/access/", "carol", CAROL_PASSWORD)
         assert landed.status == 200 and "Sign in with a second factor" in landed.text
         view = await page(carol, world.a)
-        assert view["needs_mfa_to_decide"] is True and view["approver_of"] == ["payroll"]
+        assert view["needs_mfa_to_decide"] is True and view["approver_of"] == ["ledger", "payroll"]
         code, text = await post(carol, world.a, f"/.ztproxy/access/requests/{request_id}/decide",
                                 {"csrf_token": view["csrf_token"], "approve": "1"}, accept="application/json")
         assert code == 403 and "second factor" in text
@@ -451,3 +460,27 @@ async def test_grants_survive_a_restart_and_follow_the_route_across_reloads(
                 await asyncio.sleep(0.1)
         code, listed = await world.admin("GET", "/admin/grants?state=active")
         assert [grant["id"] for grant in listed["grants"]] == [granted]
+
+
+async def test_two_approvers_deciding_at_once_on_two_replicas_both_count(start_replicas: WorldFactory) -> None:
+    world = await start_replicas()
+    async with UserAgent() as bob, UserAgent() as carol, UserAgent() as dave:
+        await sign_in_bob(world, bob)
+        ledger = await ask(bob, world.a, route="ledger", duration="1h")
+        tokens = []
+        for agent, name, password in ((carol, "carol", CAROL_PASSWORD), (dave, "dave", DAVE.password)):
+            landed = await agent.login(world.a.url + "/.ztproxy/access/", name, password)
+            assert landed.status == 200 and "month-end close" in landed.text  # no second factor asked here
+            tokens.append((await page(agent, world.a))["csrf_token"])
+        results = await asyncio.gather(*(
+            post(agent, replica, f"/.ztproxy/access/requests/{ledger}/decide",
+                 {"csrf_token": token, "approve": "1"}, accept="application/json")
+            for agent, replica, token in ((carol, world.a, tokens[0]), (dave, world.b, tokens[1]))))
+        assert [code for code, _ in results] == [200, 200], results
+        code, listed = await world.admin("GET", "/admin/grants?state=active")
+        [granted] = listed["grants"]
+        assert granted["id"] == ledger and sorted(granted["approved_by"]) == ["carol@corp.example",
+                                                                              "dave@corp.example"]
+        assert granted["ends_at"] - time.time() == pytest.approx(3600, abs=120)  # from the second approval
+        assert await status(bob, world.b, "/ledger/books") == 200
+        assert await status(bob, world.b) == 403  # a grant for the ledger opens nothing else

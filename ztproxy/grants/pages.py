@@ -150,8 +150,10 @@ async def _overview(request: web.Request, grants: Grants, signed_in: SignedIn) -
     waiting = [kept for kept in everything if kept.state == PENDING and kept.route in approver_of
                and kept.requester.key != person.key  # nobody is offered their own request
                and all(made.by != person.key for made in kept.approvals)]
-    running = [kept for kept in everything if kept.state == ACTIVE and kept.route in approver_of]
-    needs_mfa = any(grants.terms[route].approval_mfa for route in approver_of) and not person.mfa
+    # Routes whose requests this approver may decide now: those asking for a second factor only with one.
+    ready = {route for route in approver_of if person.mfa or not grants.terms[route].approval_mfa}
+    running = [kept for kept in everything if kept.state == ACTIVE and kept.route in ready]
+    needs_mfa = ready != approver_of
     route = request.query.get("route", "")[:100]
     terms = grants.terms_of(route) if route else None
     token = csrf_token(signed_in)
@@ -170,12 +172,13 @@ async def _overview(request: web.Request, grants: Grants, signed_in: SignedIn) -
     if approver_of:
         body.append("<h2>Requests waiting for your decision</h2>")
         if needs_mfa:
-            body.append(info.paragraph("Deciding requests needs a sign-in with a second factor.")
+            body.append(info.paragraph("Deciding some of these requests needs a sign-in with a second factor.")
                         + info.link_button(f"{SIGN_IN_PATH}?mfa=1", "Sign in with a second factor"))
-        else:
-            body.append(pages.to_decide(waiting, token, _ACTION_PATH))
-            if running:
-                body.append("<h2>Access granted now</h2>" + pages.to_end(running, token, _ACTION_PATH))
+        decidable = [kept for kept in waiting if kept.route in ready]
+        if decidable or not needs_mfa:
+            body.append(pages.to_decide(decidable, token, _ACTION_PATH))
+        if running:
+            body.append("<h2>Access granted now</h2>" + pages.to_end(running, token, _ACTION_PATH))
     response = info.render("Access requests", "".join(body), kicker=f"ztproxy · {person.label}")
     # The proxy's pages say no-referrer, with which browsers send "Origin: null" on a form's POST
     # (Fetch, "serializing a request origin"): same-origin lets this page's forms show their origin,

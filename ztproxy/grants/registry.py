@@ -49,6 +49,7 @@ CHANNEL = "ztproxy:grants"
 LOCK_TTL = 5.0  # a lock its holder never released (a crash) frees itself then
 LOCK_WAIT = 3.0  # how long a change waits for another one on the same request
 GENERATION_TTL = 30 * 86400.0
+KEPT_PER_PENDING = 10  # a user's requests kept (ended ones included) at most, per max_pending_per_user
 
 _log = structlog.get_logger("ztproxy.grants")
 
@@ -86,11 +87,15 @@ class GrantRegistry:
         """A new pending request; 400 for bad terms, 409 past ``max_pending_per_user``."""
         request = new_request(requester, route, terms, reason, duration, now, self.config.request_ttl)
         async with self._lock("user:" + requester.key):
-            pending = [kept for kept in await self.listed(now)
-                       if kept.requester.key == requester.key and kept.state == PENDING]
+            kept = [made for made in await self.listed(now) if made.requester.key == requester.key]
+            pending = [made for made in kept if made.state == PENDING]
             if len(pending) >= self.config.max_pending_per_user:
                 raise GrantRefused(409, "too-many-pending", f"You have {len(pending)} requests waiting for an "
                                                             "answer: cancel one, or wait for an answer.")
+            # Every worker reads the whole table: a flood of requests and cancellations must not grow it.
+            if len(kept) >= self.config.max_pending_per_user * KEPT_PER_PENDING:
+                raise GrantRefused(409, "too-many-requests", "You have made too many access requests lately: "
+                                                             "ask an approver or an administrator directly.")
             await self._write(request, now)
         self._event("grant.requested", request, requester.label, now)
         await self._changed(request)

@@ -164,3 +164,14 @@ async def test_unreadable_entries_are_skipped() -> None:
         await grants.approve("junk", CAROL, terms_of(TERMS), "", T0)
     assert caught.value.status == 404
     assert isinstance(await grants.get(made.id, T0), GrantRequest)
+
+
+async def test_a_flood_of_requests_and_cancellations_is_bounded() -> None:
+    grants = registry(MemoryStore(), [], GrantsConfig(max_pending_per_user=1))
+    for _ in range(10):  # max_pending_per_user * KEPT_PER_PENDING, cancelled ones included
+        made = await grants.create(BOB, "payroll", TERMS, "close", 60.0, T0)
+        await grants.cancel(made.id, BOB, T0)
+    with pytest.raises(GrantRefused) as caught:
+        await grants.create(BOB, "payroll", TERMS, "close", 60.0, T0)
+    assert (caught.value.status, caught.value.code) == (409, "too-many-requests")
+    assert len(await grants.listed(T0)) == 10

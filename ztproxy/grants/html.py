@@ -48,7 +48,7 @@ def request_form(action: str, csrf: str, route: str, terms: Grant) -> str:
                           + (f" ({terms.approvals} approvers)" if terms.approvals > 1 else "")
                           + f"; access then lasts as long as you ask, up to {longest}.") + _form(
         action, csrf, _input("route", "", route, hidden=True) + _input("reason", reason)
-        + _input("duration", f"Duration, e.g. 30m or 2h (up to {longest})", default)
+        + _input("duration", f"Duration: 20s, 30m, 4h... (up to {longest})", default)
         + _button("request", "Request access"), form_id="request-access")
 
 

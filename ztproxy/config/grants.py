@@ -8,7 +8,8 @@ each step. :mod:`ztproxy.grants` does the rest. This module imports no aiohttp.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -64,3 +65,27 @@ class GrantsConfig(Model):
     request_ttl: Duration = Field(default=DEFAULT_REQUEST_TTL, gt=0)  # an unanswered request expires then
     retention: Duration = Field(default=DEFAULT_RETENTION, gt=0)  # ended requests are kept this long, then forgotten
     webhooks: tuple[WebhookConfig, ...] = ()
+
+
+def conflicting_terms(routes: list[tuple[int, dict[Any, Any]]],
+                      policies: dict[Any, Any]) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """(YAML path, message) for each route whose allow rules give grants on different terms.
+
+    A route's requests are made and decided on one set of terms (those of its first grant
+    rule): a second, different one would be silently ignored. Raw YAML data, as
+    :mod:`ztproxy.config.checks` reads it; policy references are followed (they do not nest).
+    """
+    for index, route in routes:
+        found: list[Any] = []
+        allow = route.get("allow")
+        for position, entry in enumerate(allow if isinstance(allow, list) else []):
+            name = entry if isinstance(entry, str) else entry.get("policy") if isinstance(entry, dict) else None
+            named = policies.get(name) if isinstance(name, str) else [entry]
+            for rule in named if isinstance(named, list) else []:
+                if isinstance(rule, dict) and rule.get("grant") is not None and rule["grant"] not in found:
+                    found.append(rule["grant"])
+                    if len(found) == 2:
+                        yield (("routes", index, "allow", position),
+                               f"route {route.get('name', index)!r} has grant rules with different terms; its "
+                               "requests follow one set of terms: give every grant rule of a route the same "
+                               "grant (approvers, max_duration, reason, approvals, approval_mfa)")

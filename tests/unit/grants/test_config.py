@@ -47,3 +47,22 @@ routes:
     grant = config.routes[0].allow[0].grant
     assert grant is not None and (grant.max_duration, grant.reason, grant.approvals, grant.approval_mfa) == (
         4 * 3600.0, "required", 1, True)
+
+
+def test_a_routes_grant_rules_agree_on_their_terms() -> None:
+    base = f"""
+{PROVIDER}
+policies:
+  leads: [{{email_domains: [corp.example], grant: {{approvers: {{groups: [leads]}}, max_duration: 2h}}}}]
+routes:
+  - name: payroll
+    upstream: http://127.0.0.1:9
+    allow:
+      - leads
+      - {{groups: [contractors], grant: {{approvers: {{groups: [leads]}}, max_duration: TERMS}}}}
+"""
+    same = load_text(base.replace("TERMS", "2h"))
+    assert len(same.routes[0].allow) == 2
+    with pytest.raises(ConfigError) as caught:
+        load_text(base.replace("TERMS", "8h"))
+    assert "routes[0].allow[1]" in caught.value.render() and "different terms" in caught.value.render()

@@ -8,6 +8,7 @@ a service, a client or a token.
                                                      -> {"revoked": {"kind", "value", "revoked_at", "expires_at"}}
     GET    /admin/services/revocations               -> {"revocations": [{"kind", "value", ...}]}
     POST   /admin/services/lift    (the same bodies, without exp) -> {"lifted": 1}  (404 if none)
+    GET    /admin/grants[?state=...], POST /admin/grants/{id}/approve|deny|revoke  (ztproxy.grants.admin)
 
 Every ``/admin/`` request needs ``Authorization: Bearer <server.admin_token>``, compared in
 constant time; without a configured token the whole API answers 403 (never open). Answers
@@ -37,6 +38,8 @@ from aiohttp import web
 from ztproxy import metrics
 from ztproxy.config.schema import Config
 from ztproxy.errors import SessionStoreUnavailable
+from ztproxy.grants.admin import add_grant_routes
+from ztproxy.grants.model import GrantRefused
 from ztproxy.service_revocations import KINDS, TOKEN_BOUND, Revocation, ServiceRevocations
 from ztproxy.sessions.manager import SessionManager
 from ztproxy.sessions.store import open_store
@@ -83,6 +86,8 @@ def add_admin_api(app: web.Application, config: Config) -> None:
         app.cleanup_ctx.append(_sessions_ctx)
     if token is not None:
         app.cleanup_ctx.append(_services_ctx)
+    if token is not None and config.identity_providers:
+        add_grant_routes(app)
 
 
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -116,11 +121,14 @@ async def _guard(request: web.Request,
         return await handler(request)
     except ApiError as error:
         return _error(error)
+    except GrantRefused as refused:  # the grants routes' refusals (ztproxy.grants.admin)
+        return _error(ApiError(refused.status, refused.code, refused.message))
     except web.HTTPNotFound:
         return _error(ApiError(404, "not-found", "No such admin endpoint: see GET /admin/sessions, "
                                                  "DELETE /admin/sessions/{handle}, POST /admin/sessions/revoke, "
                                                  "POST /admin/services/revoke, GET /admin/services/revocations, "
-                                                 "POST /admin/services/lift."))
+                                                 "POST /admin/services/lift, GET /admin/grants, "
+                                                 "POST /admin/grants/{id}/approve|deny|revoke."))
     except web.HTTPException as exc:  # 405, 413... raised by aiohttp itself
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
         return _error(ApiError(exc.status, _http_code(exc.status), exc.reason, allow))

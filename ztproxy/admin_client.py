@@ -1,4 +1,4 @@
-"""A small client of the admin API (``ztproxy.admin_api``), for ``ztproxy sessions`` and ``ztproxy services``.
+"""A small client of the admin API (``ztproxy.admin_api``), for ``ztproxy sessions``, ``services`` and ``grants``.
 
 Synchronous and stdlib-only (urllib): a CLI call makes one or two requests and exits.
 Every failure is an :class:`AdminApiError` with a message fit for an operator.
@@ -57,6 +57,10 @@ def reach(url: str | None, token_file: str | None, config_path: str | None) -> A
         raise AdminSetupError("no admin URL: pass --admin-url URL or -c FILE with server.admin_listen")
     if not token:
         raise AdminSetupError("no admin token: pass --token-file FILE or -c FILE with server.admin_token_file")
+    if not token.isprintable() or not token.isascii() or " " in token:
+        # It goes into a header: a file of several lines (a config file passed by mistake) cannot.
+        raise AdminSetupError("the admin token is not one line of letters, digits and -._~+/= "
+                              "(is --token-file the file holding the token?)")
     try:
         return AdminClient(url, token)
     except AdminApiError as error:
@@ -94,6 +98,14 @@ class AdminClient:
 
     def lift_service(self, kind: str, value: str) -> dict[str, Any]:
         return self._call("POST", "/admin/services/lift", {kind: value})
+
+    def grants(self, state: str | None = None) -> dict[str, Any]:
+        return self._call("GET", "/admin/grants" + (f"?{urllib.parse.urlencode({'state': state})}" if state else ""))
+
+    def decide_grant(self, request_id: str, action: str, comment: str = "") -> dict[str, Any]:
+        """``action``: approve, deny or revoke."""
+        return self._call("POST", f"/admin/grants/{urllib.parse.quote(request_id, safe='')}/{action}",
+                          {"comment": comment})
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}

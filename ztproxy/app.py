@@ -22,6 +22,7 @@ from ztproxy.context import endpoints_route, route_entries
 from ztproxy.device import assess_device
 from ztproxy.endpoints import proxy_endpoints
 from ztproxy.forward import forward
+from ztproxy.grants.service import grants_ctx
 from ztproxy.headers import header_rules, is_websocket_upgrade, parse_networks
 from ztproxy.intake import intake
 from ztproxy.pipeline import Handler, Stage, build_pipeline
@@ -90,6 +91,7 @@ def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(auth_ctx)
     app.cleanup_ctx.append(bearer_ctx)
     app.cleanup_ctx.append(revocations_ctx)
+    app.cleanup_ctx.append(grants_ctx)
     app.cleanup_ctx.append(signals_ctx)
     app.cleanup_ctx.append(workloads_ctx)
     app.cleanup_ctx.append(risk_ctx)

@@ -13,6 +13,7 @@ without writing a second decision event.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -23,6 +24,9 @@ from ztproxy import metrics
 from ztproxy.auth import AUTH, Auth
 from ztproxy.errors import AccessDenied, AuthenticationRequired, InsufficientScope, InvalidToken, StepUpRequired
 from ztproxy.forward_auth import SIGN_IN_HEADER, Kind, Question, sign_in_path, sign_in_url
+from ztproxy.grants.model import person_key
+from ztproxy.grants.pages import request_link
+from ztproxy.grants.service import GRANTS
 from ztproxy.headers import is_websocket_upgrade
 from ztproxy.me import ME_PATH
 from ztproxy.origins import addressed_origin, origin_allowed
@@ -67,7 +71,11 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
             and (refusal := revoked.refusal(service, time.time())) is not None:
         _refuse_token(request, record, refusal)  # a client, service or token revoked, before or after it was issued
     decision = policy.constant
+    facts = None
     if decision is None or route.shadow is not None:
+        granted = False
+        if route.grant is not None and isinstance(caller, Person) and (grants := request.app[GRANTS]) is not None:
+            granted = grants.view.holds(person_key(caller.session.provider, caller.subject), route.name, time.time())
         facts = RequestFacts(
             method=ctx.method,
             path=ctx.target.path,
@@ -77,6 +85,7 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
             device=record.device,
             service=service,
             risk=record.risk.level if record.risk is not None else "low",
+            granted=granted,
         )
         # Routes whose decision is known at config load (public) skip building facts at all.
         # The session's risk may refuse it or ask for a new sign-in whatever the policy says.
@@ -109,9 +118,22 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
     words = explanation(record.risk, decision) or _denial_burst(request, record, decision)
     if words is not None:  # the session's risk: it may be ended or locked, so no "signed in as"
         raise AccessDenied(words, reasons=decision.reasons)
+    signed_in_as = f"You are signed in as {identity.email or identity.subject}."
+    if facts is not None and _grant_would_admit(request, policy, facts):
+        raise AccessDenied(explain_refusal(decision), reasons=decision.reasons,
+                           hint=f"{signed_in_as} An approver can grant you access to it for a while.",
+                           link=(request_link(route.name), "Request access"))
     raise AccessDenied(explain_refusal(decision), reasons=decision.reasons,
-                       hint=f"You are signed in as {identity.email or identity.subject}. {AccessDenied.hint}",
+                       hint=f"{signed_in_as} {AccessDenied.hint}",
                        link=(ME_PATH, "See your sign-in, your device and the applications open to you"))
+
+
+def _grant_would_admit(request: web.Request, policy: RoutePolicy, facts: RequestFacts) -> bool:
+    """Whether a grant for this route would let this user in (perhaps after a step-up): "Request access"."""
+    route = request[RECORD].context.route
+    if route.grant is None or facts.granted or request.app[GRANTS] is None:
+        return False
+    return evaluate(policy, dataclasses.replace(facts, granted=True)).outcome is not Outcome.DENY
 
 
 def _bearer_challenge(**params: str) -> tuple[tuple[str, str], ...]:

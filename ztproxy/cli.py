@@ -12,6 +12,8 @@
                           [-c FILE | --admin-url URL --token-file FILE]
     ztproxy services revoke|lift --client-id ID | --service SPIFFE_ID | --jti JTI [--exp UNIX] | list
                           [-c FILE | --admin-url URL --token-file FILE]
+    ztproxy grants list [--state STATE] | approve|deny|revoke ID [--comment TEXT]   (ztproxy.cli_grants)
+                          [-c FILE | --admin-url URL --token-file FILE]
     ztproxy forward-auth nginx|caddy|traefik|envoy -c FILE
     ztproxy --version
 
@@ -67,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
                      config_arg)
     _services_parser(commands.add_parser("services", help="revoke services, clients and tokens through the "
                                                           "admin API"), config_arg)
+    from ztproxy import cli_grants
+
+    cli_grants.add_parser(commands.add_parser("grants", help="decide and end just-in-time access requests "
+                                                             "through the admin API"),
+                          lambda sub: _admin_api_args(sub, config_arg))
     forward_auth = commands.add_parser(
         "forward-auth", help="print the configuration of a proxy that asks ztproxy about each request")
     forward_auth.add_argument("kind", choices=("nginx", "caddy", "traefik", "envoy"))
@@ -95,6 +102,8 @@ def _policy_parser(policy: argparse.ArgumentParser,
     explain.add_argument("--group", action="append", default=[], help="repeatable")
     explain.add_argument("--mfa", action="store_true", help="the login used a second factor")
     explain.add_argument("--auth-age", help="how long ago the user authenticated, e.g. 5m")
+    explain.add_argument("--grant", action="append", default=[], metavar="ROUTE",
+                         help="the user holds an approved access grant for this route (repeatable)")
     explain.add_argument("--service", help="a calling workload's SPIFFE ID (instead of a person)")
     explain.add_argument("--client-id", help="a calling service's OAuth client_id (instead of a person)")
     explain.add_argument("--scope", action="append", default=[], help="a scope of its token; repeatable")
@@ -139,6 +148,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return _sessions(args)
     if args.command == "services":
         return _services(args)
+    if args.command == "grants":
+        from ztproxy import cli_grants
+
+        return cli_grants.run(args, _admin_api(args, "grants"))
     if args.command == "config":  # the one action: schema
         from ztproxy.config import jsonschema
 
@@ -211,7 +224,7 @@ def _policy(args: argparse.Namespace) -> int:
         print(error.render(), file=sys.stderr)
         return 2
     if args.action == "explain":
-        print("\n".join(breakdown.rule_by_rule(configs[0], case.host, case.facts, case.session)))
+        print("\n".join(breakdown.rule_by_rule(configs[0], case.host, case.facts, case.session, case.grants)))
         return 0
     if args.action == "diff":
         print("\n".join(suite.diff_cases(configs[0], configs[1], cases)))
@@ -231,7 +244,7 @@ def _explain_case(args: argparse.Namespace) -> dict[str, Any]:
         case["identity"] = {k: v for k, v in service.items() if v is not None}
     elif args.sub or args.email:
         identity = {"sub": args.sub, "email": args.email, "groups": args.group, "mfa": args.mfa,
-                    "auth_age": args.auth_age}
+                    "auth_age": args.auth_age, "grants": args.grant}
         case["identity"] = {k: v for k, v in identity.items() if v is not None}
     device = {"id": args.device_id, "managed": args.device_managed or None,
               "disk_encrypted": args.disk_encrypted or None, "platform": args.platform, "os_version": args.os_version}

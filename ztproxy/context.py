@@ -11,6 +11,7 @@ from ztproxy.config.schema import Config, RouteConfig
 from ztproxy.headers import ForwardedFor
 from ztproxy.origins import normalize_origin
 from ztproxy.policy import RoutePolicy, compile_route_policy, names_services
+from ztproxy.policy.criteria.grant import Grant, grant_terms
 from ztproxy.routing import RequestTarget, RouteTable
 
 
@@ -27,6 +28,7 @@ class CompiledRoute:
     shadow: RoutePolicy | None = None  # evaluated and logged beside ``policy``, never enforced
     websocket_origins: frozenset[str] = frozenset()  # besides its own, normalized (``origins``)
     accepts_tokens: bool = False  # a rule names services: bearer tokens are read here
+    grant: Grant | None = None  # the terms of its grants, when an allow rule asks for one (ztproxy.grants)
 
     @property
     def needs_identity(self) -> bool:
@@ -87,6 +89,7 @@ def route_entries(config: Config) -> Iterator[tuple[str | None, str, CompiledRou
             upstream_authority=authority,
             policy=policy,
             accepts_tokens=names_services(policy),
+            grant=grant_terms(policy),
             audience=route.audience or route_origin(public_url, route.host),
             # A candidate allow list, judged with the same deny rules as the enforced one.
             shadow=None if route.shadow is None else compile_route_policy(route.shadow, config.policies, route.deny),

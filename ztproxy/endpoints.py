@@ -14,6 +14,8 @@ from aiohttp import web
 from ztproxy.auth import AUTH, Auth
 from ztproxy.errors import RouteNotFound
 from ztproxy.forward_auth import Kind, allowed_headers
+from ztproxy.grants.pages import access, is_access_path
+from ztproxy.grants.service import GRANTS
 from ztproxy.me import ME_PATH, me
 from ztproxy.oidc.login import CALLBACK_PATH
 from ztproxy.oidc.logout import BACKCHANNEL_PATH, FRONTCHANNEL_PATH, LOGOUT_PATH, SIGNED_OUT_PATH, signed_out_page
@@ -60,6 +62,8 @@ async def _answer(request: web.Request, path: str) -> web.StreamResponse:
         return await jwks(request)
     if path == ME_PATH:
         return await me(request, request.app[AUTH])
+    if is_access_path(path):
+        return await access(request, request.app[AUTH], request.app[GRANTS])
     if path == SSF_EVENTS_PATH and (signals := request.app[SIGNALS]) is not None:
         return await signals.receive(request)
     endpoint = _SIGN_IN_ENDPOINTS.get(path)

@@ -15,6 +15,8 @@
         │   └── InvalidToken          invalid-token        401
         ├── AccessDenied              access-denied        403
         │   └── InsufficientScope     insufficient-scope   403
+        ├── AccessRequestInvalid      access-request-invalid 400
+        ├── AccessRequestConflict     access-request-conflict 409
         ├── ExpectationFailed         expectation-failed   417
         ├── InternalError             internal-error       500
         ├── ServiceUnavailable                             503
@@ -191,6 +193,24 @@ class InsufficientScope(AccessDenied):
     code = "insufficient-scope"
     title = "Insufficient scope"
     hint = "Ask your authorization server for a token with the scope named in WWW-Authenticate."
+
+
+class AccessRequestInvalid(RequestError):
+    """A just-in-time access request or decision with bad input: no reason, too long, no such route."""
+
+    code = "access-request-invalid"
+    status = 400
+    title = "Access request not valid"
+    hint = "Correct the form and send it again."
+
+
+class AccessRequestConflict(RequestError):
+    """A decision on an access request that is no longer possible: decided, cancelled, expired."""
+
+    code = "access-request-conflict"
+    status = 409
+    title = "Access request already settled"
+    hint = "Reload the access requests page to see where it stands."
 
 
 class ExpectationFailed(RequestError):

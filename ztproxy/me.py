@@ -16,6 +16,10 @@ from aiohttp import web
 
 from ztproxy.auth import Auth, open_session
 from ztproxy.context import CompiledRoute, route_origin
+from ztproxy.grants.html import when
+from ztproxy.grants.model import person_key
+from ztproxy.grants.pages import ACCESS_PATH
+from ztproxy.grants.service import GRANTS
 from ztproxy.oidc.logout import LOGOUT_PATH
 from ztproxy.pages import info, wants_json
 from ztproxy.policy import Outcome, RequestFacts, evaluate
@@ -54,7 +58,8 @@ def _route_url(route: CompiledRoute, public_url: str) -> str:
     return route_origin(public_url, route.config.host) + route.config.path
 
 
-def _reachable(request: web.Request, signed_in: Person | None, device: Device | None) -> list[dict[str, str]]:
+def _reachable(request: web.Request, signed_in: Person | None, device: Device | None,
+               granted: frozenset[str]) -> list[dict[str, str]]:
     ctx = request[RECORD].context
     now = datetime.now(UTC)
     public_url = request.app[CONFIG].public_url
@@ -63,7 +68,8 @@ def _reachable(request: web.Request, signed_in: Person | None, device: Device | 
     risk = level_of(state, now.timestamp()) if state is not None else "low"
     for route in request.app[ROUTE_LIST]:
         facts = RequestFacts(method="GET", path=route.config.path, client_ip=ctx.client_ip, now=now,
-                             identity=signed_in.session.identity if signed_in else None, device=device, risk=risk)
+                             identity=signed_in.session.identity if signed_in else None, device=device, risk=risk,
+                             granted=route.name in granted)
         decision = route.policy.constant or evaluate(route.policy, facts)
         if decision.outcome is Outcome.DENY:
             continue
@@ -91,7 +97,11 @@ async def me(request: web.Request, auth: Auth | None) -> web.StreamResponse:
         data["device"] = {"id": device.id, "managed": device.managed, "disk_encrypted": device.disk_encrypted,
                           "platform": device.platform, "os_version": device.os_version, "score": device.score,
                           "last_seen": device.last_seen.isoformat() if device.last_seen else None}
-    data["applications"] = _reachable(request, signed_in, device)
+    grants = request.app[GRANTS]
+    held = [] if grants is None or signed_in is None else \
+        grants.view.active_for(person_key(signed_in.session.provider, signed_in.subject), now)
+    data["grants"] = [{"route": route, "ends_at": int(ends_at)} for route, ends_at in held]
+    data["applications"] = _reachable(request, signed_in, device, frozenset(route for route, _ in held))
     headers = {"Cache-Control": "no-store"}
     if wants_json(request.headers.get("Accept", ""), request.headers.get("X-Requested-With", "")):
         return web.json_response(data, headers=headers)
@@ -130,6 +140,11 @@ async def me(request: web.Request, auth: Auth | None) -> web.StreamResponse:
     body.append(info.paragraph("Applications you can use:" if apps else "No application is open to you right now."))
     if apps:
         body.append(info.link_table(((app["name"], app["url"]), app["access"]) for app in apps))
+    if held:
+        body.append(info.paragraph("Access granted to you for a while (just-in-time access):"))
+        body.append(info.table((route, f"until {when(ends_at)}") for route, ends_at in held))
+    if grants is not None and signed_in is not None:
+        body.append(info.link_button(ACCESS_PATH, "Access requests: yours, and those you may decide"))
     if signed_in is not None:
         body.append(info.link_button(LOGOUT_PATH, "Sign out"))
     return info.render("Your access", "".join(body), kicker="ztproxy")

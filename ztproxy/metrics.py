@@ -63,6 +63,8 @@ LATENCY_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 REVOCATION_BOUNDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 _REMEMBERED_REVOCATIONS = 10_000
+# Seconds from an access request to its decision: approvers answer in minutes or hours.
+GRANT_DECISION_BOUNDS = (10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0)
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 
 
@@ -202,7 +204,9 @@ _provider = MeterProvider(
     views=[View(instrument_name="ztproxy.revocation.delay",
                 aggregation=ExplicitBucketHistogramAggregation(REVOCATION_BOUNDS)),
            View(instrument_name="ztproxy.risk.detection",
-                aggregation=ExplicitBucketHistogramAggregation(REVOCATION_BOUNDS))],
+                aggregation=ExplicitBucketHistogramAggregation(REVOCATION_BOUNDS)),
+           View(instrument_name="ztproxy.grants.decision.time",
+                aggregation=ExplicitBucketHistogramAggregation(GRANT_DECISION_BOUNDS))],
 )
 _meter = _provider.get_meter("ztproxy")
 _logins = _meter.create_counter(
@@ -227,7 +231,19 @@ _risk_detection = _meter.create_histogram(
     "ztproxy.risk.detection", unit="s",
     description="Time to detect, by signal: for concurrent-use, from the first request from the second "
     "network to the request that made the use concurrent")
+_grant_events = _meter.create_counter(
+    "ztproxy.grants.events", description="Just-in-time access, by route and step: requested, approved (each "
+    "approval), started, denied, cancelled, ended, expired")
+_grant_decision_time = _meter.create_histogram(
+    "ztproxy.grants.decision.time", unit="s",
+    description="Time from an access request to the decision that approved (completed) or denied it, by route")
 _active_sources: list[Callable[[], int]] = []
+_grant_sources: list[Callable[[], int]] = []
+
+
+def _observe_grants(options: CallbackOptions) -> Iterable[Observation]:
+    if _grant_sources:
+        yield Observation(max(source() for source in _grant_sources))  # every worker sees every grant
 
 
 def _observe_active(options: CallbackOptions) -> Iterable[Observation]:
@@ -248,6 +264,9 @@ _meter.create_observable_counter(
 _meter.create_observable_gauge(
     "ztproxy.sessions.active", callbacks=[_observe_active],
     description="Sessions this process has served recently (see watch_active_sessions)")
+_meter.create_observable_gauge(
+    "ztproxy.grants.active", callbacks=[_observe_grants],
+    description="Grants active now (every replica counts all of them)")
 for _result in ("ok", "failed"):
     _reloads.add(0, {"result": _result})  # shown at 0 before the first reload
 
@@ -318,6 +337,22 @@ def revocation_enforced(revocation: str, revoked_at: float, now: float) -> None:
         del _timed_revocations[next(iter(_timed_revocations))]
     _timed_revocations[revocation] = None
     _revocation_delay.record(max(0.0, now - revoked_at))
+
+
+def grant_event(route: str, step: str) -> None:
+    """A step of an access request (``requested``, ``approved``, ``started``, ``denied``...)."""
+    _grant_events.add(1, {"route": route, "step": step})
+
+
+def grant_decided(route: str, decision: str, seconds: float) -> None:
+    """A request approved (the approval that completed it) or denied, ``seconds`` after it was made."""
+    _grant_decision_time.record(max(0.0, seconds), {"route": route, "decision": decision})
+
+
+def watch_active_grants(count: Callable[[], int]) -> Callable[[], None]:
+    """Report ``count()`` as ``ztproxy_grants_active`` at each scrape; returns how to stop."""
+    _grant_sources.append(count)
+    return lambda: _grant_sources.remove(count)
 
 
 def watch_assertion_signs(count: Callable[[], int]) -> Callable[[], None]:

@@ -7,7 +7,8 @@ answered: its status, headers and body reach the client.
 Text, binary, ping/pong and close (with its code and reason) pass through unchanged;
 the subprotocol the upstream chose is the one offered to the client. A socket opened
 with a session is closed with 1008 as soon as that session is revoked, here or on any
-other worker or replica (``SessionManager.watch``).
+other worker or replica (``SessionManager.watch``), and so is a socket a grant let in when
+that grant ends (``GrantsView.until_ended``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from aiohttp import WSMsgType, web
 from ztproxy import tracing
 from ztproxy.auth import AUTH
 from ztproxy.errors import UpstreamTimeout, UpstreamUnavailable
+from ztproxy.grants.model import person_key
+from ztproxy.grants.service import GRANTS
 from ztproxy.headers import downstream_response_headers
+from ztproxy.policy.criteria.grant import Grant
 from ztproxy.state import RECORD, Person, RequestRecord
 from ztproxy.upstream import UPSTREAM, UpgradeRefused, forward_headers, upstream_failures, upstream_url
 
@@ -73,6 +77,21 @@ def _watch_session(request: web.Request, record: RequestRecord, ended: asyncio.E
     if not isinstance(caller, Person) or auth is None:
         return lambda: None  # a service's token ends by itself; nobody, nothing to watch
     return auth.sessions.watch(caller.ticket.store_key, ended.set)
+
+
+def _watch_grant(request: web.Request, record: RequestRecord, ended: asyncio.Event) -> asyncio.Task[None] | None:
+    """Set ``ended`` when the grant that let this socket in ends (its time, or revoked on any replica)."""
+    caller, decision, route = record.caller, record.decision, record.context.route
+    grants = request.app[GRANTS]
+    if grants is None or route.grant is None or not isinstance(caller, Person) or decision is None \
+            or Grant.name not in decision.reasons:
+        return None  # not let in by a grant (another rule held): nothing of a grant to watch
+
+    async def watch() -> None:
+        await grants.view.until_ended(person_key(caller.session.provider, caller.subject), route.name)
+        ended.set()
+
+    return asyncio.create_task(watch())
 
 
 async def _relay_refusal(request: web.Request, refusal: aiohttp.ClientResponse,
@@ -140,6 +159,7 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
         await client_ws.prepare(request)
         session_ended = asyncio.Event()
         stop_watching = _watch_session(request, record, session_ended)
+        grant_watch = _watch_grant(request, record, session_ended)
         to_upstream = asyncio.create_task(_relay(client_ws, upstream_ws))
         to_client = asyncio.create_task(_relay(upstream_ws, client_ws))
         ended = asyncio.create_task(session_ended.wait())
@@ -150,12 +170,15 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
                 to_upstream.cancel()
                 to_client.cancel()
                 await asyncio.gather(to_upstream, to_client, return_exceptions=True)
-                await client_ws.close(code=SESSION_ENDED_CLOSE, message=b"session ended")
+                over = b"access ended" if grant_watch is not None and grant_watch.done() else b"session ended"
+                await client_ws.close(code=SESSION_ENDED_CLOSE, message=over)
             else:
                 # The first side to close has sent its close frame on; let the other side answer it.
                 await asyncio.wait(pending - {ended}, timeout=target.read_timeout or 10.0)
         finally:
             stop_watching()
+            if grant_watch is not None:
+                grant_watch.cancel()
             for task in (to_upstream, to_client, ended):
                 task.cancel()
             await asyncio.gather(to_upstream, to_client, ended, return_exceptions=True)

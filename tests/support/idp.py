@@ -3,7 +3,8 @@
 - ``start_idp``: a factory ``await start_idp(clients=[...], users=[...], ttl={...})`` -> DemoIdp,
   started on a free loopback port and stopped (by PID) at teardown;
 - ``ALICE`` (password only, group employees) and ``BOB`` (employees + payroll, with TOTP): the
-  default users; ``DEFAULT_USERS`` is both.
+  default users; ``DEFAULT_USERS`` is both. ``CAROL`` (employees + payroll-leads, with TOTP)
+  approves access requests where a test adds her.
 
 Every IdP of a test run starts with the same signing keys (generated once), which keeps starts fast.
 """
@@ -22,11 +23,16 @@ from ztproxy.demo_idp import DemoIdp, IdpClient, IdpResource, IdpService, IdpUse
 ALICE_PASSWORD = "alice-demo-password"
 BOB_PASSWORD = "bob-demo-password"
 BOB_TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # base32, as authenticator apps take it
+CAROL_PASSWORD = "carol-demo-password"
+CAROL_TOTP_SECRET = "KRSXG5CTMVRXEZLUKRSXG5CTMVRXEZLU"
 
 ALICE = IdpUser(username="alice", password=ALICE_PASSWORD, email="alice@corp.example", name="Alice Example",
                 groups=("employees",))
 BOB = IdpUser(username="bob", password=BOB_PASSWORD, email="bob@corp.example", name="Bob Example",
               groups=("employees", "payroll"), totp_secret=BOB_TOTP_SECRET)
+# Carol approves payroll's access requests (just-in-time access); not among the default users.
+CAROL = IdpUser(username="carol", password=CAROL_PASSWORD, email="carol@corp.example", name="Carol Example",
+                groups=("employees", "payroll-leads"), totp_secret=CAROL_TOTP_SECRET)
 DEFAULT_USERS = (ALICE, BOB)
 
 IdpFactory = Callable[..., Awaitable[DemoIdp]]

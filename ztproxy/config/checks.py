@@ -7,6 +7,7 @@ located with the document's YAML paths and lines:
 
 - duplicate route names, two routes for the same host and path prefix;
 - ``allow`` entries naming a policy not defined under ``policies``;
+- a route's grant rules on different terms (``ztproxy.config.grants``);
 - policies naming other policies (nesting is not supported);
 - TLS certificate and key files that cannot be read;
 - identity providers: unique names, routes naming one that exists, and route hosts the
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from yarl import URL
 
+from ztproxy.config.grants import conflicting_terms
 from ztproxy.config.presets import option_sections, resolve_preset, with_defaults
 from ztproxy.config.rules import IDENTITY_CRITERIA, SERVICE_CRITERIA
 from ztproxy.config.values import split_listen
@@ -55,6 +57,8 @@ def run(document: Document, flagged: Collection[YamlPath]) -> list[ConfigIssue]:
     if isinstance(policies, dict):  # otherwise pydantic reports the shape of policies
         issues.extend(_unknown_policies(context, routes, policies))
         issues.extend(_nested_policies(context, policies))
+        issues.extend(context.issue(path, message) for path, message in conflicting_terms(routes, policies)
+                      if not context.skip(path))
     server = data.get("server")
     if isinstance(server, dict) and isinstance(server.get("tls"), dict):
         issues.extend(_tls_files(context, server["tls"]))

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
+from ztproxy.config.grants import GrantRequirement
 from ztproxy.config.values import (
     WEEKDAYS,
     Cidr,
@@ -32,7 +33,7 @@ from ztproxy.config.values import (
 
 # Criteria that need a signed-in user (or a known device): never next to ``public: true``.
 IDENTITY_CRITERIA = ("users", "email_domains", "groups", "claims", "mfa", "max_auth_age",
-                      "max_session_age", "device", "max_risk")
+                      "max_session_age", "device", "max_risk", "grant")
 # Criteria about a calling service (an access token's client, its scopes, a workload's SPIFFE
 # ID): a route with a rule naming one accepts bearer tokens. Never in a rule about a person.
 SERVICE_CRITERIA = ("services", "clients", "scopes", "sender_constrained")
@@ -140,6 +141,7 @@ class Rule(Model):
     max_session_age: MaxAge = None
     device: DeviceRequirement | None = None
     max_risk: Literal["low", "medium"] | None = None  # the session's risk level (ztproxy.risk)
+    grant: GrantRequirement | None = None  # an approved, unexpired grant for the route (ztproxy.grants)
     methods: Annotated[tuple[Method, ...], NonEmpty] | None = None
     paths: Annotated[tuple[PathPrefix, ...], NonEmpty] | None = None
     source_cidrs: Annotated[tuple[Cidr, ...], NonEmpty] | None = None

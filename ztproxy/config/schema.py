@@ -17,6 +17,7 @@ from yarl import URL
 
 from ztproxy.config.assertion import AssertionConfig
 from ztproxy.config.devices import DevicesConfig
+from ztproxy.config.grants import GrantsConfig
 from ztproxy.config.identity import IdentityProviderConfig
 from ztproxy.config.risk import Action, RiskConfig, Signal, check_rules
 from ztproxy.config.rules import RuleEntry
@@ -213,6 +214,7 @@ class Config(Model):
     workload_identity: WorkloadIdentityConfig | None = None  # SPIFFE trust domains: X.509 SVIDs over mTLS
     assertion: AssertionConfig = AssertionConfig()
     risk: RiskConfig = RiskConfig()
+    grants: GrantsConfig = GrantsConfig()  # just-in-time access: requests, approvals, webhooks
     # pydantic copies mutable defaults; ruff sees Model as a pydantic model only in its own file.
     policies: dict[str, tuple[RuleEntry, ...]] = {}  # noqa: RUF012
     routes: tuple[RouteConfig, ...] = Field(min_length=1)

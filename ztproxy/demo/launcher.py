@@ -73,7 +73,11 @@ def _banner(url: str, issuer: str, app_url: str, state: scenario.DemoState) -> s
     3. {url}/.ztproxy/logout
        sign out, sign in as bob (password bob) at /app, then open /payroll: ztproxy sends him
        back to the IdP for his one-time code (step-up: a second factor, at most {scenario.MAX_AUTH_AGE} old)
-    4. a service, in a terminal: get an access token as {scenario.SERVICE.client_id}, call /api with it
+    4. {url}/ledger
+       bob is refused and offered "Request access": he asks, with a reason, for 30m. In another
+       browser (or a private window) carol signs in at {url}/.ztproxy/access/ with her code and
+       approves; bob's next visit opens the ledger, until the grant ends (or carol ends it).
+    5. a service, in a terminal: get an access token as {scenario.SERVICE.client_id}, call /api with it
        {get_token}
        {call}
 
@@ -82,6 +86,8 @@ def _banner(url: str, issuer: str, app_url: str, state: scenario.DemoState) -> s
     bob   / bob     groups employees, payroll; second factor TOTP
       secret  {secret}   (an authenticator app, or: oathtool --totp -b {secret})
       as URI  {scenario.otpauth_uri(secret, "bob")}
+    carol / carol   groups employees, payroll-leads (approves /ledger); second factor TOTP
+      her secret  {state.carol_totp_secret}   (oathtool --totp -b {state.carol_totp_secret})
 
   Behind the scenes: the sample app {app_url} (meant to be reached through the proxy only);
   the proxy's configuration {state.config_path};
@@ -117,7 +123,7 @@ async def _start(stack: contextlib.AsyncExitStack, *, port: int, log_format: Log
                         "pick another port with --port") from None
     stack.callback(proxy_socket.close)
 
-    users = scenario.idp_users(state.totp_secret)
+    users = scenario.idp_users(state.totp_secret, state.carol_totp_secret)
     # ztproxy.verify as an app developer would use it: issuer = the proxy's public URL,
     # audience = the route's origin (the default audience), keys from the proxy's JWKS.
     verifier = Verifier(issuer=url, audience=url, jwks_url=url + JWKS_PATH)

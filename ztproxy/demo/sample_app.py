@@ -64,6 +64,8 @@ APP_PAGES: Mapping[str, AppPage] = {
     "/app": AppPage("Employees' app", "open to the group employees (alice and bob)."),
     "/payroll": AppPage("Payroll", "open to the group payroll (bob only), signed in with a second factor "
                                    "within the last 10 minutes (else ztproxy asks for it: step-up)."),
+    "/ledger": AppPage("Ledger", "open to employees while an approver (carol) has granted them access "
+                                 "for a while: just-in-time access."),
 }
 
 

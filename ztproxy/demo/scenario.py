@@ -5,6 +5,7 @@ The state directory (``--state-dir``, default ``$XDG_STATE_HOME/ztproxy-demo`` o
 
 - ``cookie-secret``: seals the proxy's login-state cookies (a sign-in under way survives);
 - ``bob-totp-secret``: bob's second factor, so an authenticator app set up once keeps working;
+- ``carol-totp-secret``: carol's, who approves access requests to /ledger (just-in-time access);
 - ``assertion-keys/``: the keys signing ``X-Ztproxy-Jwt-Assertion`` (the proxy creates the first);
 - ``idp/``: the demo OpenID Provider's configuration, users, signing keys and log;
 - ``ztproxy.yaml``: the configuration the proxy runs, written at each start, to read.
@@ -73,6 +74,7 @@ class DemoState:
     directory: Path
     cookie_secret: str
     totp_secret: str
+    carol_totp_secret: str | None = None
 
     @property
     def idp_dir(self) -> Path:
@@ -94,7 +96,10 @@ def prepare_state(directory: Path) -> DemoState:
     # RFC 4226 4: a shared secret of at least 128 bits, 160 recommended; base32 for authenticator apps.
     totp_secret = _kept_secret(directory / "bob-totp-secret", _BASE32_SECRET,
                                base64.b32encode(secrets.token_bytes(20)).decode("ascii"))
-    return DemoState(directory=directory, cookie_secret=cookie_secret, totp_secret=totp_secret)
+    carol_totp_secret = _kept_secret(directory / "carol-totp-secret", _BASE32_SECRET,
+                                     base64.b32encode(secrets.token_bytes(20)).decode("ascii"))
+    return DemoState(directory=directory, cookie_secret=cookie_secret, totp_secret=totp_secret,
+                     carol_totp_secret=carol_totp_secret)
 
 
 def otpauth_uri(secret: str, account: str) -> str:
@@ -103,12 +108,17 @@ def otpauth_uri(secret: str, account: str) -> str:
     return f"otpauth://totp/{label}?{urlencode({'secret': secret, 'issuer': TOTP_ISSUER}, quote_via=quote)}"
 
 
-def idp_users(totp_secret: str) -> tuple[IdpUser, ...]:
+def idp_users(totp_secret: str, carol_totp_secret: str | None = None) -> tuple[IdpUser, ...]:
+    """alice and bob; with her secret, carol too, who approves access requests to /ledger."""
+    carol = () if carol_totp_secret is None else (
+        IdpUser(username="carol", password="carol", email="carol@corp.example", name="Carol Example",
+                groups=("employees", "payroll-leads"), totp_secret=carol_totp_secret),)
     return (
         IdpUser(username="alice", password="alice", email="alice@corp.example", name="Alice Example",
                 groups=("employees",)),
         IdpUser(username="bob", password="bob", email="bob@corp.example", name="Bob Example",
                 groups=("employees", "payroll"), totp_secret=totp_secret),
+        *carol,
     )
 
 
@@ -182,6 +192,12 @@ routes:
       - groups: [payroll]
         mfa: true
         max_auth_age: {MAX_AUTH_AGE}
+  - name: ledger
+    path: /ledger
+    upstream: {upstream}
+    allow:
+      - groups: [employees]
+        grant: {{approvers: {{groups: [payroll-leads]}}, max_duration: 1h}}
   - name: api
     path: /api
     upstream: {upstream}

@@ -46,14 +46,16 @@ class RouteDecision:
 
 
 def decide(routes: RouteTable[Any], host: str | None, facts: RequestFacts, session: SessionContext | None = None,
-           risk: RiskConfig | None = None) -> RouteDecision:
+           risk: RiskConfig | None = None, grants: frozenset[str] = frozenset()) -> RouteDecision:
     """Route and decide as the proxy would (``routes``: a ``compile_routes`` table).
 
-    ``session``: the session's context, judged with ``risk`` (default: the default risk section).
+    ``session``: the session's context, judged with ``risk`` (default: the default risk section);
+    ``grants``: the routes the user holds an approved, unexpired grant for.
     """
     route = routes.match(host, facts.path)
     if route is None:
         return RouteDecision(route=None, decision=None)
+    facts = with_grants(facts, str(route.name), grants)
     policy: RoutePolicy = route.policy
     verdict = None
     if session is not None and facts.identity is not None:
@@ -61,6 +63,12 @@ def decide(routes: RouteTable[Any], host: str | None, facts: RequestFacts, sessi
         facts = dataclasses.replace(facts, risk=verdict.level)
     return RouteDecision(route=str(route.name), decision=enforce(verdict, evaluate(policy, facts)),
                          evaluated=evaluated_rules(policy, facts), risk=verdict)
+
+
+def with_grants(facts: RequestFacts, route: str, grants: frozenset[str]) -> RequestFacts:
+    """The facts on ``route`` of a user holding grants for ``grants`` (only people hold grants)."""
+    granted = facts.identity is not None and route in grants
+    return dataclasses.replace(facts, granted=True) if granted and not facts.granted else facts
 
 
 def evaluated_rules(policy: RoutePolicy, facts: RequestFacts) -> tuple[str, ...]:
@@ -85,14 +93,17 @@ def criterion_results(rule: CompiledRule, facts: RequestFacts) -> list[tuple[str
 
 
 def rule_by_rule(config: Config, host: str | None, facts: RequestFacts,
-                 session: SessionContext | None = None) -> list[str]:
+                 session: SessionContext | None = None, grants: frozenset[str] = frozenset()) -> list[str]:
     """The route, the session's risk, the decision with its reasons, and every rule criterion by criterion."""
     routes = compile_routes(config)
     lines = [f"request: {facts.method} {host or '-'} {facts.path} from {facts.client_ip} at {facts.now.isoformat()}"]
-    outcome = decide(routes, host, facts, session, config.risk)
+    outcome = decide(routes, host, facts, session, config.risk, grants)
     route = routes.match(host, facts.path)
     if route is None or outcome.decision is None:
         return [*lines, "route: none", f"decision: {NO_ROUTE}"]
+    facts = with_grants(facts, route.name, grants)
+    if facts.granted:
+        lines.append(f"grant: held for {route.name}")
     policy: RoutePolicy = route.policy
     decision = outcome.decision
     lines.append(f"route: {route.name}")

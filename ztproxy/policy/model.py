@@ -108,6 +108,7 @@ class RequestFacts:
     device: Device | None = None  # None: no posture known
     service: Service | None = None  # a calling service; person criteria never match one
     risk: str = "low"  # the session's risk level (ztproxy.risk): low, medium or high
+    granted: bool = False  # the caller holds an approved, unexpired grant for this route (ztproxy.grants)
 
     def __post_init__(self) -> None:
         _aware(self.now, "now")

@@ -40,6 +40,7 @@ CLIENT_NOT_ALLOWED = "client-not-allowed"
 SERVICE_NOT_ALLOWED = "service-not-allowed"
 SENDER_CONSTRAINT_FAILED = "sender-constraint-failed"
 RISK_TOO_HIGH = "risk-too-high"
+GRANT_REQUIRED = "grant-required"  # the rule asks for an approved access request (ztproxy.grants)
 # Not from a rule: the session's risk signals (ztproxy.risk) refuse it or ask it to sign in again.
 SESSION_LOCKED = "session-locked"
 SESSION_AT_RISK = "session-at-risk"
@@ -60,7 +61,7 @@ DENY_REASONS = (
     METHOD_NOT_ALLOWED, PATH_NOT_ALLOWED, SOURCE_NOT_ALLOWED, OUTSIDE_TIME_WINDOW, NO_ALLOW_RULE,
     DENIED_BY_RULE, ORIGIN_NOT_ALLOWED, SERVICE_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED, SCOPE_MISSING,
     CLIENT_NOT_ALLOWED, SERVICE_NOT_ALLOWED, SENDER_CONSTRAINT_FAILED, TOKEN_REVOKED, SERVICE_REVOKED,
-    RISK_TOO_HIGH, SESSION_LOCKED, SESSION_AT_RISK,
+    RISK_TOO_HIGH, SESSION_LOCKED, SESSION_AT_RISK, GRANT_REQUIRED,
 )
 """Every reason a DENY or STEP_UP decision can carry."""
 

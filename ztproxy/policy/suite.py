@@ -38,7 +38,8 @@ DEFAULT_DEVICE_ID = "test-device"
 _CASE_KEYS = ("name", "request", "identity", "device", "session", "expect")
 _REQUEST_KEYS = ("method", "url", "client_ip", "time", "user_agent")
 _SESSION_KEYS = ("network", "user_agent", "signals")
-_IDENTITY_KEYS = ("sub", "email", "groups", "claims", "acr", "amr", "mfa", "auth_age", "session_age")
+# grants: the routes the user holds an approved, unexpired grant for (just-in-time access).
+_IDENTITY_KEYS = ("sub", "email", "groups", "claims", "acr", "amr", "mfa", "auth_age", "session_age", "grants")
 # A calling service instead of a person: a workload's SPIFFE ID, or an access token's client and scopes.
 _SERVICE_KEYS = ("service", "client_id", "scopes")
 _DEVICE_KEYS = ("id", "managed", "disk_encrypted", "platform", "os_version", "posture_age", "score", "owner")
@@ -62,6 +63,7 @@ class Case:
     facts: RequestFacts  # facts.path is the canonical path
     expect: Expect | None
     session: SessionContext | None = None  # the session's context (risk signals), when given
+    grants: frozenset[str] = frozenset()  # routes the user holds a grant for (identity.grants)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,11 +169,14 @@ def _read_case(reader: _Reader, path: Path, raw: dict[str, Any], now: datetime) 
     client_ip = reader.check((*path, "request", "client_ip"), request.get("client_ip", DEFAULT_CLIENT_IP), _ip)
     target = reader.check((*path, "request", "url"), request.get("url", "https://localhost/"), _url)
     identity = device = service = None  # checked even when the time is not, with now in its place
+    grants: list[str] | None = []
     raw_identity = raw.get("identity")
     if isinstance(raw_identity, dict) and any(key in raw_identity for key in _SERVICE_KEYS):
         service = _service(reader, (*path, "identity"), raw_identity)
     elif raw_identity is not None:
         identity = _identity(reader, (*path, "identity"), raw_identity, when or now)
+        if isinstance(raw_identity, dict):
+            grants = reader.check((*path, "identity", "grants"), raw_identity.get("grants", []), _texts)
     if raw.get("device") is not None:
         device = _device(reader, (*path, "device"), raw["device"], when or now)
     expect = _expect(reader, (*path, "expect"), raw["expect"]) if "expect" in raw else None
@@ -185,7 +190,8 @@ def _read_case(reader: _Reader, path: Path, raw: dict[str, Any], now: datetime) 
         return None
     facts = RequestFacts(method=method, path=target[1], client_ip=client_ip, now=when,
                          identity=identity, device=device, service=service)
-    return Case(name=str(raw["name"]), host=target[0], facts=facts, expect=expect, session=session)
+    return Case(name=str(raw["name"]), host=target[0], facts=facts, expect=expect, session=session,
+                grants=frozenset(grants or ()))
 
 
 def _session(reader: _Reader, path: Path, value: Any, seen: Seen) -> SessionContext | None:
@@ -280,7 +286,7 @@ def run_cases(config: Config, cases: Sequence[Case]) -> Report:
     failed = 0
     exercised: dict[str, set[str]] = {}
     for case in cases:
-        outcome = decide(routes, case.host, case.facts, case.session, config.risk)
+        outcome = decide(routes, case.host, case.facts, case.session, config.risk, case.grants)
         if outcome.route is not None:
             exercised.setdefault(outcome.route, set()).update(outcome.evaluated)
         problem = _mismatch(case.expect, outcome) if case.expect is not None else None
@@ -296,8 +302,8 @@ def diff_cases(old_config: Config, new_config: Config, cases: Sequence[Case]) ->
     old, new = compile_routes(old_config), compile_routes(new_config)
     lines = []
     for case in cases:
-        before = decide(old, case.host, case.facts, case.session, old_config.risk)
-        after = decide(new, case.host, case.facts, case.session, new_config.risk)
+        before = decide(old, case.host, case.facts, case.session, old_config.risk, case.grants)
+        after = decide(new, case.host, case.facts, case.session, new_config.risk, case.grants)
         if (before.route, before.verdict, before.reasons) == (after.route, after.verdict, after.reasons):
             continue
         route = before.route if before.route == after.route else f"{before.route or '-'} -> {after.route or '-'}"

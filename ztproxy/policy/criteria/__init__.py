@@ -20,6 +20,7 @@ from ztproxy.policy.criteria.device import (
     OwnerIsUser,
 )
 from ztproxy.policy.criteria.email_domains import EmailDomains
+from ztproxy.policy.criteria.grant import Grant
 from ztproxy.policy.criteria.groups import Groups
 from ztproxy.policy.criteria.max_risk import MaxRisk
 from ztproxy.policy.criteria.methods import Methods
@@ -39,6 +40,7 @@ __all__ = [
     "Clients",
     "DiskEncrypted",
     "EmailDomains",
+    "Grant",
     "Groups",
     "Managed",
     "MaxAuthAge",

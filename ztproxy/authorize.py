@@ -22,12 +22,13 @@ from aiohttp import web
 from ztproxy import metrics
 from ztproxy.auth import AUTH, Auth
 from ztproxy.errors import AccessDenied, AuthenticationRequired, InsufficientScope, InvalidToken, StepUpRequired
+from ztproxy.facts import request_facts
 from ztproxy.forward_auth import SIGN_IN_HEADER, Kind, Question, sign_in_path, sign_in_url
 from ztproxy.headers import is_websocket_upgrade
 from ztproxy.me import ME_PATH
 from ztproxy.origins import addressed_origin, origin_allowed
 from ztproxy.pages import wants_json
-from ztproxy.policy import Decision, Outcome, RequestFacts, RoutePolicy, Service, StepUp, evaluate, explain_refusal
+from ztproxy.policy import Decision, Outcome, RoutePolicy, Service, StepUp, evaluate, explain_refusal
 from ztproxy.policy import reasons as why
 from ztproxy.policy.compile import needed_scope
 from ztproxy.risk.enforce import enforce, explanation
@@ -68,16 +69,7 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
         _refuse_token(request, record, refusal)  # a client, service or token revoked, before or after it was issued
     decision = policy.constant
     if decision is None or route.shadow is not None:
-        facts = RequestFacts(
-            method=ctx.method,
-            path=ctx.target.path,
-            client_ip=ctx.client_ip,
-            now=utc_now(),
-            identity=identity,
-            device=record.device,
-            service=service,
-            risk=record.risk.level if record.risk is not None else "low",
-        )
+        facts = request_facts(record, identity, record.device, service, utc_now())
         # Routes whose decision is known at config load (public) skip building facts at all.
         # The session's risk may refuse it or ask for a new sign-in whatever the policy says.
         decision = enforce(record.risk, decision or evaluate(policy, facts))
@@ -91,6 +83,7 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
         record.decision = decision
         if decision.allowed:
             return None
+        _signals_refused(request, record, decision)
     if service is not None or (caller is None and why.SERVICE_REQUIRED in decision.reasons
                                and why.AUTHENTICATION_REQUIRED not in decision.reasons):
         _refuse_service(route.policy, decision, service)
@@ -112,6 +105,15 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
     raise AccessDenied(explain_refusal(decision), reasons=decision.reasons,
                        hint=f"You are signed in as {identity.email or identity.subject}. {AccessDenied.hint}",
                        link=(ME_PATH, "See your sign-in, your device and the applications open to you"))
+
+
+def _signals_refused(request: web.Request, record: RequestRecord, decision: Decision) -> None:
+    """Time the security signals' effects that refused this request (ztproxy_signal_enforcement_seconds)."""
+    auth = request.app[AUTH]
+    if auth is not None and auth.effects.active:
+        caller = record.caller
+        auth.effects.refused(caller.effects if isinstance(caller, Person) else (), record.device, decision.reasons,
+                             time.time())
 
 
 def _bearer_challenge(**params: str) -> tuple[tuple[str, str], ...]:

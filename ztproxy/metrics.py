@@ -202,6 +202,8 @@ _provider = MeterProvider(
     views=[View(instrument_name="ztproxy.revocation.delay",
                 aggregation=ExplicitBucketHistogramAggregation(REVOCATION_BOUNDS)),
            View(instrument_name="ztproxy.risk.detection",
+                aggregation=ExplicitBucketHistogramAggregation(REVOCATION_BOUNDS)),
+           View(instrument_name="ztproxy.signal.enforcement",
                 aggregation=ExplicitBucketHistogramAggregation(REVOCATION_BOUNDS))],
 )
 _meter = _provider.get_meter("ztproxy")
@@ -215,6 +217,10 @@ _reloads = _meter.create_counter("ztproxy.config.reloads", description="Configur
 _signals = _meter.create_counter(
     "ztproxy.signals", description="Security events received, by event type and result (applied, ignored, "
                                    "unmatched, rejected with its reason)")
+_signal_enforcement = _meter.create_histogram(
+    "ztproxy.signal.enforcement", unit="s",
+    description="Time from accepting a security event to the first request it refused in this process, "
+    "by event type")
 _shadow_disagreements = _meter.create_counter(
     "ztproxy.shadow.disagreements", description="Requests a route's shadow policy decided differently from the "
     "enforced one, by route and the two decisions")
@@ -318,6 +324,21 @@ def revocation_enforced(revocation: str, revoked_at: float, now: float) -> None:
         del _timed_revocations[next(iter(_timed_revocations))]
     _timed_revocations[revocation] = None
     _revocation_delay.record(max(0.0, now - revoked_at))
+
+
+_timed_signals: dict[str, None] = {}
+
+
+def signal_enforced(event: str, effect: str, accepted_at: float, now: float) -> None:
+    """A request was refused because of a security event of type ``event`` accepted at
+    ``accepted_at`` (Unix time, on whichever replica accepted it). Only the first refusal of
+    each ``effect`` (a stable key of what the event did) in this process is timed."""
+    if effect in _timed_signals:
+        return
+    if len(_timed_signals) >= _REMEMBERED_REVOCATIONS:
+        del _timed_signals[next(iter(_timed_signals))]
+    _timed_signals[effect] = None
+    _signal_enforcement.record(max(0.0, now - accepted_at), {"event": event})
 
 
 def watch_assertion_signs(count: Callable[[], int]) -> Callable[[], None]:

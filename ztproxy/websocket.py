@@ -7,7 +7,9 @@ answered: its status, headers and body reach the client.
 Text, binary, ping/pong and close (with its code and reason) pass through unchanged;
 the subprotocol the upstream chose is the one offered to the client. A socket opened
 with a session is closed with 1008 as soon as that session is revoked, here or on any
-other worker or replica (``SessionManager.watch``).
+other worker or replica (``SessionManager.watch``), or as soon as a security signal's
+effect (the session losing MFA, the user's claims changed, the device reported not
+compliant: ``ztproxy.signals.effects``) means the route's policy would refuse it now.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aiohttp import WSMsgType, web
 from ztproxy import tracing
 from ztproxy.auth import AUTH
 from ztproxy.errors import UpstreamTimeout, UpstreamUnavailable
+from ztproxy.facts import still_allowed
 from ztproxy.headers import downstream_response_headers
 from ztproxy.state import RECORD, Person, RequestRecord
 from ztproxy.upstream import UPSTREAM, UpgradeRefused, forward_headers, upstream_failures, upstream_url
@@ -73,6 +76,24 @@ def _watch_session(request: web.Request, record: RequestRecord, ended: asyncio.E
     if not isinstance(caller, Person) or auth is None:
         return lambda: None  # a service's token ends by itself; nobody, nothing to watch
     return auth.sessions.watch(caller.ticket.store_key, ended.set)
+
+
+def _watch_effects(request: web.Request, record: RequestRecord, withdrawn: asyncio.Event) -> Callable[[], None]:
+    """Set ``withdrawn`` when a security signal's effect arriving here means the policy no longer
+    lets this socket's request through; returns how to stop watching."""
+    caller = record.caller
+    auth = request.app.get(AUTH)
+    if not isinstance(caller, Person) or auth is None:
+        return lambda: None
+    effects = auth.effects
+
+    def judge() -> None:
+        session, _ = effects.adjust(caller.session)
+        device = None if record.device is None else effects.device(record.device)
+        if not still_allowed(record, session.identity, device):
+            withdrawn.set()
+
+    return effects.listen(judge)
 
 
 async def _relay_refusal(request: web.Request, refusal: aiohttp.ClientResponse,
@@ -138,27 +159,32 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
             autoping=False, autoclose=False, max_msg_size=0)
         client_ws.headers["X-Request-Id"] = ctx.request_id
         await client_ws.prepare(request)
-        session_ended = asyncio.Event()
+        session_ended, access_withdrawn = asyncio.Event(), asyncio.Event()
         stop_watching = _watch_session(request, record, session_ended)
+        stop_judging = _watch_effects(request, record, access_withdrawn)
         to_upstream = asyncio.create_task(_relay(client_ws, upstream_ws))
         to_client = asyncio.create_task(_relay(upstream_ws, client_ws))
         ended = asyncio.create_task(session_ended.wait())
+        withdrawn = asyncio.create_task(access_withdrawn.wait())
         try:
-            done, pending = await asyncio.wait((to_upstream, to_client, ended), return_when=asyncio.FIRST_COMPLETED)
-            if ended in done:
+            done, pending = await asyncio.wait((to_upstream, to_client, ended, withdrawn),
+                                               return_when=asyncio.FIRST_COMPLETED)
+            if ended in done or withdrawn in done:
                 # Revoked: not one more frame either way, then tell the client why.
                 to_upstream.cancel()
                 to_client.cancel()
                 await asyncio.gather(to_upstream, to_client, return_exceptions=True)
-                await client_ws.close(code=SESSION_ENDED_CLOSE, message=b"session ended")
+                await client_ws.close(code=SESSION_ENDED_CLOSE,
+                                      message=b"session ended" if ended in done else b"access withdrawn")
             else:
                 # The first side to close has sent its close frame on; let the other side answer it.
-                await asyncio.wait(pending - {ended}, timeout=target.read_timeout or 10.0)
+                await asyncio.wait(pending - {ended, withdrawn}, timeout=target.read_timeout or 10.0)
         finally:
             stop_watching()
-            for task in (to_upstream, to_client, ended):
+            stop_judging()
+            for task in (to_upstream, to_client, ended, withdrawn):
                 task.cancel()
-            await asyncio.gather(to_upstream, to_client, ended, return_exceptions=True)
+            await asyncio.gather(to_upstream, to_client, ended, withdrawn, return_exceptions=True)
             if not client_ws.closed:
                 await client_ws.close()
         return client_ws

@@ -165,10 +165,13 @@ class SessionManager:
         sealed = await self.store.get(key)
         if sealed is None:
             self._cache.pop(key, None)
-            ended_at = self.revocations.ended_at.pop(key, None)
-            if ended_at is not None:  # the first request an ending refused here
+            ended = self.revocations.ended_at.pop(key, None)
+            if ended is not None:  # the first request an ending refused here
                 # Wall clock on both ends (announcements carry the ending's wall-clock time).
+                ended_at, cause = ended
                 metrics.revocation_enforced(key, ended_at, time.time())
+                if cause is not None:
+                    metrics.signal_enforced(cause, key, ended_at, time.time())
             return None
         plain = unseal(ticket, sealed)
         session = Session.from_bytes(plain) if plain is not None else None
@@ -211,25 +214,33 @@ class SessionManager:
     async def end(self, ticket: Ticket) -> None:
         await self.end_keys([ticket.store_key])
 
-    async def end_keys(self, keys: Collection[str]) -> None:
-        """End the sessions stored under ``keys``: deleted from the store, then announced."""
+    async def end_keys(self, keys: Collection[str], *, cause: str | None = None, at: float | None = None) -> None:
+        """End the sessions stored under ``keys``: deleted from the store, then announced (``cause``:
+        the security event that ended them, accepted at ``at``)."""
         if not keys:
             return
         await self.store.delete(*keys)
-        await self.revocations.announce(keys)
+        await self.revocations.announce(keys, cause=cause, at=at)
 
     async def end_matching(self, provider: str, *, subject: str | None = None,
-                           idp_session: str | None = None, email: str | None = None) -> int:
-        """End every session of a user (by subject or email), or of one IdP session (back-channel logout)."""
-        keys: set[str] = set()
-        if idp_session is not None:
-            keys.update(await self.store.members(idp_session_index(provider, idp_session)))
-        elif subject is not None:
-            keys.update(await self.store.members(user_index(provider, subject)))
-        elif email is not None:
-            keys.update(await self.store.members(email_index(provider, email)))
-        await self.end_keys(keys)
+                           idp_session: str | None = None, email: str | None = None,
+                           cause: str | None = None, at: float | None = None) -> int:
+        """End every session of a user (by subject or email), or of one IdP session (back-channel logout);
+        ``cause`` and ``at`` as for :meth:`end_keys`."""
+        keys = await self.matching(provider, subject=subject, idp_session=idp_session, email=email)
+        await self.end_keys(keys, cause=cause, at=at)
         return len(keys)
+
+    async def matching(self, provider: str, *, subject: str | None = None, idp_session: str | None = None,
+                       email: str | None = None) -> set[str]:
+        """The store keys of the sessions of one IdP session, else of a user (by subject, else email)."""
+        if idp_session is not None:
+            return set(await self.store.members(idp_session_index(provider, idp_session)))
+        if subject is not None:
+            return set(await self.store.members(user_index(provider, subject)))
+        if email is not None:
+            return set(await self.store.members(email_index(provider, email)))
+        return set()
 
     async def end_handle(self, handle: str) -> int:
         """End the session with this public handle; how many ended (0 or 1)."""

@@ -13,11 +13,14 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from tests.conftest import ProxyFactory, UpstreamFactory
+from tests.integration import test_revocation as replicas
 from tests.integration.login_env import ROUTES, LoginWorld, start_world
+from tests.integration.test_process import StartProcess
 from tests.integration.test_revocation import ws_echo
 from tests.integration.test_signals import AUDIENCE, signed_in, subject_of
 from tests.support.idp import ALICE_PASSWORD, BOB_PASSWORD, BOB_TOTP_SECRET, IdpFactory
 from tests.support.posture import PostureSigner
+from tests.support.redis import RedisFactory
 from tests.support.ssf_transmitter import RunningTransmitter, TransmitterFactory
 from tests.support.user_agent import UserAgent
 from tests.unit.test_metrics import changes, scrape
@@ -216,3 +219,69 @@ async def test_effects_need_a_usable_subject(world: World) -> None:
         await alice.close()
 
 
+
+
+async def test_effects_reach_every_replica_at_once_and_survive_a_restart(
+        start_idp: IdpFactory, start_upstream: UpstreamFactory, proxy_process: StartProcess,
+        redis_factory: RedisFactory, tmp_path: Path, start_transmitter: TransmitterFactory,
+        posture_signer: PostureSigner) -> None:
+    transmitter = await start_transmitter()
+    key_file = tmp_path / "posture.pem"
+    key_file.write_text(posture_signer.public_pem)
+    # Risk off: the test is refused many times in a row on purpose (a denial burst would lock the session).
+    extra = f"""devices: {{signed: {{public_key_file: {key_file}}}}}
+risk: {{enabled: false}}
+signals:
+  transmitters:
+    - {{name: edr, issuer: "{transmitter.issuer}", audience: "{AUDIENCE}",
+       bearer_token: "{transmitter.management_token}"}}
+"""
+    routes = """  - {name: managed, path: /managed, upstream: '{upstream}', allow: [{device: {managed: true}}]}
+  - {name: payroll, path: /payroll, upstream: '{upstream}', allow: [{groups: [payroll]}]}
+"""
+    # Replica A (one worker) receives the pushes; B has two workers; both follow the one Redis.
+    world = await replicas.start_world(start_idp, start_upstream, proxy_process, redis_factory.start(), tmp_path,
+                                       extra=extra, workers=(1, 2), routes=routes)
+    laptop = posture_signer.token("laptop-7", managed=True)
+
+    async def statuses(replica: replicas.Replica, path: str) -> set[int]:
+        """What the replica answers alice, over fresh connections (so each worker of it answers)."""
+        found = set()
+        for _ in range(12 if replica.workers > 1 else 2):
+            async with world.agent.session.get(replica.process.url + path, allow_redirects=False, headers={
+                    "Accept": "application/json", "X-Device-Posture": laptop}) as response:
+                await response.read()
+                found.add(response.status)
+        return found
+
+    async def everywhere(path: str, status: int, since: float | None = None) -> None:
+        for replica in world.replicas:
+            async with asyncio.timeout(replicas.BOUND * 10):
+                while (seen := await statuses(replica, path)) != {status}:
+                    assert since is None or time.monotonic() - since < replicas.BOUND, (replica.name, path, seen)
+                    await asyncio.sleep(0.02)
+
+    async with world.agent:
+        async with asyncio.timeout(15):  # both replicas set the stream up; the second takes it over
+            while await transmitter.stream() is None:
+                await asyncio.sleep(0.05)
+        await everywhere("/managed", 200)
+        await everywhere("/payroll", 403)
+        device = {"format": "complex", "device": {"format": "opaque", "id": "laptop-7"}}
+        assert (await transmitter.push(event=ev.DEVICE_COMPLIANCE_CHANGE, sub_id=device,
+                                       payload={"current_status": "not-compliant"}))[0] == 202
+        await everywhere("/managed", 403, since=time.monotonic())
+        assert (await transmitter.push(event=ev.TOKEN_CLAIMS_CHANGE, sub_id={"format": "email",
+                                                                             "email": "alice@corp.example"},
+                                       payload={"claims": {"groups": ["payroll"]}}))[0] == 202
+        await everywhere("/payroll", 200, since=time.monotonic())
+        # A restarted replica reads the effects from the store: still refused, still granted.
+        b = world.replicas[1]
+        b.process.process.terminate()
+        b.process.process.wait(timeout=30)
+        b.process = proxy_process(b.config_path.read_text(), "--workers", "2")
+        await everywhere("/managed", 403)
+        await everywhere("/payroll", 200)
+        assert (await transmitter.push(event=ev.DEVICE_COMPLIANCE_CHANGE, sub_id=device,
+                                       payload={"current_status": "compliant"}))[0] == 202
+        await everywhere("/managed", 200, since=time.monotonic())

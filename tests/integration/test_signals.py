@@ -101,6 +101,9 @@ async def test_session_revoked_and_credential_change_end_the_users_sessions(sign
         delta = changes(before, scrape())
         assert delta("ztproxy_signals_total", event="session-revoked", result="applied") == 1
         assert delta("ztproxy_signals_total", event="credential-change", result="applied") == 1
+        # Each timed from its acceptance to the first request it refused.
+        assert delta("ztproxy_signal_enforcement_seconds_count", event="session-revoked") == 1
+        assert delta("ztproxy_signal_enforcement_seconds_count", event="credential-change") == 1
     finally:
         await alice.close()
         await bob.close()

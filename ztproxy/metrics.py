@@ -221,6 +221,9 @@ _signal_enforcement = _meter.create_histogram(
     "ztproxy.signal.enforcement", unit="s",
     description="Time from accepting a security event to the first request it refused in this process, "
     "by event type")
+_signals_sent = _meter.create_counter(
+    "ztproxy.signals.sent", description="Security events pushed to receivers (CAEP session-revoked to the apps), "
+    "by receiver and result: delivered, retried, rejected (a 400), failed (given up), dropped (queue full)")
 _shadow_disagreements = _meter.create_counter(
     "ztproxy.shadow.disagreements", description="Requests a route's shadow policy decided differently from the "
     "enforced one, by route and the two decisions")
@@ -293,6 +296,11 @@ def signal_received(event: str, result: str, reason: str | None = None) -> None:
     """A security event pushed by a transmitter: ``event`` its type URI's last segment, or "-"
     when it was rejected unread; ``reason`` the RFC 8935 error code of a rejection."""
     _signals.add(1, {"event": event, "result": result, **({"reason": reason} if reason else {})})
+
+
+def signal_sent(receiver: str, result: str) -> None:
+    """A security event pushed (or not) to one of ``signals.receivers``."""
+    _signals_sent.add(1, {"receiver": receiver, "result": result})
 
 
 def risk_signal(signal: str, action: str) -> None:

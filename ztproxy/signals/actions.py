@@ -21,7 +21,7 @@ carrying the event type and the time it was accepted, for
 
 from __future__ import annotations
 
-from ztproxy.sessions.manager import SessionManager
+from ztproxy.sessions.manager import Ending, SessionManager
 from ztproxy.sessions.shared_table import SharedTable
 from ztproxy.signals import events as ev
 from ztproxy.signals.effects import CLAIMS, MFA, Effect, SignalEffects, account_entry, device_entry
@@ -62,8 +62,10 @@ class Actions:
             return await self._device(event, accepted)
         who = event.subject
         cause = short_name(event.event_type)
+        ending = Ending("system", f"security event {cause} from {transmitter}", provider, who.subject, who.email)
         if event.event_type == ev.SESSION_REVOKED and who.session is not None:
-            ended = await self.sessions.end_matching(provider, idp_session=who.session, cause=cause, at=accepted)
+            ended = await self.sessions.end_matching(provider, idp_session=who.session, cause=cause, at=accepted,
+                                                     ending=ending)
             return APPLIED if ended else UNMATCHED
         if event.event_type not in (*_ENDING, *_ACCOUNT, ev.ASSURANCE_LEVEL_CHANGE, ev.TOKEN_CLAIMS_CHANGE):
             return IGNORED
@@ -79,7 +81,7 @@ class Actions:
         if event.event_type in (ev.ACCOUNT_DISABLED, ev.ACCOUNT_PURGED):
             await store.put(disabled_key(provider, account), repr(event.timestamp).encode(), FOREVER)
         ended = await self.sessions.end_matching(provider, subject=who.subject, email=who.email, cause=cause,
-                                                 at=accepted)
+                                                 at=accepted, ending=ending)
         return APPLIED if ended or event.event_type not in _ENDING else UNMATCHED
 
     async def _session_effect(self, event: SecurityEvent, provider: str, accepted: float) -> str:

@@ -35,6 +35,7 @@ from yarl import URL
 
 from ztproxy import metrics
 from ztproxy.auth import AUTH, Auth
+from ztproxy.config.schema import Config
 from ztproxy.config.signals import TransmitterConfig
 from ztproxy.errors import SessionStoreUnavailable
 from ztproxy.fetch import BodyTooLarge, FetchFailed, get_json, json_client, read_bounded
@@ -46,6 +47,8 @@ from ztproxy.signals import events as ev
 from ztproxy.signals.actions import FOREVER, Actions, short_name
 from ztproxy.signals.effects import TABLE
 from ztproxy.signals.events import SecurityEvent, SetRefused
+from ztproxy.signals.outbox import transmitting
+from ztproxy.signing import KEYRING
 from ztproxy.state import CONFIG
 
 _log = structlog.get_logger("ztproxy.signals")
@@ -338,13 +341,25 @@ async def _poll(signals: Signals, transmitter: Transmitter, url: str) -> None:
 
 
 async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx, after ``auth_ctx``: the receiver, when transmitters are configured."""
+    """cleanup_ctx, after ``auth_ctx``: the receiver, when transmitters are configured; the pushes
+    to ``signals.receivers`` of the sessions this worker ends."""
     config = app[CONFIG]
     auth: Auth | None = app[AUTH]
-    if not config.signals.transmitters or auth is None:
-        app[SIGNALS] = None
+    app[SIGNALS] = None
+    if auth is None:
         yield
         return
+    async with transmitting(config, auth.sessions, lambda: app[KEYRING]):
+        if not config.signals.transmitters:
+            yield
+            return
+        async with _receiving(app, config, auth) as signals:
+            app[SIGNALS] = signals
+            yield
+
+
+@contextlib.asynccontextmanager
+async def _receiving(app: web.Application, config: Config, auth: Auth) -> AsyncIterator[Signals]:
     store = auth.sessions.store
     await store.put(_SECRET_KEY, secrets.token_urlsafe(32).encode(), FOREVER, only_new=True)
     secret = (await store.get(_SECRET_KEY) or b"").decode()
@@ -360,10 +375,10 @@ async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
     async with json_client(timeout) as http:
         transmitters = {t.issuer: Transmitter(t, http, t.identity_provider or default)
                         for t in config.signals.transmitters}
-        signals = app[SIGNALS] = Signals(transmitters, auth.sessions, actions, secret)
+        signals = Signals(transmitters, auth.sessions, actions, secret)
         setup = asyncio.create_task(_set_up(signals, f"{config.public_url}{SSF_EVENTS_PATH}", secret))
         try:
-            yield
+            yield signals
         finally:
             setup.cancel()
             following.cancel()

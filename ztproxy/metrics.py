@@ -221,6 +221,10 @@ _signal_enforcement = _meter.create_histogram(
     "ztproxy.signal.enforcement", unit="s",
     description="Time from accepting a security event to the first request it refused in this process, "
     "by event type")
+_signal_stream_problems = _meter.create_counter(
+    "ztproxy.signal.stream.problems", description="Problems with a transmitter's stream, by transmitter and problem: "
+    "setup-failed (unreachable at start: asked again), keys-unavailable, verification-failed, status-failed, "
+    "poll-failed, paused or disabled (by the transmitter: nothing is delivered)")
 _signals_sent = _meter.create_counter(
     "ztproxy.signals.sent", description="Security events pushed to receivers (CAEP session-revoked to the apps), "
     "by receiver and result: delivered, retried, rejected (a 400), failed (given up), dropped (queue full)")
@@ -296,6 +300,10 @@ def signal_received(event: str, result: str, reason: str | None = None) -> None:
     """A security event pushed by a transmitter: ``event`` its type URI's last segment, or "-"
     when it was rejected unread; ``reason`` the RFC 8935 error code of a rejection."""
     _signals.add(1, {"event": event, "result": result, **({"reason": reason} if reason else {})})
+
+
+def signal_stream_problem(transmitter: str, problem: str) -> None:
+    _signal_stream_problems.add(1, {"transmitter": transmitter, "problem": problem})
 
 
 def signal_sent(receiver: str, result: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from tests.support.posture import PostureSigner
 from tests.support.redis import RedisFactory
 from tests.support.ssf_transmitter import RunningTransmitter, TransmitterFactory
 from tests.support.user_agent import UserAgent
-from tests.unit.test_metrics import changes, scrape
+from tests.unit.test_metrics import Samples, changes, scrape
 from ztproxy.signals import events as ev
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ class World:
     def user(self, sub: str) -> dict[str, str]:
         return {"format": "iss_sub", "iss": self.login.idp.issuer, "sub": sub}
 
-    async def push(self, event: str, sub_id: dict[str, object], **payload: object) -> None:
+    async def push(self, event: str, sub_id: Mapping[str, object], **payload: object) -> None:
         status, body = await self.transmitter.push(event=event, sub_id=sub_id, payload=payload)
         assert status == 202, body
 
@@ -95,7 +96,7 @@ def _ws_upstream(start_upstream: UpstreamFactory) -> UpstreamFactory:
     return start  # type: ignore[return-value]
 
 
-def enforced(before: dict[str, float], event: str) -> float:
+def enforced(before: Samples, event: str) -> float:
     return changes(before, scrape())("ztproxy_signal_enforcement_seconds_count", event=event)
 
 

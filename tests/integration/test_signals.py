@@ -43,6 +43,12 @@ class Signals:
 @pytest.fixture
 async def signals(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory,
                   start_transmitter: TransmitterFactory) -> Signals:
+    return await start_signals(start_idp, start_proxy, start_upstream, start_transmitter)
+
+
+async def start_signals(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory,
+                        start_transmitter: TransmitterFactory) -> Signals:
+    """A proxy receiving a transmitter's signals (its stream set up and verified), users at the real IdP."""
     transmitter = await start_transmitter()
     before = scrape()
     world = await start_world(start_idp, start_proxy, start_upstream, routes=ROUTES + f"""

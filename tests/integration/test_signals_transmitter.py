@@ -159,7 +159,7 @@ async def test_the_app_hears_of_each_ended_session_in_a_set_it_verifies_with_the
         await bob.close()
 
 
-async def _jwks(login: LoginWorld) -> dict[str, Any]:
+async def _jwks(login: LoginWorld) -> Any:
     async with aiohttp.ClientSession() as client:
         async with client.get(login.url + "/.well-known/ztproxy/jwks.json") as response:
             document = await response.json()

@@ -10,7 +10,8 @@ signs a SET with its key and, for push delivery, pushes it to the stream's endpo
 stream's authorization header and answers with the receiver's status and body; for poll
 delivery (RFC 8936) it queues it for ``POST /ssf/poll``, which hands out what is not yet
 acknowledged and keeps the acknowledgements and errors (``GET /-/polled``). ``"raw": true``
-lets a test send the token it gives as it is (``"token"``), to try forged ones.
+lets a test send the token it gives as it is (``"token"``), to try forged ones. ``POST /-/status``
+(``{"status": "disabled"}``) sets what its status endpoint answers about the stream.
 
 ``start_transmitter`` (a fixture) starts it on a free loopback port and stops it by PID.
 """
@@ -39,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def build_app(issuer: str, management_token: str, control_token: str) -> web.Application:
     key = ECKey.generate_key("P-256", parameters={"kid": "ssf-1", "use": "sig", "alg": "ES256"})
-    state: dict[str, Any] = {"stream": None, "queue": {}, "acked": [], "errors": {}}
+    state: dict[str, Any] = {"stream": None, "queue": {}, "acked": [], "errors": {}, "status": "enabled"}
 
     def authorised(request: web.Request, token: str) -> bool:
         return request.headers.get("Authorization") == f"Bearer {token}"
@@ -92,7 +93,13 @@ def build_app(issuer: str, management_token: str, control_token: str) -> web.App
     async def status(request: web.Request) -> web.Response:
         if not authorised(request, management_token):
             return web.json_response({"error": "unauthorized"}, status=401)
-        return web.json_response({"stream_id": request.query.get("stream_id"), "status": "enabled"})
+        return web.json_response({"stream_id": request.query.get("stream_id"), "status": state["status"]})
+
+    async def set_status(request: web.Request) -> web.Response:
+        if not authorised(request, control_token):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        state["status"] = (await request.json())["status"]
+        return web.Response(status=204)
 
     async def deliver(order: dict[str, Any]) -> web.Response:
         current = state["stream"]
@@ -140,6 +147,7 @@ def build_app(issuer: str, management_token: str, control_token: str) -> web.App
     app.router.add_get("/jwks", jwks)
     app.router.add_route("*", "/ssf/stream", stream)
     app.router.add_post("/-/push", push)
+    app.router.add_post("/-/status", set_status)
     return app
 
 
@@ -178,6 +186,13 @@ class RunningTransmitter:
                 answer = await response.json()
                 assert isinstance(answer, dict)
                 return answer
+
+    async def set_status(self, status: str) -> None:
+        """What its status endpoint answers from now on (enabled, paused, disabled)."""
+        async with aiohttp.ClientSession() as client:
+            async with client.post(f"{self.issuer}/-/status", json={"status": status},
+                                   headers={"Authorization": f"Bearer {self.control_token}"}) as response:
+                assert response.status == 204
 
     async def stream(self) -> dict[str, Any] | None:
         async with aiohttp.ClientSession() as client:

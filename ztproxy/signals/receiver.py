@@ -207,7 +207,10 @@ class Signals:
 
     async def read(self, token: str) -> tuple[SecurityEvent, Transmitter]:
         """A SET's event and transmitter (pushed or polled), once: SetRefused otherwise."""
-        transmitter = self.transmitters.get(unverified_issuer(token) or "")
+        issuer = unverified_issuer(token)
+        if issuer is None:  # RFC 8935 2.3: not a JWT at all (or one that names no issuer)
+            raise SetRefused("invalid_request", "the body is not a signed JWT naming its issuer")
+        transmitter = self.transmitters.get(issuer)
         if transmitter is None:
             raise SetRefused("invalid_issuer", "the SET is not from a transmitter of this receiver")
         config = transmitter.config
@@ -221,7 +224,10 @@ class Signals:
                                     audience=config.audience, algorithms=config.algorithms, now=now)
         except UnknownSigningKey as exc:
             raise SetRefused("invalid_key", "the SET is signed with a key the transmitter does not publish") from exc
-        except FetchFailed as exc:
+        except (FetchFailed, aiohttp.ClientError, TimeoutError) as exc:
+            # The transmitter is down: refused (it pushes again later, RFC 8935 2.4), logged and counted.
+            _log.warning("ssf_keys_unavailable", transmitter=config.name, error=str(exc)[:200])
+            metrics.signal_stream_problem(config.name, "keys-unavailable")
             raise SetRefused("invalid_key", "the transmitter's keys cannot be read now") from exc
         # RFC 8417 2.2 / RFC 8935 2.3: a jti accepted by any replica is a replay.
         if not await self.sessions.store.put(f"ssf:jti:{config.issuer}:{event.jti}", b"", 2 * ev.MAX_AGE,
@@ -269,6 +275,7 @@ async def _set_up(signals: Signals, endpoint: str, secret: str) -> None:
                     stream = await transmitter.ensure_stream(endpoint, secret)
                 except (FetchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     _log.warning("ssf_stream_setup_failed", transmitter=transmitter.config.name, error=str(exc)[:200])
+                    metrics.signal_stream_problem(transmitter.config.name, "setup-failed")
                     continue
                 del pending[issuer]
                 poll_url = stream.get("delivery", {}).get("endpoint_url") if transmitter.config.delivery == "poll" \
@@ -298,14 +305,18 @@ async def _watch(signals: Signals, transmitter: Transmitter, stream_id: str) -> 
         await transmitter.request_verification(stream_id, state)
     except (FetchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
         _log.warning("ssf_verification_failed", transmitter=transmitter.config.name, error=str(exc)[:200])
+        metrics.signal_stream_problem(transmitter.config.name, "verification-failed")
     while True:
         try:
             status = await transmitter.status(stream_id)
         except (FetchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             _log.warning("ssf_status_failed", transmitter=transmitter.config.name, error=str(exc)[:200])
+            metrics.signal_stream_problem(transmitter.config.name, "status-failed")
         else:
             if status is not None and status != "enabled":
                 _log.warning("ssf_stream_not_enabled", transmitter=transmitter.config.name, status=status[:40])
+                metrics.signal_stream_problem(transmitter.config.name,
+                                              status if status in ("paused", "disabled") else "not-enabled")
         await asyncio.sleep(_STATUS_INTERVAL)
 
 
@@ -318,6 +329,7 @@ async def _poll(signals: Signals, transmitter: Transmitter, url: str) -> None:
             sets = await transmitter.poll(url, acks, errors)
         except (FetchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             _log.warning("ssf_poll_failed", transmitter=transmitter.config.name, error=str(exc)[:200])
+            metrics.signal_stream_problem(transmitter.config.name, "poll-failed")
             await asyncio.sleep(_RETRY)
             continue
         acks, errors = [], {}

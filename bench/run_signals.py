@@ -1,8 +1,8 @@
 """Security signals under load: how fast every replica refuses a session a transmitter revoked.
 
 One invocation starts Redis, the nginx upstream of ``run.py``, the demo OpenID Provider, the
-tests' Shared Signals transmitter (``tests/support/ssf_transmitter.py``, a process of its own)
-and three ztproxy processes sharing the Redis, each receiving the transmitter's events.
+demo's Shared Signals transmitter (``python -m ztproxy.demo.transmitter``, a process of its
+own) and three ztproxy processes sharing the Redis, each receiving the transmitter's events.
 Bystanders (signed in, never signalled) keep every replica busy with several connections.
 Meanwhile, at ``--rate`` signals a second, the transmitter pushes a CAEP ``session-revoked``
 (or ``--event``) for one more signed-in user; that user's client asks every replica again and
@@ -176,7 +176,7 @@ async def main(args: argparse.Namespace) -> int:
             transmitter = f"http://127.0.0.1:{transmitter_port}"
             token, control = secrets.token_hex(16), secrets.token_hex(16)
             transmitting = ManagedProcess.spawn("transmitter", [
-                find_python(REPO_ROOT), str(REPO_ROOT / "tests" / "support" / "ssf_transmitter.py"),
+                find_python(REPO_ROOT), "-m", "ztproxy.demo.transmitter",
                 f"--port={transmitter_port}", f"--token={token}", f"--control-token={control}"], workdir)
             stack.callback(transmitting.stop)
             wait_until_ok(f"{transmitter}/jwks", [transmitting], 15.0)

@@ -9,7 +9,7 @@ once its effect is applied (a restart asks again for what it had not acknowledge
 SET seen before changes nothing the second time).
 
 ``/.ztproxy/ssf/events`` answers 202 to an accepted SET, else 400 with ``{"err", "description"}``
-(RFC 8935 2.3). What an accepted event does is ``ztproxy.signals.actions``'; the lasting
+(RFC 8935 2.3). What an accepted event does is in ``ztproxy.signals.actions``; the lasting
 effects (MFA lost, claims changed, a device not compliant) are a table every worker of every
 replica follows (``ztproxy.signals.effects``), set up here.
 """

@@ -73,7 +73,8 @@ class Run:
 
 
 def replica_config(workdir: Path, name: str, port: int, admin_port: int, issuer: str, client: IdpClient,
-                   redis_port: int, upstream: str, cookie_secret: str) -> Path:
+                   redis_port: int, upstream: str, cookie_secret: str, extra: str = "") -> Path:
+    """One replica's config; ``extra``: more top-level sections (``run_signals.py``'s)."""
     path = workdir / f"ztproxy-{name}.yaml"
     path.write_text(ztproxy_listener_yaml(port, admin_port) + f"""\
 identity_providers:
@@ -82,7 +83,7 @@ sessions:
   store: redis://127.0.0.1:{redis_port}/0
   cookie_secrets: [{cookie_secret}]
   cookie_name: {ZTPROXY_COOKIE}
-routes:
+{extra}routes:
   - {{name: app, upstream: '{upstream}', allow: [{{email_domains: [{EMAIL_DOMAIN}]}}]}}
 """, encoding="utf-8")
     return path

@@ -41,8 +41,10 @@ from ztproxy.errors import SessionStoreUnavailable
 from ztproxy.grants.admin import add_grant_routes
 from ztproxy.grants.model import GrantRefused
 from ztproxy.service_revocations import KINDS, TOKEN_BOUND, Revocation, ServiceRevocations
-from ztproxy.sessions.manager import SessionManager
+from ztproxy.sessions.manager import Ending, SessionManager
 from ztproxy.sessions.store import open_store
+from ztproxy.signals.outbox import transmitting
+from ztproxy.signing import KEYRING
 from ztproxy.state import CONFIG
 from ztproxy.telemetry import get_logger
 
@@ -54,6 +56,7 @@ MAX_BODY = 16 * 1024
 _HANDLE_RE = re.compile(r"[0-9a-f]{16}")
 _REALM = 'Bearer realm="ztproxy-admin"'
 
+_BY_ADMIN = "revoked by an administrator"
 ADMIN_SESSIONS = web.AppKey("admin_sessions", SessionManager)
 ADMIN_SERVICES = web.AppKey("admin_services", ServiceRevocations)
 _TOKEN_DIGEST = web.AppKey("admin_token_digest", bytes)
@@ -96,7 +99,9 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     sessions = SessionManager(store, app[CONFIG].sessions)
     app[ADMIN_SESSIONS] = sessions
     try:
-        yield
+        # Apps that subscribe hear of the sessions an administrator ends (signals.receivers).
+        async with transmitting(app[CONFIG], sessions, lambda: app[KEYRING]):
+            yield
     finally:
         await sessions.close()
         await store.close()
@@ -175,7 +180,7 @@ async def revoke_session(request: web.Request) -> web.Response:
     if not _HANDLE_RE.fullmatch(handle):
         raise ApiError(400, "bad-handle", "A session handle is 16 lowercase hexadecimal characters, "
                                           "as GET /admin/sessions lists them.")
-    if not await sessions.end_handle(handle):
+    if not await sessions.end_handle(handle, Ending("admin", _BY_ADMIN)):
         raise ApiError(404, "not-found", f"No live session has the handle {handle}.")
     log.info("sessions_revoked", by="admin", handle=handle, sessions_ended=1)
     metrics.session_ended("admin")
@@ -194,7 +199,7 @@ async def revoke_sessions(request: web.Request) -> web.Response:
         if "provider" in body:
             raise ApiError(400, "bad-request", "provider goes with user, not with device.")
         device = _identifier(body["device"], "device")
-        ended = await sessions.end_device(device)
+        ended = await sessions.end_device(device, Ending("admin", _BY_ADMIN))
         log.info("sessions_revoked", by="admin", device=device, sessions_ended=ended)
         metrics.session_ended("admin", ended)
         return _json({"revoked": ended, "device": device})
@@ -204,7 +209,8 @@ async def revoke_sessions(request: web.Request) -> web.Response:
         raise ApiError(400, "bad-request", "provider must be a string.")
     ended = 0
     for name in _providers(request, provider):
-        ended += await sessions.end_matching(name, subject=subject)
+        ended += await sessions.end_matching(name, subject=subject,
+                                             ending=Ending("admin", _BY_ADMIN, name, subject))
     log.info("sessions_revoked", by="admin", subject=subject, provider=provider, sessions_ended=ended)
     metrics.session_ended("admin", ended)
     return _json({"revoked": ended, "user": subject})

@@ -32,6 +32,7 @@ from ztproxy.sessions.manager import SessionManager
 from ztproxy.sessions.model import Session
 from ztproxy.sessions.sealing import CookieSealer, Ticket, parse_secret
 from ztproxy.sessions.store import SessionStore, open_store
+from ztproxy.signals.effects import SignalEffects
 from ztproxy.state import CONFIG, ROUTES, Person
 
 
@@ -45,6 +46,7 @@ class Auth:
     logout: Logout
     cookies: CookieSettings
     return_urls: ReturnUrls
+    effects: SignalEffects  # this worker's copy of what security signals changed (kept current by signals_ctx)
 
     def provider_for(self, route_provider: str | None) -> Provider:
         return self.providers[route_provider or self.default_provider]
@@ -77,6 +79,9 @@ def for_route(auth: Auth, ticket: Ticket, session: Session, route_provider: str 
     # A session from another provider than the route's is no sign-in for this route.
     if session.provider != (route_provider or auth.default_provider):
         return None
+    if auth.effects.active:  # a security signal may have taken MFA away or changed claims
+        adjusted, applied = auth.effects.adjust(session)
+        return Person(ticket, adjusted, applied)
     return Person(ticket, session)
 
 
@@ -129,4 +134,5 @@ def build_auth(config: Config, routes: RouteTable[Any], http: aiohttp.ClientSess
         logout=Logout(providers=providers, sessions=sessions, cookies=cookies, public_url=public_url),
         cookies=cookies,
         return_urls=return_urls,
+        effects=SignalEffects(config.identity_providers),
     )

@@ -23,6 +23,7 @@ from aiohttp import web
 from ztproxy import metrics
 from ztproxy.auth import AUTH, Auth
 from ztproxy.errors import AccessDenied, AuthenticationRequired, InsufficientScope, InvalidToken, StepUpRequired
+from ztproxy.facts import request_facts
 from ztproxy.forward_auth import SIGN_IN_HEADER, Kind, Question, sign_in_path, sign_in_url
 from ztproxy.grants.model import person_key
 from ztproxy.grants.pages import request_link
@@ -76,17 +77,7 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
         granted = False
         if route.grant is not None and isinstance(caller, Person) and (grants := request.app[GRANTS]) is not None:
             granted = grants.view.holds(person_key(caller.session.provider, caller.subject), route.name, time.time())
-        facts = RequestFacts(
-            method=ctx.method,
-            path=ctx.target.path,
-            client_ip=ctx.client_ip,
-            now=utc_now(),
-            identity=identity,
-            device=record.device,
-            service=service,
-            risk=record.risk.level if record.risk is not None else "low",
-            granted=granted,
-        )
+        facts = request_facts(record, identity, record.device, service, utc_now(), granted=granted)
         # Routes whose decision is known at config load (public) skip building facts at all.
         # The session's risk may refuse it or ask for a new sign-in whatever the policy says.
         decision = enforce(record.risk, decision or evaluate(policy, facts))
@@ -100,6 +91,7 @@ def authorize(request: web.Request) -> Awaitable[web.StreamResponse] | None:
         record.decision = decision
         if decision.allowed:
             return None
+        _signals_refused(request, record, decision)
     if service is not None or (caller is None and why.SERVICE_REQUIRED in decision.reasons
                                and why.AUTHENTICATION_REQUIRED not in decision.reasons):
         _refuse_service(route.policy, decision, service)
@@ -134,6 +126,15 @@ def _grant_would_admit(request: web.Request, policy: RoutePolicy, facts: Request
     if route.grant is None or facts.granted or request.app[GRANTS] is None:
         return False
     return evaluate(policy, dataclasses.replace(facts, granted=True)).outcome is not Outcome.DENY
+
+
+def _signals_refused(request: web.Request, record: RequestRecord, decision: Decision) -> None:
+    """Time the security signals' effects that refused this request (ztproxy_signal_enforcement_seconds)."""
+    auth = request.app[AUTH]
+    if auth is not None and auth.effects.active:
+        caller = record.caller
+        auth.effects.refused(caller.effects if isinstance(caller, Person) else (), record.device, decision.reasons,
+                             time.time())
 
 
 def _bearer_challenge(**params: str) -> tuple[tuple[str, str], ...]:

@@ -2,7 +2,7 @@
 
     ztproxy run   -c FILE [--workers N] [--log-format json|console]
     ztproxy check -c FILE
-    ztproxy demo  [--port PORT] [--state-dir DIR]
+    ztproxy demo  [--port PORT] [--state-dir DIR] [--revoke USER]
     ztproxy policy test    -c FILE TESTS.yaml
     ztproxy policy explain -c FILE --url URL [--method M] [--sub S --email E --group G --mfa ...]
                            [--network NET --user-agent UA --signal NAME ...]
@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--log-format", choices=("json", "console"), default="console")
     demo.add_argument("--state-dir", help="keys and secrets kept across restarts (default "
                                           "$XDG_STATE_HOME/ztproxy-demo or ~/.local/state/ztproxy-demo)")
+    demo.add_argument("--revoke", metavar="USER", help="with the demo running: have its security-signals "
+                                                       "transmitter end USER's sessions, then exit")
     _policy_parser(commands.add_parser("policy", help="test, explain and compare route policies"), config_arg)
     _keys_parser(commands.add_parser("keys", help="create, rotate and list the keys signing identity assertions"))
     _sessions_parser(commands.add_parser("sessions", help="list and revoke sessions through the admin API"),
@@ -137,8 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        from ztproxy.demo import run_demo
+        from ztproxy.demo import revoke_demo_user, run_demo
 
+        if args.revoke is not None:
+            return revoke_demo_user(args.revoke, args.state_dir)
         return run_demo(port=args.port, log_format=args.log_format, state_dir=args.state_dir)
     if args.command == "policy":
         return _policy(args)

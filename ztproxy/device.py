@@ -33,8 +33,11 @@ def assess_device(request: web.Request) -> Awaitable[None] | None:
 
 async def _assess(request: web.Request, record: RequestRecord, posture: Posture) -> None:
     caller = record.caller
-    record.device = device = await device_of(request, posture, caller.subject if caller is not None else None)
+    device = await device_of(request, posture, caller.subject if caller is not None else None)
     auth = request.app[AUTH]
+    if device is not None and auth is not None and auth.effects.active:
+        device = auth.effects.device(device)  # a security signal may say it is not compliant
+    record.device = device
     if device is not None and isinstance(caller, Person) and auth is not None:
         # So revoking a device ends its sessions: a dict lookup, one background write per
         # session, device and worker.

@@ -83,6 +83,8 @@ async def me(request: web.Request, auth: Auth | None) -> web.StreamResponse:
     posture = request.app[POSTURE]
     subject = signed_in.subject if signed_in is not None else None
     device = await device_of(request, posture, subject) if posture is not None else None
+    if device is not None and auth is not None:
+        device = auth.effects.device(device)  # as the device stage sees it: a signal may say it is not compliant
     now = time.time()
     data: dict[str, Any] = {"signed_in": signed_in is not None}
     if signed_in is not None:

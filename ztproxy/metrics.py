@@ -206,7 +206,9 @@ _provider = MeterProvider(
            View(instrument_name="ztproxy.risk.detection",
                 aggregation=ExplicitBucketHistogramAggregation(REVOCATION_BOUNDS)),
            View(instrument_name="ztproxy.grants.decision.time",
-                aggregation=ExplicitBucketHistogramAggregation(GRANT_DECISION_BOUNDS))],
+                aggregation=ExplicitBucketHistogramAggregation(GRANT_DECISION_BOUNDS)),
+           View(instrument_name="ztproxy.signal.enforcement",
+                aggregation=ExplicitBucketHistogramAggregation(REVOCATION_BOUNDS))],
 )
 _meter = _provider.get_meter("ztproxy")
 _logins = _meter.create_counter(
@@ -219,6 +221,17 @@ _reloads = _meter.create_counter("ztproxy.config.reloads", description="Configur
 _signals = _meter.create_counter(
     "ztproxy.signals", description="Security events received, by event type and result (applied, ignored, "
                                    "unmatched, rejected with its reason)")
+_signal_enforcement = _meter.create_histogram(
+    "ztproxy.signal.enforcement", unit="s",
+    description="Time from accepting a security event to the first request it refused in this process, "
+    "by event type")
+_signal_stream_problems = _meter.create_counter(
+    "ztproxy.signal.stream.problems", description="Problems with a transmitter's stream, by transmitter and problem: "
+    "setup-failed (unreachable at start: asked again), keys-unavailable, verification-failed, status-failed, "
+    "poll-failed, paused or disabled (by the transmitter: nothing is delivered)")
+_signals_sent = _meter.create_counter(
+    "ztproxy.signals.sent", description="Security events pushed to receivers (CAEP session-revoked to the apps), "
+    "by receiver and result: delivered, retried, rejected (a 400), failed (given up), dropped (queue full)")
 _shadow_disagreements = _meter.create_counter(
     "ztproxy.shadow.disagreements", description="Requests a route's shadow policy decided differently from the "
     "enforced one, by route and the two decisions")
@@ -308,6 +321,15 @@ def signal_received(event: str, result: str, reason: str | None = None) -> None:
     _signals.add(1, {"event": event, "result": result, **({"reason": reason} if reason else {})})
 
 
+def signal_stream_problem(transmitter: str, problem: str) -> None:
+    _signal_stream_problems.add(1, {"transmitter": transmitter, "problem": problem})
+
+
+def signal_sent(receiver: str, result: str) -> None:
+    """A security event pushed (or not) to one of ``signals.receivers``."""
+    _signals_sent.add(1, {"receiver": receiver, "result": result})
+
+
 def risk_signal(signal: str, action: str) -> None:
     _risk_signals.add(1, {"signal": signal, "action": action})
 
@@ -353,6 +375,21 @@ def watch_active_grants(count: Callable[[], int]) -> Callable[[], None]:
     """Report ``count()`` as ``ztproxy_grants_active`` at each scrape; returns how to stop."""
     _grant_sources.append(count)
     return lambda: _grant_sources.remove(count)
+
+
+_timed_signals: dict[str, None] = {}
+
+
+def signal_enforced(event: str, effect: str, accepted_at: float, now: float) -> None:
+    """A request was refused because of a security event of type ``event`` accepted at
+    ``accepted_at`` (Unix time, on whichever replica accepted it). Only the first refusal of
+    each ``effect`` (a stable key of what the event did) in this process is timed."""
+    if effect in _timed_signals:
+        return
+    if len(_timed_signals) >= _REMEMBERED_REVOCATIONS:
+        del _timed_signals[next(iter(_timed_signals))]
+    _timed_signals[effect] = None
+    _signal_enforcement.record(max(0.0, now - accepted_at), {"event": event})
 
 
 def watch_assertion_signs(count: Callable[[], int]) -> Callable[[], None]:

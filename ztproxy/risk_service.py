@@ -8,9 +8,9 @@ written to the session store like any other session data, so every replica sees 
 revocation channel). Denials are counted per worker; sign-ins per address in the store,
 under a keyed hash of the address (the store never holds an address).
 
-Containment flows outward through :attr:`RiskService.on_revoke`: each callable there is called
-with the ended session's subject, public handle and signal. The security-signals transmitter
-(CAEP ``session-revoked``) is meant to subscribe there; until it exists, nothing does.
+Containment flows outward: a revocation is an ending with its reason (``Ending``), which the
+security-signals transmitter pushes to the apps that subscribe as a CAEP ``session-revoked``
+(``ztproxy.signals.outbox``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import hmac
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
@@ -37,15 +37,13 @@ from ztproxy.risk.engine import LOCK, REVOKE, needs_mfa, route_rules
 from ztproxy.risk.signals import SIGN_IN_BURST
 from ztproxy.risk.words import sentence
 from ztproxy.risk_seen import seen_in
-from ztproxy.sessions.manager import SessionManager
+from ztproxy.sessions.manager import Ending, SessionManager
 from ztproxy.sessions.model import Session
 from ztproxy.sessions.sealing import Ticket, parse_secret
 from ztproxy.sessions.store import SessionStore
 from ztproxy.state import CONFIG, ROUTE_LIST
 
 _log = structlog.get_logger("ztproxy.risk")
-
-OnRevoke = Callable[[str, str, str], None]  # (subject, session handle, signal)
 
 
 class RiskService:
@@ -58,7 +56,6 @@ class RiskService:
         self._default_rules = route_rules(config, {}, needs_mfa=False)
         self._secret = secret
         self._denials = Bursts()
-        self.on_revoke: list[OnRevoke] = []  # containment hooks (see the module docstring)
 
     def rules_for(self, route: str) -> RiskRules:
         return self._rules.get(route, self._default_rules)
@@ -91,20 +88,15 @@ class RiskService:
 
     async def revoke(self, ticket: Ticket, session: Session, signal: str) -> None:
         """End the session on every replica (and the user's others with ``revoke_all_sessions``)."""
+        # Apps that subscribe hear of it as a CAEP session-revoked (ztproxy.signals.outbox).
+        ending = Ending("policy", f"session risk: {signal}", session.provider, session.subject, session.email)
+        await self.sessions.end(ticket, ending)
+        ended = 1
         if self.config.revoke_all_sessions:
-            await self.sessions.end(ticket)
-            ended = 1 + await self.sessions.end_matching(session.provider, subject=session.subject)
-        else:
-            await self.sessions.end(ticket)
-            ended = 1
+            ended += await self.sessions.end_matching(session.provider, subject=session.subject, ending=ending)
         metrics.session_ended("risk", ended)
         _log.warning("session_ended", reason="risk", signal=signal, subject=session.subject,
                      session=ticket.public_id, all_sessions=self.config.revoke_all_sessions)
-        for hook in self.on_revoke:
-            try:
-                hook(session.subject, ticket.public_id, signal)
-            except Exception:  # a hook's bug must not undo the revocation
-                _log.exception("risk_hook_failed", signal=signal)
 
     def note_denial(self, ticket: Ticket, session: Session, state: RiskState | None, route: str,
                     now: float) -> Verdict | None:

@@ -15,15 +15,13 @@ does at every (re)subscription and when the generation it reads every ``sessions
 has changed: a worker that missed an
 announcement (pub/sub is at most once) refuses within ``cache_ttl``, as for sessions. Until a
 worker has read the table once, it answers service requests 503 (fail closed); a store that
-goes away later leaves the last table read in force. No aiohttp but the app's cleanup context.
+goes away later leaves the last table read in force (the mechanics are
+:class:`~ztproxy.sessions.shared_table.SharedTable`). No aiohttp but the app's cleanup context.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
@@ -35,16 +33,16 @@ from ztproxy import metrics
 from ztproxy.errors import SessionStoreUnavailable, TokenServiceUnavailable
 from ztproxy.policy import reasons
 from ztproxy.policy.model import Service
+from ztproxy.sessions.shared_table import SharedTable, announced_entry
 from ztproxy.sessions.store import SessionStore, open_store
 from ztproxy.state import CONFIG, ROUTE_LIST
 
 TABLE = "services:revoked"
-GENERATION_KEY = "services:revoked:generation"
-CHANNEL = "ztproxy:services:revoked"
+GENERATION_KEY = f"{TABLE}:generation"
+CHANNEL = f"ztproxy:{TABLE}"
 KINDS = ("client_id", "service", "jti")
 TOKEN_BOUND = 24 * 3600.0  # how long a jti stays revoked when the token's exp is not given
 MIN_POLL = 0.1  # seconds between reads of the generation, at least (cache_ttl may be 0)
-GENERATION_TTL = 30 * 86400.0  # a generation that expires only costs every worker one more read
 
 _log = structlog.get_logger("ztproxy.services")
 
@@ -128,88 +126,49 @@ class ServiceRevocations:
     def __init__(self, store: SessionStore, *, poll_every: float) -> None:
         self.store = store
         self.revoked = RevokedServices()
-        self._poll_every = poll_every
-        self._generation: bytes | None = None
-        self._wake = asyncio.Event()
+        self.table = SharedTable(store, TABLE, poll_every=poll_every, on_loaded=self._loaded,
+                                 on_announced=self._announced)
 
     async def revoke(self, revocation: Revocation, now: float) -> None:
         """Store ``revocation`` (replacing one of the same kind and value), then announce it."""
         ttl = None if revocation.expires_at is None else revocation.expires_at - now
         if ttl is not None and ttl <= 0:
             raise ValueError("the token has expired already")
-        await self.store.put_entry(TABLE, revocation.entry, revocation.to_bytes(), ttl)
-        await self._changed(revocation)
+        await self.table.write(revocation.entry, revocation.to_bytes(), ttl)
 
     async def lift(self, kind: str, value: str) -> bool:
         """Forget a revocation; False when there was none."""
-        lifted = await self.store.delete_entry(TABLE, f"{kind}:{value}")
-        if lifted:
-            await self._changed()
-        return lifted
+        return await self.table.remove(f"{kind}:{value}")
 
     async def listed(self) -> list[Revocation]:
         """Every revocation in force, oldest first."""
-        found = (Revocation.from_entry(entry, value) for entry, value in (await self.store.entries(TABLE)).items())
-        return sorted((r for r in found if r is not None), key=lambda r: (r.revoked_at, r.kind, r.value))
+        return _revocations(await self.table.entries())
 
     async def reload(self) -> None:
-        """Read the generation, then the whole table (in that order: a writer changes them the other way)."""
-        generation = await self.store.get(GENERATION_KEY)
-        self.revoked.replace(await self.listed())
-        self._generation = generation
+        await self.table.reload()
 
     async def follow(self) -> None:
         """Keep this worker's copy current until cancelled (the app runs this as a task)."""
-        subscription = asyncio.ensure_future(self.store.subscribe(CHANNEL, self._heard, self._wake.set))
-        unavailable = False
-        try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll_every):
-                        await self._wake.wait()
-                heard = self._wake.is_set()
-                self._wake.clear()
-                try:
-                    if heard or not self.revoked.loaded or await self.store.get(GENERATION_KEY) != self._generation:
-                        await self.reload()
-                    unavailable = False
-                except SessionStoreUnavailable:
-                    if not unavailable:  # once per outage; the copy read last stays in force
-                        _log.warning("service_revocations_unavailable", loaded=self.revoked.loaded)
-                    unavailable = True
-        finally:
-            subscription.cancel()
-            await asyncio.gather(subscription, return_exceptions=True)
+        await self.table.follow(unavailable_event="service_revocations_unavailable")
 
-    def _heard(self, message: bytes) -> None:
-        announced = _announced(message)
-        if announced is not None and self.revoked.loaded:
-            self.revoked.add(announced)
-        self._wake.set()
+    def _loaded(self, entries: dict[str, bytes]) -> None:
+        self.revoked.replace(_revocations(entries))
 
-    async def _changed(self, revocation: Revocation | None = None) -> None:
-        await self.store.put(GENERATION_KEY, os.urandom(16), GENERATION_TTL)
-        message: dict[str, object] = {"t": int(time.time() * 1000)}
+    def _announced(self, entry: str, value: bytes) -> None:
+        revocation = Revocation.from_entry(entry, value)
         if revocation is not None:
-            message.update(entry=revocation.entry, value=revocation.to_bytes().decode())
-        try:
-            await self.store.publish(CHANNEL, orjson.dumps(message))
-        except SessionStoreUnavailable:
-            # Stored all the same: the other workers see the new generation within their cache_ttl.
-            _log.warning("service_revocation_not_announced")
-        await self.reload()
+            self.revoked.add(revocation)
+
+
+def _revocations(entries: dict[str, bytes]) -> list[Revocation]:
+    found = (Revocation.from_entry(entry, value) for entry, value in entries.items())
+    return sorted((r for r in found if r is not None), key=lambda r: (r.revoked_at, r.kind, r.value))
 
 
 def _announced(message: bytes) -> Revocation | None:
     """The revocation an announcement carries, if it carries one this version reads."""
-    try:
-        fields = orjson.loads(message)
-        entry, value = fields["entry"], fields["value"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
-    if not isinstance(entry, str) or not isinstance(value, str):
-        return None
-    return Revocation.from_entry(entry, value.encode())
+    announced = announced_entry(message)
+    return None if announced is None else Revocation.from_entry(*announced)
 
 
 REVOKED_SERVICES = web.AppKey[RevokedServices | None]("revoked_services")

@@ -25,6 +25,7 @@ from ztproxy.risk import Verdict
 from ztproxy.routing import RouteTable
 from ztproxy.sessions.model import Session
 from ztproxy.sessions.sealing import Ticket
+from ztproxy.signals.effects import Effect
 
 
 @dataclass
@@ -60,7 +61,8 @@ class Person:
 
     kind: ClassVar[str] = "person"  # the caller label of metrics and decision events
     ticket: Ticket
-    session: Session
+    session: Session  # as the security signals' effects leave it (``ztproxy.signals.effects``)
+    effects: tuple[Effect, ...] = ()  # the effects that changed it
 
     @property
     def identity(self) -> Identity:

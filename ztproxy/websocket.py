@@ -8,12 +8,15 @@ Text, binary, ping/pong and close (with its code and reason) pass through unchan
 the subprotocol the upstream chose is the one offered to the client. A socket opened
 with a session is closed with 1008 as soon as that session is revoked, here or on any
 other worker or replica (``SessionManager.watch``), and so is a socket a grant let in when
-that grant ends (``GrantsView.until_ended``).
+that grant ends (``GrantsView.until_ended``), or as soon as a security signal's effect (the
+session losing MFA, the user's claims changed, the device reported not compliant:
+``ztproxy.signals.effects``) means the route's policy would refuse it now.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import aiohttp
@@ -22,6 +25,7 @@ from aiohttp import WSMsgType, web
 from ztproxy import tracing
 from ztproxy.auth import AUTH
 from ztproxy.errors import UpstreamTimeout, UpstreamUnavailable
+from ztproxy.facts import still_allowed
 from ztproxy.grants.model import person_key
 from ztproxy.grants.service import GRANTS
 from ztproxy.headers import downstream_response_headers
@@ -94,6 +98,27 @@ def _watch_grant(request: web.Request, record: RequestRecord, ended: asyncio.Eve
     return asyncio.create_task(watch())
 
 
+def _watch_effects(request: web.Request, record: RequestRecord, withdrawn: asyncio.Event) -> Callable[[], None]:
+    """Set ``withdrawn`` when a security signal's effect arriving here means the policy no longer
+    lets this socket's request through; returns how to stop watching."""
+    caller = record.caller
+    auth = request.app.get(AUTH)
+    if not isinstance(caller, Person) or auth is None:
+        return lambda: None
+    effects = auth.effects
+    grants, route = request.app[GRANTS], record.context.route
+
+    def judge() -> None:
+        session, _ = effects.adjust(caller.session)
+        device = None if record.device is None else effects.device(record.device)
+        granted = grants is not None and route.grant is not None and grants.view.holds(
+            person_key(caller.session.provider, caller.subject), route.name, time.time())
+        if not still_allowed(record, session.identity, device, granted=granted):
+            withdrawn.set()
+
+    return effects.listen(judge)
+
+
 async def _relay_refusal(request: web.Request, refusal: aiohttp.ClientResponse,
                          read_timeout: float) -> web.StreamResponse:
     """The app's own answer to the upgrade, streamed to the client as any response is."""
@@ -157,31 +182,38 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
             autoping=False, autoclose=False, max_msg_size=0)
         client_ws.headers["X-Request-Id"] = ctx.request_id
         await client_ws.prepare(request)
-        session_ended = asyncio.Event()
+        session_ended, access_withdrawn = asyncio.Event(), asyncio.Event()
         stop_watching = _watch_session(request, record, session_ended)
         grant_watch = _watch_grant(request, record, session_ended)
+        stop_judging = _watch_effects(request, record, access_withdrawn)
         to_upstream = asyncio.create_task(_relay(client_ws, upstream_ws))
         to_client = asyncio.create_task(_relay(upstream_ws, client_ws))
         ended = asyncio.create_task(session_ended.wait())
+        withdrawn = asyncio.create_task(access_withdrawn.wait())
         try:
-            done, pending = await asyncio.wait((to_upstream, to_client, ended), return_when=asyncio.FIRST_COMPLETED)
-            if ended in done:
+            done, pending = await asyncio.wait((to_upstream, to_client, ended, withdrawn),
+                                               return_when=asyncio.FIRST_COMPLETED)
+            if ended in done or withdrawn in done:
                 # Revoked: not one more frame either way, then tell the client why.
                 to_upstream.cancel()
                 to_client.cancel()
                 await asyncio.gather(to_upstream, to_client, return_exceptions=True)
-                over = b"access ended" if grant_watch is not None and grant_watch.done() else b"session ended"
+                if ended in done:
+                    over = b"access ended" if grant_watch is not None and grant_watch.done() else b"session ended"
+                else:
+                    over = b"access withdrawn"
                 await client_ws.close(code=SESSION_ENDED_CLOSE, message=over)
             else:
                 # The first side to close has sent its close frame on; let the other side answer it.
-                await asyncio.wait(pending - {ended}, timeout=target.read_timeout or 10.0)
+                await asyncio.wait(pending - {ended, withdrawn}, timeout=target.read_timeout or 10.0)
         finally:
             stop_watching()
+            stop_judging()
             if grant_watch is not None:
                 grant_watch.cancel()
-            for task in (to_upstream, to_client, ended):
+            for task in (to_upstream, to_client, ended, withdrawn):
                 task.cancel()
-            await asyncio.gather(to_upstream, to_client, ended, return_exceptions=True)
+            await asyncio.gather(to_upstream, to_client, ended, withdrawn, return_exceptions=True)
             if not client_ws.closed:
                 await client_ws.close()
         return client_ws

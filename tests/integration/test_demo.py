@@ -294,3 +294,33 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
     assert code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in output and "--port" in output
     assert "Traceback" not in output
+
+
+async def test_bob_revoked_from_the_command_line_is_refused_at_his_next_request(
+        tmp_path: Path, start_demo: list[RunningDemo]) -> None:
+    """`ztproxy demo --revoke bob`: the demo's transmitter pushes a session-revoked through the
+    proxy's real receiver (/.ztproxy/ssf/events), and bob's next request is refused."""
+    state_dir = tmp_path / "state"
+    demo = _start(tmp_path, state_dir, free_port())
+    start_demo.append(demo)
+    _wait_ready(demo)
+    url = demo.url
+    assert f"ztproxy demo --revoke bob --state-dir {state_dir}" in demo.output()
+    async with UserAgent() as bob, UserAgent() as alice:
+        assert (await bob.login(url + "/app", "bob", "bob")).status == 200
+        assert (await alice.login(url + "/app", "alice", "alice")).status == 200
+        deadline = time.monotonic() + START_TIMEOUT  # the stream is set up just after the proxy starts
+        while True:
+            revoked = subprocess.run([sys.executable, "-m", "ztproxy.demo", "--revoke", "bob", "--state-dir",
+                                      str(state_dir)], capture_output=True, text=True, cwd=REPO, timeout=30)
+            if revoked.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert revoked.returncode == 0, revoked.stderr
+        assert "ztproxy answered 202" in revoked.stdout
+        refused = await bob.get(url + "/app")
+        assert refused.status == 302 and (refused.location or "").startswith("http://localhost:")  # to sign in
+        assert (await alice.get(url + "/app")).status == 200  # nobody else
+    unknown = subprocess.run([sys.executable, "-m", "ztproxy.demo", "--revoke", "mallory", "--state-dir",
+                              str(state_dir)], capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert unknown.returncode == 2 and "no demo user 'mallory'" in unknown.stderr

@@ -114,7 +114,7 @@ class World:
 
 
 def replica_yaml(port: int, issuer: str, upstream: Upstream, redis: RedisServer, token_file: Path,
-                 cache_ttl: str, extra: str) -> str:
+                 cache_ttl: str, extra: str, routes: str = "") -> str:
     return f"""
 server:
   listen: 127.0.0.1:{port}
@@ -130,7 +130,7 @@ sessions:
 {extra}
 routes:
   - {{name: app, upstream: '{upstream.url}', allow: [{{email_domains: [corp.example]}}]}}
-"""
+{routes}"""
 
 
 async def ws_echo(request: web.Request) -> web.StreamResponse:
@@ -144,7 +144,8 @@ async def ws_echo(request: web.Request) -> web.StreamResponse:
 
 async def start_world(start_idp: IdpFactory, start_upstream: UpstreamFactory, proxy_process: StartProcess,
                       redis: RedisServer, tmp_path: Path, *, cache_ttl: str = LONG_CACHE, extra: str = "",
-                      workers: tuple[int, ...] = (1, 2, 1)) -> World:
+                      workers: tuple[int, ...] = (1, 2, 1), routes: str = "") -> World:
+    """``routes``: more routes (YAML list items, ``{upstream}`` for the upstream's URL) after ``app``."""
     upstream = await start_upstream(routes=[web.get("/ws", ws_echo), web.get("/{path:.*}", _hello)])
     ports = [free_port() for _ in workers]
     first = f"http://127.0.0.1:{ports[0]}"
@@ -153,7 +154,8 @@ async def start_world(start_idp: IdpFactory, start_upstream: UpstreamFactory, pr
     token_file.write_text(ADMIN_TOKEN + "\n")
     replicas = []
     for index, (port, count) in enumerate(zip(ports, workers, strict=True)):
-        text = replica_yaml(port, f"http://127.0.0.1:{idp_port}", upstream, redis, token_file, cache_ttl, extra)
+        text = replica_yaml(port, f"http://127.0.0.1:{idp_port}", upstream, redis, token_file, cache_ttl, extra,
+                            routes.replace("{upstream}", upstream.url))
         config_path = tmp_path / f"replica-{index}.yaml"
         config_path.write_text(text)
         process = proxy_process(text, *(["--workers", str(count)] if count > 1 else []), wait=False)

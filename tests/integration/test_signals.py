@@ -43,6 +43,12 @@ class Signals:
 @pytest.fixture
 async def signals(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory,
                   start_transmitter: TransmitterFactory) -> Signals:
+    return await start_signals(start_idp, start_proxy, start_upstream, start_transmitter)
+
+
+async def start_signals(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory,
+                        start_transmitter: TransmitterFactory) -> Signals:
+    """A proxy receiving a transmitter's signals (its stream set up and verified), users at the real IdP."""
     transmitter = await start_transmitter()
     before = scrape()
     world = await start_world(start_idp, start_proxy, start_upstream, routes=ROUTES + f"""
@@ -101,6 +107,9 @@ async def test_session_revoked_and_credential_change_end_the_users_sessions(sign
         delta = changes(before, scrape())
         assert delta("ztproxy_signals_total", event="session-revoked", result="applied") == 1
         assert delta("ztproxy_signals_total", event="credential-change", result="applied") == 1
+        # Each timed from its acceptance to the first request it refused.
+        assert delta("ztproxy_signal_enforcement_seconds_count", event="session-revoked") == 1
+        assert delta("ztproxy_signal_enforcement_seconds_count", event="credential-change") == 1
     finally:
         await alice.close()
         await bob.close()

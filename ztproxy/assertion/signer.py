@@ -69,7 +69,8 @@ def _caller_claims(identity: Identity | Service) -> dict[str, Any]:
 def _device_facts(device: Device | None) -> _DeviceFacts:
     if device is None:
         return None
-    return (device.id, device.managed, device.disk_encrypted, device.platform, device.os_version, device.score)
+    return (device.id, device.managed, device.disk_encrypted, device.platform, device.os_version, device.score,
+            device.compliant)
 
 
 def device_claim(device: Device) -> dict[str, Any]:
@@ -78,6 +79,8 @@ def device_claim(device: Device) -> dict[str, Any]:
     for name, value in (("platform", device.platform), ("os_version", device.os_version), ("score", device.score)):
         if value is not None:
             claim[name] = value
+    if not device.compliant:  # a security signal said so (CAEP device-compliance-change)
+        claim["compliant"] = False
     return claim
 
 

@@ -17,7 +17,8 @@ located with the document's YAML paths and lines:
 - with one, ``trusted_proxies`` (a balancer in front) needs ``public_url``;
 - token issuers: unique names (identity providers' included), routes naming ones that exist,
   and only routes whose rules name services (the only ones that accept bearer tokens);
-- workload identity: needs ``server.tls``; each trust bundle file readable, with certificates.
+- workload identity: needs ``server.tls``; each trust bundle file readable, with certificates;
+- security signals: transmitters need an identity provider; receivers name an existing route.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def run(document: Document, flagged: Collection[YamlPath]) -> list[ConfigIssue]:
             and not context.skip(("signals", "transmitters")):
         issues.append(context.issue(("signals", "transmitters"), "security signals act on signed-in users' "
                                                                   "sessions: configure identity_providers"))
+    if isinstance(signals, dict):
+        issues.extend(_receivers(context, _list(signals.get("receivers")), routes))
     issuers = [(index, i) for index, i in enumerate(_list(data.get("token_issuers"))) if isinstance(i, dict)]
     workloads = data.get("workload_identity")
     if isinstance(policies, dict):
@@ -250,6 +253,19 @@ def _token_issuers(context: _Context, issuers: list[tuple[int, dict[Any, Any]]],
             yield context.issue(path, f"route {route.get('name', index)!r} lists token issuers, but no allow rule "
                                       "names a service (clients, scopes or services), so it accepts no bearer "
                                       "token: name the services, or remove token_issuers")
+
+
+def _receivers(context: _Context, receivers: list[Any],
+               routes: list[tuple[int, dict[Any, Any]]]) -> Iterator[ConfigIssue]:
+    """Each signals receiver names an existing route (whose audience and sid its events carry)."""
+    names = [str(route["name"]) for _, route in routes if isinstance(route.get("name"), str)]
+    for index, receiver in enumerate(receivers):
+        path = ("signals", "receivers", index, "route")
+        route = receiver.get("route") if isinstance(receiver, dict) else None
+        if isinstance(route, str) and route not in names and not context.skip(path):
+            close = difflib.get_close_matches(route, names, n=1)
+            yield context.issue(path, f"unknown route {route!r}" + (f" (did you mean {close[0]!r}?)" if close else
+                                                                    ": name the route the receiving app is behind"))
 
 
 def _names_services(rule: Any, policies: dict[Any, Any], criteria: tuple[str, ...] = SERVICE_CRITERIA) -> bool:

@@ -10,6 +10,6 @@ directory and configuration: :mod:`ztproxy.demo.scenario`; starting and stopping
 
 from __future__ import annotations
 
-from ztproxy.demo.launcher import DEFAULT_PORT, run_demo
+from ztproxy.demo.launcher import DEFAULT_PORT, revoke_demo_user, run_demo
 
-__all__ = ["DEFAULT_PORT", "run_demo"]
+__all__ = ["DEFAULT_PORT", "revoke_demo_user", "run_demo"]

@@ -26,6 +26,7 @@ from ztproxy.app import build_app
 from ztproxy.config import load
 from ztproxy.demo import scenario
 from ztproxy.demo.sample_app import build_sample_app
+from ztproxy.demo.signals import revoke, start_transmitter
 from ztproxy.demo_idp import DemoIdp, IdpClient, IdpStartError, find_node_modules
 from ztproxy.errors import ConfigError
 from ztproxy.listener import ProxyRunner, bind_socket
@@ -80,6 +81,10 @@ def _banner(url: str, issuer: str, app_url: str, state: scenario.DemoState) -> s
     5. a service, in a terminal: get an access token as {scenario.SERVICE.client_id}, call /api with it
        {get_token}
        {call}
+    5. with bob signed in, end his session as an IdP or EDR would, in a terminal:
+       ztproxy demo --revoke bob --state-dir {state.directory}
+       the demo's Shared Signals transmitter pushes a CAEP session-revoked to the proxy; bob's
+       next request is refused and he signs in again
 
   Users, at the demo OpenID Provider {issuer}
     alice / alice   group employees
@@ -147,8 +152,13 @@ async def _start(stack: contextlib.AsyncExitStack, *, port: int, log_format: Log
     stack.push_async_callback(idp.stop)
     await idp.start()
 
+    # An IdP or EDR stand-in pushing security events: `ztproxy demo --revoke bob` has it revoke bob.
+    transmitter_runner, transmitter = await start_transmitter(scenario.DEMO_HOST, _free_port(), state.directory)
+    stack.push_async_callback(transmitter_runner.cleanup)
+
     config_text = scenario.proxy_config_text(port=port, app_url=app_url, issuer=idp.issuer, mfa_acr=idp.mfa_acr,
-                                             client_secret=client_secret, state=state, log_format=log_format)
+                                             client_secret=client_secret, state=state, log_format=log_format,
+                                             signals=transmitter.config_section())
     scenario.write_private(state.config_path, config_text)
     config = load(state.config_path)
     proxy_runner = ProxyRunner(build_app(config), config)
@@ -191,6 +201,13 @@ async def _demo(port: int, log_format: LogFormat, state_dir: Path) -> int:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+def revoke_demo_user(user: str, state_dir: str | None = None) -> int:
+    """``ztproxy demo --revoke USER``: the running demo's transmitter revokes USER's sessions."""
+    directory = Path(state_dir) if state_dir else scenario.default_state_dir(os.environ)
+    emails = {user.username: user.email for user in scenario.idp_users("") if user.email}
+    return run_loop(revoke(directory, user, emails))
 
 
 def run_demo(port: int = DEFAULT_PORT, log_format: str = "console", state_dir: str | None = None) -> int:

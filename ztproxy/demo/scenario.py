@@ -8,7 +8,8 @@ The state directory (``--state-dir``, default ``$XDG_STATE_HOME/ztproxy-demo`` o
 - ``carol-totp-secret``: carol's, who approves access requests to /ledger (just-in-time access);
 - ``assertion-keys/``: the keys signing ``X-Ztproxy-Jwt-Assertion`` (the proxy creates the first);
 - ``idp/``: the demo OpenID Provider's configuration, users, signing keys and log;
-- ``ztproxy.yaml``: the configuration the proxy runs, written at each start, to read.
+- ``ztproxy.yaml``: the configuration the proxy runs, written at each start, to read;
+- ``signals.json``: where the demo's security-signals transmitter listens, for ``--revoke``.
 
 Sessions are in memory (``sessions.store: memory``): a restart signs everyone out.
 Deleting the directory starts the demo afresh.
@@ -150,7 +151,7 @@ def _yaml_string(value: str) -> str:
 
 
 def proxy_config_text(*, port: int, app_url: str, issuer: str, mfa_acr: str, client_secret: str,
-                      state: DemoState, log_format: str) -> str:
+                      state: DemoState, log_format: str, signals: str = "") -> str:
     """The demo's configuration: one host, path routes, sign-in at the demo IdP."""
     upstream = _yaml_string(app_url)
     return f"""\
@@ -175,7 +176,7 @@ sessions:
   cookie_secrets: [{_yaml_string(state.cookie_secret)}]
 assertion:
   keys_dir: {_yaml_string(str(state.keys_dir))}
-routes:
+{signals}routes:
   - name: portal
     path: /
     upstream: {upstream}

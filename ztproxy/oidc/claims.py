@@ -70,7 +70,17 @@ def session_refreshed(config: IdentityProviderConfig, session: Session, userinfo
 
     ``groups`` (from a groups source such as Graph) over userinfo's; without either, unchanged.
     """
-    merged = user_claims({}, userinfo)
+    return session_with_claims(config, session, userinfo, groups=groups).replace(
+        refreshed=now,
+        refresh_token=tokens.refresh_token or session.refresh_token,
+        id_token=tokens.id_token or session.id_token,
+    )
+
+
+def session_with_claims(config: IdentityProviderConfig, session: Session, changed: Mapping[str, Any],
+                        groups: tuple[str, ...] | None = None) -> Session:
+    """The session with the claims in ``changed`` (userinfo, a CAEP token-claims-change) over its own."""
+    merged = user_claims({}, changed)
     if groups is None:
         groups = _groups(merged.get(config.groups_claim)) if config.groups_claim in merged else session.groups
     return session.replace(
@@ -78,7 +88,12 @@ def session_refreshed(config: IdentityProviderConfig, session: Session, userinfo
         name=_text(merged.get("name")) or session.name,
         groups=groups,
         claims={**session.claims, **merged},
-        refreshed=now,
-        refresh_token=tokens.refresh_token or session.refresh_token,
-        id_token=tokens.id_token or session.id_token,
     )
+
+
+def session_without_mfa(config: IdentityProviderConfig, session: Session) -> Session:
+    """The session as if its sign-in had used no second factor (CAEP assurance-level-change, decrease):
+    no MFA, and neither the acr nor the amr values that say there was one."""
+    mfa = config.mfa
+    return session.replace(mfa=False, acr=None if session.acr in mfa.mfa_acr else session.acr,
+                           amr=tuple(method for method in session.amr if method not in mfa.accepted_amr))

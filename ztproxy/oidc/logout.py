@@ -37,9 +37,10 @@ from ztproxy.oidc.parameters import repeated
 from ztproxy.oidc.provider import Provider
 from ztproxy.oidc.tokens import TokenInvalid
 from ztproxy.pages import info
-from ztproxy.sessions.manager import SessionManager
+from ztproxy.sessions.manager import Ending, SessionManager
 from ztproxy.sessions.sealing import Ticket
 
+_IDP_LOGOUT = "signed out at the identity provider"
 _log = structlog.get_logger("ztproxy.logout")
 
 LOGOUT_PATH = "/.ztproxy/logout"
@@ -88,7 +89,8 @@ class Logout:
                                + info.post_button(LOGOUT_PATH, "Sign out", {"csrf": _csrf_token(ticket)}),
                                kicker="Sign out", status=403)
         session = await self.sessions.load(ticket, time.time(), fresh=True)
-        await self.sessions.end(ticket)
+        await self.sessions.end(ticket, None if session is None else Ending(
+            "user", "signed out", session.provider, session.subject, session.email))
         location = f"{self.public_url}{SIGNED_OUT_PATH}"
         if session is not None:
             _log.info("session_ended", reason="logout", subject=session.subject, session=ticket.public_id)
@@ -144,7 +146,8 @@ class Logout:
         if not await self.sessions.store.put(marker, b"", remember, only_new=True):
             _log.warning("backchannel_logout_refused", provider=provider.name, reason="jti-replayed")
             return _backchannel_error("the logout token was already used")
-        ended = await self.sessions.end_matching(provider.name, subject=claims.sub, idp_session=claims.sid)
+        ended = await self.sessions.end_matching(provider.name, subject=claims.sub, idp_session=claims.sid,
+                                                 ending=Ending("user", _IDP_LOGOUT, provider.name, claims.sub))
         _log.info("backchannel_logout", provider=provider.name, subject=claims.sub, sessions_ended=ended)
         metrics.session_ended("backchannel", ended)
         return web.Response(status=200, headers={"Cache-Control": "no-store"})
@@ -163,7 +166,8 @@ class Logout:
         if provider is None or not sid or len(sid) > _MAX_SID:
             _log.warning("frontchannel_logout_refused", reason="unknown-iss" if provider is None else "no-sid")
             return _frontchannel_page(provider, status=400)
-        ended = await self.sessions.end_matching(provider.name, idp_session=sid)
+        ended = await self.sessions.end_matching(provider.name, idp_session=sid,
+                                                 ending=Ending("user", _IDP_LOGOUT, provider.name))
         _log.info("frontchannel_logout", provider=provider.name, sessions_ended=ended)
         metrics.session_ended("frontchannel", ended)
         return _frontchannel_page(provider, status=200)

@@ -22,7 +22,7 @@ from ztproxy import metrics
 from ztproxy.errors import IdentityProviderUnavailable, SessionStoreUnavailable
 from ztproxy.oidc.claims import session_refreshed
 from ztproxy.oidc.provider import Provider, RefreshRejected, TokenRefused
-from ztproxy.sessions.manager import SessionManager
+from ztproxy.sessions.manager import Ending, SessionManager
 from ztproxy.sessions.model import Session
 from ztproxy.sessions.sealing import Ticket
 
@@ -111,7 +111,8 @@ class Refresher:
                     await self.sessions.store.delete(lock)
 
     async def _end(self, ticket: Ticket, session: Session, reason: str, **fields: str) -> None:
-        await self.sessions.end(ticket)
+        await self.sessions.end(ticket, Ending("system", f"the identity provider refused a refresh ({reason})",
+                                               session.provider, session.subject, session.email))
         _log.info("session_ended", reason=reason, subject=session.subject, session=ticket.public_id, **fields)
         metrics.session_ended(reason)
 

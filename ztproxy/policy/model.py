@@ -91,6 +91,9 @@ class Device:
     last_seen: datetime | None = None  # when the posture was last reported
     score: int | None = None  # 0-100, from a posture provider
     owner: str | None = None  # subject or email of the user the device belongs to
+    # False while a security signal (CAEP device-compliance-change) says it is not compliant:
+    # then it fails every device criterion, whatever the providers report.
+    compliant: bool = True
 
     def __post_init__(self) -> None:
         _aware(self.last_seen, "last_seen")

@@ -78,6 +78,22 @@ def _indexes(store_key: str, session: Session) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Ending:
+    """Why sessions are ended on purpose, for whoever is told (``SessionManager.on_end``): the apps
+    that subscribe to CAEP ``session-revoked`` events (``ztproxy.signals.outbox``)."""
+
+    initiator: str  # CAEP 3.1 initiating_entity: admin, user, policy or system
+    reason: str  # in words, for the receiving app's administrators
+    provider: str | None = None
+    subject: str | None = None  # the user at the provider, when the one ending sessions knows it
+    email: str | None = None
+
+
+# Told of every ending made on purpose (not of expiries, nor of the session a new sign-in replaces).
+OnEnd = Callable[[Collection[str], Ending], None]
+
+
+@dataclass(frozen=True, slots=True)
 class StoredSession:
     """What the admin API can tell of a session without opening it."""
 
@@ -108,6 +124,7 @@ class SessionManager:
         self.revocations = RevocationFeed(store, forget=self.forget, forget_all=self._forget_all, spawn=self.spawn)
         self._devices_noted: dict[tuple[str, str], None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.on_end: list[OnEnd] = []  # told of the endings made on purpose (see Ending)
 
     def _expiry(self, session: Session, now: float) -> float:
         return min(self.config.idle_timeout, session.created + self.config.lifetime - now)
@@ -165,10 +182,13 @@ class SessionManager:
         sealed = await self.store.get(key)
         if sealed is None:
             self._cache.pop(key, None)
-            ended_at = self.revocations.ended_at.pop(key, None)
-            if ended_at is not None:  # the first request an ending refused here
+            ended = self.revocations.ended_at.pop(key, None)
+            if ended is not None:  # the first request an ending refused here
                 # Wall clock on both ends (announcements carry the ending's wall-clock time).
+                ended_at, cause = ended
                 metrics.revocation_enforced(key, ended_at, time.time())
+                if cause is not None:
+                    metrics.signal_enforced(cause, key, ended_at, time.time())
             return None
         plain = unseal(ticket, sealed)
         session = Session.from_bytes(plain) if plain is not None else None
@@ -208,36 +228,51 @@ class SessionManager:
             self._cache.pop(ticket.store_key, None)
         return written
 
-    async def end(self, ticket: Ticket) -> None:
-        await self.end_keys([ticket.store_key])
+    async def end(self, ticket: Ticket, ending: Ending | None = None) -> None:
+        await self.end_keys([ticket.store_key], ending=ending)
 
-    async def end_keys(self, keys: Collection[str]) -> None:
-        """End the sessions stored under ``keys``: deleted from the store, then announced."""
+    async def end_keys(self, keys: Collection[str], *, cause: str | None = None, at: float | None = None,
+                       ending: Ending | None = None) -> None:
+        """End the sessions stored under ``keys``: deleted from the store, then announced (``cause``:
+        the security event that ended them, accepted at ``at``); ``ending``: why, for ``on_end``."""
         if not keys:
             return
         await self.store.delete(*keys)
-        await self.revocations.announce(keys)
+        await self.revocations.announce(keys, cause=cause, at=at)
+        if ending is not None:
+            for told in self.on_end:
+                try:
+                    told(keys, ending)
+                except Exception:  # a listener's bug must not undo or fail the ending
+                    _log.exception("session_end_listener_failed")
 
     async def end_matching(self, provider: str, *, subject: str | None = None,
-                           idp_session: str | None = None, email: str | None = None) -> int:
-        """End every session of a user (by subject or email), or of one IdP session (back-channel logout)."""
-        keys: set[str] = set()
-        if idp_session is not None:
-            keys.update(await self.store.members(idp_session_index(provider, idp_session)))
-        elif subject is not None:
-            keys.update(await self.store.members(user_index(provider, subject)))
-        elif email is not None:
-            keys.update(await self.store.members(email_index(provider, email)))
-        await self.end_keys(keys)
+                           idp_session: str | None = None, email: str | None = None,
+                           cause: str | None = None, at: float | None = None, ending: Ending | None = None) -> int:
+        """End every session of a user (by subject or email), or of one IdP session (back-channel logout);
+        ``cause``, ``at`` and ``ending`` as for :meth:`end_keys`."""
+        keys = await self.matching(provider, subject=subject, idp_session=idp_session, email=email)
+        await self.end_keys(keys, cause=cause, at=at, ending=ending)
         return len(keys)
 
-    async def end_handle(self, handle: str) -> int:
+    async def matching(self, provider: str, *, subject: str | None = None, idp_session: str | None = None,
+                       email: str | None = None) -> set[str]:
+        """The store keys of the sessions of one IdP session, else of a user (by subject, else email)."""
+        if idp_session is not None:
+            return set(await self.store.members(idp_session_index(provider, idp_session)))
+        if subject is not None:
+            return set(await self.store.members(user_index(provider, subject)))
+        if email is not None:
+            return set(await self.store.members(email_index(provider, email)))
+        return set()
+
+    async def end_handle(self, handle: str, ending: Ending | None = None) -> int:
         """End the session with this public handle; how many ended (0 or 1)."""
         keys = await self.store.members(handle_index(handle))
-        await self.end_keys(keys)
+        await self.end_keys(keys, ending=ending)
         return len(keys)
 
-    async def end_device(self, device_id: str) -> int:
+    async def end_device(self, device_id: str, ending: Ending | None = None) -> int:
         """End every session served from this device so far; how many were live."""
         index = device_index(device_id)
         markers = await self.store.members(index)
@@ -246,7 +281,7 @@ class SessionManager:
         keys = sorted(key for key in candidates if STORE_KEY_RE.fullmatch(key))
         remaining = await asyncio.gather(*(self.store.ttl(key) for key in keys))
         live = [key for key, ttl in zip(keys, remaining, strict=True) if ttl is not None]
-        await self.end_keys(live)
+        await self.end_keys(live, ending=ending)
         await self.store.delete(*markers, index)
         return len(live)
 

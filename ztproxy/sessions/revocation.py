@@ -28,17 +28,21 @@ from ztproxy.sessions.store import SessionStore
 
 REVOCATION_CHANNEL = "ztproxy:sessions:ended"
 STORE_KEY_RE = re.compile(r"s:[0-9a-f]{64}")
+CAUSE_RE = re.compile(r"[a-z][a-z0-9-]{0,63}")  # a security event type's last segment
 MAX_KEYS_PER_MESSAGE = 1000  # a long list goes out as several messages
 MAX_REMEMBERED_ENDINGS = 10_000
 
 _log = structlog.get_logger("ztproxy.sessions")
 
 
-def encode_keys(keys: Iterable[str], at: float | None = None) -> list[bytes]:
+def encode_keys(keys: Iterable[str], at: float | None = None, cause: str | None = None) -> list[bytes]:
     """The messages announcing ``keys``: store keys separated by spaces, a bounded number each,
-    after ``t=<unix ms>`` (when they ended, for the revocation delay metric) if ``at`` is given."""
+    after ``t=<unix ms>`` (when they ended, for the revocation delay metric) if ``at`` is given,
+    and ``e=<event>`` (the security event that ended them, for its enforcement metric) if ``cause`` is."""
     ordered = sorted(set(keys))
     stamp = [] if at is None else [f"t={int(at * 1000)}"]
+    if cause is not None and CAUSE_RE.fullmatch(cause):
+        stamp.append(f"e={cause}")
     return [" ".join(stamp + ordered[i:i + MAX_KEYS_PER_MESSAGE]).encode("ascii")
             for i in range(0, len(ordered), MAX_KEYS_PER_MESSAGE)]
 
@@ -57,6 +61,15 @@ def decode_time(message: bytes) -> float | None:
     return None
 
 
+def decode_cause(message: bytes) -> str | None:
+    """The security event that ended the announced sessions, if the message says."""
+    for part in message.split(b" ", 2)[:2]:
+        if part.startswith(b"e="):
+            cause = part[2:].decode("ascii", errors="replace")
+            return cause if CAUSE_RE.fullmatch(cause) else None
+    return None
+
+
 class RevocationFeed:
     """Announces endings, follows the announcements, and closes what watches an ended session."""
 
@@ -68,26 +81,28 @@ class RevocationFeed:
         self._spawn = spawn  # runs a check in the background, owned (and cancelled) by the caller
         self._watchers: dict[str, set[Callable[[], None]]] = {}
         self.subscriptions = 0  # how many times the feed was (re)subscribed
-        # When recently ended sessions ended, until a request of theirs is denied here.
-        self.ended_at: dict[str, float] = {}
+        # When recently ended sessions ended (and the security event that ended them, if one
+        # did), until a request of theirs is denied here.
+        self.ended_at: dict[str, tuple[float, str | None]] = {}
 
-    async def announce(self, keys: Collection[str]) -> None:
-        """Tell every worker and replica that these sessions ended (after deleting them)."""
-        now = time.time()
-        self.ended_here(keys, at=now)
+    async def announce(self, keys: Collection[str], *, cause: str | None = None, at: float | None = None) -> None:
+        """Tell every worker and replica that these sessions ended (after deleting them); ``cause``:
+        the security event that ended them, accepted at ``at`` (default: now)."""
+        now = time.time() if at is None else at
+        self.ended_here(keys, at=now, cause=cause)
         try:
-            for message in encode_keys(keys, at=now):
+            for message in encode_keys(keys, at=now, cause=cause):
                 await self.store.publish(REVOCATION_CHANNEL, message)
         except SessionStoreUnavailable:
             # The deletion holds: other workers deny within their cache_ttl all the same.
             _log.warning("revocation_not_announced", sessions=len(keys))
 
-    def ended_here(self, keys: Iterable[str], at: float | None = None) -> None:
+    def ended_here(self, keys: Iterable[str], at: float | None = None, cause: str | None = None) -> None:
         """These sessions are known to be gone: drop them and close what watches them."""
         for key in keys:
             self._forget(key)
             if at is not None:
-                self._note_end(key, at)
+                self._note_end(key, at, cause)
             for on_end in self._watchers.pop(key, ()):
                 _call(on_end)
 
@@ -115,11 +130,11 @@ class RevocationFeed:
 
     def _heard(self, message: bytes) -> None:
         keys = decode_keys(message)
-        at = decode_time(message)
+        at, cause = decode_time(message), decode_cause(message)
         for key in keys:
             self._forget(key)
             if at is not None:
-                self._note_end(key, at)
+                self._note_end(key, at, cause)
         watched = [key for key in keys if key in self._watchers]
         if watched:
             self._spawn(self._confirm(watched))
@@ -133,11 +148,11 @@ class RevocationFeed:
         if self._watchers:
             self._spawn(self._confirm(list(self._watchers)))
 
-    def _note_end(self, key: str, at: float) -> None:
+    def _note_end(self, key: str, at: float, cause: str | None) -> None:
         ended = self.ended_at
         if key not in ended and len(ended) >= MAX_REMEMBERED_ENDINGS:
             del ended[next(iter(ended))]
-        ended[key] = at
+        ended[key] = (at, cause)
 
     async def _confirm(self, keys: list[str]) -> None:
         """Close the watchers of those ``keys`` that the store no longer has."""

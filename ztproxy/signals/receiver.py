@@ -9,16 +9,15 @@ once its effect is applied (a restart asks again for what it had not acknowledge
 SET seen before changes nothing the second time).
 
 ``/.ztproxy/ssf/events`` answers 202 to an accepted SET, else 400 with ``{"err", "description"}``
-(RFC 8935 2.3). Effects go through the sessions' own revocation path, so they reach every
-worker and replica at once: ``session-revoked`` ends the IdP session's sessions (or the user's),
-``credential-change`` and ``credential-compromise`` the user's, ``account-disabled`` and
-``account-purged`` the user's and refuse new sign-ins until ``account-enabled``. Per subject
-and event type, an event older than one applied already changes nothing.
+(RFC 8935 2.3). What an accepted event does is in ``ztproxy.signals.actions``; the lasting
+effects (MFA lost, claims changed, a device not compliant) are a table every worker of every
+replica follows (``ztproxy.signals.effects``), set up here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import secrets
 import time
@@ -36,13 +35,20 @@ from yarl import URL
 
 from ztproxy import metrics
 from ztproxy.auth import AUTH, Auth
+from ztproxy.config.schema import Config
 from ztproxy.config.signals import TransmitterConfig
+from ztproxy.errors import SessionStoreUnavailable
 from ztproxy.fetch import BodyTooLarge, FetchFailed, get_json, json_client, read_bounded
 from ztproxy.oidc.access_tokens import unverified_issuer
 from ztproxy.oidc.tokens import UnknownSigningKey
 from ztproxy.sessions.manager import SessionManager
+from ztproxy.sessions.shared_table import SharedTable
 from ztproxy.signals import events as ev
-from ztproxy.signals.events import SecurityEvent, SetRefused, disabled_key
+from ztproxy.signals.actions import FOREVER, Actions, short_name
+from ztproxy.signals.effects import TABLE
+from ztproxy.signals.events import SecurityEvent, SetRefused
+from ztproxy.signals.outbox import transmitting
+from ztproxy.signing import KEYRING
 from ztproxy.state import CONFIG
 
 _log = structlog.get_logger("ztproxy.signals")
@@ -51,10 +57,10 @@ SSF_EVENTS_PATH = "/.ztproxy/ssf/events"
 _MAX_SET = 64 * 1024
 _MAX_DOCUMENT = 1024 * 1024
 _SECRET_KEY = "ssf:push-secret"
-_FOREVER = 10 * 365 * 86400.0  # the store wants a ttl; the push secret and account states outlive any stream
 _RETRY = 5.0  # seconds between attempts to set up a stream the transmitter could not be asked about
 _SEEN_BEFORE = "this SET was accepted before"
 _STATUS_INTERVAL = 60.0  # seconds between checks of a stream's status
+MIN_POLL = 0.1  # seconds between reads of the effects table's generation, at least (cache_ttl may be 0)
 
 
 def configuration_url(config: TransmitterConfig) -> str:
@@ -170,6 +176,7 @@ class Signals:
 
     transmitters: Mapping[str, Transmitter]
     sessions: SessionManager
+    actions: Actions
     secret: str
 
     async def receive(self, request: web.Request) -> web.Response:
@@ -179,8 +186,8 @@ class Signals:
             _log.warning("ssf_event_refused", err=refused.err, description=refused.description)
             metrics.signal_received("-", "rejected", refused.err)
             return web.json_response({"err": refused.err, "description": refused.description}, status=400)
-        outcome = await self.apply(event, transmitter)
-        metrics.signal_received(event.event_type.rsplit("/", 1)[-1][:64], outcome)
+        outcome = await self.apply(event, transmitter, time.time())
+        metrics.signal_received(short_name(event.event_type), outcome)
         _log.info("ssf_event", transmitter=transmitter.config.name, event_type=event.event_type, jti=event.jti[:64],
                   outcome=outcome)
         return web.Response(status=202)
@@ -200,7 +207,10 @@ class Signals:
 
     async def read(self, token: str) -> tuple[SecurityEvent, Transmitter]:
         """A SET's event and transmitter (pushed or polled), once: SetRefused otherwise."""
-        transmitter = self.transmitters.get(unverified_issuer(token) or "")
+        issuer = unverified_issuer(token)
+        if issuer is None:  # RFC 8935 2.3: not a JWT at all (or one that names no issuer)
+            raise SetRefused("invalid_request", "the body is not a signed JWT naming its issuer")
+        transmitter = self.transmitters.get(issuer)
         if transmitter is None:
             raise SetRefused("invalid_issuer", "the SET is not from a transmitter of this receiver")
         config = transmitter.config
@@ -214,7 +224,10 @@ class Signals:
                                     audience=config.audience, algorithms=config.algorithms, now=now)
         except UnknownSigningKey as exc:
             raise SetRefused("invalid_key", "the SET is signed with a key the transmitter does not publish") from exc
-        except FetchFailed as exc:
+        except (FetchFailed, aiohttp.ClientError, TimeoutError) as exc:
+            # The transmitter is down: refused (it pushes again later, RFC 8935 2.4), logged and counted.
+            _log.warning("ssf_keys_unavailable", transmitter=config.name, error=str(exc)[:200])
+            metrics.signal_stream_problem(config.name, "keys-unavailable")
             raise SetRefused("invalid_key", "the transmitter's keys cannot be read now") from exc
         # RFC 8417 2.2 / RFC 8935 2.3: a jti accepted by any replica is a replay.
         if not await self.sessions.store.put(f"ssf:jti:{config.issuer}:{event.jti}", b"", 2 * ev.MAX_AGE,
@@ -222,8 +235,9 @@ class Signals:
             raise SetRefused("invalid_request", _SEEN_BEFORE)
         return event, transmitter
 
-    async def apply(self, event: SecurityEvent, transmitter: Transmitter) -> str:
-        """What the event did: ``applied``, ``ignored`` (older than one applied, unknown), ``unmatched``."""
+    async def apply(self, event: SecurityEvent, transmitter: Transmitter, accepted: float) -> str:
+        """What the event (accepted at ``accepted``) did: ``applied``, ``ignored`` (older than one
+        applied, unknown), ``unmatched`` (no session or device of this subject here)."""
         store = self.sessions.store
         if event.event_type == ev.VERIFICATION:
             # SSF 8.1.4: the transmitter answers our verification request with the state we sent.
@@ -232,31 +246,7 @@ class Signals:
                 _log.info("ssf_stream_verified", transmitter=transmitter.config.name)
                 return "applied"
             return "ignored"
-        # Events per subject and type in the order they happened: an older one never undoes a newer one.
-        order_key = f"ssf:last:{transmitter.config.name}:{event.event_type}:{event.subject.key}"
-        last = await store.get(order_key)
-        if last is not None and float(last) > event.timestamp:
-            return "ignored"
-        await store.put(order_key, repr(event.timestamp).encode(), _FOREVER)
-        provider, who = transmitter.provider, event.subject
-        kind = event.event_type
-        if kind == ev.SESSION_REVOKED and who.session is not None:
-            await self.sessions.end_matching(provider, idp_session=who.session)
-            return "applied"
-        if kind not in (ev.SESSION_REVOKED, ev.CREDENTIAL_CHANGE, ev.CREDENTIAL_COMPROMISE, ev.ACCOUNT_DISABLED,
-                        ev.ACCOUNT_PURGED, ev.ACCOUNT_ENABLED):
-            return "ignored"
-        if who.subject is None and who.email is None:
-            return "unmatched"
-        # An account names a user: by sub at this issuer, else by email (RFC 9493 formats).
-        account = f"sub:{who.subject}" if who.subject is not None else f"email:{who.email}"
-        if kind == ev.ACCOUNT_ENABLED:
-            await store.delete(disabled_key(provider, account))
-            return "applied"
-        if kind in (ev.ACCOUNT_DISABLED, ev.ACCOUNT_PURGED):
-            await store.put(disabled_key(provider, account), repr(event.timestamp).encode(), _FOREVER)
-        await self.sessions.end_matching(provider, subject=who.subject, email=who.email)
-        return "applied"
+        return await self.actions.apply(event, transmitter.provider, transmitter.config.name, accepted)
 
 
 async def read_bounded_request(request: web.Request) -> bytes:
@@ -285,6 +275,7 @@ async def _set_up(signals: Signals, endpoint: str, secret: str) -> None:
                     stream = await transmitter.ensure_stream(endpoint, secret)
                 except (FetchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     _log.warning("ssf_stream_setup_failed", transmitter=transmitter.config.name, error=str(exc)[:200])
+                    metrics.signal_stream_problem(transmitter.config.name, "setup-failed")
                     continue
                 del pending[issuer]
                 poll_url = stream.get("delivery", {}).get("endpoint_url") if transmitter.config.delivery == "poll" \
@@ -310,18 +301,22 @@ async def _watch(signals: Signals, transmitter: Transmitter, stream_id: str) -> 
     a stream the transmitter paused or disabled delivers nothing, which must not go unnoticed."""
     state = secrets.token_urlsafe(16)
     try:
-        await signals.sessions.store.put(_verification_key(transmitter), state.encode(), _FOREVER)
+        await signals.sessions.store.put(_verification_key(transmitter), state.encode(), FOREVER)
         await transmitter.request_verification(stream_id, state)
     except (FetchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
         _log.warning("ssf_verification_failed", transmitter=transmitter.config.name, error=str(exc)[:200])
+        metrics.signal_stream_problem(transmitter.config.name, "verification-failed")
     while True:
         try:
             status = await transmitter.status(stream_id)
         except (FetchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             _log.warning("ssf_status_failed", transmitter=transmitter.config.name, error=str(exc)[:200])
+            metrics.signal_stream_problem(transmitter.config.name, "status-failed")
         else:
             if status is not None and status != "enabled":
                 _log.warning("ssf_stream_not_enabled", transmitter=transmitter.config.name, status=status[:40])
+                metrics.signal_stream_problem(transmitter.config.name,
+                                              status if status in ("paused", "disabled") else "not-enabled")
         await asyncio.sleep(_STATUS_INTERVAL)
 
 
@@ -334,6 +329,7 @@ async def _poll(signals: Signals, transmitter: Transmitter, url: str) -> None:
             sets = await transmitter.poll(url, acks, errors)
         except (FetchFailed, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             _log.warning("ssf_poll_failed", transmitter=transmitter.config.name, error=str(exc)[:200])
+            metrics.signal_stream_problem(transmitter.config.name, "poll-failed")
             await asyncio.sleep(_RETRY)
             continue
         acks, errors = [], {}
@@ -347,8 +343,8 @@ async def _poll(signals: Signals, transmitter: Transmitter, url: str) -> None:
                 errors[jti] = {"err": refused.err, "description": refused.description}
                 metrics.signal_received("-", "rejected", refused.err)
                 continue
-            outcome = await signals.apply(event, source)
-            metrics.signal_received(event.event_type.rsplit("/", 1)[-1][:64], outcome)
+            outcome = await signals.apply(event, source, time.time())
+            metrics.signal_received(short_name(event.event_type), outcome)
             _log.info("ssf_event", transmitter=source.config.name, event_type=event.event_type,
                       jti=event.jti[:64], outcome=outcome, delivery="poll")
             acks.append(jti)
@@ -357,25 +353,45 @@ async def _poll(signals: Signals, transmitter: Transmitter, url: str) -> None:
 
 
 async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx, after ``auth_ctx``: the receiver, when transmitters are configured."""
+    """cleanup_ctx, after ``auth_ctx``: the receiver, when transmitters are configured; the pushes
+    to ``signals.receivers`` of the sessions this worker ends."""
     config = app[CONFIG]
     auth: Auth | None = app[AUTH]
-    if not config.signals.transmitters or auth is None:
-        app[SIGNALS] = None
+    app[SIGNALS] = None
+    if auth is None:
         yield
         return
+    async with transmitting(config, auth.sessions, lambda: app[KEYRING]):
+        if not config.signals.transmitters:
+            yield
+            return
+        async with _receiving(app, config, auth) as signals:
+            app[SIGNALS] = signals
+            yield
+
+
+@contextlib.asynccontextmanager
+async def _receiving(app: web.Application, config: Config, auth: Auth) -> AsyncIterator[Signals]:
     store = auth.sessions.store
-    await store.put(_SECRET_KEY, secrets.token_urlsafe(32).encode(), _FOREVER, only_new=True)
+    await store.put(_SECRET_KEY, secrets.token_urlsafe(32).encode(), FOREVER, only_new=True)
     secret = (await store.get(_SECRET_KEY) or b"").decode()
     default = config.identity_providers[0].name
     timeout = max(transmitter.http_timeout for transmitter in config.signals.transmitters)
+    # The effects table, followed by this worker as by every other (a restart reads it again).
+    table = SharedTable(store, TABLE, poll_every=max(float(config.sessions.cache_ttl), MIN_POLL),
+                        on_loaded=auth.effects.replace, on_announced=auth.effects.add)
+    actions = Actions(auth.sessions, table, auth.effects, lifetime=config.sessions.lifetime)
+    with contextlib.suppress(SessionStoreUnavailable):  # then the follower reads it once the store is back
+        await table.reload()
+    following = asyncio.create_task(table.follow(unavailable_event="signal_effects_unavailable"))
     async with json_client(timeout) as http:
         transmitters = {t.issuer: Transmitter(t, http, t.identity_provider or default)
                         for t in config.signals.transmitters}
-        signals = app[SIGNALS] = Signals(transmitters, auth.sessions, secret)
+        signals = Signals(transmitters, auth.sessions, actions, secret)
         setup = asyncio.create_task(_set_up(signals, f"{config.public_url}{SSF_EVENTS_PATH}", secret))
         try:
-            yield
+            yield signals
         finally:
             setup.cancel()
-            await asyncio.gather(setup, return_exceptions=True)
+            following.cancel()
+            await asyncio.gather(setup, following, return_exceptions=True)

@@ -1,6 +1,8 @@
 """``device``: posture conditions on the device making the request, one criterion each.
 
-Without a known device every one of them fails with ``device-unknown``.
+Without a known device every one of them fails with ``device-unknown``; with a device a
+security signal says is not compliant (CAEP ``device-compliance-change``), with
+``device-not-compliant``, whatever the posture providers report.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from typing import ClassVar
 
 from ztproxy.policy.criteria._text import fold
 from ztproxy.policy.criteria.registry import register
-from ztproxy.policy.model import RequestFacts
+from ztproxy.policy.model import Device, RequestFacts
 from ztproxy.policy.reasons import (
     AUTHENTICATION_REQUIRED,
+    DEVICE_NOT_COMPLIANT,
     DEVICE_OWNER_MISMATCH,
     DEVICE_SCORE_TOO_LOW,
     DEVICE_UNKNOWN,
@@ -26,7 +29,16 @@ from ztproxy.policy.reasons import (
 )
 
 _VERSION = re.compile(r"\d+(?:\.\d+)*")
-_UNKNOWN = {DEVICE_UNKNOWN: "This application requires a known device, and yours could not be identified."}
+_UNKNOWN = {DEVICE_UNKNOWN: "This application requires a known device, and yours could not be identified.",
+            DEVICE_NOT_COMPLIANT: "Your device has been reported as not compliant with your organisation's "
+                                  "security policy; contact your IT team."}
+
+
+def _usable(device: Device | None) -> Device | str:
+    """The device every criterion judges, or why none can pass."""
+    if device is None:
+        return DEVICE_UNKNOWN
+    return device if device.compliant else DEVICE_NOT_COMPLIANT
 
 
 def parse_version(text: str) -> tuple[int, ...] | None:
@@ -47,9 +59,9 @@ class Managed:
     name: ClassVar[str] = "device.managed"
 
     def __call__(self, facts: RequestFacts) -> str | None:
-        device = facts.device
-        if device is None:
-            return DEVICE_UNKNOWN
+        device = _usable(facts.device)
+        if isinstance(device, str):
+            return device
         return None if device.managed else DEVICE_UNMANAGED
 
 
@@ -62,9 +74,9 @@ class DiskEncrypted:
     name: ClassVar[str] = "device.disk_encrypted"
 
     def __call__(self, facts: RequestFacts) -> str | None:
-        device = facts.device
-        if device is None:
-            return DEVICE_UNKNOWN
+        device = _usable(facts.device)
+        if isinstance(device, str):
+            return device
         return None if device.disk_encrypted else DISK_NOT_ENCRYPTED
 
 
@@ -85,9 +97,9 @@ class MinOsVersion:
         return cls({platform: version for platform, version in parsed.items() if version is not None})
 
     def __call__(self, facts: RequestFacts) -> str | None:
-        device = facts.device
-        if device is None:
-            return DEVICE_UNKNOWN
+        device = _usable(facts.device)
+        if isinstance(device, str):
+            return device
         minimum = self.minimum.get(fold(device.platform)) if device.platform is not None else None
         if minimum is None:
             return PLATFORM_NOT_ALLOWED
@@ -109,9 +121,9 @@ class MaxPostureAge:
     seconds: float
 
     def __call__(self, facts: RequestFacts) -> str | None:
-        device = facts.device
-        if device is None:
-            return DEVICE_UNKNOWN
+        device = _usable(facts.device)
+        if isinstance(device, str):
+            return device
         if device.last_seen is None or (facts.now - device.last_seen).total_seconds() > self.seconds:
             return POSTURE_STALE
         return None
@@ -127,9 +139,9 @@ class MinScore:
     score: int
 
     def __call__(self, facts: RequestFacts) -> str | None:
-        device = facts.device
-        if device is None:
-            return DEVICE_UNKNOWN
+        device = _usable(facts.device)
+        if isinstance(device, str):
+            return device
         if device.score is None or device.score < self.score:
             return DEVICE_SCORE_TOO_LOW
         return None
@@ -146,11 +158,11 @@ class OwnerIsUser:
     name: ClassVar[str] = "device.owner_is_user"
 
     def __call__(self, facts: RequestFacts) -> str | None:
-        device, identity = facts.device, facts.identity
+        device, identity = _usable(facts.device), facts.identity
         if identity is None:
             return AUTHENTICATION_REQUIRED
-        if device is None:
-            return DEVICE_UNKNOWN
+        if isinstance(device, str):
+            return device
         owner = device.owner
         if owner is None:
             return DEVICE_OWNER_MISMATCH

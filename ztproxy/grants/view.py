@@ -31,7 +31,6 @@ class GrantsView:
     """This worker's copy of the active grants (see the module docstring)."""
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
-        self.loaded = False
         self.clock = clock  # wall clock: every replica compares the same ends_at with its own
         self._active: dict[str, dict[str, float]] = {}  # person key -> route -> when its grant ends
         self._deadlines: list[tuple[float, str]] = []  # (when, request id) of the transitions time will make
@@ -80,7 +79,6 @@ class GrantsView:
                     routes[request.route] = max(routes.get(request.route, 0.0), request.ends_at)
         self._active = active
         self._deadlines = sorted(deadlines)
-        self.loaded = True
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 

@@ -8,7 +8,8 @@ starts, with the ``demo-state`` volume as STATE_DIR::
 It writes, keeping what an earlier run made (so sign-ins, keys and bob's authenticator
 survive ``docker compose down`` / ``up`` until the volume is removed):
 
-- ``cookie-secret``, ``bob-totp-secret``: as ``ztproxy demo`` does (``ztproxy.demo.scenario``);
+- ``cookie-secret``, ``bob-totp-secret``, ``carol-totp-secret``: as ``ztproxy demo`` does
+  (``ztproxy.demo.scenario``);
 - ``oidc-client-secret``: the secret the IdP and ztproxy share for the ``ztproxy-demo`` client;
 - ``assertion-keys/``: the keys signing identity assertions (``ztproxy keys rotate``: a first
   key, a new one once a week, expired ones removed);
@@ -83,7 +84,7 @@ def prepare(state_dir: Path) -> scenario.DemoState:
                                           secrets.token_urlsafe(32))
     idp_dir = state_dir / "idp"
     idp_dir.mkdir(mode=0o700, exist_ok=True)
-    users = scenario.idp_users(state.totp_secret)
+    users = scenario.idp_users(state.totp_secret, state.carol_totp_secret)
     _write_json(idp_dir / "idp-users.json", {user.username: user.to_json() for user in users})
     _write_json(idp_dir / "idp-config.json", idp_config(state_dir, client_secret))
     return state
@@ -96,11 +97,14 @@ def banner(state: scenario.DemoState) -> str:
 
     {PUBLIC_URL}/app       employees (alice / alice, bob / bob)
     {PUBLIC_URL}/payroll   payroll group with a second factor: bob, with his one-time code
+    {PUBLIC_URL}/ledger    employees, while an approver grants them access: bob asks for it,
+                           carol (carol / carol, with her code) approves at {PUBLIC_URL}/.ztproxy/access/
     {PUBLIC_URL}/.ztproxy/logout
 
   bob's TOTP secret  {secret}
     (an authenticator app, or: oathtool --totp -b {secret})
     as URI  {scenario.otpauth_uri(secret, "bob")}
+  carol's TOTP secret  {state.carol_totp_secret}   (oathtool --totp -b {state.carol_totp_secret})
   The OpenID Provider: {ISSUER}
 """
 

@@ -6,7 +6,8 @@ ztproxy's public URL, audience the route's origin (the same URL: the demo's rout
 on one host), keys from ztproxy's JWKS. Settings come from the environment:
 
 - ``DEMO_PUBLIC_URL``: ztproxy's public URL (default http://ztproxy.localhost:8080);
-- ``DEMO_STATE_DIR``: the state init_demo.py wrote, for bob's TOTP secret on the portal page;
+- ``DEMO_STATE_DIR``: the state init_demo.py wrote, for bob's TOTP secret on the portal page
+  (and carol's, the approver, in its list of users);
 - ``DEMO_APP_LISTEN``: HOST:PORT to listen on (default 0.0.0.0:8000).
 """
 
@@ -30,12 +31,13 @@ def main() -> int:
     host, _, port = os.environ.get("DEMO_APP_LISTEN", "0.0.0.0:8000").rpartition(":")
     try:
         totp_secret = (state_dir / "bob-totp-secret").read_text(encoding="utf-8").strip()
+        carol_totp_secret = (state_dir / "carol-totp-secret").read_text(encoding="utf-8").strip()
     except OSError as exc:
-        print(f"sample_app: cannot read bob's TOTP secret (has init_demo.py run?): {exc}", file=sys.stderr)
+        print(f"sample_app: cannot read the users' TOTP secrets (has init_demo.py run?): {exc}", file=sys.stderr)
         return 1
     jwks_url = public_url + JWKS_PATH
     verifier = Verifier(issuer=public_url, audience=public_url, jwks_url=jwks_url)
-    users = scenario.idp_users(totp_secret)
+    users = scenario.idp_users(totp_secret, carol_totp_secret)
     app = build_sample_app(verifier, scenario.guide(users, totp_secret), jwks_url=jwks_url)
     web.run_app(app, host=host, port=int(port), access_log=None, print=None)
     return 0

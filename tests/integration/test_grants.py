@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
@@ -53,6 +53,13 @@ JSON = {"Accept": "application/json"}
 DAVE = IdpUser(username="dave", password="dave-demo-password", email="dave@corp.example", name="Dave Example",
                groups=("employees", "payroll-leads"))
 StartProcess = Callable[..., ProxyProcess]
+
+
+class Reachable(Protocol):
+    """A proxy the access pages are asked on: a replica here, or any test's proxy."""
+
+    @property
+    def url(self) -> str: ...
 
 
 @dataclass
@@ -125,7 +132,7 @@ async def logged(replica: Replica, *parts: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def page(agent: UserAgent, replica: Replica, query: str = "") -> dict[str, Any]:
+async def page(agent: UserAgent, replica: Reachable, query: str = "") -> dict[str, Any]:
     async with agent.session.get(replica.url + "/.ztproxy/access/" + query, headers=JSON) as response:
         assert response.status == 200, await response.text()
         data = await response.json()
@@ -133,7 +140,7 @@ async def page(agent: UserAgent, replica: Replica, query: str = "") -> dict[str,
         return data
 
 
-async def post(agent: UserAgent, replica: Replica, path: str, fields: dict[str, str], *,
+async def post(agent: UserAgent, replica: Reachable, path: str, fields: dict[str, str], *,
                origin: str | None = "own", accept: str = "text/html") -> tuple[int, str]:
     headers = {"Accept": accept}
     if origin is not None:
@@ -223,7 +230,7 @@ async def sign_in_bob(world: World, agent: UserAgent) -> Response:
     return refused
 
 
-async def ask(agent: UserAgent, replica: Replica, duration: str = "30m", reason: str = "month-end close",
+async def ask(agent: UserAgent, replica: Reachable, duration: str = "30m", reason: str = "month-end close",
               route: str = "payroll") -> str:
     token = (await page(agent, replica))["csrf_token"]
     code, text = await post(agent, replica, "/.ztproxy/access/requests",

@@ -1,6 +1,7 @@
 """Security signals that change access without ending sessions: MFA taken away, claims changed,
 a device reported not compliant. A transmitter run as a process pushes them; users sign in at
-the real IdP; a device shows its posture with a signed posture token.
+the real IdP; a device shows its posture with a signed posture token; WebSockets a grant let in
+(just-in-time access, asked and approved at ``/.ztproxy/access/``) are judged again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from tests.conftest import ProxyFactory, UpstreamFactory
+from tests.integration import test_grants as grants
 from tests.integration import test_revocation as replicas
 from tests.integration.login_env import ROUTES, LoginWorld, start_world
 from tests.integration.test_process import StartProcess
@@ -35,7 +37,16 @@ EXTRA_ROUTES = """
     upstream: {upstream}
     websockets: true
     allow: [{{email_domains: [corp.example], device: {{managed: true}}}}]
+  - name: ledger
+    path: /ledger
+    upstream: {upstream}
+    allow: [{{groups: [employees], grant: {{approvers: {{groups: [employees]}}, approval_mfa: false}}}}]
+  - name: vault
+    path: /vault
+    upstream: {upstream}
+    allow: [{{groups: [employees], mfa: true, grant: {{approvers: {{groups: [employees]}}, approval_mfa: false}}}}]
 """
+GRANTED = ("ledger", "vault")  # routes a grant opens: the ledger's rule needs no MFA, the vault's does
 
 
 class World:
@@ -88,11 +99,12 @@ signals:
 
 
 def _ws_upstream(start_upstream: UpstreamFactory) -> UpstreamFactory:
-    """The upstream, with a WebSocket echo at /managed/ws."""
+    """The upstream, with a WebSocket echo at /managed/ws, /ledger/ws and /vault/ws."""
     async def start(**kwargs: object) -> object:
         async def hello(request: web.Request) -> web.Response:
             return web.json_response({"path": request.path})
-        return await start_upstream(routes=[web.get("/managed/ws", ws_echo), web.route("*", "/{path:.*}", hello)])
+        return await start_upstream(routes=[*(web.get(f"/{route}/ws", ws_echo) for route in ("managed", *GRANTED)),
+                                            web.route("*", "/{path:.*}", hello)])
     return start  # type: ignore[return-value]
 
 
@@ -197,6 +209,51 @@ async def test_a_device_reported_not_compliant_fails_device_rules_until_complian
         assert enforced(before, "device-compliance-change") == 1
         await socket.close()
     finally:
+        await alice.close()
+
+
+async def test_a_websocket_a_grant_let_in_outlives_an_unrelated_effect_and_closes_when_refused(
+        world: World) -> None:
+    bob, sockets = UserAgent(), []
+    alice = await signed_in(world.login, "alice", ALICE_PASSWORD)  # the approver
+    try:
+        assert (await world.login.login(bob, "/mfa/", "bob", BOB_PASSWORD, BOB_TOTP_SECRET)).status == 200
+        user = world.user(await subject_of(bob, world.login))
+        assert [await world.status(bob, f"/{route}/") for route in GRANTED] == [403, 403]  # no grant yet
+        asked = [await grants.ask(bob, world, route=route) for route in GRANTED]
+        token = (await grants.page(alice, world))["csrf_token"]
+        for request_id in asked:
+            code, text = await grants.post(alice, world, f"/.ztproxy/access/requests/{request_id}/decide",
+                                           {"csrf_token": token, "approve": "1"}, accept="application/json")
+            assert code == 200, text
+        assert [await world.status(bob, f"/{route}/") for route in GRANTED] == [200, 200]
+        for route in GRANTED:
+            sockets.append(await bob.session.ws_connect(world.url.replace("http", "ws") + f"/{route}/ws"))
+            await sockets[-1].send_str("hi")
+            assert (await sockets[-1].receive(timeout=10)).data == "echo:hi"
+        ledger, vault = sockets
+
+        # MFA taken away: the vault's rule needs it, so its socket closes; the ledger's does not.
+        await world.push(ev.ASSURANCE_LEVEL_CHANGE, user, change_direction="decrease", namespace="NIST-AAL",
+                         current_level="aal1", previous_level="aal2", event_timestamp=int(time.time()))
+        closing = await vault.receive(timeout=10)
+        assert closing.type is WSMsgType.CLOSE and (closing.data, closing.extra) == (1008, "access withdrawn")
+        # The same effect was judged for the ledger's socket before the vault's closed: bob's grant holds.
+        await ledger.send_str("still there")
+        assert (await ledger.receive(timeout=10)).data == "echo:still there"
+        assert not ledger.closed
+        assert await world.status(bob, "/ledger/") == 200
+
+        # Claims changed: bob is no longer an employee, which the ledger's rule needs, grant or not.
+        await world.push(ev.TOKEN_CLAIMS_CHANGE, user, claims={"groups": ["contractors"]},
+                         event_timestamp=int(time.time()) + 1)
+        closing = await ledger.receive(timeout=10)
+        assert closing.type is WSMsgType.CLOSE and (closing.data, closing.extra) == (1008, "access withdrawn")
+        assert await world.status(bob, "/ledger/") == 403
+    finally:
+        for socket in sockets:
+            await socket.close()
+        await bob.close()
         await alice.close()
 
 

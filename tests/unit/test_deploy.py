@@ -36,7 +36,10 @@ from cryptography.x509.oid import NameOID
 
 from ztproxy import cli
 from ztproxy.config import load
+from ztproxy.config.schema import Config
 from ztproxy.config.values import parse_duration
+from ztproxy.demo.sample_app import APP_PAGES
+from ztproxy.grants.service import terms_by_route
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -558,14 +561,26 @@ def test_compose_services_and_ztproxy_config_agree() -> None:
     assert exec_form(idp_image.last("ENTRYPOINT")) == ["node", idp_image.last("WORKDIR") + "/idp.mjs"]
 
 
-def test_compose_config_passes_ztproxy_check_with_the_state_init_writes(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def compose_config_with_state(tmp_path: Path) -> Path:
+    """ztproxy.yaml reading the state init_demo.py writes (run here) in ``tmp_path``."""
     init_demo = load_script("init_demo")
     assert init_demo.main([str(tmp_path)]) == 0
     state = volume_target(compose()["services"]["ztproxy"], "demo-state")[0]
     path = tmp_path / "config.yaml"
     path.write_text((COMPOSE / "ztproxy.yaml").read_text(encoding="utf-8").replace(state + "/", f"{tmp_path}/"),
                     encoding="utf-8")
+    return path
+
+
+def idp_users_written(state: Path) -> dict[str, Any]:
+    users: dict[str, Any] = json.loads((state / "idp" / "idp-users.json").read_text(encoding="utf-8"))
+    return users
+
+
+def test_compose_config_passes_ztproxy_check_with_the_state_init_writes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    init_demo = load_script("init_demo")
+    path = compose_config_with_state(tmp_path)
     assert cli.main(["check", "-c", str(path)]) == 0, capsys.readouterr().err
     config = load(path)
     assert config.sessions.cookie_secrets == ((tmp_path / "cookie-secret").read_text(encoding="utf-8").strip(),)
@@ -578,13 +593,33 @@ def test_compose_config_passes_ztproxy_check_with_the_state_init_writes(
     [client] = idp["clients"]
     assert (client["client_id"], client["client_secret"]) == (provider.client_id, provider.client_secret)
     assert client["redirect_uris"] == [f"{config.public_url}/.ztproxy/callback"]
-    users = json.loads((tmp_path / "idp" / "idp-users.json").read_text(encoding="utf-8"))
-    assert sorted(users) == ["alice", "bob"] and users["bob"]["totp_secret"]
+    users = idp_users_written(tmp_path)
+    assert sorted(users) == ["alice", "bob", "carol"] and users["bob"]["totp_secret"] and users["carol"]["totp_secret"]
     # A second run keeps every secret: sign-ins and bob's authenticator survive a restart.
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     assert init_demo.main([str(tmp_path)]) == 0
     assert before == {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
 
+
+
+def approvers_of(config: Config, users: dict[str, Any]) -> dict[str, list[str]]:
+    """Each route with a grant rule -> the IdP users who can decide its requests (group, second factor)."""
+    return {route: sorted(name for name, user in users.items()
+                          if terms.approver_groups & set(user["groups"])
+                          and (user.get("totp_secret") or not terms.approval_mfa))
+            for route, terms in terms_by_route(config).items()}
+
+
+def test_the_portal_lists_only_pages_compose_serves_and_every_grant_has_an_approver(tmp_path: Path) -> None:
+    config = load(compose_config_with_state(tmp_path))
+    users = idp_users_written(tmp_path)
+    served = {route.path for route in config.routes}
+    assert set(APP_PAGES) <= served, set(APP_PAGES) - served  # the sample app's portal links to each
+    approvers = approvers_of(config, users)
+    assert approvers == {"ledger": ["carol"]}
+    # Without carol (or her second factor) nobody could decide the ledger's requests: the check sees it.
+    assert approvers_of(config, {name: user for name, user in users.items() if name != "carol"}) == {"ledger": []}
+    assert approvers_of(config, {**users, "carol": {**users["carol"], "totp_secret": None}}) == {"ledger": []}
 
 # --- systemd -------------------------------------------------------------------------------------
 

@@ -50,12 +50,16 @@ def terms_by_route(config: Config) -> dict[str, Grant]:
 
 
 def build_registry(config: Config, store: SessionStore, terms: Mapping[str, Grant],
-                   http: aiohttp.ClientSession | None) -> tuple[GrantRegistry, Webhooks | None]:
-    """The registry, telling the configured webhooks of each step (with an HTTP client to send them)."""
+                   http: aiohttp.ClientSession | None,
+                   view: GrantsView | None = None) -> tuple[GrantRegistry, Webhooks | None]:
+    """The registry, telling the configured webhooks of each step (with an HTTP client to send them),
+    keeping ``view`` in step with the store."""
     webhooks = None
     if config.grants.webhooks and http is not None:
         webhooks = Webhooks(config.grants.webhooks, http, terms.get)
-    return GrantRegistry(store, config.grants, notify=webhooks.notify if webhooks else None), webhooks
+    registry = GrantRegistry(store, config.grants, notify=webhooks.notify if webhooks else None, view=view,
+                             poll_every=float(config.sessions.cache_ttl))
+    return registry, webhooks
 
 
 def webhook_client() -> aiohttp.ClientSession:
@@ -72,15 +76,14 @@ async def grants_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     store = open_store(config.sessions)
     http = webhook_client() if config.grants.webhooks else None
-    registry, webhooks = build_registry(config, store, terms, http)
-    view = GrantsView(registry, poll_every=float(config.sessions.cache_ttl))
-    registry.after_change = view.reload  # this worker sees its own changes before it answers
+    view = GrantsView()
+    registry, webhooks = build_registry(config, store, terms, http, view)
     app[GRANTS] = Grants(registry, view, terms)
     try:
-        await view.reload()
+        await registry.reload()
     except SessionStoreUnavailable:
         _log.warning("grants_unavailable", loaded=False)
-    following = asyncio.create_task(view.follow())
+    following = asyncio.create_task(registry.follow())
     unwatch = metrics.watch_active_grants(view.active_count)
     try:
         yield

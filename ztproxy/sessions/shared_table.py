@@ -7,10 +7,13 @@ the entry to its copy at once (``on_announced``: an announcement may only add, n
 remove), and reads the whole table again (``on_loaded``), as it does at every
 (re)subscription and whenever the generation it reads every ``poll_every`` seconds has
 changed. Pub/sub is at most once, so a worker that missed an announcement catches up within
-``poll_every``; one that cannot reach the store keeps the copy it read last.
+``poll_every``; one that cannot reach the store keeps the copy it read last. A copy that
+time changes too (a grant runs out) gives its :class:`Deadlines`: the follower wakes when
+the next is due and lets the copy settle it.
 
-Service revocations (``ztproxy.service_revocations``) and the effects of security signals
-(``ztproxy.signals.effects``) are such tables. No aiohttp.
+Service revocations (``ztproxy.service_revocations``), the effects of security signals
+(``ztproxy.signals.effects``) and just-in-time access requests (``ztproxy.grants.registry``)
+are such tables. No aiohttp.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import orjson
 import structlog
@@ -32,12 +36,23 @@ GENERATION_TTL = 30 * 86400.0  # a generation that expires only costs every work
 _log = structlog.get_logger("ztproxy.sessions")
 
 
+class Deadlines(Protocol):
+    """The moments a copy must act on besides the table's changes (a grant's end, a request's expiry)."""
+
+    def next_due(self) -> float | None:
+        """Seconds until the next is due (0 or less: due now), None when none is."""
+
+    async def settle_due(self) -> None:
+        """Act on what is due; may raise ``SessionStoreUnavailable`` (tried again at the next wake)."""
+
+
 class SharedTable:
     """One table of the store and this worker's way of following it (see the module docstring)."""
 
     def __init__(self, store: SessionStore, name: str, *, poll_every: float,
                  on_loaded: Callable[[dict[str, bytes]], None],
-                 on_announced: Callable[[str, bytes], None]) -> None:
+                 on_announced: Callable[[str, bytes], None] | None = None,
+                 deadlines: Deadlines | None = None) -> None:
         self.store = store
         self.name = name
         self.generation_key = f"{name}:generation"
@@ -45,7 +60,8 @@ class SharedTable:
         self.loaded = False  # until the table was read once, this worker's copy vouches for nothing
         self._poll_every = poll_every
         self._on_loaded = on_loaded
-        self._on_announced = on_announced
+        self._on_announced = on_announced  # None: an announcement only has the table read again
+        self._deadlines = deadlines
         self._generation: bytes | None = None
         self._wake = asyncio.Event()
 
@@ -78,12 +94,18 @@ class SharedTable:
         unavailable = False
         try:
             while True:
+                wait = self._poll_every
+                due = None if self._deadlines is None else self._deadlines.next_due()
+                if due is not None:
+                    wait = min(wait, max(0.0, due))
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll_every):
+                    async with asyncio.timeout(wait):
                         await self._wake.wait()
                 heard = self._wake.is_set()
                 self._wake.clear()
                 try:
+                    if self._deadlines is not None:
+                        await self._deadlines.settle_due()
                     if heard or not self.loaded or await self.store.get(self.generation_key) != self._generation:
                         await self.reload()
                     unavailable = False
@@ -97,7 +119,7 @@ class SharedTable:
 
     def _heard(self, message: bytes) -> None:
         announced = announced_entry(message)
-        if announced is not None and self.loaded:
+        if announced is not None and self.loaded and self._on_announced is not None:
             self._on_announced(*announced)
         self._wake.set()
 

@@ -39,9 +39,11 @@ class Clock:
 Events = list[tuple[str, str]]
 
 
-def registry(store: MemoryStore, events: Events, config: GrantsConfig | None = None) -> GrantRegistry:
+def registry(store: MemoryStore, events: Events, config: GrantsConfig | None = None, view: GrantsView | None = None,
+             poll_every: float = 60.0) -> GrantRegistry:
     return GrantRegistry(store, config or GrantsConfig(),
-                         notify=lambda event, request, now: events.append((event, request.id)))
+                         notify=lambda event, request, now: events.append((event, request.id)), view=view,
+                         poll_every=poll_every)
 
 
 def terms_of(terms: Grant) -> Callable[[str], Grant | None]:
@@ -50,9 +52,8 @@ def terms_of(terms: Grant) -> Callable[[str], Grant | None]:
 
 async def test_an_approval_opens_access_in_the_view_and_a_revocation_closes_it() -> None:
     store, events, clock = MemoryStore(), [], Clock()
-    grants = registry(store, events)
-    view = GrantsView(grants, poll_every=60.0, clock=clock)
-    grants.after_change = view.reload
+    view = GrantsView(clock=clock)
+    grants = registry(store, events, view=view)
     request = await grants.create(BOB, "payroll", TERMS, "close", 600.0, T0)
     assert not view.holds(BOB.key, "payroll", T0)
     await grants.approve(request.id, CAROL, terms_of(TERMS), "ok", T0 + 5)
@@ -71,19 +72,20 @@ async def test_an_approval_opens_access_in_the_view_and_a_revocation_closes_it()
 
 async def test_a_grant_ends_by_the_clock_and_is_settled_once_by_two_replicas() -> None:
     store, events, clock = MemoryStore(), [], Clock()
-    first, second = registry(store, events), registry(store, events)
-    views = [GrantsView(first, poll_every=60.0, clock=clock), GrantsView(second, poll_every=60.0, clock=clock)]
+    views = [GrantsView(clock=clock), GrantsView(clock=clock)]
+    first, second = registry(store, events, view=views[0]), registry(store, events, view=views[1])
     request = await first.create(BOB, "payroll", TERMS, "close", 600.0, T0)
     await first.approve(request.id, CAROL, terms_of(TERMS), "", T0)
-    for view in views:
-        await view.reload()
+    for replica, view in zip((first, second), views, strict=True):
+        await replica.reload()
         assert view.holds(BOB.key, "payroll", T0 + 599)
         assert not view.holds(BOB.key, "payroll", T0 + 600)  # every replica, by its clock, no message needed
     waiting = asyncio.create_task(views[0].until_ended(BOB.key, "payroll"))
     await asyncio.sleep(0)
     clock.now = T0 + 600
-    for view in views:  # both replicas see the end due and write it down
-        await view._settle_due()
+    for replica in (first, second):  # both replicas see the end due and write it down
+        assert replica.next_due() == 0
+        await replica.settle_due()
     await asyncio.wait_for(waiting, 5)
     kept = await first.get(request.id, T0 + 601)
     assert kept is not None and kept.state == ENDED and kept.ended_by == "time"
@@ -92,13 +94,12 @@ async def test_a_grant_ends_by_the_clock_and_is_settled_once_by_two_replicas() -
 
 async def test_an_unanswered_request_expires_once() -> None:
     store, events, clock = MemoryStore(), [], Clock()
-    grants = registry(store, events, GrantsConfig(request_ttl=60.0))
-    view = GrantsView(grants, poll_every=60.0, clock=clock)
+    grants = registry(store, events, GrantsConfig(request_ttl=60.0), view=GrantsView(clock=clock))
     request = await grants.create(BOB, "payroll", TERMS, "close", 600.0, T0)
-    await view.reload()
+    assert grants.next_due() == 60
     clock.now = T0 + 60
-    await view._settle_due()
-    await view._settle_due()
+    await grants.settle_due()
+    await grants.settle_due()
     kept = await grants.get(request.id, T0 + 61)
     assert kept is not None and kept.state == EXPIRED
     assert [event for event, _ in events] == ["grant.requested", "grant.expired"]
@@ -140,9 +141,10 @@ async def test_concurrent_approvals_all_count_and_a_concurrent_denial_never_also
 
 async def test_a_view_hears_another_replicas_approval_at_once() -> None:
     store, clock = MemoryStore(), Clock()
-    here, there = registry(store, []), registry(store, [])
-    view = GrantsView(here, poll_every=3600.0, clock=clock)  # only the announcement can be this quick
-    following = asyncio.create_task(view.follow())
+    view = GrantsView(clock=clock)
+    here = registry(store, [], view=view, poll_every=3600.0)  # only the announcement can be this quick
+    there = registry(store, [])
+    following = asyncio.create_task(here.follow())
     try:
         request = await there.create(BOB, "payroll", TERMS, "close", 600.0, T0)
         await there.approve(request.id, CAROL, terms_of(TERMS), "", T0)
@@ -175,3 +177,20 @@ async def test_a_flood_of_requests_and_cancellations_is_bounded() -> None:
         await grants.create(BOB, "payroll", TERMS, "close", 60.0, T0)
     assert (caught.value.status, caught.value.code) == (409, "too-many-requests")
     assert len(await grants.listed(T0)) == 10
+
+
+async def test_the_follower_settles_what_time_has_decided_before_its_next_poll() -> None:
+    store, events, clock = MemoryStore(), [], Clock()
+    grants = registry(store, events, GrantsConfig(request_ttl=60.0), view=GrantsView(clock=clock), poll_every=3600.0)
+    request = await grants.create(BOB, "payroll", TERMS, "close", 600.0, T0)
+    clock.now = T0 + 60  # due now: a follower that waited for its poll would not see it for an hour
+    following = asyncio.create_task(grants.follow())
+    try:
+        async with asyncio.timeout(10):
+            while (kept := await grants.get(request.id, T0)) is None or kept.state != EXPIRED:
+                await asyncio.sleep(0.01)
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+    assert [event for event, _ in events] == ["grant.requested", "grant.expired"]
+    assert grants.next_due() is None

@@ -1,4 +1,4 @@
-"""The SessionStore contract, run against every store: memory, Redis, Redis through Sentinel.
+"""The SessionStore contract, run against every store: memory, Redis, Redis through Sentinel, Redis Cluster.
 
 A new store is registered once it passes this file unchanged (add it to ``STORE_KINDS``).
 """
@@ -15,14 +15,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from tests.support.redis import RedisFactory, SentinelSetup
+from tests.support.redis_cluster import ClusterSetup
 from ztproxy.config.sessions import SessionsConfig
 from ztproxy.sessions.memory import MemoryStore
 from ztproxy.sessions.redis import RedisStore
+from ztproxy.sessions.redis_cluster import RedisClusterStore
 from ztproxy.sessions.store import SessionStore, open_store
 
 pytestmark = pytest.mark.integration
 
-STORE_KINDS = ["memory", "redis", "sentinel"]
+STORE_KINDS = ["memory", "redis", "sentinel", "cluster"]
 SHORT_TTL = 0.2
 LONG_TTL = 60.0
 EXPIRY_BOUND = 5.0  # how long a short-lived key may take to vanish, at most
@@ -35,12 +37,16 @@ async def store(request: pytest.FixtureRequest, redis_factory: RedisFactory) -> 
         url = "memory"
     elif kind == "redis":
         url = redis_factory.start().url
+    elif kind == "cluster":
+        cluster: ClusterSetup = request.getfixturevalue("shared_redis_cluster")
+        cluster.flush()
+        url = cluster.url
     else:
         shared: SentinelSetup = request.getfixturevalue("shared_sentinel")
         shared.master().command("FLUSHALL")
         url = shared.url
     opened = open_store(SessionsConfig(store=url, store_timeout=2.0))
-    assert isinstance(opened, {"memory": MemoryStore}.get(kind, RedisStore))
+    assert isinstance(opened, {"memory": MemoryStore, "cluster": RedisClusterStore}.get(kind, RedisStore))
     yield opened
     await opened.close()
 

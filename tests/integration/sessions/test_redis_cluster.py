@@ -59,6 +59,35 @@ async def test_sessions_and_their_indexes_spread_over_every_master(shared_redis_
         assert sorted(await store.members("idx:user:alice")) == keys[10:]
 
 
+async def test_a_refused_write_takes_back_only_its_own_membership(shared_redis_cluster: ClusterSetup) -> None:
+    # The interleaving a race can produce, step by step: a writer joins the index, another
+    # writes the key (joining too), then the first one's write is refused and it takes back
+    # its membership. The key exists: it must stay listed.
+    shared_redis_cluster.flush()
+    async with opened(shared_redis_cluster) as store:
+        added = await store._join("s:contested", 60_000, ["idx:user:u"])
+        assert [index for index, _ in added] == ["idx:user:u"]
+        assert await store.put("s:contested", b"winner", LONG_TTL, indexes=["idx:user:u"])
+        assert not await store.put("s:contested", b"loser", LONG_TTL, only_new=True)
+        await store._leave("s:contested", added)
+        assert await store.members("idx:user:u") == ["s:contested"]
+        # Unchallenged, a refused write leaves nothing behind.
+        mine = await store._join("s:absent", 60_000, ["idx:user:v"])
+        await store._leave("s:absent", mine)
+        assert shared_redis_cluster.master_of("idx:user:v").command("EXISTS", "idx:user:v") == 0
+
+
+async def test_a_member_joined_but_not_yet_written_is_not_dropped(shared_redis_cluster: ClusterSetup) -> None:
+    # Between a write's index add and its key write, the key looks gone: listing the index
+    # then must not drop it, or the session would exist unlisted (and escape a revocation).
+    shared_redis_cluster.flush()
+    async with opened(shared_redis_cluster) as store:
+        await store._join("s:pending", 60_000, ["idx:user:p"])
+        assert await store.members("idx:user:p") == []  # not listed: it does not exist yet
+        assert await store.put("s:pending", b"now", LONG_TTL)
+        assert await store.members("idx:user:p") == ["s:pending"]
+
+
 async def test_a_table_keeps_its_two_keys_in_one_slot(shared_redis_cluster: ClusterSetup) -> None:
     node = shared_redis_cluster.running()[0]
     for table in ("services:revoked", "t:revoked", "a:b:c"):

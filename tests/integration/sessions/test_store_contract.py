@@ -203,6 +203,19 @@ async def test_a_refused_write_joins_no_index(store: SessionStore) -> None:
     assert await store.members("idx:user:u") == []
 
 
+async def test_concurrent_writers_of_one_key_leave_it_listed(store: SessionStore) -> None:
+    # One winner among writers that each join the index; the losers' refusals must not take
+    # the winner's key out of it (a revocation by user would miss it).
+    results = await asyncio.gather(*(store.put("s:race", f"writer-{n}".encode(), LONG_TTL, only_new=True,
+                                               indexes=["idx:user:race"]) for n in range(25)))
+    assert results.count(True) == 1
+    assert await store.members("idx:user:race") == ["s:race"]
+    touched = await asyncio.gather(*(store.touch("s:race", LONG_TTL, indexes=["idx:user:race"]) for _ in range(10)),
+                                   *(store.touch("s:gone", LONG_TTL, indexes=["idx:user:race"]) for _ in range(10)))
+    assert touched == [True] * 10 + [False] * 10
+    assert await store.members("idx:user:race") == ["s:race"]
+
+
 async def test_touch_keeps_a_member_listed_past_its_first_expiry(store: SessionStore) -> None:
     await store.put("s:a", b"1", SHORT_TTL, indexes=["idx:user:u"])
     assert await store.touch("s:a", LONG_TTL, indexes=["idx:user:u"]) is True

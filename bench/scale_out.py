@@ -275,7 +275,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         try:
             for index in range(events):
                 await asyncio.sleep(max(0.0, began + WARMUP + (index + 1) * EVENT_EVERY - time.monotonic()))
-                done = await (soak.revoke(users[(index // 2) % len(users)]) if index % 2 == 0 else soak.reload())
+                reload = index % 2 == 1 and not args.no_reloads
+                done = await (soak.reload() if reload else soak.revoke(users[(index // 2) % len(users)]))
                 print(f"  {time.monotonic() - began:6.1f}s {done}", file=sys.stderr, flush=True)
             await asyncio.sleep(max(0.0, began + WARMUP + duration - time.monotonic()))
         except SoakFailed as exc:
@@ -318,6 +319,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--pause", type=float, default=0.01)
     parser.add_argument("--sessions", type=int, default=20, help="sign-ins for the Redis bytes per session (20)")
+    parser.add_argument("--no-reloads", action="store_true", help="revocations only (to tell memory growth apart)")
     return parser.parse_args(argv)
 
 

@@ -122,6 +122,10 @@ sessions:
   store: '{self.redis_url}'
   cookie_secrets: [{self.cookie_secret}]
   cache_ttl: {CACHE_TTL}s
+risk:
+  # The load sends each session to routes its user may not open (403 by design), and signs
+  # users in again and again from one address: logged, not locked.
+  rules: {{denial-burst: log, sign-in-burst: log}}
 routes:
   - {{name: app, path: /app, upstream: '{self.upstream}', read_timeout: {30 + reloads}s,
      allow: [{{email_domains: [corp.example]}}]}}

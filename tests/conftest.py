@@ -38,9 +38,9 @@ settings.register_profile("ztproxy", deadline=None, suppress_health_check=[Healt
 settings.load_profile("ztproxy")
 
 # Fixtures for real external components, one module each.
-pytest_plugins = ["tests.support.redis", "tests.support.idp", "tests.support.posture", "tests.support.nginx",
-                  "tests.support.caddy", "tests.support.jupyter", "tests.support.ssf_transmitter",
-                  "tests.support.spiffe"]
+pytest_plugins = ["tests.support.redis", "tests.support.redis_cluster", "tests.support.idp", "tests.support.posture",
+                  "tests.support.nginx", "tests.support.caddy", "tests.support.jupyter",
+                  "tests.support.ssf_transmitter", "tests.support.spiffe"]
 
 
 def free_port() -> int:

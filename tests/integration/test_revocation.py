@@ -1,5 +1,7 @@
 """Revocation everywhere: three ``ztproxy run`` processes on one real Redis, a real IdP and upstream.
 
+(The same on a Redis Cluster, through a failover: ``test_revocation_cluster.py``.)
+
 A session signed in on replica A is revoked on A (admin API, or back-channel logout from
 the IdP); replicas B (two workers) and C must deny it within the bound. Their cache_ttl is
 set to a minute, so only the announcement can make them deny that fast. A replica that
@@ -25,6 +27,7 @@ from tests.conftest import ProxyProcess, Upstream, UpstreamFactory, free_port, w
 from tests.integration.login_env import CLIENT_ID, CLIENT_SECRET
 from tests.support.idp import ALICE_PASSWORD, IdpFactory
 from tests.support.redis import RedisFactory, RedisServer
+from tests.support.redis_cluster import ClusterSetup
 from tests.support.user_agent import UserAgent
 from ztproxy.demo_idp import DemoIdp, IdpClient
 from ztproxy.sessions.revocation import REVOCATION_CHANNEL
@@ -49,7 +52,7 @@ class Replica:
 
 @dataclass
 class World:
-    redis: RedisServer
+    redis: RedisServer | ClusterSetup
     idp: DemoIdp
     upstream: Upstream
     replicas: list[Replica]
@@ -113,7 +116,7 @@ class World:
         return times
 
 
-def replica_yaml(port: int, issuer: str, upstream: Upstream, redis: RedisServer, token_file: Path,
+def replica_yaml(port: int, issuer: str, upstream: Upstream, redis: RedisServer | ClusterSetup, token_file: Path,
                  cache_ttl: str, extra: str, routes: str = "") -> str:
     return f"""
 server:
@@ -143,8 +146,8 @@ async def ws_echo(request: web.Request) -> web.StreamResponse:
 
 
 async def start_world(start_idp: IdpFactory, start_upstream: UpstreamFactory, proxy_process: StartProcess,
-                      redis: RedisServer, tmp_path: Path, *, cache_ttl: str = LONG_CACHE, extra: str = "",
-                      workers: tuple[int, ...] = (1, 2, 1), routes: str = "") -> World:
+                      redis: RedisServer | ClusterSetup, tmp_path: Path, *, cache_ttl: str = LONG_CACHE,
+                      extra: str = "", workers: tuple[int, ...] = (1, 2, 1), routes: str = "") -> World:
     """``routes``: more routes (YAML list items, ``{upstream}`` for the upstream's URL) after ``app``."""
     upstream = await start_upstream(routes=[web.get("/ws", ws_echo), web.get("/{path:.*}", _hello)])
     ports = [free_port() for _ in workers]
@@ -193,8 +196,9 @@ def start_replicas(start_idp: IdpFactory, start_upstream: UpstreamFactory, proxy
     return start
 
 
-def subscribers(redis: RedisServer) -> int:
-    return int(redis.command("PUBSUB", "NUMSUB", REVOCATION_CHANNEL)[1])
+def subscribers(redis: RedisServer | ClusterSetup) -> int:
+    nodes = redis.running() if isinstance(redis, ClusterSetup) else [redis]
+    return sum(int(node.command("PUBSUB", "NUMSUB", REVOCATION_CHANNEL)[1]) for node in nodes)
 
 
 async def until(condition: Callable[[], bool | Awaitable[bool]], what: str, bound: float = 20.0) -> None:

@@ -34,12 +34,14 @@ STORES: dict[str, str] = {
     "rediss://": "ztproxy.sessions.redis:RedisStore",
     "unix://": "ztproxy.sessions.redis:RedisStore",
     "redis+sentinel://": "ztproxy.sessions.redis:RedisStore",
+    "redis+cluster://": "ztproxy.sessions.redis_cluster:RedisClusterStore",
 }
 
 
 class SessionsConfig(Model):
     # "memory" (one process), "redis://host:port/db", "rediss://...",
-    # "redis+sentinel://host:port,host:port/master-name/db", or "package.module:Class".
+    # "redis+sentinel://host:port,host:port/master-name/db", "redis+cluster://host:port,host:port",
+    # or "package.module:Class".
     store: str = "memory"
     store_timeout: Duration = Field(default=DEFAULT_STORE_TIMEOUT, gt=0)  # each store operation; then 503, fail closed
     # Secrets sealing the proxy's own short-lived cookies (login state), newest first: 32+ bytes
@@ -100,8 +102,8 @@ def resolve_store(spec: str) -> Callable[..., object]:
     elif is_import_string(spec):
         target = spec
     else:
-        raise ValueError(f"invalid session store {redact_url(spec)!r}: expected memory, a redis:// or "
-                         "redis+sentinel:// URL, or an import string package.module:Class")
+        raise ValueError(f"invalid session store {redact_url(spec)!r}: expected memory, a redis://, "
+                         "redis+sentinel:// or redis+cluster:// URL, or an import string package.module:Class")
     factory = resolve(target)
     if not callable(factory):
         raise ValueError(f"session store {target!r} is not a class or factory")

@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import ConnectionPool, Redis
@@ -45,7 +44,8 @@ from structlog import get_logger
 
 from ztproxy.config.sessions import SessionsConfig, redact_url
 from ztproxy.errors import SessionStoreUnavailable
-from ztproxy.sessions.store import check_entry_ttl, check_put
+from ztproxy.sessions.redis_commands import KeyCommands, milliseconds
+from ztproxy.sessions.store import check_put
 
 T = TypeVar("T")
 
@@ -160,7 +160,7 @@ class SentinelTarget:
     sentinel_password: str | None = None
 
 
-class RedisStore:
+class RedisStore(KeyCommands):
     """A :class:`~ztproxy.sessions.store.SessionStore` on Redis; see the module docstring."""
 
     def __init__(self, config: SessionsConfig) -> None:
@@ -207,14 +207,10 @@ class RedisStore:
         else:
             _check_standalone_url(url)
 
-    async def get(self, key: str) -> bytes | None:
-        # The client keeps the default decode_responses=False: values come back as bytes.
-        return cast("bytes | None", await self._run(lambda: self._client.get(key)))
-
     async def put(self, key: str, value: bytes, ttl: float, *, only_new: bool = False,
                   only_existing: bool = False, indexes: Sequence[str] = ()) -> bool:
         check_put(ttl, only_new=only_new, only_existing=only_existing)
-        ttl_ms = _milliseconds(ttl)
+        ttl_ms = milliseconds(ttl)
         if not indexes:
             written = await self._run(
                 lambda: self._client.set(key, value, px=ttl_ms, nx=only_new, xx=only_existing))
@@ -225,7 +221,7 @@ class RedisStore:
 
     async def touch(self, key: str, ttl: float, *, indexes: Sequence[str]) -> bool:
         check_put(ttl)
-        ttl_ms = _milliseconds(ttl)
+        ttl_ms = milliseconds(ttl)
         if not indexes:
             return bool(await self._run(lambda: self._client.pexpire(key, ttl_ms)))
         return bool(await self._run(lambda: self._script(keys=[key, *indexes], args=["touch", ttl_ms])))
@@ -238,75 +234,12 @@ class RedisStore:
         found = await self._run(lambda: self._script(keys=[index], args=["members"]))
         return [member.decode() for member in found]
 
-    async def put_entry(self, table: str, entry: str, value: bytes, ttl: float | None) -> None:
-        check_entry_ttl(ttl)
-        expiry = "" if ttl is None else _milliseconds(ttl)
-        await self._run(lambda: self._script(keys=_table_keys(table), args=["entry_put", entry, value, expiry]))
-
-    async def delete_entry(self, table: str, entry: str) -> bool:
-        return bool(await self._run(lambda: self._script(keys=_table_keys(table), args=["entry_delete", entry])))
-
-    async def entries(self, table: str) -> dict[str, bytes]:
-        flat = await self._run(lambda: self._script(keys=_table_keys(table), args=["entries"]))
-        return {flat[i].decode("utf-8", errors="surrogateescape"): flat[i + 1] for i in range(0, len(flat), 2)}
-
-    async def increment(self, key: str, ttl: float) -> int:
-        check_put(ttl)
-        ttl_ms = _milliseconds(ttl)
-        return int(await self._run(lambda: self._script(keys=[key], args=["increment", ttl_ms])))
-
-    async def ttl(self, key: str) -> float | None:
-        remaining = int(await self._run(lambda: self._client.pttl(key)))
-        if remaining == -2:
-            return None
-        return math.inf if remaining == -1 else remaining / 1000
-
     async def publish(self, channel: str, message: bytes) -> None:
         await self._run(lambda: self._client.publish(channel, message))
 
     async def subscribe(self, channel: str, on_message: Callable[[bytes], None],
                         on_subscribed: Callable[[], None]) -> None:
-        failures = 0
-        while True:
-            pubsub = self._client.pubsub()
-            try:
-                async for kind, data in self._listen(pubsub, channel):
-                    if kind == "subscribe":
-                        failures = 0
-                        _deliver(on_subscribed, (), channel)
-                    else:
-                        _deliver(on_message, (data,), channel)
-            except (RedisError, OSError, TimeoutError) as exc:
-                # The first failure of an outage is news; its retries are not.
-                (_log.warning if failures == 0 else _log.debug)(
-                    "subscription_lost", channel=channel, error=f"{type(exc).__name__}: {exc}")
-            finally:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await pubsub.aclose()
-            await asyncio.sleep(RESUBSCRIBE_DELAYS[min(failures, len(RESUBSCRIBE_DELAYS) - 1)])
-            failures += 1
-
-    async def _listen(self, pubsub: PubSub, channel: str) -> AsyncIterator[tuple[str, bytes]]:
-        """Yield (``subscribe``, b"") at each (re)subscription and (``message``, data) for each message."""
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._timeout):
-            await pubsub.subscribe(channel)
-        heard = pinged = loop.time()
-        while True:
-            message = await pubsub.get_message(timeout=LISTEN_TICK)
-            now = loop.time()
-            if message is not None:
-                heard = now
-                if message["type"] == "subscribe":
-                    yield "subscribe", b""
-                elif message["type"] == "message" and isinstance(message["data"], bytes):
-                    yield "message", message["data"]
-            if pinged > heard and now - pinged > self._timeout + LISTEN_TICK:
-                raise RedisConnectionError("the subscription connection stopped answering")
-            if pinged <= heard and now - heard >= LIVENESS_PING_INTERVAL:
-                async with asyncio.timeout(self._timeout):
-                    await pubsub.ping(_LIVENESS_TOKEN)
-                pinged = now
+        await follow_channel(self._client.pubsub, channel, on_message, on_subscribed, wait=self._timeout)
 
     async def ping(self) -> None:
         await self._run(lambda: self._client.ping())
@@ -326,19 +259,61 @@ class RedisStore:
             raise SessionStoreUnavailable("The session store cannot be reached.") from exc
 
 
+async def follow_channel(new_pubsub: Callable[[], PubSub], channel: str, on_message: Callable[[bytes], None],
+                         on_subscribed: Callable[[], None], *, wait: float) -> None:
+    """``subscribe`` on a new ``new_pubsub()`` connection each time the last one failed (see the module docstring).
+
+    ``wait``: how long subscribing, and a liveness PING, may take (the store timeout).
+    """
+    failures = 0
+    while True:
+        pubsub = new_pubsub()
+        try:
+            async for kind, data in _listen(pubsub, channel, wait):
+                if kind == "subscribe":
+                    failures = 0
+                    _deliver(on_subscribed, (), channel)
+                else:
+                    _deliver(on_message, (data,), channel)
+        except (RedisError, OSError, TimeoutError) as exc:
+            # The first failure of an outage is news; its retries are not.
+            (_log.warning if failures == 0 else _log.debug)(
+                "subscription_lost", channel=channel, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await pubsub.aclose()
+        await asyncio.sleep(RESUBSCRIBE_DELAYS[min(failures, len(RESUBSCRIBE_DELAYS) - 1)])
+        failures += 1
+
+
+async def _listen(pubsub: PubSub, channel: str, wait: float) -> AsyncIterator[tuple[str, bytes]]:
+    """Yield (``subscribe``, b"") at each (re)subscription and (``message``, data) for each message."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(wait):
+        await pubsub.subscribe(channel)
+    heard = pinged = loop.time()
+    while True:
+        message = await pubsub.get_message(timeout=LISTEN_TICK)
+        now = loop.time()
+        if message is not None:
+            heard = now
+            if message["type"] == "subscribe":
+                yield "subscribe", b""
+            elif message["type"] == "message" and isinstance(message["data"], bytes):
+                yield "message", message["data"]
+        if pinged > heard and now - pinged > wait + LISTEN_TICK:
+            raise RedisConnectionError("the subscription connection stopped answering")
+        if pinged <= heard and now - heard >= LIVENESS_PING_INTERVAL:
+            async with asyncio.timeout(wait):
+                await pubsub.ping(_LIVENESS_TOKEN)
+            pinged = now
+
+
 def _deliver(callback: Callable[..., None], args: tuple[bytes, ...], channel: str) -> None:
     try:
         callback(*args)
     except Exception:  # a subscriber's bug must not end the subscription
         _log.exception("subscriber_failed", channel=channel)
-
-
-def _table_keys(table: str) -> list[str]:
-    return [table, table + ":expiries"]
-
-
-def _milliseconds(ttl: float) -> int:
-    return max(1, math.ceil(ttl * 1000))
 
 
 def _check_standalone_url(url: str) -> None:

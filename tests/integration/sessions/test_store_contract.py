@@ -1,4 +1,4 @@
-"""The SessionStore contract, run against every store: memory, Redis, Redis through Sentinel.
+"""The SessionStore contract, run against every store: memory, Redis, Redis through Sentinel, Redis Cluster.
 
 A new store is registered once it passes this file unchanged (add it to ``STORE_KINDS``).
 """
@@ -15,14 +15,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from tests.support.redis import RedisFactory, SentinelSetup
+from tests.support.redis_cluster import ClusterSetup
 from ztproxy.config.sessions import SessionsConfig
 from ztproxy.sessions.memory import MemoryStore
 from ztproxy.sessions.redis import RedisStore
+from ztproxy.sessions.redis_cluster import RedisClusterStore
 from ztproxy.sessions.store import SessionStore, open_store
 
 pytestmark = pytest.mark.integration
 
-STORE_KINDS = ["memory", "redis", "sentinel"]
+STORE_KINDS = ["memory", "redis", "sentinel", "cluster"]
 SHORT_TTL = 0.2
 LONG_TTL = 60.0
 EXPIRY_BOUND = 5.0  # how long a short-lived key may take to vanish, at most
@@ -35,12 +37,16 @@ async def store(request: pytest.FixtureRequest, redis_factory: RedisFactory) -> 
         url = "memory"
     elif kind == "redis":
         url = redis_factory.start().url
+    elif kind == "cluster":
+        cluster: ClusterSetup = request.getfixturevalue("shared_redis_cluster")
+        cluster.flush()
+        url = cluster.url
     else:
         shared: SentinelSetup = request.getfixturevalue("shared_sentinel")
         shared.master().command("FLUSHALL")
         url = shared.url
     opened = open_store(SessionsConfig(store=url, store_timeout=2.0))
-    assert isinstance(opened, {"memory": MemoryStore}.get(kind, RedisStore))
+    assert isinstance(opened, {"memory": MemoryStore, "cluster": RedisClusterStore}.get(kind, RedisStore))
     yield opened
     await opened.close()
 
@@ -195,6 +201,19 @@ async def test_a_refused_write_joins_no_index(store: SessionStore) -> None:
     assert await store.put("s:taken", b"y", LONG_TTL, only_new=True, indexes=["idx:user:u"]) is False
     assert await store.put("s:absent", b"y", LONG_TTL, only_existing=True, indexes=["idx:user:u"]) is False
     assert await store.members("idx:user:u") == []
+
+
+async def test_concurrent_writers_of_one_key_leave_it_listed(store: SessionStore) -> None:
+    # One winner among writers that each join the index; the losers' refusals must not take
+    # the winner's key out of it (a revocation by user would miss it).
+    results = await asyncio.gather(*(store.put("s:race", f"writer-{n}".encode(), LONG_TTL, only_new=True,
+                                               indexes=["idx:user:race"]) for n in range(25)))
+    assert results.count(True) == 1
+    assert await store.members("idx:user:race") == ["s:race"]
+    touched = await asyncio.gather(*(store.touch("s:race", LONG_TTL, indexes=["idx:user:race"]) for _ in range(10)),
+                                   *(store.touch("s:gone", LONG_TTL, indexes=["idx:user:race"]) for _ in range(10)))
+    assert touched == [True] * 10 + [False] * 10
+    assert await store.members("idx:user:race") == ["s:race"]
 
 
 async def test_touch_keeps_a_member_listed_past_its_first_expiry(store: SessionStore) -> None:

@@ -45,6 +45,7 @@ from tests.support.idp import ALICE_PASSWORD
 from tests.support.redis import RedisServer, wait_until
 from tests.support.user_agent import UserAgent
 from ztproxy.demo_idp import DemoIdp
+from ztproxy.oidc.reachability import CURRENT_FOR
 
 # One event loop for the module: the standalone world outlives a test.
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -255,6 +256,7 @@ async def idp_down(world: SignedInWorld) -> FaultReport:
         fault_at = time.monotonic()
         await asyncio.sleep(OUTAGE)
     finally:
+        restarting_at = time.monotonic()  # it may answer before start() returns
         await world.idp.start()  # same port, same keys; its sessions and grants are gone
     returned_at = time.monotonic()
     await recovered(load, "anonymous", 302, returned_at)
@@ -266,10 +268,11 @@ async def idp_down(world: SignedInWorld) -> FaultReport:
     except RuntimeError:
         signed_in_after = False
     signed_in = [s for s in samples if s.kind == "signed-in"]
-    # A worker sends sign-ins to the IdP until it notices it is gone (a failed refresh, or no
-    # answer for LIVENESS_WINDOW): redirects to a dead IdP, not a security matter; counted.
-    stranded = sum(1 for s in samples if s.kind == "anonymous" and s.status == 302 and fault_at <= s.started
-                   and s.ended <= returned_at)
+    # A worker sends sign-ins to the IdP only while its last word, at most CURRENT_FOR old,
+    # was an answer: a redirect to the stopped IdP later than that strands a browser.
+    stranded = [s for s in samples if s.kind == "anonymous" and s.status == 302 and fault_at <= s.started
+                and s.ended <= restarting_at]
+    beyond = [s for s in stranded if s.started > fault_at + CURRENT_FOR + HANG_MARGIN]
     return summarize("idp down", samples, normal={**SIGNED_IN_NORMAL, "anonymous": 302}, protected=PROTECTED,
                      fault_at=fault_at, returned_at=returned_at,
                      refusal=lambda s: s.status == 503 and s.detail.endswith("Sign-in unavailable"),
@@ -277,7 +280,10 @@ async def idp_down(world: SignedInWorld) -> FaultReport:
                      checks={"existing sessions kept working": all(s.status == 200 for s in signed_in),
                              "sign-in after the IdP returned": signed_in_after,
                              "proxy and workers kept running": kept_running(world.proxy)},
-                     notes=f"{stranded} sign-ins sent to the stopped IdP before the 503 page")
+                     stranded=len(beyond), resume_bound=CURRENT_FOR,
+                     notes=f"{len(stranded)} sign-ins sent to the stopped IdP, the last "
+                           f"{max((s.started - fault_at for s in stranded), default=0):.2f}s after it stopped "
+                           f"(bound {CURRENT_FOR:g}s)")
 
 
 async def upstream_hung(lab: Lab) -> FaultReport:

@@ -15,6 +15,8 @@ while it breaks one dependency and brings it back, and sums the samples up with
   SIGTERM), counted apart from
 - ``failed``: every other answer that is not the normal one for its kind of request;
 - ``hangs``: requests slower than the bound the configuration promises;
+- ``stranded``: sign-ins sent to an IdP that cannot answer later than the bound ztproxy
+  states for noticing (the browser meets an error there instead of the 503 page);
 - ``recovery_s``: from the dependency's return to the end of the first normal answer of
   the scenario's recovery kind started after it;
 - ``checks``: what else the scenario verified, by name (exit status, a new sign-in...).
@@ -337,6 +339,7 @@ class FaultReport:
     fail_closed: int
     failed: int
     hangs: int
+    stranded: int
     recovery_s: float | None  # None: no recovery in this scenario, or none seen
     slowest_s: float
     checks: dict[str, bool] = field(default_factory=dict)
@@ -349,8 +352,12 @@ class FaultReport:
         found = [f"{name}: no" for name, ok in self.checks.items() if not ok]
         if self.wrongly_allowed:
             found.append(f"{self.wrongly_allowed} wrongly allowed")
+        if self.failed:
+            found.append(f"{self.failed} failed")
         if self.hangs:
             found.append(f"{self.hangs} hung")
+        if self.stranded:
+            found.append(f"{self.stranded} stranded")
         return found
 
     def line(self) -> str:
@@ -358,6 +365,7 @@ class FaultReport:
         failing = [name for name, ok in self.checks.items() if not ok]
         return (f"{self.fault:<22} requests={self.requests:<4} wrongly_allowed={self.wrongly_allowed} "
                 f"fail_closed={self.fail_closed:<3} failed={self.failed:<3} hangs={self.hangs} "
+                f"stranded={self.stranded} "
                 f"recovery={recovery:<6} slowest={self.slowest_s:.2f}s "
                 f"checks={'ok' if not failing else 'FAILED: ' + ', '.join(failing)}"
                 + (f" ({self.notes})" if self.notes else ""))
@@ -366,20 +374,23 @@ class FaultReport:
 def summarize(fault: str, samples: list[Sample], *, normal: dict[str, int], protected: Iterable[str],
               fault_at: float, returned_at: float | None, refusal: Callable[[Sample], bool], hang_bound: float,
               recovery_kind: str | None, recovery_bound: float, stale: tuple[float, float] | None = None,
-              checks: dict[str, bool] | None = None, notes: str = "") -> FaultReport:
+              stranded: int = 0, resume_bound: float = 0.0, checks: dict[str, bool] | None = None,
+              notes: str = "") -> FaultReport:
     """Sort the samples into the report's counts (see the module docstring).
 
     ``normal`` is each kind's answer when nothing is wrong; ``refusal`` says whether a
     sample is the expected refusal, counted when the request overlapped the outage
-    [``fault_at``, ``returned_at``]. ``stale``: a signed-in 200 sent in that interval came
-    from a local copy older than ``cache_ttl`` (it starts ``cache_ttl`` after the store went
-    away and ends ``store_timeout`` before it was back: a read sent later may wait for it).
+    [``fault_at``, ``returned_at`` + ``resume_bound``] (``resume_bound``: the time the proxy
+    states it may take to notice the return, when it does not wait for it). ``stale``: a
+    signed-in 200 sent in that interval came from a local copy older than ``cache_ttl`` (it
+    starts ``cache_ttl`` after the store went away and ends ``store_timeout`` before it was
+    back: a read sent later may wait for it).
     The report's checks say, besides the scenario's own, that no request got a 500, that
     the refusals were seen (else the fault was never met) and that the recovery came
     within ``recovery_bound`` seconds.
     """
     protected = frozenset(protected)
-    back = returned_at if returned_at is not None else float("inf")
+    back = returned_at + resume_bound if returned_at is not None else float("inf")
     stale_from, stale_until = stale if stale is not None else (0.0, 0.0)
     wrongly_allowed = fail_closed = failed = 0
     for sample in samples:
@@ -405,7 +416,7 @@ def summarize(fault: str, samples: list[Sample], *, normal: dict[str, int], prot
     tally = Counter((s.kind, s.status, s.detail) for s in samples)
     return FaultReport(
         fault=fault, requests=len(samples), wrongly_allowed=wrongly_allowed, fail_closed=fail_closed,
-        failed=failed, hangs=sum(1 for s in samples if s.status == HUNG or s.elapsed > hang_bound),
+        failed=failed, hangs=sum(1 for s in samples if s.status == HUNG or s.elapsed > hang_bound), stranded=stranded,
         recovery_s=recovery_s, slowest_s=max((s.elapsed for s in samples), default=0.0),
         checks={**verified, **(checks or {})}, notes=notes,
         breakdown=", ".join(f"{kind} {status} {detail}".rstrip() + f": {count}"

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.test_faults import HANG_MARGIN, ROUTES, sign_in
+from tests.support.fault_scenarios import HANG_MARGIN, PLAIN_READ_TIMEOUT, ROUTES, sign_in
 from tests.support.faults import Lab, Load, Probe, proxy_config
 from ztproxy.oidc.reachability import CURRENT_FOR
 
@@ -67,7 +67,7 @@ async def test_sign_ins_get_the_503_page_while_the_idp_is_stopped_and_resume_whe
         port, admin_port = free_port(), free_port()
         url = f"http://127.0.0.1:{port}"
         idp = await lab.idp(url)
-        routes = ROUTES.format(upstream=await lab.upstream())
+        routes = ROUTES.format(upstream=await lab.upstream(), read_timeout=PLAIN_READ_TIMEOUT)
         store = lab.redis.start()
         proxy = await lab.proxy(proxy_config(port=port, admin_port=admin_port, routes=routes, idp=idp,
                                              sessions=f"  store: '{store.url}'"),

@@ -1,7 +1,7 @@
 """The current view of one IdP's reachability, so that no browser is sent to an IdP that cannot answer.
 
 The view is fed by every call ztproxy makes to the IdP (an answer says it is reachable, a
-failure that it is not) and, while sign-ins or refreshes happen, by a cheap check of its
+failure that it is not) and, while sign-ins happen, by a cheap check of its
 discovery document every ``CHECK_INTERVAL``. An answer or failure is the current view for
 ``CURRENT_FOR`` seconds; a sign-in is sent to the IdP only when its last word, at most that
 old, was an answer. When nothing current is known (an idle proxy), the sign-in waits for one
@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 CURRENT_FOR = 1.0  # seconds an answer or a failure stays the current view: the stated bound
 CHECK_INTERVAL = 0.5  # seconds between checks while the IdP is in use (start to start)
-IN_USE_FOR = 60.0  # checks go on this long after the last sign-in or refresh, then pause
+IN_USE_FOR = 60.0  # checks go on this long after the last sign-in, then pause
 RECHECK_WAIT = 0.25  # seconds a sign-in waits for a new check of an IdP known to be down
 
 
@@ -62,7 +62,7 @@ class Reachability:
         return self._answered_at >= self._failed_at
 
     def use(self) -> None:
-        """A sign-in or refresh is about to go to the IdP: keep the view current for a while."""
+        """A sign-in is about to go to the IdP: keep the view current for a while."""
         self._used_at = self._clock()
         self._in_use.set()
 

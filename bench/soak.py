@@ -29,7 +29,7 @@ routes), except the 401s a revoked (or retired) session gets and the fail-closed
 FAULT_GRACE after it), both counted apart. Wrongly allowed: a request of a revoked session
 sent more than 2 s (``cache_ttl`` 1 s, plus margin) after its revocation that got 200, or
 a signed-in 200 sent while Redis was away, later than ``cache_ttl`` after it went and
-``store_timeout`` before it came back (served from a copy too old). The report gives both
+``store_timeout`` before its restart began (served from a copy too old). The report gives both
 (each must be 0), requests, req/s, the events done, the RSS of the ztproxy processes
 (supervisor + workers) after the warm-up and at the end (growth must stay under
 MAX_RSS_GROWTH), and Redis's memory per session (``MEMORY USAGE`` of the session keys and
@@ -168,7 +168,8 @@ class Session:
 class Fault:
     name: str
     began: float  # time.monotonic() when the dependency went away
-    ended: float  # and when it was back
+    restoring: float  # when its restart (or SIGCONT) began: it may answer from then on
+    ended: float  # when it was back for sure
 
     @property
     def store(self) -> bool:
@@ -202,7 +203,7 @@ def classify(sample: Sample, kind: Kind, faults: list[Fault]) -> str:
         if not fault.store:
             continue
         if session is not None and sample.status == 200 and \
-                fault.began + CACHE_TTL + STALE_MARGIN <= sample.started < fault.ended - STORE_TIMEOUT:
+                fault.began + CACHE_TTL + STALE_MARGIN <= sample.started < fault.restoring - STORE_TIMEOUT:
             return "wrongly-allowed"  # the store was away: served from a copy older than cache_ttl
         if sample.status == 503 and sample.detail == "session-store-unavailable" \
                 and sample.ended >= fault.began and sample.started <= fault.ended + FAULT_GRACE:
@@ -358,17 +359,20 @@ class Soak:
         if name == "redis killed":
             await asyncio.to_thread(self.redis.stop, kill=True)
             await asyncio.sleep(FAULT_OUTAGE)
+            restoring = time.monotonic()
             await asyncio.to_thread(self.redis.start)
         elif name == "redis frozen":
             await asyncio.to_thread(self.redis.freeze)
             await asyncio.sleep(FAULT_OUTAGE)
+            restoring = time.monotonic()
             await asyncio.to_thread(self.redis.thaw)
         else:
             await self.idp.stop()
             await asyncio.sleep(FAULT_OUTAGE)
+            restoring = time.monotonic()
             await self.idp.start()  # same port and keys; its grants are gone
         ended = time.monotonic()
-        self.faults.append(Fault(name, began, ended))
+        self.faults.append(Fault(name, began, restoring, ended))
         user = self.users[0]
         probe = f"{user.username}#{self.current[user.username].generation} app"
         normal = await self.wait_for(probe, 200, since=ended, within=RECOVERY_TIMEOUT)
@@ -478,7 +482,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
                     done = await soak.reload()
                 else:
                     done = await soak.fault(FAULTS[(index // 3) % len(FAULTS)])
-                print(f"  {time.monotonic() - began:6.1f}s {done}", file=sys.stderr, flush=True)
+                rss_now = sum(tree_rss_bytes(proxy.process.pid).values())
+                print(f"  {time.monotonic() - began:6.1f}s {done} (RSS {rss_now / MIB:.1f} MiB)",
+                      file=sys.stderr, flush=True)
                 if proxy.process.poll() is not None:
                     raise SoakFailed(f"ztproxy exited with {proxy.process.returncode}")
             await asyncio.sleep(max(0.0, end - time.monotonic()))

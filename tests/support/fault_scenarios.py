@@ -101,6 +101,10 @@ def impaired(lab: Lab) -> dict[str, Any]:
     return {"network_refusal": network_refusal, "network": lab.network_faults()}
 
 
+def read_timeout(lab: Lab) -> float:
+    return PLAIN_READ_TIMEOUT if lab.network is None else NETWORK_READ_TIMEOUT
+
+
 def store_timeout(lab: Lab) -> float:
     return STORE_TIMEOUT if lab.network is None else NETWORK_STORE_TIMEOUT
 
@@ -192,9 +196,8 @@ async def signed_in_world(lab: Lab, store: str | RedisServer, sessions: str = ""
     upstream = await lab.upstream()
     idp = await lab.idp(url)
     store_url = store if isinstance(store, str) else await lab.reach(store.url)
-    read_timeout = PLAIN_READ_TIMEOUT if lab.network is None else NETWORK_READ_TIMEOUT
     config = proxy_config(port=port, admin_port=admin_port, idp=idp,
-                          routes=ROUTES.format(upstream=upstream, read_timeout=read_timeout),
+                          routes=ROUTES.format(upstream=upstream, read_timeout=read_timeout(lab)),
                           idp_options="" if lab.network is None else f"http_timeout: {NETWORK_HTTP_TIMEOUT}s",
                           sessions=f"  store: '{store_url}'\n  cache_ttl: {CACHE_TTL}s\n"
                                    f"  store_timeout: {store_timeout(lab)}s\n{sessions}")
@@ -372,11 +375,12 @@ async def upstream_hung(lab: Lab) -> FaultReport:
     hung = await lab.hung_upstream()
     healthy = await lab.upstream()
     port, admin_port = free_port(), free_port()
+    others = read_timeout(lab)  # a dead connection on the impaired network waits this long
     routes = f"""\
   - {{name: hung, path: /hung, upstream: '{await lab.reach(hung.url)}', read_timeout: {READ_TIMEOUT}s,
       allow: [{{public: true}}]}}
-  - {{name: public, path: /public, upstream: '{healthy}', allow: [{{public: true}}]}}
-  - {{name: closed, path: /closed, upstream: '{healthy}', allow: []}}
+  - {{name: public, path: /public, upstream: '{healthy}', read_timeout: {others}s, allow: [{{public: true}}]}}
+  - {{name: closed, path: /closed, upstream: '{healthy}', read_timeout: {others}s, allow: []}}
 """
     proxy = await lab.proxy(proxy_config(port=port, admin_port=admin_port, routes=routes), port=port,
                             admin_port=admin_port)
@@ -408,8 +412,9 @@ async def sigterm_under_load(lab: Lab) -> FaultReport:
 
     upstream = await lab.upstream(slow)
     port, admin_port = free_port(), free_port()
+    slowest = SLOW_UPSTREAM + read_timeout(lab) if lab.network is not None else PLAIN_READ_TIMEOUT
     routes = f"""\
-  - {{name: slow, path: /, upstream: '{upstream}', allow: [{{public: true}}]}}
+  - {{name: slow, path: /, upstream: '{upstream}', read_timeout: {slowest}s, allow: [{{public: true}}]}}
   - {{name: closed, path: /closed, upstream: '{upstream}', allow: []}}
 """
     proxy = await lab.proxy(proxy_config(port=port, admin_port=admin_port, routes=routes), port=port,

@@ -1,10 +1,11 @@
-"""Soak benchmark: signed-in traffic for N minutes, with revocations and reloads on the way.
+"""Soak benchmark: signed-in traffic for N minutes, with revocations, reloads and faults on the way.
 
 Starts Redis, the demo IdP (with ``--users`` users of its own), an upstream and
 ``ztproxy run --workers N`` (Redis sessions, the admin API on with a token file, four
 routes with different policies), signs every user in through the real IdP, then runs a
 bounded concurrent load (a new connection per request, so every worker gets some) over
-the routes with those sessions. Every 30 s one event, in turn:
+the routes with those sessions. Every 30 s (``--every``) one event, in turn (so a fault
+every 90 s):
 
 - revoke: every session of one user through the admin API
   (``POST /admin/sessions/revoke {"user": ...}``); that user's old cookie keeps being
@@ -12,19 +13,28 @@ the routes with those sessions. Every 30 s one event, in turn:
   again and the load takes the new cookie;
 - reload: the config file is rewritten (one more public route, another ``read_timeout``
   on ``app``) and the supervisor gets SIGHUP; every worker must log ``config_reloaded``
-  and the new route must answer, then the load uses it too.
+  and the new route must answer, then the load uses it too;
+- fault, in turn: Redis killed (SIGKILL; restarted from its append-only file), Redis
+  frozen (SIGSTOP), the IdP stopped, each for FAULT_OUTAGE seconds; then the load must get
+  a normal answer again. The restarted IdP has forgotten its grants (so each session's
+  next refresh would end it): every user signs in again and the load takes the new cookies.
 
     .venv/bin/python bench/soak.py                     # 2 minutes, 2 workers, 3 users
     .venv/bin/python bench/soak.py --minutes 10 --workers 2 --users 5 --keep /tmp/soak
 
 Errors: connection errors, timeouts, 5xx and any other status than the expected one for
 the request (200 where the user's policy allows, 403 where it does not, 200 on the public
-routes), except the 401s a revoked session gets (counted apart). Wrongly allowed: a
-request of a revoked session sent more than 2 s (``cache_ttl`` 1 s, plus margin) after
-its revocation that got 200. The report gives both (each must be 0), requests, req/s,
-the events done and the RSS of the ztproxy processes (supervisor + workers) after the
-warm-up and at the end. Exit status 1 when errors, wrongly allowed or a failed check.
-Needs redis-server and Node.js with the project's node_modules (the demo IdP).
+routes), except the 401s a revoked (or retired) session gets and the fail-closed 503s
+(``session-store-unavailable``) of a request that overlapped a Redis fault (up to
+FAULT_GRACE after it), both counted apart. Wrongly allowed: a request of a revoked session
+sent more than 2 s (``cache_ttl`` 1 s, plus margin) after its revocation that got 200, or
+a signed-in 200 sent while Redis was away, later than ``cache_ttl`` after it went and
+``store_timeout`` before its restart began (served from a copy too old). The report gives both
+(each must be 0), requests, req/s, the events done, the RSS of the ztproxy processes
+(supervisor + workers) after the warm-up and at the end (growth must stay under
+MAX_RSS_GROWTH), and Redis's memory per session (``MEMORY USAGE`` of the session keys and
+their indexes, over the sessions). Exit status 1 when errors, wrongly allowed or a failed
+check. Needs redis-server and Node.js with the project's node_modules (the demo IdP).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from processes import tree_rss_bytes  # noqa: E402  (bench/ is on sys.path: this
 
 from tests.conftest import ProxyProcess, free_port  # noqa: E402
 from tests.support.faults import CLIENT_ID, CLIENT_SECRET, COOKIE_NAME, Lab, Load, Probe, Sample  # noqa: E402
+from tests.support.redis import RedisServer  # noqa: E402
 from tests.support.user_agent import UserAgent  # noqa: E402
 from ztproxy.demo_idp import DemoIdp, IdpClient, IdpUser  # noqa: E402
 
@@ -62,6 +73,13 @@ CLIENT_TIMEOUT = 10.0  # per request of the load
 SIGN_IN_TIMEOUT = 30.0
 RELOAD_TIMEOUT = 15.0  # until every worker logged config_reloaded
 REVOKED_SEEN_TIMEOUT = 15.0  # until a 401 of the revoked cookie past the bound is seen
+STORE_TIMEOUT = 0.5
+FAULTS = ("redis killed", "redis frozen", "idp down")
+FAULT_OUTAGE = 5.0  # seconds each fault lasts
+FAULT_GRACE = 1.0  # after a fault, a request may still meet it (the IdP's view, a reconnect)
+RECOVERY_TIMEOUT = 15.0  # until the load gets a normal answer again after a fault
+STALE_MARGIN = 0.1  # the proxy times its cache by the wall clock, the load by the monotonic one
+MAX_RSS_GROWTH = 0.05  # from after the warm-up to the end
 SETUP_SLACK = 600.0  # the whole run is bounded by the duration plus this
 NAMES = ("alice", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan")
 MIB = 1024 * 1024
@@ -122,6 +140,7 @@ sessions:
   store: '{self.redis_url}'
   cookie_secrets: [{self.cookie_secret}]
   cache_ttl: {CACHE_TTL}s
+  store_timeout: {STORE_TIMEOUT}s
 risk:
   # The load sends each session to routes its user may not open (403 by design), and signs
   # users in again and again from one address: logged, not locked.
@@ -144,6 +163,19 @@ class Session:
     cookie: str
     revoke_sent: float | None = None
     revoke_done: float | None = None
+    retired: float | None = None  # replaced after an IdP restart: its next refresh may end it
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    began: float  # time.monotonic() when the dependency went away
+    restoring: float  # when its restart (or SIGCONT) began: it may answer from then on
+    ended: float  # when it was back for sure
+
+    @property
+    def store(self) -> bool:
+        return self.name.startswith("redis")
 
 
 @dataclass(frozen=True)
@@ -155,8 +187,9 @@ class Kind:
     expected: int
 
 
-def classify(sample: Sample, kind: Kind) -> str:
-    """``ok``, ``revoked`` (the expected 401 of a revoked session), ``wrongly-allowed`` or ``error``."""
+def classify(sample: Sample, kind: Kind, faults: list[Fault]) -> str:
+    """``ok``, ``revoked`` (the expected 401 of a revoked or retired session), ``fail-closed`` (the
+    503 of a request that met a Redis fault), ``wrongly-allowed`` or ``error``."""
     session = kind.session
     if session is not None and session.revoke_sent is not None and sample.ended >= session.revoke_sent:
         assert session.revoke_done is not None
@@ -165,6 +198,18 @@ def classify(sample: Sample, kind: Kind) -> str:
             return "revoked"
         if late:
             return "wrongly-allowed" if sample.status == 200 else "error"
+    if session is not None and session.retired is not None and sample.ended >= session.retired \
+            and sample.status == 401:
+        return "revoked"
+    for fault in faults:
+        if not fault.store:
+            continue
+        if session is not None and sample.status == 200 and \
+                fault.began + CACHE_TTL + STALE_MARGIN <= sample.started < fault.restoring - STORE_TIMEOUT:
+            return "wrongly-allowed"  # the store was away: served from a copy older than cache_ttl
+        if sample.status == 503 and sample.detail == "session-store-unavailable" \
+                and sample.ended >= fault.began and sample.started <= fault.ended + FAULT_GRACE:
+            return "fail-closed"
     return "ok" if sample.status == kind.expected else "error"
 
 
@@ -213,6 +258,8 @@ class Soak:
     admin_url: str
     admin_token: str
     proxy: ProxyProcess
+    redis: RedisServer
+    idp: DemoIdp
     config_path: Path
     setup: ProxySetup
     users: list[IdpUser]
@@ -224,6 +271,7 @@ class Soak:
     extra_routes: list[str] = field(default_factory=list)
     revocations: int = 0
     reloads: int = 0
+    faults: list[Fault] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     def probes(self) -> list[Probe]:
@@ -306,6 +354,44 @@ class Soak:
         self.use_current_sessions()
         return f"reload {self.reloads}: {reloaded} workers in {time.monotonic() - started:.2f}s, /{route} live"
 
+    async def fault(self, name: str) -> str:
+        """Take a dependency away for FAULT_OUTAGE seconds, bring it back, wait for a normal answer."""
+        assert self.load is not None
+        began = time.monotonic()
+        if name == "redis killed":
+            await asyncio.to_thread(self.redis.stop, kill=True)
+            await asyncio.sleep(FAULT_OUTAGE)
+            restoring = time.monotonic()
+            await asyncio.to_thread(self.redis.start)
+        elif name == "redis frozen":
+            await asyncio.to_thread(self.redis.freeze)
+            await asyncio.sleep(FAULT_OUTAGE)
+            restoring = time.monotonic()
+            await asyncio.to_thread(self.redis.thaw)
+        else:
+            await self.idp.stop()
+            await asyncio.sleep(FAULT_OUTAGE)
+            restoring = time.monotonic()
+            await self.idp.start()  # same port and keys; its grants are gone
+        ended = time.monotonic()
+        self.faults.append(Fault(name, began, restoring, ended))
+        user = self.users[0]
+        probe = f"{user.username}#{self.current[user.username].generation} app"
+        normal = await self.wait_for(probe, 200, since=ended, within=RECOVERY_TIMEOUT)
+        if normal is None:
+            self.problems.append(f"{name}: no normal answer within {RECOVERY_TIMEOUT:g}s after it ended")
+        if name == "idp down":
+            for session in self.current.values():
+                session.retired = time.monotonic()
+            for each in self.users:
+                await self.sign_in(each)
+            self.use_current_sessions()
+        recovered = "-" if normal is None else f"{normal.ended - ended:.2f}s"
+        fail_closed = sum(1 for sample in self.load.samples if sample.started <= ended + FAULT_GRACE
+                          and sample.ended >= began and sample.status == 503)
+        return (f"{name} for {ended - began:.1f}s: {fail_closed} fail-closed 503s, normal again {recovered} "
+                f"after" + (", every user signed in again" if name == "idp down" else ""))
+
     async def wait_for(self, kind: str, status: int, *, since: float, within: float) -> Sample | None:
         """The first sample of ``kind`` with ``status`` sent after ``since`` (not yet past); None after ``within`` s."""
         assert self.load is not None
@@ -333,6 +419,21 @@ async def status_of(url: str) -> int:
             return 0
 
 
+def redis_memory_per_session(redis: RedisServer) -> str:
+    """MEMORY USAGE of the session keys and of the indexes that list them, over the sessions."""
+    with redis.client() as client:
+        sessions = list(client.scan_iter(match="s:*", count=1000))
+        indexes = [key for key in client.scan_iter(count=1000) if not key.startswith(b"s:")]
+        session_bytes = sum(client.memory_usage(key) or 0 for key in sessions)
+        index_bytes = sum(client.memory_usage(key) or 0 for key in indexes)
+        used = int(client.info("memory")["used_memory"])
+    if not sessions:
+        return "no session in Redis at the end"
+    return (f"{(session_bytes + index_bytes) / len(sessions) / 1024:.1f} KiB per session "
+            f"({len(sessions)} sessions: {session_bytes / len(sessions):.0f} B each, plus "
+            f"{index_bytes} B in {len(indexes)} other keys); used_memory {used / MIB:.1f} MiB")
+
+
 def rss_line(rss: dict[int, int]) -> str:
     parts = " + ".join(f"{value / MIB:.1f}" for value in rss.values())
     return f"{sum(rss.values()) / MIB:.1f} MiB ({len(rss)} processes: {parts})"
@@ -341,7 +442,8 @@ def rss_line(rss: dict[int, int]) -> str:
 async def run(args: argparse.Namespace, workdir: Path) -> int:
     duration = args.minutes * 60
     async with Lab(workdir) as lab, AsyncExitStack() as stack:
-        redis = lab.redis.start()
+        # Persistent, as a production Redis is: a kill loses nothing acknowledged.
+        redis = lab.redis.start("appendonly yes", "appendfsync always")
         upstream = await lab.upstream()
         port, admin_port = free_port(), free_port()
         url = f"http://127.0.0.1:{port}"
@@ -358,7 +460,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         setup = ProxySetup(port=port, admin_port=admin_port, token_file=token_file, issuer=idp.issuer,
                            redis_url=redis.url, cookie_secret=secrets.token_hex(32), upstream=upstream, users=users)
         proxy = await lab.proxy(setup.yaml(0), port=port, admin_port=admin_port, workers=args.workers)
-        soak = Soak(url=url, admin_url=proxy.admin_url, admin_token=token, proxy=proxy,
+        soak = Soak(url=url, admin_url=proxy.admin_url, admin_token=token, proxy=proxy, redis=redis, idp=idp,
                     config_path=workdir / "ztproxy-0.yaml", setup=setup, users=users, workers=args.workers,
                     log=LogWatcher(proxy.log_path))
         for user in users:
@@ -372,15 +474,19 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         rss_start = tree_rss_bytes(proxy.process.pid)
         print(f"  RSS after warm-up: {rss_line(rss_start)}", file=sys.stderr, flush=True)
         end = began + WARMUP + duration
-        events = max(0, int((duration - EVENT_ROOM) // EVENT_EVERY))
+        events = max(0, int((duration - EVENT_ROOM) // args.every))
         try:
             for index in range(events):
-                await asyncio.sleep(max(0.0, began + WARMUP + (index + 1) * EVENT_EVERY - time.monotonic()))
-                if index % 2 == 0:
-                    done = await soak.revoke(users[(index // 2) % len(users)])
-                else:
+                await asyncio.sleep(max(0.0, began + WARMUP + (index + 1) * args.every - time.monotonic()))
+                if index % 3 == 0:
+                    done = await soak.revoke(users[(index // 3) % len(users)])
+                elif index % 3 == 1:
                     done = await soak.reload()
-                print(f"  {time.monotonic() - began:6.1f}s {done}", file=sys.stderr, flush=True)
+                else:
+                    done = await soak.fault(FAULTS[(index // 3) % len(FAULTS)])
+                rss_now = sum(tree_rss_bytes(proxy.process.pid).values())
+                print(f"  {time.monotonic() - began:6.1f}s {done} (RSS {rss_now / MIB:.1f} MiB)",
+                      file=sys.stderr, flush=True)
                 if proxy.process.poll() is not None:
                     raise SoakFailed(f"ztproxy exited with {proxy.process.returncode}")
             await asyncio.sleep(max(0.0, end - time.monotonic()))
@@ -393,28 +499,35 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             soak.problems.append(f"ztproxy exited with {proxy.process.returncode}")
         if soak.log.count("worker_exited"):
             soak.problems.append(f"{soak.log.counts['worker_exited']} worker(s) exited and were restarted")
-        return report(soak, samples, elapsed, rss_start, rss_end)
+        return report(soak, samples, elapsed, rss_start, rss_end, redis_memory_per_session(redis))
 
 
 def report(soak: Soak, samples: list[Sample], elapsed: float, rss_start: dict[int, int],
-           rss_end: dict[int, int]) -> int:
-    outcomes = Counter(classify(sample, soak.kinds[sample.kind]) for sample in samples)
+           rss_end: dict[int, int], redis_memory: str) -> int:
+    outcomes = Counter(classify(sample, soak.kinds[sample.kind], soak.faults) for sample in samples)
     by_route = Counter(soak.kinds[sample.kind].route for sample in samples)
     wrong = Counter((sample.kind, sample.status, sample.detail) for sample in samples
-                    if classify(sample, soak.kinds[sample.kind]) in ("error", "wrongly-allowed"))
+                    if classify(sample, soak.kinds[sample.kind], soak.faults) in ("error", "wrongly-allowed"))
     growth = (sum(rss_end.values()) - sum(rss_start.values())) / MIB
+    growth_share = growth * MIB / max(1, sum(rss_start.values()))
+    if growth_share >= MAX_RSS_GROWTH:
+        soak.problems.append(f"RSS grew {growth_share:.1%}, more than {MAX_RSS_GROWTH:.0%}")
     lines = [
         f"duration          {elapsed:.1f} s (incl. {WARMUP:g} s warm-up)",
         f"requests          {len(samples)} ({len(samples) / elapsed:.1f} req/s); by route: "
         + ", ".join(f"{route} {count}" for route, count in sorted(by_route.items())),
         f"errors            {outcomes['error']}",
         f"wrongly allowed   {outcomes['wrongly-allowed']}",
+        f"fail-closed (503) {outcomes['fail-closed']} (requests that met a Redis fault)",
         f"revoked (401)     {outcomes['revoked']} (requests of revoked sessions, refused as they must be)",
         f"revocations       {soak.revocations}",
         f"reloads           {soak.reloads}",
+        f"faults            {len(soak.faults)}: " + ", ".join(
+            f"{name} {count}" for name, count in sorted(Counter(f.name for f in soak.faults).items())),
         f"ztproxy RSS start {rss_line(rss_start)}",
         f"ztproxy RSS end   {rss_line(rss_end)}",
-        f"RSS growth        {growth:+.1f} MiB",
+        f"RSS growth        {growth:+.1f} MiB ({growth_share:+.1%})",
+        f"Redis memory      {redis_memory}",
         f"slowest request   {max((s.elapsed for s in samples), default=0.0):.3f} s",
     ]
     lines += [f"problem: {problem}" for problem in soak.problems]
@@ -433,6 +546,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=3, help=f"signed-in users, 1-{len(NAMES)} (default 3)")
     parser.add_argument("--tasks", type=int, default=8, help="concurrent client tasks (default 8)")
     parser.add_argument("--pause", type=float, default=0.01, help="seconds between a task's requests (default 0.01)")
+    parser.add_argument("--every", type=float, default=EVENT_EVERY,
+                        help=f"seconds between events (default {EVENT_EVERY:g}); faults last {FAULT_OUTAGE:g} s")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep its configs and logs")
     args = parser.parse_args(argv)
     if not 0 < args.minutes <= 24 * 60:
@@ -443,6 +558,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--workers must be 1-16 and --tasks 1-256")
     if args.pause < 0:
         parser.error("--pause must not be negative")
+    if args.every < FAULT_OUTAGE + 5:
+        parser.error(f"--every must be at least {FAULT_OUTAGE + 5:g} s (a fault and its recovery)")
     return args
 
 

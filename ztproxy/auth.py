@@ -98,13 +98,19 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
     app[AUTH] = auth
     # Sessions ended by other workers and replicas leave this worker's cache at once.
     following = asyncio.create_task(auth.sessions.follow_revocations())
+    # Each IdP checked while sign-ins happen: none is sent to an IdP that cannot answer.
+    watching = [asyncio.create_task(provider.reachability.watch()) for provider in auth.providers.values()]
     unwatch = metrics.watch_active_sessions(lambda: auth.sessions.active(time.time()))
+    unwatch_idps = metrics.watch_idp_reachability(
+        {name: provider.reachability for name, provider in auth.providers.items()})
     try:
         yield
     finally:
         unwatch()
-        following.cancel()
-        await asyncio.gather(following, return_exceptions=True)
+        unwatch_idps()
+        for task in (following, *watching):
+            task.cancel()
+        await asyncio.gather(following, *watching, return_exceptions=True)
         await auth.sessions.close()
         await store.close()
         await http.close()

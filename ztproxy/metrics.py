@@ -26,8 +26,8 @@ import math
 import os
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -271,6 +271,23 @@ def _observe_signs(options: CallbackOptions) -> Iterable[Observation]:
     yield Observation(sum(count() for count in _sign_sources))
 
 
+class ReachabilityView(Protocol):
+    @property
+    def last_known_reachable(self) -> bool: ...
+
+
+_idp_sources: list[Mapping[str, ReachabilityView]] = []
+
+
+def _observe_idps(options: CallbackOptions) -> Iterable[Observation]:
+    for views in _idp_sources:
+        for name, view in views.items():
+            yield Observation(1 if view.last_known_reachable else 0, {"provider": name})
+
+
+_meter.create_observable_gauge(
+    "ztproxy.idp.reachable", callbacks=[_observe_idps],
+    description="Whether each identity provider answered this process's last call or check (1) or not (0)")
 _meter.create_observable_counter(
     "ztproxy.assertion.signs", callbacks=[_observe_signs],
     description="Identity assertions signed (the rest were served from the per-(session, route) cache)")
@@ -396,6 +413,12 @@ def watch_assertion_signs(count: Callable[[], int]) -> Callable[[], None]:
     """Report ``count()`` (a signer's running total) in ``ztproxy_assertion_signs_total``."""
     _sign_sources.append(count)
     return lambda: _sign_sources.remove(count)
+
+
+def watch_idp_reachability(views: Mapping[str, ReachabilityView]) -> Callable[[], None]:
+    """Report each IdP's view (by provider name) as ``ztproxy_idp_reachable``; returns the stop."""
+    _idp_sources.append(views)
+    return lambda: _idp_sources.remove(views)
 
 
 def watch_active_sessions(count: Callable[[], int]) -> Callable[[], None]:

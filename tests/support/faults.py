@@ -1,6 +1,6 @@
 """Faults of ztproxy's dependencies, on real processes: a lab, a bounded load and the report.
 
-A scenario (``tests/integration/test_faults.py``, which ``bench/faults.py`` also runs)
+A scenario (``tests/support/fault_scenarios.py``, which ``bench/faults.py`` runs)
 starts what it needs in a :class:`Lab` (``redis-server``/``redis-sentinel``, the demo IdP,
 upstreams, ``ztproxy run`` processes; loopback only, each stopped by PID), drives a small
 :class:`Load` (a few tasks, a new connection per request so every worker gets some)
@@ -15,6 +15,8 @@ while it breaks one dependency and brings it back, and sums the samples up with
   SIGTERM), counted apart from
 - ``failed``: every other answer that is not the normal one for its kind of request;
 - ``hangs``: requests slower than the bound the configuration promises;
+- ``stranded``: sign-ins sent to an IdP that cannot answer later than the bound ztproxy
+  states for noticing (the browser meets an error there instead of the 503 page);
 - ``recovery_s``: from the dependency's return to the end of the first normal answer of
   the scenario's recovery kind started after it;
 - ``checks``: what else the scenario verified, by name (exit status, a new sign-in...).
@@ -46,6 +48,7 @@ from yarl import URL
 from tests.conftest import REPO, ProxyProcess, free_port, wait_ready
 from tests.support.idp import DEFAULT_USERS
 from tests.support.redis import RedisFactory
+from tests.support.relay import ImpairedRelay, Impairments
 from ztproxy.demo_idp import DemoIdp, IdpClient
 
 CLIENT_ID = "ztproxy"
@@ -108,12 +111,36 @@ class HungUpstream:
             writer.close()
 
 
-class Lab:
-    """Everything one scenario starts, in ``workdir``; ``async with`` stops all of it by PID."""
+@dataclass(frozen=True)
+class Pace:
+    """How long a scenario's phases last: load before the fault, the outage, load after recovery.
 
-    def __init__(self, workdir: Path) -> None:
+    The outage outlasts ``cache_ttl`` plus ``store_timeout`` (at most 2.5 s in the scenarios).
+    """
+
+    baseline: float
+    outage: float
+    tail: float
+
+
+SMOKE = Pace(baseline=0.5, outage=3.0, tail=0.5)  # a few seconds a fault: the test suite's run
+LONG = Pace(baseline=5.0, outage=20.0, tail=5.0)  # the benchmark's
+
+
+class Lab:
+    """Everything one scenario starts, in ``workdir``; ``async with`` stops all of it by PID.
+
+    With ``network``, the IdP, Redis and the upstreams are reached (by ztproxy and by the
+    browser alike) through an :class:`~tests.support.relay.ImpairedRelay` each; the load
+    reaches ztproxy directly.
+    """
+
+    def __init__(self, workdir: Path, *, pace: Pace = SMOKE, network: Impairments | None = None) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
+        self.pace = pace
+        self.network = network
+        self.relays: list[ImpairedRelay] = []
         self.redis = RedisFactory(workdir / "redis")
         self._stack = AsyncExitStack()
         self._proxies: list[ProxyProcess] = []
@@ -129,6 +156,24 @@ class Lab:
         finally:
             self.redis.stop_all()
 
+    async def reach(self, url: str) -> str:
+        """``url`` (one host on loopback), through the impaired network when the lab has one."""
+        if self.network is None:
+            return url
+        parsed = URL(url)
+        assert parsed.port is not None
+        relay = await ImpairedRelay(parsed.port, self.network, seed=len(self.relays)).start()
+        self.relays.append(relay)
+        self._stack.push_async_callback(relay.close)
+        return str(parsed.with_port(relay.port))
+
+    def network_faults(self) -> str:
+        """What the relays did, for the report ("" on a plain network)."""
+        if self.network is None:
+            return ""
+        return (f"network: {self.network.describe()}; {sum(r.resets for r in self.relays)} resets, "
+                f"{sum(r.drops for r in self.relays)} dropped connections")
+
     async def upstream(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None) -> str:
         """A real HTTP server on a free port: ``handler`` for every path (default: a small 200)."""
         async def default(request: web.Request) -> web.StreamResponse:
@@ -141,7 +186,7 @@ class Lab:
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         self._stack.push_async_callback(runner.cleanup)
-        return f"http://127.0.0.1:{port}"
+        return await self.reach(f"http://127.0.0.1:{port}")
 
     async def hung_upstream(self) -> HungUpstream:
         upstream = HungUpstream()
@@ -154,8 +199,10 @@ class Lab:
         client = IdpClient(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
                            redirect_uris=(f"{proxy_url}/.ztproxy/callback",),
                            post_logout_redirect_uris=(f"{proxy_url}/.ztproxy/signed-out",))
-        idp = DemoIdp(workdir=self.workdir / f"idp-{free_port()}", port=free_port(), clients=[client],
-                      users=DEFAULT_USERS)
+        port = free_port()
+        public_port = URL(await self.reach(f"http://127.0.0.1:{port}")).port
+        idp = DemoIdp(workdir=self.workdir / f"idp-{port}", port=port, clients=[client], users=DEFAULT_USERS,
+                      public_port=public_port)
         await self._stack.enter_async_context(idp)
         return idp
 
@@ -190,11 +237,14 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int
     return process.wait()
 
 
-def proxy_config(*, port: int, admin_port: int, routes: str, idp: DemoIdp | None = None, sessions: str = "") -> str:
-    """A config with ``routes`` (YAML list items) and, with ``idp``, sign-in at it."""
+def proxy_config(*, port: int, admin_port: int, routes: str, idp: DemoIdp | None = None, sessions: str = "",
+                 idp_options: str = "") -> str:
+    """A config with ``routes`` (YAML list items) and, with ``idp``, sign-in at it (``idp_options``:
+    more of its settings, in flow style: ``http_timeout: 2s``)."""
+    more = f", {idp_options}" if idp_options else ""
     sign_in = "" if idp is None else f"""
 identity_providers:
-  - {{name: demo, issuer: '{idp.issuer}', client_id: {CLIENT_ID}, client_secret: {CLIENT_SECRET}}}
+  - {{name: demo, issuer: '{idp.issuer}', client_id: {CLIENT_ID}, client_secret: {CLIENT_SECRET}{more}}}
 sessions:
   cookie_secrets: [{secrets.token_hex(32)}]
 {sessions}
@@ -337,6 +387,7 @@ class FaultReport:
     fail_closed: int
     failed: int
     hangs: int
+    stranded: int
     recovery_s: float | None  # None: no recovery in this scenario, or none seen
     slowest_s: float
     checks: dict[str, bool] = field(default_factory=dict)
@@ -349,8 +400,12 @@ class FaultReport:
         found = [f"{name}: no" for name, ok in self.checks.items() if not ok]
         if self.wrongly_allowed:
             found.append(f"{self.wrongly_allowed} wrongly allowed")
+        if self.failed:
+            found.append(f"{self.failed} failed")
         if self.hangs:
             found.append(f"{self.hangs} hung")
+        if self.stranded:
+            found.append(f"{self.stranded} stranded")
         return found
 
     def line(self) -> str:
@@ -358,6 +413,7 @@ class FaultReport:
         failing = [name for name, ok in self.checks.items() if not ok]
         return (f"{self.fault:<22} requests={self.requests:<4} wrongly_allowed={self.wrongly_allowed} "
                 f"fail_closed={self.fail_closed:<3} failed={self.failed:<3} hangs={self.hangs} "
+                f"stranded={self.stranded} "
                 f"recovery={recovery:<6} slowest={self.slowest_s:.2f}s "
                 f"checks={'ok' if not failing else 'FAILED: ' + ', '.join(failing)}"
                 + (f" ({self.notes})" if self.notes else ""))
@@ -366,22 +422,30 @@ class FaultReport:
 def summarize(fault: str, samples: list[Sample], *, normal: dict[str, int], protected: Iterable[str],
               fault_at: float, returned_at: float | None, refusal: Callable[[Sample], bool], hang_bound: float,
               recovery_kind: str | None, recovery_bound: float, stale: tuple[float, float] | None = None,
-              checks: dict[str, bool] | None = None, notes: str = "") -> FaultReport:
+              stranded: int = 0, resume_bound: float = 0.0, checks: dict[str, bool] | None = None,
+              notes: str = "", network_refusal: Callable[[Sample], bool] | None = None,
+              network: str = "", fault_met: bool | None = None) -> FaultReport:
     """Sort the samples into the report's counts (see the module docstring).
 
     ``normal`` is each kind's answer when nothing is wrong; ``refusal`` says whether a
     sample is the expected refusal, counted when the request overlapped the outage
-    [``fault_at``, ``returned_at``]. ``stale``: a signed-in 200 sent in that interval came
-    from a local copy older than ``cache_ttl`` (it starts ``cache_ttl`` after the store went
-    away and ends ``store_timeout`` before it was back: a read sent later may wait for it).
+    [``fault_at``, ``returned_at`` + ``resume_bound``] (``resume_bound``: the time the proxy
+    states it may take to notice the return, when it does not wait for it). ``stale``: a
+    signed-in 200 sent in that interval came from a local copy older than ``cache_ttl`` (it
+    starts ``cache_ttl`` after the store went away and ends ``store_timeout`` before it was
+    back: a read sent later may wait for it).
+    ``network_refusal``: on an impaired network, the refusals it may cause at any time,
+    counted as fail-closed too (``network`` says what the network did, for the notes).
+    ``fault_met``: whether requests met the fault, when the scenario tells (else: some
+    were refused while it lasted).
     The report's checks say, besides the scenario's own, that no request got a 500, that
-    the refusals were seen (else the fault was never met) and that the recovery came
-    within ``recovery_bound`` seconds.
+    the fault's refusals were seen (else the fault was never met) and that the recovery
+    came within ``recovery_bound`` seconds.
     """
     protected = frozenset(protected)
-    back = returned_at if returned_at is not None else float("inf")
+    back = returned_at + resume_bound if returned_at is not None else float("inf")
     stale_from, stale_until = stale if stale is not None else (0.0, 0.0)
-    wrongly_allowed = fail_closed = failed = 0
+    wrongly_allowed = fail_closed = failed = met = 0
     for sample in samples:
         during = sample.ended >= fault_at and sample.started <= back
         if sample.status == 200 and (sample.kind in protected or (
@@ -389,9 +453,16 @@ def summarize(fault: str, samples: list[Sample], *, normal: dict[str, int], prot
             wrongly_allowed += 1
         elif during and refusal(sample):
             fail_closed += 1
+            met += 1
+        elif sample.status != normal[sample.kind] and network_refusal is not None and network_refusal(sample):
+            fail_closed += 1
         elif sample.status != normal[sample.kind]:
             failed += 1
-    verified = {"no internal error": all(s.status != 500 for s in samples), "refused while down": fail_closed > 0}
+    verified = {"no internal error": all(s.status != 500 for s in samples)}
+    if fault_met is None:
+        verified["refused while down"] = met > 0
+    else:  # the scenario knows better how a request met the fault (it may wait instead of a refusal)
+        verified["fault met (refused or waited)"] = fault_met
     if stale is not None:
         # Else the stale count proves nothing: no signed-in request came when the copy was too old.
         verified["signed-in probed past cache_ttl"] = any(
@@ -405,8 +476,8 @@ def summarize(fault: str, samples: list[Sample], *, normal: dict[str, int], prot
     tally = Counter((s.kind, s.status, s.detail) for s in samples)
     return FaultReport(
         fault=fault, requests=len(samples), wrongly_allowed=wrongly_allowed, fail_closed=fail_closed,
-        failed=failed, hangs=sum(1 for s in samples if s.status == HUNG or s.elapsed > hang_bound),
+        failed=failed, hangs=sum(1 for s in samples if s.status == HUNG or s.elapsed > hang_bound), stranded=stranded,
         recovery_s=recovery_s, slowest_s=max((s.elapsed for s in samples), default=0.0),
-        checks={**verified, **(checks or {})}, notes=notes,
+        checks={**verified, **(checks or {})}, notes="; ".join(part for part in (notes, network) if part),
         breakdown=", ".join(f"{kind} {status} {detail}".rstrip() + f": {count}"
                             for (kind, status, detail), count in sorted(tally.items())))

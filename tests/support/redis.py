@@ -198,14 +198,18 @@ class SentinelSetup:
     def failover(self, timeout: float = FAILOVER_TIMEOUT) -> RedisServer:
         """Promote a replica (``SENTINEL FAILOVER``, also when the master is down); the new master.
 
-        Returns once the promoted replica is master and a still running old master is its replica.
+        Returns once the promoted replica is master, every sentinel says so as clients read it
+        (``SENTINEL MASTER``: its address, no down flag; ``GET-MASTER-ADDR-BY-NAME`` names the
+        promoted replica earlier, while the failover still reconfigures the replicas) and a
+        still running old master is its replica.
         """
         old = self.master()
         self.sentinels[0].command("SENTINEL", "FAILOVER", self.master_name)
 
         def promoted() -> bool:
             new = self.master()
-            return new is not old and new.running and new.info("replication").get("role") == "master"
+            return (new is not old and new.running and new.info("replication").get("role") == "master"
+                    and all(self._names_master(sentinel, new) for sentinel in self.sentinels))
 
         wait_until(promoted, f"sentinel to promote a replica of {self.master_name}", timeout)
         new = self.master()
@@ -214,6 +218,11 @@ class SentinelSetup:
             # takes writes. Do now what it will do then.
             old.command("REPLICAOF", "127.0.0.1", new.port)
         return new
+
+
+    def _names_master(self, sentinel: RedisServer, node: RedisServer) -> bool:
+        state = _fields(sentinel.command("SENTINEL", "MASTER", self.master_name))
+        return int(state.get("port", 0)) == node.port and state.get("flags") == "master"
 
 
 class RedisFactory:

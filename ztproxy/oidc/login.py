@@ -26,7 +26,7 @@ from multidict import MultiMapping
 
 from ztproxy import metrics
 from ztproxy.cookies import CookieSettings, read_ticket
-from ztproxy.errors import AccessDenied, LoginFailed
+from ztproxy.errors import AccessDenied, IdentityProviderUnavailable, LoginFailed
 from ztproxy.oidc.claims import session_from_login
 from ztproxy.oidc.parameters import repeated
 from ztproxy.oidc.provider import Provider, TokenRefused, TokenResponse
@@ -84,8 +84,12 @@ class LoginFlow:
     async def begin(self, request: web.Request, provider: Provider, *, return_to: str,
                     step_up: StepUp | None = None) -> web.Response:
         """Redirect the browser to the IdP; ``step_up`` asks for MFA and/or a fresh login."""
-        # A login sent to an IdP that is down strands the user on a browser error: check first.
-        metadata = await provider.metadata(fresh=True)
+        # A login sent to an IdP that is down strands the user on a browser error: refuse it
+        # here (the 503 page) unless the IdP's last word, at most CURRENT_FOR old, was an answer.
+        if not await provider.reachability.confirm():
+            metrics.login_refused(provider.name, "idp-unreachable")
+            raise IdentityProviderUnavailable()
+        metadata = await provider.metadata()
         now = time.time()
         pending = PendingLogin(
             state=secrets.token_urlsafe(32),

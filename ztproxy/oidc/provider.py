@@ -5,6 +5,8 @@ cached set lacks refetches the JWKS at most once per ``jwks_refetch_cooldown`` (
 at the IdP is picked up at once, a flood of forged kids costs the IdP nothing). Every
 failure to reach the IdP, or an answer that makes no sense, becomes
 ``IdentityProviderUnavailable`` here; a refresh the IdP refuses becomes ``RefreshRejected``.
+Every call also tells the provider's :class:`~ztproxy.oidc.reachability.Reachability`
+whether the IdP answered, and ``check_reachable`` is its cheap check (the discovery URL).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ztproxy.errors import IdentityProviderUnavailable, SignInMisconfigured
 from ztproxy.fetch import BodyTooLarge, read_bounded
 from ztproxy.oidc.client_auth import ClientAuthentication
 from ztproxy.oidc.groups import groups_source
+from ztproxy.oidc.reachability import CURRENT_FOR, Reachability
 from ztproxy.oidc.tokens import (
     IdTokenClaims,
     LogoutTokenClaims,
@@ -38,9 +41,6 @@ from ztproxy.oidc.tokens import (
 
 _log = structlog.get_logger("ztproxy.oidc")
 
-# How recently the IdP must have answered before a new login is sent to it: a login to an
-# IdP that is down would strand the user on a browser error instead of our 503 page.
-LIVENESS_WINDOW = 5.0
 _INVALID_CLIENT_REMEDY = ("check client_id and client_secret against the IdP's registration; an IdP that does not "
                           "form-decode the Basic credentials (RFC 6749 2.3.1) wants "
                           "token_endpoint_auth_method: client_secret_post")
@@ -71,28 +71,42 @@ class Provider:
         self._keys: KeySet | None = None
         self._keys_at = float("-inf")
         self._last_refetch = float("-inf")  # by an unknown kid: at most once per cooldown
-        self._last_answer = float("-inf")
-        self._last_failure = float("-inf")
         self._lock = asyncio.Lock()
+        # A check that outlasts the view it feeds would leave it stale: bounded by CURRENT_FOR.
+        self._check_timeout = aiohttp.ClientTimeout(total=min(config.http_timeout, CURRENT_FOR))
+        self.reachability = Reachability(self.check_reachable)
 
     # --- discovery and keys ---------------------------------------------------------------
 
-    async def metadata(self, *, fresh: bool = False) -> OpenIDProviderMetadata:
-        """The discovery document; ``fresh`` insists the IdP answered within LIVENESS_WINDOW."""
-        if not self._metadata_due(fresh):
+    async def metadata(self) -> OpenIDProviderMetadata:
+        """The discovery document, fetched again after ``metadata_ttl``."""
+        if not self._metadata_due():
             assert self._metadata is not None
             return self._metadata
         async with self._lock:
-            if self._metadata_due(fresh):  # another task may have fetched it meanwhile
+            if self._metadata_due():  # another task may have fetched it meanwhile
                 await self._fetch_metadata_locked()
         assert self._metadata is not None
         return self._metadata
 
-    def _metadata_due(self, fresh: bool) -> bool:
-        now = time.monotonic()
-        # Fresh: the IdP answered recently, and has not failed since.
-        return (self._metadata is None or now - self._metadata_at > self.config.metadata_ttl
-                or (fresh and (now - self._last_answer > LIVENESS_WINDOW or self._last_failure > self._last_answer)))
+    def _metadata_due(self) -> bool:
+        return self._metadata is None or time.monotonic() - self._metadata_at > self.config.metadata_ttl
+
+    async def check_reachable(self) -> bool:
+        """One cheap request (the discovery document, read whole): did the IdP answer it?"""
+        url = self._discovery_url()
+        try:
+            async with self._http.get(url, headers={"Accept": "application/json"},
+                                      timeout=self._check_timeout) as response:
+                await read_bounded(response, self.config.max_response)
+                return response.status < 500
+        except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as exc:
+            _log.debug("idp_check_failed", provider=self.name, error=repr(exc)[:200])
+            return False
+
+    def _discovery_url(self) -> str:
+        # OIDC Discovery 4: a terminating "/" of the issuer is removed before the well-known path.
+        return f"{self.config.issuer.rstrip('/')}/.well-known/openid-configuration"
 
     def _check_metadata(self, document: Mapping[str, Any]) -> OpenIDProviderMetadata:
         metadata = OpenIDProviderMetadata(document)
@@ -137,8 +151,7 @@ class Provider:
             or (refetch and now - self._last_refetch >= self.config.jwks_refetch_cooldown)
 
     async def _fetch_metadata_locked(self) -> OpenIDProviderMetadata:
-        # OIDC Discovery 4: a terminating "/" of the issuer is removed before the well-known path.
-        document = await self._get_json(f"{self.config.issuer.rstrip('/')}/.well-known/openid-configuration")
+        document = await self._get_json(self._discovery_url())
         self._metadata = self._check_metadata(document)
         self._metadata_at = time.monotonic()
         return self._metadata
@@ -230,10 +243,10 @@ class Provider:
                 body = await self._read(response, what)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._last_failure = time.monotonic()
+            self.reachability.failed()
             _log.warning("idp_unreachable", provider=self.name, endpoint=what, error=repr(exc)[:200])
             raise IdentityProviderUnavailable() from exc
-        self._last_answer = time.monotonic()
+        self._heard(status)
         try:
             answer = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -256,11 +269,11 @@ class Provider:
                 body = await self._read(response, url)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._last_failure = time.monotonic()
+            self.reachability.failed()
             _log.warning("idp_unreachable", provider=self.name, url=url[:200], error=repr(exc)[:200])
             raise IdentityProviderUnavailable() from exc
+        self._heard(status)
         if status in refused:
-            self._last_answer = time.monotonic()
             raise TokenRefused(f"status {status}")
         if status != 200:
             _log.warning("idp_bad_status", provider=self.name, url=url[:200], status=status)
@@ -271,9 +284,14 @@ class Provider:
             raise IdentityProviderUnavailable() from exc
         if not isinstance(document, dict):
             raise IdentityProviderUnavailable()
-        self._last_answer = time.monotonic()
         return document
 
+    def _heard(self, status: int) -> None:
+        # A 5xx is an IdP that cannot serve a sign-in either; anything else is an answer.
+        if status >= 500:
+            self.reachability.failed()
+        else:
+            self.reachability.answered()
 
     async def _read(self, response: aiohttp.ClientResponse, what: str) -> bytes:
         """The whole answer, however many segments it came in, up to ``max_response``."""

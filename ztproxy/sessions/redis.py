@@ -14,7 +14,11 @@ longest-lived member, so indexes never outlive what they list and never grow unb
 Failures are bounded and translated: every operation runs under ``store_timeout``; a dead
 pooled connection (Redis restarted) is retried once on a fresh one, so the same store
 object works again as soon as Redis does; with Sentinel, each new connection asks the
-sentinels for the current master, so writes follow a failover.
+sentinels for the current master, so writes follow a failover. An operation that meets a
+failover in progress (the sentinels name no healthy master yet, the master they name
+refuses connections, or it was demoted and answers READONLY) was never carried out, so it
+is sent again every ``FAILOVER_RETRY_DELAY`` until the new master takes it or
+``store_timeout`` is spent (then the usual 503).
 
 ``subscribe`` holds one connection of its own (Redis pub/sub). It notices a lost
 connection by the error (Redis restarted) or by a PING left unanswered (a silent network),
@@ -36,10 +40,10 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError
 from structlog import get_logger
 
 from ztproxy.config.sessions import SessionsConfig, redact_url
@@ -58,6 +62,7 @@ LISTEN_TICK = 1.0  # seconds one wait for a message lasts, at most
 LIVENESS_PING_INTERVAL = 5.0  # a subscription quiet this long is PINGed; no answer: reconnect
 RESUBSCRIBE_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)  # after a failure, then 1 s until Redis is back
 _LIVENESS_TOKEN = b"ztproxy-subscriber-liveness"
+FAILOVER_RETRY_DELAY = 0.05  # seconds between attempts while a Sentinel failover is in progress
 
 _log = get_logger("ztproxy.sessions")
 
@@ -250,11 +255,21 @@ class RedisStore(KeyCommands):
             await self._sentinel.aclose()
 
     async def _run(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run one operation within the store timeout; any failure is SessionStoreUnavailable."""
+        """Run one operation within the store timeout; any failure is SessionStoreUnavailable.
+
+        With Sentinel, an operation that was not carried out because a failover is under way
+        waits for the new master (see the module docstring).
+        """
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._slots:
-                    return await operation()
+                    while True:
+                        try:
+                            return await operation()
+                        except RedisConnectionError as exc:
+                            if self._sentinel is None or not _not_carried_out(exc):
+                                raise
+                        await asyncio.sleep(FAILOVER_RETRY_DELAY)
         except (RedisError, OSError, TimeoutError) as exc:
             raise SessionStoreUnavailable("The session store cannot be reached.") from exc
 
@@ -307,6 +322,18 @@ async def _listen(pubsub: PubSub, channel: str, wait: float) -> AsyncIterator[tu
             async with asyncio.timeout(wait):
                 await pubsub.ping(_LIVENESS_TOKEN)
             pinged = now
+
+
+def _not_carried_out(exc: RedisConnectionError) -> bool:
+    """Whether ``exc`` proves no master ran the command, so sending it again cannot run it twice.
+
+    The sentinels named no healthy master (nothing was sent); the connection was refused (a
+    refusal happens only while connecting, and redis-py keeps the OSError as the cause); or
+    the node answered READONLY, which redis-py turns into a ConnectionError raised while
+    handling it (the demoted master refused the write).
+    """
+    return (isinstance(exc, MasterNotFoundError) or isinstance(exc.__cause__, ConnectionRefusedError)
+            or isinstance(exc.__context__, ReadOnlyError))
 
 
 def _deliver(callback: Callable[..., None], args: tuple[bytes, ...], channel: str) -> None:

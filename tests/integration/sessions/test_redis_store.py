@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 STORE_TIMEOUT = 0.5
 NOT_A_HANG = 10 * STORE_TIMEOUT  # an operation that takes longer than this hangs
 RECOVERY_BOUND = 15.0
+FAILOVER_WAIT = 30.0  # a store_timeout longer than any failover here, however busy the machine
 
 
 @pytest.fixture
@@ -160,6 +161,61 @@ async def test_sentinel_switchover_with_both_nodes_up(redis_factory: RedisFactor
     await eventually_writes(store, "s:after", b"y")
     assert new_master.command("GET", "s:after") == b"y"
     assert old_master.running
+
+
+async def test_a_write_that_meets_a_failover_waits_for_the_new_master(redis_factory: RedisFactory) -> None:
+    """Sent while the master is dead and before the sentinels promote a replica, it is not
+    refused: it waits for the new master (within store_timeout, generous here) and lands there."""
+    setup = redis_factory.sentinel(replicas=1, sentinels=1)
+    store = open_store(SessionsConfig(store=setup.url, store_timeout=FAILOVER_WAIT))
+    try:
+        await store.put("s:before", b"x", 60)
+        old_master = setup.master()
+        old_master.stop(kill=True)
+        write = asyncio.create_task(store.put("s:during", b"written", 60, indexes=["idx:user:u"]))
+        await asyncio.sleep(0.3)
+        assert not write.done()  # no master to take it yet, and no refusal either
+        new_master = await asyncio.to_thread(setup.failover)
+        assert await write is True
+        assert new_master.command("GET", "s:during") == b"written"
+        assert await store.members("idx:user:u") == ["s:during"]
+    finally:
+        await store.close()
+
+
+async def test_writes_through_a_switchover_all_land(redis_factory: RedisFactory) -> None:
+    """Writes sent all through a switchover (the old master demoted: READONLY) each land once."""
+    setup = redis_factory.sentinel(replicas=1, sentinels=2)
+    store = open_store(SessionsConfig(store=setup.url, store_timeout=FAILOVER_WAIT))
+    stop = asyncio.Event()
+    written: list[int] = []
+
+    async def writer() -> None:
+        while not stop.is_set():
+            assert await store.increment(f"counter:{len(written)}", 60) == 1  # never carried out twice
+            written.append(len(written))
+            await asyncio.sleep(0.01)
+
+    try:
+        writing = asyncio.create_task(writer())
+        await asyncio.sleep(0.2)
+        new_master = await asyncio.to_thread(setup.failover)
+        count = len(written)
+        await wait_for_condition(lambda: len(written) > count + 5, "writes after the switchover")
+        stop.set()
+        await writing  # raises what a write raised: SessionStoreUnavailable or a double count
+        assert new_master.command("GET", f"counter:{len(written) - 1}") == b"1"
+    finally:
+        stop.set()
+        await store.close()
+
+
+async def wait_for_condition(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + RECOVERY_BOUND
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 async def test_an_index_expires_with_its_longest_lived_member(redis_server: RedisServer,

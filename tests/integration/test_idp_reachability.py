@@ -99,6 +99,13 @@ async def test_sign_ins_get_the_503_page_while_the_idp_is_stopped_and_resume_whe
         assert refusals and all(s.detail.endswith("Sign-in unavailable") for s in refusals)
         assert all(s.status in (302, 503) for s in samples), {(s.status, s.detail) for s in samples}
 
+        # Ops learn why, once per outage and view (not once per check, every half second).
+        unreachable = [event for event in map(json.loads, filter(lambda line: line.startswith("{"), proxy.log_lines()))
+                       if event.get("event") == "idp_unreachable"]
+        assert unreachable, "the outage was never logged"
+        assert len(unreachable) <= 6, f"logged {len(unreachable)} times: once per check, not once per outage"
+        assert all("Connect" in event["error"] for event in unreachable), unreachable
+
         await eventually(readiness_says(proxy.admin_url, "reachable"), "readiness to see the IdP back")
         await eventually(workers_report(proxy.admin_url, 1), "every worker's gauge back at 1")
         await sign_in(url)  # a whole sign-in at the restarted IdP

@@ -93,16 +93,27 @@ class Provider:
         return self._metadata is None or time.monotonic() - self._metadata_at > self.config.metadata_ttl
 
     async def check_reachable(self) -> bool:
-        """One cheap request (the discovery document, read whole): did the IdP answer it?"""
+        """One cheap request (the discovery document, read whole): did the IdP answer it?
+
+        The first failure after an answer is logged as ``idp_unreachable`` with its reason
+        (a refused connection, an untrusted certificate, a 5xx), so ops learn why sign-ins get
+        the 503 page; the checks repeating it during the outage log at debug.
+        """
         url = self._discovery_url()
         try:
             async with self._http.get(url, headers={"Accept": "application/json"},
                                       timeout=self._check_timeout) as response:
                 await read_bounded(response, self.config.max_response)
-                return response.status < 500
+                if response.status < 500:
+                    return True
+                reason = f"status {response.status}"
         except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as exc:
-            _log.debug("idp_check_failed", provider=self.name, error=repr(exc)[:200])
-            return False
+            reason = repr(exc)[:200]
+        if self.reachability.last_known_reachable:
+            _log.warning("idp_unreachable", provider=self.name, url=url[:200], error=reason)
+        else:
+            _log.debug("idp_check_failed", provider=self.name, error=reason)
+        return False
 
     def _discovery_url(self) -> str:
         # OIDC Discovery 4: a terminating "/" of the issuer is removed before the well-known path.

@@ -72,8 +72,8 @@ def _service(request: web.Request, record: RequestRecord, bearer: BearerTokens,
         return _verify_service(request, record, bearer, presented, now)
     bound = bearer.bind(verified, presented, _evidence(request, record), now)
     if not isinstance(bound, Service):
-        return _bound(record, presented, bound)
-    record.caller = ServiceCaller(bound, token_handle(presented.token))
+        return _bound(record, presented, bound, verified.ends)
+    record.caller = ServiceCaller(bound, token_handle(presented.token), verified.ends)
     return None
 
 
@@ -86,16 +86,16 @@ async def _verify_service(request: web.Request, record: RequestRecord, bearer: B
     except TokenRejected as refused:
         _refused(record, refused)
         return
-    record.caller = ServiceCaller(service, token_handle(presented.token))
+    record.caller = ServiceCaller(service, token_handle(presented.token), verified.ends)
 
 
-async def _bound(record: RequestRecord, presented: Presented, bound: Awaitable[Service]) -> None:
+async def _bound(record: RequestRecord, presented: Presented, bound: Awaitable[Service], ends: float) -> None:
     try:
         service = await bound
     except TokenRejected as refused:
         _refused(record, refused)
         return
-    record.caller = ServiceCaller(service, token_handle(presented.token))
+    record.caller = ServiceCaller(service, token_handle(presented.token), ends)
 
 
 def _refused(record: RequestRecord, refused: TokenRejected) -> None:

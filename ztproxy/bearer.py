@@ -111,6 +111,9 @@ class Verified:
     service: Service  # binding "none": what the sender proves is checked per request
     until: float  # wall clock: the token's exp, or the introspection bound
     confirmation: Mapping[str, Any] | None  # cnf (RFC 7800)
+    # Wall clock: the end of the credential itself (its exp; an introspected token without
+    # one: the introspection bound), when a WebSocket it opened closes.
+    ends: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +215,7 @@ class BearerTokens:
             raise TokenServiceUnavailable() from exc
         expires = access.expires if access.expires is not None else now
         verified = Verified(_service_of(access), min(expires, until) if until is not None else expires,
-                            access.confirmation)
+                            access.confirmation, access.expires if access.expires is not None else until or now)
         return self._verified.remember((_digest(token), route.name), verified)
 
     async def _jwt(self, issuer: _Issuer, token: str, audience: str, now: float) -> AccessToken:

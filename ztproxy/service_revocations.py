@@ -22,7 +22,7 @@ goes away later leaves the last table read in force (the mechanics are
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -85,6 +85,16 @@ class RevokedServices:
         self._clients: dict[str, Revocation] = {}
         self._services: dict[str, Revocation] = {}
         self._tokens: dict[str, Revocation] = {}
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` after every change of the table here; returns how to stop."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _changed(self) -> None:
+        for listener in tuple(self._listeners):
+            listener()
 
     def replace(self, revocations: Iterable[Revocation]) -> None:
         by_kind: dict[str, dict[str, Revocation]] = {kind: {} for kind in KINDS}
@@ -92,11 +102,13 @@ class RevokedServices:
             by_kind[revocation.kind][revocation.value] = revocation
         self._clients, self._services, self._tokens = by_kind["client_id"], by_kind["service"], by_kind["jti"]
         self.loaded = True
+        self._changed()
 
     def add(self, revocation: Revocation) -> None:
         """One revocation announced, in force here before the table is read again."""
         {"client_id": self._clients, "service": self._services, "jti": self._tokens}[revocation.kind][
             revocation.value] = revocation
+        self._changed()
 
     def refusal(self, service: Service, now: float) -> str | None:
         """The reason ``service`` is refused (``token-revoked``, ``service-revoked``), or None."""

@@ -85,6 +85,9 @@ class ServiceCaller:
     kind: ClassVar[str] = "service"  # the caller label of metrics and decision events
     service: Service
     handle: str  # a hash of the token or certificate, as logs and assertions name it (never the token)
+    # Wall clock (Unix seconds) when the credential stops vouching: the token's exp (or the
+    # introspection bound), the certificate's notAfter. A WebSocket it opened closes then.
+    ends: float | None = None
 
     @property
     def subject(self) -> str:

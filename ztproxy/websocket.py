@@ -10,7 +10,10 @@ with a session is closed with 1008 as soon as that session is revoked, here or o
 other worker or replica (``SessionManager.watch``), and so is a socket a grant let in when
 that grant ends (``GrantsView.until_ended``), or as soon as a security signal's effect (the
 session losing MFA, the user's claims changed, the device reported not compliant:
-``ztproxy.signals.effects``) means the route's policy would refuse it now.
+``ztproxy.signals.effects``) means the route's policy would refuse it now. A socket a
+service opened closes when its client, workload or token is revoked (on any replica:
+``ztproxy.service_revocations``) and when its credential ends (the token's ``exp``, the
+certificate's notAfter): the service connects again with a fresh one.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from ztproxy.grants.model import person_key
 from ztproxy.grants.service import GRANTS
 from ztproxy.headers import downstream_response_headers
 from ztproxy.policy.criteria.grant import Grant
-from ztproxy.state import RECORD, Person, RequestRecord
+from ztproxy.service_revocations import REVOKED_SERVICES
+from ztproxy.state import RECORD, Person, RequestRecord, ServiceCaller
 from ztproxy.upstream import UPSTREAM, UpgradeRefused, forward_headers, upstream_failures, upstream_url
 
 # aiohttp generates its own handshake headers for the upstream leg.
@@ -78,9 +82,31 @@ def _watch_session(request: web.Request, record: RequestRecord, ended: asyncio.E
     """Set ``ended`` when the session that opened this socket ends; returns how to stop watching."""
     caller = record.caller
     auth = request.app.get(AUTH)
+    if isinstance(caller, ServiceCaller):
+        return _watch_service(request, caller, ended)
     if not isinstance(caller, Person) or auth is None:
-        return lambda: None  # a service's token ends by itself; nobody, nothing to watch
+        return lambda: None  # nobody: nothing to watch
     return auth.sessions.watch(caller.ticket.store_key, ended.set)
+
+
+def _watch_service(request: web.Request, caller: ServiceCaller, ended: asyncio.Event) -> Callable[[], None]:
+    """Set ``ended`` when the service's credential ends or is revoked; returns how to stop watching."""
+    loop = asyncio.get_running_loop()
+    timer = None if caller.ends is None else loop.call_later(max(0.0, caller.ends - time.time()), ended.set)
+    revoked = request.app[REVOKED_SERVICES]
+
+    def judge() -> None:
+        if revoked is not None and revoked.refusal(caller.service, time.time()) is not None:
+            ended.set()
+
+    unlisten = None if revoked is None else revoked.listen(judge)
+
+    def stop() -> None:
+        if timer is not None:
+            timer.cancel()
+        if unlisten is not None:
+            unlisten()
+    return stop
 
 
 def _watch_grant(request: web.Request, record: RequestRecord, ended: asyncio.Event) -> asyncio.Task[None] | None:
@@ -198,7 +224,10 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
                 to_upstream.cancel()
                 to_client.cancel()
                 await asyncio.gather(to_upstream, to_client, return_exceptions=True)
-                if ended in done:
+                if ended in done and isinstance(caller := record.caller, ServiceCaller):
+                    expired = caller.ends is not None and time.time() >= caller.ends
+                    over = b"credential expired" if expired else b"access revoked"
+                elif ended in done:
                     over = b"access ended" if grant_watch is not None and grant_watch.done() else b"session ended"
                 else:
                     over = b"access withdrawn"

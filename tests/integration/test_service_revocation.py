@@ -25,8 +25,10 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from aiohttp import WSMsgType, web
 
 from tests.conftest import REPO, ProxyProcess, Upstream, UpstreamFactory, free_port, wait_ready
+from tests.integration.test_revocation import ws_echo
 from tests.support.idp import IdpFactory
 from tests.support.redis import RedisFactory, RedisServer
 from ztproxy.demo_idp import DemoIdp, IdpClient, IdpResource, IdpService
@@ -119,12 +121,16 @@ routes:
 """
 
 
+async def echo(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"path": request.raw_path})
+
+
 @pytest.fixture
 async def start_world(start_idp: IdpFactory, start_upstream: UpstreamFactory, proxy_process: StartProcess,
                       redis_factory: RedisFactory, tmp_path: Path) -> Callable[..., Any]:
     async def start(*, cache_ttl: str = "60s", persist: bool = False) -> World:
         redis = redis_factory.start(persist=persist)
-        upstream = await start_upstream()
+        upstream = await start_upstream(routes=[web.get("/orders/ws", ws_echo), web.route("*", "/{path:.*}", echo)])
         idp = await start_idp(clients=[IdpClient(client_id="ztproxy", client_secret="proxy-client-secret-for-tests",
                                                  redirect_uris=("http://127.0.0.1/.ztproxy/callback",))],
                               services=[BILLING, REPORTS], resources=[IdpResource(ORDERS, ("orders.read",))])
@@ -197,6 +203,35 @@ async def test_a_revoked_client_is_refused_everywhere_before_and_after_and_until
     assert refused[0]["caller"] == "service" and refused[0]["client_id"] == "billing"
     assert refused[0]["scopes"] == ["orders.read"] and refused[0]["decision"] == "deny"
     assert all(before not in line and after not in line for line in world.replicas[0].process.log_lines())
+
+
+async def test_a_revoked_services_open_websockets_close_on_every_replica(start_world: Callable[..., Any]) -> None:
+    world: World = await start_world()
+    billing = await world.idp.client_credentials(BILLING, ORDERS, ["orders.read"])
+    reports = await world.idp.client_credentials(REPORTS, ORDERS, ["orders.read"])
+    async with aiohttp.ClientSession() as client:
+        async def open_socket(replica: Replica, token: str) -> aiohttp.ClientWebSocketResponse:
+            ws = await client.ws_connect(replica.process.url + "/orders/ws",
+                                         headers={"Authorization": f"Bearer {token}"})
+            await ws.send_str("hi")
+            assert (await ws.receive(timeout=10)).data == "echo:hi"
+            return ws
+
+        revoked = [await open_socket(replica, billing)
+                   for replica in world.replicas for _ in range(replica.workers * 2)]
+        untouched = [await open_socket(replica, reports) for replica in world.replicas]
+        status, _ = await world.admin("POST", "/admin/services/revoke", {"client_id": "billing"})
+        revoked_at = time.monotonic()
+        assert status == 200
+        for ws in revoked:
+            message = await ws.receive(timeout=BOUND * 5)
+            assert message.type is WSMsgType.CLOSE, message
+            assert (message.data, message.extra) == (1008, "access revoked")
+        assert time.monotonic() - revoked_at < BOUND
+        for ws in untouched:  # another client's sockets go on
+            await ws.send_str("still")
+            assert (await ws.receive(timeout=10)).data == "echo:still"
+            await ws.close()
 
 
 async def test_a_revoked_token_is_refused_and_the_revocation_ends_with_the_token(

@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from typing import Any
 
 import aiohttp
 import jwt
 import pytest
+from aiohttp import WSMsgType, web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ProxyFactory, UpstreamFactory, free_port
+from tests.integration.test_revocation import ws_echo
 from tests.support.forgery import tamper
 from tests.support.idp import ALICE_PASSWORD, IdpFactory
 from tests.support.user_agent import UserAgent
@@ -30,8 +33,14 @@ pytestmark = pytest.mark.integration
 ORDERS = "https://orders.corp.example"
 ARCHIVE = "https://archive.corp.example"
 ELSEWHERE = "https://elsewhere.corp.example"  # an API ztproxy does not front
+STREAMS = "https://streams.corp.example"  # its tokens live 5 s: long enough to open a socket
 BILLING = IdpService("billing", "billing-secret-for-tests-0123456789", ("orders.read", "orders.write"))
 REPORTS = IdpService("reports", "reports-secret-for-tests-0123456789", ("orders.read",))
+
+
+async def echo(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"method": request.method, "path": request.raw_path,
+                              "headers": [[k, v] for k, v in request.headers.items()]})
 
 
 class World:
@@ -56,7 +65,7 @@ class World:
 
 @pytest.fixture
 async def world(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory) -> World:
-    upstream = await start_upstream()
+    upstream = await start_upstream(routes=[web.get("/streams/ws", ws_echo), web.route("*", "/{path:.*}", echo)])
     port = free_port()
     public = f"http://127.0.0.1:{port}"
     idp = await start_idp(
@@ -65,7 +74,8 @@ async def world(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream
         services=[BILLING, REPORTS],
         resources=[IdpResource(ORDERS, ("orders.read", "orders.write"), token_ttl=2),
                    IdpResource(ARCHIVE, ("orders.read",), token_format="opaque"),
-                   IdpResource(ELSEWHERE, ("orders.read",))])
+                   IdpResource(ELSEWHERE, ("orders.read",)),
+                   IdpResource(STREAMS, ("orders.read",), token_ttl=5)])
     await start_proxy(f"""
 server: {{listen: 127.0.0.1:{port}, admin_listen: null}}
 identity_providers:
@@ -83,6 +93,8 @@ routes:
   - {{name: orders-write, path: /orders-write, upstream: "{upstream.url}", audience: "{ORDERS}",
      allow: [{{clients: [billing, reports], scopes: [orders.write]}}]}}
   - {{name: archive, path: /archive, upstream: "{upstream.url}", audience: "{ARCHIVE}",
+     allow: [{{clients: [billing]}}]}}
+  - {{name: streams, path: /streams, upstream: "{upstream.url}", audience: "{STREAMS}",
      allow: [{{clients: [billing]}}]}}
   - {{name: mixed, path: /mixed, upstream: "{upstream.url}", audience: "{ORDERS}",
      allow: [{{email_domains: [corp.example]}}, {{clients: [billing]}}]}}
@@ -193,6 +205,23 @@ async def test_the_app_tells_a_service_from_a_person_with_ztproxy_verify(world: 
     identity = Verifier(issuer=world.url, audience=ORDERS, jwks=jwks).verify(assertion)
     assert identity.is_service and identity.subject == "billing" and identity.client_id == "billing"
     assert identity.scopes == ("orders.read",) and identity.groups == () and identity.email is None
+
+
+async def test_a_services_websocket_closes_when_its_token_expires(world: World) -> None:
+    token = await world.idp.client_credentials(BILLING, STREAMS, ["orders.read"])
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+    async with aiohttp.ClientSession() as client:
+        async with client.ws_connect(world.url + "/streams/ws", headers={"Authorization": f"Bearer {token}"}) as ws:
+            await ws.send_str("hi")
+            assert (await ws.receive(timeout=10)).data == "echo:hi"
+            message = await ws.receive(timeout=30)  # the token lives 5 s: the proxy closes the socket then
+            assert message.type is WSMsgType.CLOSE, message
+            assert (message.data, message.extra) == (1008, "credential expired")
+            assert time.time() >= expires  # not before its time
+        # The same token opens no new socket.
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect(world.url + "/streams/ws", headers={"Authorization": f"Bearer {token}"})
+        assert refused.value.status == 401
 
 
 async def test_token_issuers_are_trusted_only_where_a_route_lists_them(start_idp: IdpFactory,

@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import jwt
 import pytest
+from aiohttp import WSMsgType, web
 from structlog.testing import capture_logs
 
 from tests.conftest import ProxyFactory, UpstreamFactory, free_port
+from tests.integration.test_revocation import ws_echo
 from tests.support.posture import Issued
 from tests.support.spiffe import CORP, SpiffePki
 from ztproxy.workloads.bundles import CHECK_INTERVAL
@@ -48,9 +51,13 @@ class World:
         return {name.lower(): value for name, value in body["headers"]}
 
 
+async def echo(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"headers": [[k, v] for k, v in request.headers.items()]})
+
+
 @pytest.fixture
 async def world(spiffe_pki: SpiffePki, start_proxy: ProxyFactory, start_upstream: UpstreamFactory) -> World:
-    upstream = await start_upstream()
+    upstream = await start_upstream(routes=[web.get("/billing/ws", ws_echo), web.route("*", "/{path:.*}", echo)])
     port = free_port()
     proxy = await start_proxy(f"""
 server: {{listen: 127.0.0.1:{port}, admin_listen: null, tls: {spiffe_pki.tls_yaml()}}}
@@ -82,6 +89,22 @@ async def test_an_svid_of_the_trust_domain_reaches_the_app_as_the_workload(world
     assert claims["caller"] == "service" and claims["sub"] == BILLING and claims["spiffe_id"] == BILLING
     assert claims["binding"] == "mtls" and claims["aud"] == "https://billing.corp.example"
     assert "client_id" not in claims and "email" not in claims and "groups" not in claims
+
+
+async def test_a_workloads_websocket_closes_when_its_certificate_expires(world: World) -> None:
+    not_after = (datetime.now(UTC) + timedelta(seconds=4)).replace(microsecond=0)
+    certificate = world.pki.svid(BILLING, not_before=not_after - timedelta(days=1), not_after=not_after)
+    connector = aiohttp.TCPConnector(ssl=world.pki.client_context(certificate))
+    async with aiohttp.ClientSession(connector=connector) as client:
+        async with client.ws_connect(world.url + "/billing/ws") as ws:
+            await ws.send_str("hi")
+            assert (await ws.receive(timeout=10)).data == "echo:hi"
+            message = await ws.receive(timeout=30)  # the proxy closes the socket at the certificate's notAfter
+            assert message.type is WSMsgType.CLOSE, message
+            assert (message.data, message.extra) == (1008, "credential expired")
+            assert datetime.now(UTC) >= not_after
+        status, _, body = await world.call("/billing/invoices", certificate)  # and lets it in no more
+        assert (status, body["error"]) == (401, "authentication-required"), body
 
 
 async def test_an_svid_the_rule_does_not_name_is_refused(world: World) -> None:

@@ -48,7 +48,7 @@ class Workloads:
             caller = None if not isinstance(found, Svid) else ServiceCaller(
                 Service(subject=found.spiffe_id, spiffe_id=found.spiffe_id, binding="mtls"),
                 # How logs and assertions name this credential: a hash, like a token's.
-                hashlib.sha256(der).hexdigest()[:32])
+                hashlib.sha256(der).hexdigest()[:32], found.not_after.timestamp())
             seen = self._seen.remember(der, (bundles.generation, found, caller))
         _, found, caller = seen
         rejected = expiry(found, now) if isinstance(found, Svid) else found

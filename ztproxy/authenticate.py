@@ -22,7 +22,7 @@ from ztproxy.auth import AUTH, Auth, for_route, open_ticket
 from ztproxy.bearer import BEARER, BearerTokens, Evidence, Presented, TokenRejected, presented_token, token_handle
 from ztproxy.cookies import read_ticket
 from ztproxy.policy.model import Service
-from ztproxy.posture.client_cert import peer_certificate
+from ztproxy.posture.service import caller_certificate
 from ztproxy.sessions.sealing import Ticket
 from ztproxy.state import RECORD, RequestRecord, ServiceCaller
 from ztproxy.workloads.service import workload_caller
@@ -113,7 +113,7 @@ def _evidence(request: web.Request, record: RequestRecord) -> Evidence:
         host = request.headers.get("X-Forwarded-Host", host)
     proofs = request.headers.getall("DPoP", ())
     return Evidence(method=ctx.method, url=f"{scheme}://{host}{ctx.target.path}",
-                    dpop=proofs[0] if len(proofs) == 1 else None, certificate=peer_certificate(request.transport))
+                    dpop=proofs[0] if len(proofs) == 1 else None, certificate=caller_certificate(request))
 
 
 async def _authenticate(record: RequestRecord, auth: Auth, ticket: Ticket, now: float,

@@ -34,6 +34,7 @@ server:
   listen: 127.0.0.1:{free_port()}
   admin_listen: null
   tls: {device_pki.tls_yaml()}
+  trusted_proxies: [127.0.0.1]  # forward-auth: 127.0.0.1 may ask /.ztproxy/auth
 devices:
   client_certificate: {{}}
   inventory: {{file: '{inventory}', reload_interval: 0.2s}}
@@ -89,3 +90,19 @@ async def test_an_expired_device_certificate_still_reaches_public_routes(proxy: 
             assert response.status == 200
         async with client.get(proxy.url + "/managed/") as response:
             assert response.status == 403  # but it identifies no device
+
+
+async def test_in_forward_auth_the_calling_proxys_certificate_is_no_device(proxy: Proxy,
+                                                                           device_pki: DevicePki) -> None:
+    # The calling proxy (nginx asking /.ztproxy/auth) presents a certificate of the device CA:
+    # it is the proxy's, not the device of the user it asks about, who has none.
+    connector = aiohttp.TCPConnector(ssl=device_pki.client_context(device_pki.device("laptop-1")))
+    described = {"X-Forwarded-Method": "GET", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "apps.corp.example",
+                 "X-Forwarded-Uri": "/managed/x", "Accept": "application/json"}
+    async with aiohttp.ClientSession(connector=connector) as client:
+        async with client.get(proxy.url + "/.ztproxy/auth", headers=described) as response:
+            assert response.status == 403, await response.text()
+            body = await response.json()
+            assert body["error"] == "access-denied" and "requires a known device" in body["message"], body
+        async with client.get(proxy.url + "/managed/x") as response:  # the same certificate asking itself
+            assert response.status == 200

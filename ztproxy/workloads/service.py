@@ -23,8 +23,8 @@ from cryptography import x509
 from ztproxy.errors import ConfigError, ConfigIssue
 from ztproxy.memo import Memo
 from ztproxy.policy.model import Service
-from ztproxy.posture import peer_certificate
-from ztproxy.state import CONFIG, RECORD, ServiceCaller
+from ztproxy.posture.service import caller_certificate
+from ztproxy.state import CONFIG, ServiceCaller
 from ztproxy.workloads.bundles import TrustBundles, trust_bundles
 from ztproxy.workloads.svid import UNREADABLE, Rejected, Svid, TrustBundle, examine, expiry
 
@@ -89,10 +89,9 @@ async def workloads_ctx(app: web.Application) -> AsyncIterator[None]:
 def workload_caller(request: web.Request) -> ServiceCaller | None:
     """The workload the request's client certificate identifies; None without one, or for another certificate."""
     workloads = request.app[WORKLOADS]
-    if workloads is None or request[RECORD].question is not None:
-        # Forward-auth: the TLS peer is the calling proxy (its own SVID, in a mesh), never the caller.
+    if workloads is None:
         return None
-    der = peer_certificate(request.transport)
+    der = caller_certificate(request)  # in forward-auth none: the TLS peer is the calling proxy
     if der is None:
         return None
     return workloads.caller(der, datetime.now(UTC))

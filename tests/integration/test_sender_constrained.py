@@ -73,6 +73,7 @@ server:
   public_url: {public}
   admin_listen: null
   tls: {device_pki.tls_yaml()}
+  trusted_proxies: [127.0.0.1]  # forward-auth: 127.0.0.1 may ask /.ztproxy/auth
 identity_providers:
   - {{name: demo, issuer: "{idp.issuer}", client_id: ztproxy, client_secret: proxy-client-secret-for-tests}}
 routes:
@@ -158,6 +159,12 @@ async def test_a_certificate_bound_token_passes_only_over_its_certificate(world:
         status, response_headers, body = await world.call("/bound/a", headers, certificate=certificate)
         assert status == 401, case
         assert 'error="invalid_token"' in response_headers["WWW-Authenticate"], case
+    # In forward-auth the TLS peer is the calling proxy: even when it presents the very
+    # certificate, it proves nothing of the token's sender, whose connection ended there.
+    described = {**headers, "X-Forwarded-Method": "GET", "X-Forwarded-Proto": "https",
+                 "X-Forwarded-Host": world.url.removeprefix("https://"), "X-Forwarded-Uri": "/bound/a"}
+    status, response_headers, _ = await world.call("/.ztproxy/auth", described, certificate=mine)
+    assert status == 401 and 'error="invalid_token"' in response_headers["WWW-Authenticate"]
 
 
 async def test_the_dpop_nonce_is_asked_for_when_configured(start_idp: IdpFactory, start_proxy: ProxyFactory,

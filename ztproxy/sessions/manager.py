@@ -192,6 +192,10 @@ class SessionManager:
             return None
         plain = unseal(ticket, sealed)
         session = Session.from_bytes(plain) if plain is not None else None
+        if plain is not None and session is None:
+            # Opened with the right key, in a format this release does not read (one written
+            # by a newer release): the user signs in afresh, as for an unknown cookie.
+            _log.warning("session_format_unknown", session=ticket.public_id, ticket_version=ticket.version)
         if session is None or not self.live(session, now):
             # Foreign or tampered bytes are left alone (the right cookie may still open them);
             # an expired session is removed.
@@ -219,7 +223,8 @@ class SessionManager:
     async def update(self, ticket: Ticket, session: Session, now: float) -> bool:
         """Replace the session's content (an identity refresh); False when it was ended meanwhile."""
         forgets = self._forgets
-        written = await self.store.put(ticket.store_key, seal(ticket, session.to_bytes()),
+        # A legacy ticket's session stays in the format of its release, which may still serve it.
+        written = await self.store.put(ticket.store_key, seal(ticket, session.to_bytes(legacy=ticket.legacy)),
                                        self._expiry(session, now), only_existing=True,
                                        indexes=_indexes(ticket.store_key, session))
         if written:
@@ -237,7 +242,9 @@ class SessionManager:
         the security event that ended them, accepted at ``at``); ``ending``: why, for ``on_end``."""
         if not keys:
             return
-        await self.store.delete(*keys)
+        # Each session's handle index goes with it (an index of that session alone); the
+        # shared ones (user, email, IdP session) drop it when they are next written or read.
+        await self.store.delete(*keys, *(handle_index(public_handle(key)) for key in keys))
         await self.revocations.announce(keys, cause=cause, at=at)
         if ending is not None:
             for told in self.on_end:

@@ -5,9 +5,10 @@ shape. Times are Unix seconds. No aiohttp, no I/O.
 
 Two formats, both JSON. Format 2, written for every session of a version 2 ticket, is kept
 small because every session in Redis costs its bytes (issue 19: at most 1 KiB a session):
-short names, nothing said that is empty or that another field already says (a claim equal
-to ``email``, ``name`` or ``groups``; ``last_seen`` and ``refreshed`` equal to
-``created``), the risk state as a list. Format 1 is what releases before it wrote: read
+a list of values in a fixed order, no names, the empty ones at the end left out, nothing
+said that another value already says (a claim equal to ``email``, ``name`` or ``groups``;
+``last_seen`` and ``refreshed`` equal to ``created``; the risk state's network while it is
+the sign-in's). Format 1, an object by field name, is what releases before it wrote: read
 always, and still written for the sessions of legacy tickets, which replicas of such a
 release may be serving during a rolling upgrade.
 """
@@ -29,16 +30,20 @@ from ztproxy.risk.context import RiskState
 FORMAT_VERSION = 2
 LEGACY_FORMAT_VERSION = 1
 
-# Format 2's names, and the fields it leaves out when they hold these defaults.
-_SHORT = {"provider": "p", "subject": "s", "email": "e", "name": "n", "groups": "g", "claims": "c", "acr": "a",
-          "amr": "am", "mfa": "m", "auth_time": "at", "created": "t", "last_seen": "ls", "refreshed": "rf",
-          "refresh_token": "rt", "id_token": "it", "idp_session": "sid", "risk": "r"}
-_LONG = {short: name for name, short in _SHORT.items()}
-# RiskState.to_data's fields, in the order format 2 lists their values.
-_RISK_FIELDS = ("signed_in_from", "browser", "device", "device_known", "network", "previous_network", "moved_at",
+# Format 2 is a list: the version, then these values in this order, the empty ones at the end
+# left out. The usual ones come first; a value the list leaves out or holds as null is its default.
+_FIELDS = ("provider", "subject", "created", "email", "name", "claims", "acr", "amr", "auth_time", "refresh_token",
+           "idp_session", "risk", "groups",
+           "groups_claim",  # the claim that held exactly the groups, left out of the claims
+           "mfa", "last_seen", "refreshed", "id_token",
+           "claims_absent")  # which of email and name the claims did not hold
+_DEFAULTS: dict[str, Any] = {"claims": {}, "amr": [], "groups": [], "mfa": False, "claims_absent": []}
+# RiskState.to_data's fields, in the order format 2 lists their values (network: 1 when it is
+# still the sign-in's), and their defaults.
+_RISK_FIELDS = ("signed_in_from", "browser", "network", "device", "device_known", "previous_network", "moved_at",
                 "signals", "locked_until")
-_GROUPS_CLAIM = "gc"  # format 2: the claim that held exactly the groups, left out of the claims
-_CLAIMS_ABSENT = "ca"  # format 2: fields (email, name) the claims did not hold
+_RISK_DEFAULTS: dict[str, Any] = {"device_known": False, "signals": []}
+_SAME_NETWORK = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,44 +88,35 @@ class Session:
     def to_bytes(self, *, legacy: bool = False) -> bytes:
         """Format 2, or with ``legacy`` format 1 (see the module docstring)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
-        data["claims"] = dict(self.claims)
+        data["claims"] = claims = dict(self.claims)
         data["risk"] = None if self.risk is None else self.risk.to_data()
         if legacy:
             data["v"] = LEGACY_FORMAT_VERSION
             return orjson.dumps(data)
-        claims = data["claims"]
-        absent = [name for name in ("email", "name") if data[name] is not None and name not in claims]
+        data["claims_absent"] = [name for name in ("email", "name") if data[name] is not None and name not in claims]
         for name in ("email", "name"):
             if data[name] is not None and claims.get(name) == data[name]:
                 del claims[name]
-        groups_claim = next((name for name, value in claims.items() if value == list(self.groups) and self.groups),
-                            None)
-        if groups_claim is not None:
-            del claims[groups_claim]
+        data["groups_claim"] = next((name for name, value in claims.items() if self.groups
+                                     and value == list(self.groups)), None)
+        claims.pop(data["groups_claim"], None)
         for name in ("last_seen", "refreshed"):
             if data[name] == self.created:
-                del data[name]
+                data[name] = None
         if data["risk"] is not None:
-            data["risk"] = [data["risk"][name] for name in _RISK_FIELDS]
-        compact: dict[str, Any] = {"v": FORMAT_VERSION}
-        compact.update((_SHORT[name], value) for name, value in data.items() if not _is_empty(value))
-        if groups_claim is not None:
-            compact[_GROUPS_CLAIM] = groups_claim
-        if absent:
-            compact[_CLAIMS_ABSENT] = absent
-        return orjson.dumps(compact)
+            if data["risk"]["network"] == data["risk"]["signed_in_from"] is not None:
+                data["risk"]["network"] = _SAME_NETWORK
+            data["risk"] = _trimmed([data["risk"][name] for name in _RISK_FIELDS])
+        return orjson.dumps([FORMAT_VERSION, *_trimmed([data[name] for name in _FIELDS])])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Session | None:
         """The session in ``raw`` (either format), or None when it is not one this version understands."""
         try:
             data = orjson.loads(raw)
-            if not isinstance(data, dict):
-                return None
-            version = data.pop("v", None)
-            if version == FORMAT_VERSION:
-                data = _expand(data)
-            elif version != LEGACY_FORMAT_VERSION:
+            if isinstance(data, list) and data[:1] == [FORMAT_VERSION]:
+                data = _expand(data[1:])
+            elif not isinstance(data, dict) or data.pop("v", None) != LEGACY_FORMAT_VERSION:
                 return None
             data["groups"] = tuple(data["groups"])
             data["amr"] = tuple(data["amr"])
@@ -129,38 +125,48 @@ class Session:
             session = cls(**data)
         except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, OverflowError, AttributeError):
             return None
-        if not isinstance(session.subject, str) or not isinstance(session.claims, dict):
+        if not (isinstance(session.provider, str) and isinstance(session.subject, str)
+                and isinstance(session.claims, dict) and isinstance(session.mfa, bool)
+                and all(isinstance(value, int | float) for value in (session.created, session.last_seen,
+                                                                     session.refreshed, session.auth_time or 0))
+                and all(value is None or isinstance(value, str) for value in (
+                    session.email, session.name, session.acr, session.refresh_token, session.id_token,
+                    session.idp_session))):
             return None
         return session
 
 
-def _is_empty(value: Any) -> bool:
-    return value is None or value is False or (isinstance(value, (list, tuple, dict)) and not value)
+def _trimmed(values: list[Any]) -> list[Any]:
+    """``values`` without the empty ones at the end (None, False, [], {})."""
+    end = len(values)
+    while end and (values[end - 1] is None or values[end - 1] is False or values[end - 1] in ([], {})):
+        end -= 1
+    return values[:end]
 
 
-def _expand(compact: dict[str, Any]) -> dict[str, Any]:
-    """Format 2 read back into format 1's fields (raises TypeError, KeyError, ValueError on another shape)."""
-    groups_claim = compact.pop(_GROUPS_CLAIM, None)
-    absent = compact.pop(_CLAIMS_ABSENT, [])
+def _defaulted(values: list[Any], fields: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
+    if len(values) > len(fields):
+        raise ValueError("more values than fields")
+    given = dict(zip(fields, values, strict=False))
+    return {name: defaults.get(name) if given.get(name) is None else given[name] for name in fields}
+
+
+def _expand(values: list[Any]) -> dict[str, Any]:
+    """Format 2's values read back into format 1's fields (raises TypeError, KeyError, ValueError on another shape)."""
+    data = _defaulted(values, _FIELDS, _DEFAULTS)
+    groups_claim, absent, claims = data.pop("groups_claim"), data.pop("claims_absent"), data["claims"]
     if not (groups_claim is None or isinstance(groups_claim, str)) or not isinstance(absent, list):
         raise TypeError("not a session of format 2")
-    data: dict[str, Any] = {_LONG[short]: value for short, value in compact.items()}
-    data.setdefault("email", None)
-    data.setdefault("name", None)
-    data.setdefault("groups", [])
-    data.setdefault("acr", None)
-    data.setdefault("amr", [])
-    data.setdefault("mfa", False)
-    data.setdefault("auth_time", None)
-    data.setdefault("last_seen", data["created"])
-    data.setdefault("refreshed", data["created"])
-    claims = data.setdefault("claims", {})
+    for name in ("last_seen", "refreshed"):
+        if data[name] is None:
+            data[name] = data["created"]
     for name in ("email", "name"):
         if data[name] is not None and name not in absent:
             claims.setdefault(name, data[name])
     if groups_claim is not None:
         claims[groups_claim] = list(data["groups"])
-    risk = data.get("risk")
-    if risk is not None:
-        data["risk"] = dict(zip(_RISK_FIELDS, risk, strict=True))
+    if data["risk"] is not None:
+        risk = data["risk"] = _defaulted(data["risk"], _RISK_FIELDS, _RISK_DEFAULTS)
+        if risk["network"] == _SAME_NETWORK:
+            risk["network"] = risk["signed_in_from"]
     return data

@@ -45,15 +45,20 @@ def test_a_session_of_the_previous_release_opens() -> None:
     assert orjson.loads(session.to_bytes(legacy=True)) == orjson.loads(PREVIOUS_RELEASE)
 
 
-def test_format_2_says_each_thing_once_with_short_names() -> None:
+def test_format_2_says_each_thing_once_and_names_nothing() -> None:
     session = make_session()
     compact, legacy = session.to_bytes(), session.to_bytes(legacy=True)
-    data = orjson.loads(compact)
-    assert data["v"] == 2 and data["s"] == "carol" and data["e"] == "carol@corp.example"
-    assert data["c"] == {"email_verified": True}  # email, name and groups are fields of their own
-    assert data["gc"] == "groups" and "ls" not in data and "rf" not in data and "m" not in data
+    assert orjson.loads(compact) == [
+        2, "demo", "carol", T0, "carol@corp.example", "Carol",
+        {"email_verified": True},  # email, name and groups are fields of their own
+        "urn:ztproxy:pwd", ["pwd"], 1796637810.0, "1ywcH9YsZYaOLCj6jMty2ouV9wbDpm3eb82ujRecxeq",
+        "4hb4rcwMv0hSkSFWGBIG8",
+        ["127.0.0.0/24", ["python", 3], 1],  # the network is still the sign-in's; nothing after it
+        ["eng", "ops"], "groups"]  # no MFA; last_seen and refreshed are created; no ID token
     assert Session.from_bytes(compact) == session == Session.from_bytes(legacy)
     assert len(compact) < len(legacy) * 0.6, (len(compact), len(legacy))
+    # The ID token, where the IdP wants it back (logout_id_token_hint), is in it whole.
+    assert Session.from_bytes(make_session(id_token="a.b.c").to_bytes()) == make_session(id_token="a.b.c")
 
 
 def test_format_2_keeps_claims_that_differ_from_the_fields() -> None:
@@ -66,9 +71,10 @@ def test_format_2_keeps_claims_that_differ_from_the_fields() -> None:
 
 def test_unknown_or_broken_formats_are_no_session() -> None:
     good = make_session().to_bytes()
-    for junk in (b'{"v":3,"p":"demo"}', good.replace(b'"v":2', b'"v":0'), good[:-1] + b',"zz":1}',
-                 good.replace(b'"t":', b'"tt":'), good[:-1] + b',"gc":5}', good.replace(b'"s":"carol"', b'"s":7'),
-                 b'{"v":2}', b'{"v":2,"c":[]}'):
+    for junk in (b'[3,"demo","carol",1.0]', b"[2]", b'[2,"demo"]', b"[]", good[:-1] + b',[],"extra"]',
+                 good.replace(b'"groups"]', b'5]'), good.replace(b'[2,"demo","carol"', b'[2,"demo",7'),
+                 good.replace(b'{"email_verified":true}', b"[]"), good.replace(b'"carol@corp.example"', b"[]"),
+                 b'{"v":2,"p":"demo"}', b'{"v":3}', good.replace(b'["python",3]', b'"python"')):
         assert Session.from_bytes(junk) is None, junk
 
 

@@ -137,9 +137,10 @@ class Session:
 
 
 def _trimmed(values: list[Any]) -> list[Any]:
-    """``values`` without the empty ones at the end (None, False, [], {})."""
+    """``values`` without the empty ones at the end (None, False, empty lists, tuples and dicts)."""
     end = len(values)
-    while end and (values[end - 1] is None or values[end - 1] is False or values[end - 1] in ([], {})):
+    while end and (values[end - 1] is None or values[end - 1] is False
+                   or (isinstance(values[end - 1], list | tuple | dict) and not values[end - 1])):
         end -= 1
     return values[:end]
 

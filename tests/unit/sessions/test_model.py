@@ -57,6 +57,8 @@ def test_format_2_says_each_thing_once_and_names_nothing() -> None:
         ["eng", "ops"], "groups"]  # no MFA; last_seen and refreshed are created; no ID token
     assert Session.from_bytes(compact) == session == Session.from_bytes(legacy)
     assert len(compact) < len(legacy) * 0.6, (len(compact), len(legacy))
+    plain = make_session(groups=(), claims={"email": "carol@corp.example", "name": "Carol"}, risk=None)
+    assert orjson.loads(plain.to_bytes())[-1] == "4hb4rcwMv0hSkSFWGBIG8"  # nothing empty after the IdP session
     # The ID token, where the IdP wants it back (logout_id_token_hint), is in it whole.
     assert Session.from_bytes(make_session(id_token="a.b.c").to_bytes()) == make_session(id_token="a.b.c")
 

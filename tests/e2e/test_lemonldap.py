@@ -8,8 +8,9 @@ none). The browser's context ignores certificate errors: what is under test is z
 trust in the IdP, which is strict.
 
 Sign-in, the identity refreshed at the IdP with the (offline) refresh token, a group
-change taking effect at the next refresh, step-up with ``max_age``, and LemonLDAP's sign-out
-ending the proxy's session through OIDC Front-Channel Logout in a cross-site iframe.
+change taking effect at the next refresh, step-up with ``max_age``, LemonLDAP's sign-out
+ending the proxy's session through OIDC Front-Channel Logout in a cross-site iframe, and the
+proxy's sign-out ending LemonLDAP's session (RP-Initiated Logout, with and without the hint).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import orjson
 from structlog.testing import capture_logs
 
 from ztproxy.config.sessions import SessionsConfig
+from ztproxy.errors import SessionStoreUnavailable
 from ztproxy.sessions.manager import SessionManager, handle_index, user_index
 from ztproxy.sessions.memory import MemoryStore
 from ztproxy.sessions.model import Session
@@ -208,3 +209,17 @@ async def test_a_session_in_an_unknown_format_signs_in_afresh_and_says_why() -> 
         assert await sessions.load(Ticket(ticket.session_id, bytes(32)), T0) is None
     assert logs == []
 
+
+
+class StoreLosingIndexes(MemoryStore):
+    async def members(self, index: str) -> list[str]:
+        raise SessionStoreUnavailable("gone")
+
+
+async def test_an_index_that_cannot_be_read_after_an_ending_does_not_undo_it() -> None:
+    settings = SessionsConfig()
+    sessions = SessionManager(StoreLosingIndexes(settings), settings)
+    ticket = await sessions.start(make_session(), T0)
+    await sessions.end(ticket)  # the shared indexes are read again afterwards: that fails, quietly
+    assert await sessions.store.get(ticket.store_key) is None
+    assert await SessionManager(sessions.store, settings).load(ticket, T0) is None

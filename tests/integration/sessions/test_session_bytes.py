@@ -51,9 +51,10 @@ def make_session(subject: str = "carol", idp_session: str = "4hb4rcwMv0hSkSFWGBI
 class Redis:
     """The store under test and a way to ask the node holding a key."""
 
-    def __init__(self, url: str, node_of: Callable[[str], RedisServer]) -> None:
+    def __init__(self, url: str, node_of: Callable[[str], RedisServer], *, standalone: bool) -> None:
         self.config = SessionsConfig(store=url, store_timeout=2.0, lifetime=12 * 3600, idle_timeout=3600)
         self.node_of = node_of
+        self.standalone = standalone
 
     def command(self, key: str, *args: object) -> object:
         return self.node_of(key).command(*args)
@@ -71,10 +72,10 @@ async def redis(request: pytest.FixtureRequest, redis_factory: RedisFactory) -> 
     if request.param == "cluster":
         cluster: ClusterSetup = request.getfixturevalue("shared_redis_cluster")
         cluster.flush()
-        yield Redis(cluster.url, cluster.master_of)
+        yield Redis(cluster.url, cluster.master_of, standalone=False)
     else:
         server = redis_factory.start()
-        yield Redis(server.url, lambda key: server)
+        yield Redis(server.url, lambda key: server, standalone=True)
 
 
 @pytest.fixture
@@ -111,14 +112,30 @@ async def test_a_session_takes_at_most_a_kibibyte(redis: Redis, manager: Session
     assert alone <= 1.2 * KIB
 
 
-async def test_ending_a_session_removes_its_handle_index(redis: Redis, manager: SessionManager) -> None:
-    first, second = await manager.start(make_session(), T0 + 1), await manager.start(make_session(), T0 + 2)
-    await manager.end(first)
-    assert redis.command(handle_index(first.public_id), "EXISTS", handle_index(first.public_id)) == 0
-    assert redis.command(handle_index(second.public_id), "EXISTS", handle_index(second.public_id)) == 1
-    assert await manager.end_matching("demo", subject="carol") == 1
-    assert redis.command(handle_index(second.public_id), "EXISTS", handle_index(second.public_id)) == 0
+async def test_ending_a_session_removes_its_index_entries(redis: Redis, manager: SessionManager) -> None:
+    first = await manager.start(make_session(idp_session="op-1"), T0 + 1)
+    second = await manager.start(make_session(idp_session="op-2"), T0 + 2)
+    third = await manager.start(make_session(idp_session="op-3"), T0 + 3)
+    user, email = user_index("demo", "carol"), email_index("demo", "carol@corp.example")
+
+    def listed(index: str, ticket: Ticket) -> bool:
+        return redis.command(index, "ZSCORE", index, ticket.store_key) is not None
+
+    def exists(key: str) -> bool:
+        return bool(redis.command(key, "EXISTS", key))
+
+    await manager.end(first)  # a sign-out: this worker has the session, so it knows its indexes
+    assert not exists(handle_index(first.public_id)) and exists(handle_index(second.public_id))
+    assert await manager.end_matching("demo", idp_session="op-2") == 1  # a back-channel logout
+    assert not exists(handle_index(second.public_id))
     assert await manager.end_handle(second.public_id) == 0
+    if redis.standalone:
+        # One Redis drops them from the shared indexes at once, and an index left empty with them.
+        assert not listed(user, first) and not listed(email, first) and not listed(user, second)
+        assert not exists(idp_session_index("demo", "op-1")) and not exists(idp_session_index("demo", "op-2"))
+    # A cluster keeps them until their expiry has passed (a writer may be between its index and
+    # its key); never listed as live either way.
+    assert await manager.store.members(user) == [third.store_key] == await manager.store.members(email)
 
 
 async def previous_release_session(manager: SessionManager, session: Session) -> Ticket:

@@ -59,7 +59,8 @@ def session_from_login(config: IdentityProviderConfig, claims: IdTokenClaims, us
         last_seen=now,
         refreshed=now,
         refresh_token=tokens.refresh_token,
-        # Kept only for an IdP whose sign-out wants it back as id_token_hint: ~1 KB a session.
+        # ~1 KB a session, kept only for an IdP whose sign-out wants it back: OIDC RP-Initiated
+        # Logout 1.0 section 2 makes id_token_hint RECOMMENDED; client_id serves the others.
         id_token=tokens.id_token if config.logout_id_token_hint else None,
         idp_session=claims.sid,
     )

@@ -62,7 +62,7 @@ class Session:
     last_seen: float  # last use, coarse (for the idle timeout)
     refreshed: float  # last successful identity refresh at the IdP
     refresh_token: str | None = None
-    id_token: str | None = None  # the hint for RP-initiated logout
+    id_token: str | None = None  # the hint for RP-initiated logout, kept only with logout_id_token_hint
     idp_session: str | None = None  # the OP's `sid`, for back-channel logout
     risk: RiskState | None = None  # the sign-in's context (prefixes) and the session's recent risk
     identity: Identity = field(init=False, compare=False, repr=False)

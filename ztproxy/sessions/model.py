@@ -103,10 +103,11 @@ class Session:
         for name in ("last_seen", "refreshed"):
             if data[name] == self.created:
                 data[name] = None
-        if data["risk"] is not None:
-            if data["risk"]["network"] == data["risk"]["signed_in_from"] is not None:
-                data["risk"]["network"] = _SAME_NETWORK
-            data["risk"] = _trimmed([data["risk"][name] for name in _RISK_FIELDS])
+        risk = data["risk"]
+        if risk is not None:
+            if risk["network"] is not None and risk["network"] == risk["signed_in_from"]:
+                risk["network"] = _SAME_NETWORK
+            data["risk"] = _trimmed([risk[name] for name in _RISK_FIELDS])
         return orjson.dumps([FORMAT_VERSION, *_trimmed([data[name] for name in _FIELDS])])
 
     @classmethod

@@ -8,8 +8,9 @@ none). The browser's context ignores certificate errors: what is under test is z
 trust in the IdP, which is strict.
 
 Sign-in, the identity refreshed at the IdP with the (offline) refresh token, a group
-change taking effect at the next refresh, step-up with ``max_age``, and LemonLDAP's sign-out
-ending the proxy's session through OIDC Front-Channel Logout in a cross-site iframe.
+change taking effect at the next refresh, step-up with ``max_age``, LemonLDAP's sign-out
+ending the proxy's session through OIDC Front-Channel Logout in a cross-site iframe, and the
+proxy's sign-out ending LemonLDAP's session (RP-Initiated Logout, with and without the hint).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def browser_context_options() -> dict[str, Any]:
     return {"ignore_https_errors": True}  # LemonLDAP's certificate is from the test CA
 
 
-def proxy_yaml(relying: Relying, idp: LemonLdap, upstream_url: str, *, client_secret: str = CLIENT_SECRET) -> str:
+def proxy_yaml(relying: Relying, idp: LemonLdap, upstream_url: str, *, client_secret: str = CLIENT_SECRET,
+               id_token_hint: bool = False) -> str:
     assert idp.certificate is not None
     return f"""
 server:
@@ -93,6 +95,7 @@ identity_providers:
     client_secret: {client_secret}
     token_endpoint_auth_method: client_secret_post
     scopes: [{", ".join(SCOPES)}]
+    logout_id_token_hint: {str(id_token_hint).lower()}
 sessions:
   cookie_secrets: [0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef]
   refresh_interval: {REFRESH_INTERVAL}s
@@ -311,6 +314,49 @@ async def test_signing_out_at_lemonldap_ends_the_proxy_session_through_its_ifram
     assert logout["sessions_ended"] == 1
 
     async def come_back(page: Page) -> None:
+        await page.goto(world.url + "/app/")
+        await page.wait_for_url(url_starts(world.idp.issuer + "/"))
+        await expect(page.locator("input[name=password]")).to_be_visible()
+
+    await browser.run(come_back)
+
+
+@pytest.mark.parametrize("hint", [False, True], ids=["client_id", "id_token_hint"])
+async def test_signing_out_through_the_proxy_ends_the_lemonldap_session(
+        lemonldap: LemonLdap, relying: Relying, proxy_process: ProxyStarter, start_upstream: UpstreamFactory,
+        browser: BrowserTab, hint: bool) -> None:
+    # RP-Initiated Logout 1.0: LemonLDAP checks post_logout_redirect_uri against its relying
+    # parties and asks the user to confirm; with the ID token as id_token_hint, it skips the
+    # question for a relying party set to "bypass confirm" (this one is).
+    upstream = await start_upstream()
+    proxy = await asyncio.to_thread(proxy_process, proxy_yaml(relying, lemonldap, upstream.url, id_token_hint=hint),
+                                    env={"SSL_CERT_FILE": str(lemonldap.ca_file)})
+    world = World(lemonldap, proxy)
+
+    async def journey(page: Page) -> list[Any]:
+        await sign_in(page, world, "/app/", ALICE)
+        await page.goto(world.url + "/.ztproxy/logout")
+        async with page.expect_navigation():
+            await page.get_by_role("button", name="Sign out").click()
+        if not hint:
+            await page.wait_for_url(url_starts(world.idp.issuer + "/"))
+            await expect(page.get_by_text("Do you want to logout?")).to_be_visible()
+            await page.locator("button.positive").click()
+        # LemonLDAP signs its other relying parties out in iframes (the proxy's front-channel page,
+        # the session already gone), then offers the way back: Continue, or 20 seconds.
+        await expect(page.get_by_text("redirected in")).to_be_visible()
+        await page.get_by_role("button", name="Continue").click()
+        await page.wait_for_url(url_starts(world.url + "/.ztproxy/signed-out"))  # LemonLDAP adds an empty "?"
+        await expect(page.get_by_role("heading", name="You are signed out")).to_be_visible()
+        return await page.context.cookies()
+
+    cookies = await browser.run(journey)
+    assert "ztproxy_session" not in {cookie["name"] for cookie in cookies}
+    ended = [url for url in browser.urls_since(0) if url.startswith(world.idp.issuer + "/oauth2/logout?")]
+    assert ended and ("id_token_hint=" in ended[0]) == hint and f"client_id={CLIENT_ID}" in ended[0], ended
+
+    async def come_back(page: Page) -> None:
+        # The LemonLDAP session ended too: the password is asked again.
         await page.goto(world.url + "/app/")
         await page.wait_for_url(url_starts(world.idp.issuer + "/"))
         await expect(page.locator("input[name=password]")).to_be_visible()

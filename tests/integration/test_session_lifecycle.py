@@ -51,7 +51,13 @@ async def eventually(condition: Callable[[], Awaitable[bool]], what: str, within
 # --- sign-out --------------------------------------------------------------------------------
 
 
-async def test_sign_out_ends_the_session_here_and_at_the_idp(world: LoginWorld) -> None:
+@pytest.mark.parametrize("hint", [False, True], ids=["client_id", "id_token_hint"])
+async def test_sign_out_ends_the_session_here_and_at_the_idp(
+        start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory, hint: bool) -> None:
+    # RP-Initiated Logout 1.0 section 2: the ID token as id_token_hint only where the IdP is told
+    # to keep it (logout_id_token_hint); else client_id, by which the IdP checks the redirect URI.
+    world = await start_world(start_idp, start_proxy, start_upstream, sessions="  refresh_interval: 1s",
+                              provider=f"    logout_id_token_hint: {str(hint).lower()}")
     async with UserAgent() as agent:
         await world.login(agent, "/app/", "alice", ALICE_PASSWORD)
         cookie = session_cookie(agent)
@@ -68,7 +74,13 @@ async def test_sign_out_ends_the_session_here_and_at_the_idp(world: LoginWorld) 
         params = parse_qs(end_session.query)
         assert out.location.startswith(world.idp.issuer)
         assert params["post_logout_redirect_uri"] == [world.url + "/.ztproxy/signed-out"]
-        assert params["client_id"] == [CLIENT_ID] and params["id_token_hint"]
+        assert params["client_id"] == [CLIENT_ID]
+        if hint:
+            [id_token] = params["id_token_hint"]
+            claims = jwt.decode(id_token, KeySet.import_key_set(json.loads(world.idp.keys_path.read_text()))).claims
+            assert claims["aud"] == CLIENT_ID and claims["sub"] == "alice"
+        else:
+            assert "id_token_hint" not in params
         confirm = await agent.follow(out)
         idp_form = confirm.form()
         assert idp_form is not None

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import aiohttp
+from structlog.testing import capture_logs
 
 from tests.conftest import ProxyFactory, UpstreamFactory
 from tests.integration.login_env import start_world
 from tests.support.idp import ALICE_PASSWORD, IdpFactory
 from tests.support.redis import RedisFactory
 from tests.support.user_agent import UserAgent
+from ztproxy.config.sessions import SessionsConfig
+from ztproxy.sessions.manager import email_index, handle_index, user_index
+from ztproxy.sessions.model import Session
+from ztproxy.sessions.sealing import LEGACY_TICKET_VERSION, Ticket, seal, unseal
+from ztproxy.sessions.store import open_store
 
 
 async def status(url: str, cookie: str | None) -> tuple[int, str]:
@@ -42,3 +50,41 @@ async def test_sessions_live_in_redis_and_survive_its_restart_but_not_its_absenc
 
     redis.start()  # persisted: the session is back, and the proxy reconnects by itself
     assert (await status(world.url + "/app/", cookie))[0] == 200
+
+
+async def test_sessions_of_the_previous_release_keep_working_after_the_upgrade(
+        start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory,
+        redis_factory: RedisFactory) -> None:
+    """A rolling upgrade: sessions the release before stored (version 1 cookies, 66-character keys,
+    format 1) are served by this one; a session in a format it cannot read (one a newer release
+    wrote) is a fresh sign-in with a warning that says so, never a 500."""
+    redis = redis_factory.start()
+    world = await start_world(start_idp, start_proxy, start_upstream, sessions=f"  store: {redis.url}\n  cache_ttl: 0s")
+    async with UserAgent() as agent:
+        await world.login(agent, "/app/", "alice", ALICE_PASSWORD)
+        ticket = Ticket.parse(next(c.value for c in agent.cookie_jar if c.key == "ztproxy_session"))
+    assert ticket is not None and not ticket.legacy and len(ticket.store_key) == 34
+    store = open_store(SessionsConfig(store=redis.url, store_timeout=2.0))
+    try:
+        plain = unseal(ticket, await store.get(ticket.store_key) or b"")
+        session = Session.from_bytes(plain or b"")
+        assert session is not None and session.id_token is None  # no logout_id_token_hint: not kept
+        # What the release before stored for the same sign-in, through the same store script.
+        old = Ticket(os.urandom(32), os.urandom(32), LEGACY_TICKET_VERSION)
+        await store.put(old.store_key, seal(old, session.to_bytes(legacy=True)), 600, indexes=[
+            user_index("demo", "alice"), handle_index(old.public_id), email_index("demo", "alice@corp.example")])
+        code, body = await status(world.url + "/app/", old.cookie_value())
+        assert code == 200 and "alice" in body, body[:200]
+        # A newer release's format: refused as no session (401 to an API client), logged, never a 500.
+        newer = Ticket.new()
+        await store.put(newer.store_key, seal(newer, b'[3,"demo","alice"]'), 600)
+        with capture_logs() as logs:
+            code, body = await status(world.url + "/app/", newer.cookie_value())
+        assert code == 401, body[:200]
+        assert [entry for entry in logs if entry["event"] == "session_format_unknown"] == [
+            {"event": "session_format_unknown", "session": newer.public_id, "ticket_version": 2,
+             "log_level": "warning"}]
+        # Listed with the user's new sessions: a revocation of the user ends it too.
+        assert set(await store.members(user_index("demo", "alice"))) == {ticket.store_key, old.store_key}
+    finally:
+        await store.close()

@@ -150,6 +150,12 @@ def test_okta_org_and_custom_authorization_servers() -> None:
     assert "groups" in org.scopes and org.mfa.acr_values == ("urn:okta:loa:2fa:any",)
     custom = provider("{preset: okta, issuer: 'https://corp.okta.com/oauth2/default', client_id: z}")
     assert "groups" not in custom.scopes  # a custom server defines its groups claim instead
+    # Okta's sign-out takes the ID token back (id_token_hint): sessions keep it, unless told otherwise.
+    assert org.logout_id_token_hint and custom.logout_id_token_hint
+    assert not provider("{preset: okta, issuer: 'https://corp.okta.com', client_id: z, "
+                        "logout_id_token_hint: false}").logout_id_token_hint
+    assert not provider("{preset: keycloak, issuer: 'https://sso.corp.example/realms/corp', client_id: z}"
+                        ).logout_id_token_hint
     for bad in ("https://corp.okta.com/oauth2/v1", "https://corp.okta.com/oauth2/default/v1/token",
                 "https://corp.okta.com/x"):
         [found] = issues(f"{{preset: okta, issuer: '{bad}', client_id: z}}")

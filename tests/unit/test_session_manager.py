@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+
+import orjson
+from structlog.testing import capture_logs
 
 from ztproxy.config.sessions import SessionsConfig
-from ztproxy.sessions.manager import SessionManager
+from ztproxy.errors import SessionStoreUnavailable
+from ztproxy.sessions.manager import SessionManager, handle_index, user_index
 from ztproxy.sessions.memory import MemoryStore
 from ztproxy.sessions.model import Session
-from ztproxy.sessions.sealing import Ticket
+from ztproxy.sessions.sealing import LEGACY_TICKET_VERSION, Ticket, seal, unseal
 
 T0 = 1_800_000_000.0
 
@@ -172,3 +177,49 @@ async def test_concurrent_requests_of_one_session_share_one_store_read() -> None
     other = SessionManager(store, settings)
     loads = await asyncio.gather(other.load(ticket, T0), other.load(forged, T0))
     assert loads == [make_session(), None]
+
+
+async def test_a_session_of_a_legacy_ticket_opens_and_keeps_its_format() -> None:
+    # What a release before ticket version 2 stored: the hex store key, format 1, the same indexes.
+    sessions, _ = manager()
+    ticket = Ticket(os.urandom(32), os.urandom(32), LEGACY_TICKET_VERSION)
+    await sessions.store.put(ticket.store_key, seal(ticket, make_session().to_bytes(legacy=True)), 600,
+                             indexes=[user_index("corp", "alice"), handle_index(ticket.public_id)])
+    other = SessionManager(sessions.store, sessions.config)
+    assert await other.load(ticket, T0) == make_session()
+    # An identity refresh writes format 1 back: replicas of that release read it still.
+    assert await other.update(ticket, make_session(groups=("eng", "ops")), T0 + 1)
+    raw = unseal(ticket, await sessions.store.get(ticket.store_key) or b"")
+    assert raw is not None and orjson.loads(raw)["v"] == 1 and orjson.loads(raw)["groups"] == ["eng", "ops"]
+    assert await sessions.end_matching("corp", subject="alice") == 1
+    assert await other.load(ticket, T0 + 2) is None
+
+
+async def test_a_session_in_an_unknown_format_signs_in_afresh_and_says_why() -> None:
+    sessions, _ = manager()
+    ticket = Ticket.new()
+    await sessions.store.put(ticket.store_key, seal(ticket, b'{"v":3,"p":"corp"}'), 600)
+    with capture_logs() as logs:
+        assert await sessions.load(ticket, T0) is None
+    assert [entry["event"] for entry in logs] == ["session_format_unknown"]
+    assert logs[0]["session"] == ticket.public_id and logs[0]["log_level"] == "warning"
+    # Left in place: it is no forgery, and the release that wrote it may still be serving it.
+    assert await sessions.store.get(ticket.store_key) is not None
+    with capture_logs() as logs:  # a cookie with another key is no news: nothing logged
+        assert await sessions.load(Ticket(ticket.session_id, bytes(32)), T0) is None
+    assert logs == []
+
+
+
+class StoreLosingIndexes(MemoryStore):
+    async def members(self, index: str) -> list[str]:
+        raise SessionStoreUnavailable("gone")
+
+
+async def test_an_index_that_cannot_be_read_after_an_ending_does_not_undo_it() -> None:
+    settings = SessionsConfig()
+    sessions = SessionManager(StoreLosingIndexes(settings), settings)
+    ticket = await sessions.start(make_session(), T0)
+    await sessions.end(ticket)  # the shared indexes are read again afterwards: that fails, quietly
+    assert await sessions.store.get(ticket.store_key) is None
+    assert await SessionManager(sessions.store, settings).load(ticket, T0) is None

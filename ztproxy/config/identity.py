@@ -80,6 +80,8 @@ class IdentityProviderConfig(Model):
     mfa: MfaConfig = MfaConfig()
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS  # accepted ID token signature algorithms
     use_userinfo: bool = True  # fetch userinfo after login and at every refresh
+    # Keep the ID token with the session, for RP-initiated logout's id_token_hint (~1 KB a session).
+    logout_id_token_hint: bool = False
     http_timeout: Duration = DEFAULT_HTTP_TIMEOUT
     metadata_ttl: Duration = DEFAULT_METADATA_TTL  # discovery document and JWKS cached this long
     jwks_refetch_cooldown: Duration = DEFAULT_JWKS_REFETCH_COOLDOWN  # unknown kid: refetch at most this often

@@ -59,7 +59,9 @@ def session_from_login(config: IdentityProviderConfig, claims: IdTokenClaims, us
         last_seen=now,
         refreshed=now,
         refresh_token=tokens.refresh_token,
-        id_token=tokens.id_token,
+        # ~1 KB a session, kept only for an IdP whose sign-out wants it back: OIDC RP-Initiated
+        # Logout 1.0 section 2 makes id_token_hint RECOMMENDED; client_id serves the others.
+        id_token=tokens.id_token if config.logout_id_token_hint else None,
         idp_session=claims.sid,
     )
 
@@ -73,7 +75,7 @@ def session_refreshed(config: IdentityProviderConfig, session: Session, userinfo
     return session_with_claims(config, session, userinfo, groups=groups).replace(
         refreshed=now,
         refresh_token=tokens.refresh_token or session.refresh_token,
-        id_token=tokens.id_token or session.id_token,
+        id_token=(tokens.id_token or session.id_token) if config.logout_id_token_hint else None,
     )
 
 

@@ -68,13 +68,18 @@ def device_marker(device_id: str, store_key: str) -> str:
     return "dev:" + hashlib.sha256(f"{device_id}\0{store_key}".encode()).hexdigest()
 
 
-def _indexes(store_key: str, session: Session) -> list[str]:
-    indexes = [user_index(session.provider, session.subject), handle_index(public_handle(store_key))]
+def _shared_indexes(session: Session) -> list[str]:
+    """The indexes that list this session with others: its user's, its IdP session's, its email's."""
+    indexes = [user_index(session.provider, session.subject)]
     if session.idp_session:
         indexes.append(idp_session_index(session.provider, session.idp_session))
     if session.email:
         indexes.append(email_index(session.provider, session.email))
     return indexes
+
+
+def _indexes(store_key: str, session: Session) -> list[str]:
+    return [*_shared_indexes(session), handle_index(public_handle(store_key))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +197,10 @@ class SessionManager:
             return None
         plain = unseal(ticket, sealed)
         session = Session.from_bytes(plain) if plain is not None else None
+        if plain is not None and session is None:
+            # Opened with the right key, in a format this release does not read (one written
+            # by a newer release): the user signs in afresh, as for an unknown cookie.
+            _log.warning("session_format_unknown", session=ticket.public_id, ticket_version=ticket.version)
         if session is None or not self.live(session, now):
             # Foreign or tampered bytes are left alone (the right cookie may still open them);
             # an expired session is removed.
@@ -219,7 +228,8 @@ class SessionManager:
     async def update(self, ticket: Ticket, session: Session, now: float) -> bool:
         """Replace the session's content (an identity refresh); False when it was ended meanwhile."""
         forgets = self._forgets
-        written = await self.store.put(ticket.store_key, seal(ticket, session.to_bytes()),
+        # A legacy ticket's session stays in the format of its release, which may still serve it.
+        written = await self.store.put(ticket.store_key, seal(ticket, session.to_bytes(legacy=ticket.legacy)),
                                        self._expiry(session, now), only_existing=True,
                                        indexes=_indexes(ticket.store_key, session))
         if written:
@@ -232,12 +242,21 @@ class SessionManager:
         await self.end_keys([ticket.store_key], ending=ending)
 
     async def end_keys(self, keys: Collection[str], *, cause: str | None = None, at: float | None = None,
-                       ending: Ending | None = None) -> None:
+                       ending: Ending | None = None, listed_in: Collection[str] = ()) -> None:
         """End the sessions stored under ``keys``: deleted from the store, then announced (``cause``:
-        the security event that ended them, accepted at ``at``); ``ending``: why, for ``on_end``."""
+        the security event that ended them, accepted at ``at``); ``ending``: why, for ``on_end``;
+        ``listed_in``: shared indexes known to list them, read again afterwards (see below)."""
         if not keys:
             return
-        await self.store.delete(*keys)
+        # The shared indexes (user, email, IdP session) drop a gone session when they are next
+        # read; reading them once the sessions are gone lets a store that can (one Redis, the
+        # memory store) drop the members now, and an index left empty with them. Known here:
+        # the ones given, and those of this worker's copies (sign-out, a refused refresh...).
+        shared = set(listed_in)
+        shared.update(index for key in keys if (cached := self._cache.get(key)) is not None
+                      for index in _shared_indexes(cached.session))
+        # Each session's handle index goes with it: it lists that session alone.
+        await self.store.delete(*keys, *(handle_index(public_handle(key)) for key in keys))
         await self.revocations.announce(keys, cause=cause, at=at)
         if ending is not None:
             for told in self.on_end:
@@ -245,6 +264,11 @@ class SessionManager:
                     told(keys, ending)
                 except Exception:  # a listener's bug must not undo or fail the ending
                     _log.exception("session_end_listener_failed")
+        if shared:
+            try:
+                await asyncio.gather(*(self.store.members(index) for index in sorted(shared)))
+            except SessionStoreUnavailable:  # the sessions are ended; the indexes catch up later
+                _log.debug("session_indexes_not_settled", indexes=len(shared))
 
     async def end_matching(self, provider: str, *, subject: str | None = None,
                            idp_session: str | None = None, email: str | None = None,
@@ -252,19 +276,26 @@ class SessionManager:
         """End every session of a user (by subject or email), or of one IdP session (back-channel logout);
         ``cause``, ``at`` and ``ending`` as for :meth:`end_keys`."""
         keys = await self.matching(provider, subject=subject, idp_session=idp_session, email=email)
-        await self.end_keys(keys, cause=cause, at=at, ending=ending)
+        index = self._matched_index(provider, subject=subject, idp_session=idp_session, email=email)
+        await self.end_keys(keys, cause=cause, at=at, ending=ending, listed_in=[] if index is None else [index])
         return len(keys)
 
     async def matching(self, provider: str, *, subject: str | None = None, idp_session: str | None = None,
                        email: str | None = None) -> set[str]:
         """The store keys of the sessions of one IdP session, else of a user (by subject, else email)."""
+        index = self._matched_index(provider, subject=subject, idp_session=idp_session, email=email)
+        return set() if index is None else set(await self.store.members(index))
+
+    @staticmethod
+    def _matched_index(provider: str, *, subject: str | None, idp_session: str | None,
+                       email: str | None) -> str | None:
         if idp_session is not None:
-            return set(await self.store.members(idp_session_index(provider, idp_session)))
+            return idp_session_index(provider, idp_session)
         if subject is not None:
-            return set(await self.store.members(user_index(provider, subject)))
+            return user_index(provider, subject)
         if email is not None:
-            return set(await self.store.members(email_index(provider, email)))
-        return set()
+            return email_index(provider, email)
+        return None
 
     async def end_handle(self, handle: str, ending: Ending | None = None) -> int:
         """End the session with this public handle; how many ended (0 or 1)."""

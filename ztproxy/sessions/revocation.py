@@ -27,7 +27,8 @@ from ztproxy.errors import SessionStoreUnavailable
 from ztproxy.sessions.store import SessionStore
 
 REVOCATION_CHANNEL = "ztproxy:sessions:ended"
-STORE_KEY_RE = re.compile(r"s:[0-9a-f]{64}")
+# A session's store key, as a ticket of either version spells it (``sealing``).
+STORE_KEY_RE = re.compile(r"s:(?:[A-Za-z0-9_-]{32}|[0-9a-f]{64})")
 CAUSE_RE = re.compile(r"[a-z][a-z0-9-]{0,63}")  # a security event type's last segment
 MAX_KEYS_PER_MESSAGE = 1000  # a long list goes out as several messages
 MAX_REMEMBERED_ENDINGS = 10_000

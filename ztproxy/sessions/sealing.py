@@ -5,6 +5,12 @@ The store sees only SHA-256 of the id as the key and AES-256-GCM ciphertext unde
 per-session key as the value, so a dump of the store opens no session and reads no
 identity (STYLE 13; the design of oauth2-proxy's session tickets).
 
+The ticket's first byte is its version, which says how the store key is spelled: version
+2 (every new ticket) keys ``s:`` + 192 bits of the hash in base64url, 34 characters, short
+enough for Redis to keep the indexes listing it as compact listpacks (members of at most
+64 bytes); version 1 (the tickets of releases before it) keys ``s:`` + the whole hash in
+hex, 66 characters. A version 1 cookie keeps opening its session until that session ends.
+
 :class:`CookieSealer` seals the proxy's own short-lived cookies (login state) under
 server-wide secrets, newest first, so rotating them is a config change (STYLE 14).
 
@@ -27,11 +33,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-TICKET_VERSION = 1
+TICKET_VERSION = 2  # what new tickets are
+LEGACY_TICKET_VERSION = 1  # tickets made before version 2: read, never made
 SEAL_VERSION = 1
 COOKIE_SEAL_VERSION = 1
 ID_SIZE = 32
 KEY_SIZE = 32  # AES-256
+STORE_KEY_HASH_SIZE = 24  # bytes of SHA-256(id) in a version 2 store key
 NONCE_SIZE = 12  # NIST SP 800-38D 8.2: 96-bit random nonces
 TAG_SIZE = 16
 MIN_SECRET_SIZE = 32
@@ -66,6 +74,7 @@ class Ticket:
 
     session_id: bytes = field(repr=False)
     key: bytes = field(repr=False)  # the per-session AES-256-GCM key, never stored server-side
+    version: int = TICKET_VERSION  # how the store key is spelled (see the module docstring)
     # Derived once per ticket: every signed-in request needs both, and each costs a SHA-256.
     store_key: str = field(init=False, repr=False, compare=False)  # the store key: a hash of the id
     public_id: str = field(init=False, repr=False, compare=False)  # for logs, assertions, the admin API
@@ -73,8 +82,15 @@ class Ticket:
     def __post_init__(self) -> None:
         if len(self.session_id) != ID_SIZE or len(self.key) != KEY_SIZE:
             raise ValueError(f"a ticket holds a {ID_SIZE}-byte id and a {KEY_SIZE}-byte key")
+        if self.version not in (TICKET_VERSION, LEGACY_TICKET_VERSION):
+            raise ValueError(f"no ticket version {self.version}")
         # The store never holds what the cookie holds; logs and apps see a hash of that hash.
-        store_key = "s:" + hashlib.sha256(self.session_id).hexdigest()
+        digest = hashlib.sha256(self.session_id).digest()
+        if self.version == LEGACY_TICKET_VERSION:
+            store_key = "s:" + digest.hex()
+        else:
+            # 192 bits: no two sessions share a key, and the key gives nothing of the 256-bit id.
+            store_key = "s:" + _b64url_encode(digest[:STORE_KEY_HASH_SIZE])
         object.__setattr__(self, "store_key", store_key)
         object.__setattr__(self, "public_id", public_handle(store_key))
 
@@ -82,8 +98,13 @@ class Ticket:
     def new(cls) -> Ticket:
         return cls(os.urandom(ID_SIZE), os.urandom(KEY_SIZE))
 
+    @property
+    def legacy(self) -> bool:
+        """Made by a release before ticket version 2 (its session is kept in that release's format)."""
+        return self.version == LEGACY_TICKET_VERSION
+
     def cookie_value(self) -> str:
-        return _b64url_encode(bytes([TICKET_VERSION]) + self.session_id + self.key)
+        return _b64url_encode(bytes([self.version]) + self.session_id + self.key)
 
     @classmethod
     def parse(cls, value: str) -> Ticket | None:
@@ -91,9 +112,9 @@ class Ticket:
         if not isinstance(value, str) or len(value) != _TICKET_CHARS:
             return None
         raw = _b64url_decode(value)
-        if raw is None or len(raw) != _TICKET_BYTES or raw[0] != TICKET_VERSION:
+        if raw is None or len(raw) != _TICKET_BYTES or raw[0] not in (TICKET_VERSION, LEGACY_TICKET_VERSION):
             return None
-        return cls(raw[1:1 + ID_SIZE], raw[1 + ID_SIZE:])
+        return cls(raw[1:1 + ID_SIZE], raw[1 + ID_SIZE:], raw[0])
 
 
 def public_handle(store_key: str) -> str:

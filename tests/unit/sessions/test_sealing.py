@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ztproxy.sessions.revocation import STORE_KEY_RE
 from ztproxy.sessions.sealing import (
     ALLOWED_CLOCK_SKEW,
     CookieSealer,
@@ -46,8 +48,23 @@ def test_cookie_value_round_trips() -> None:
 
 def test_store_key_is_a_hash_of_the_id() -> None:
     ticket = Ticket.new()
-    assert ticket.store_key == "s:" + hashlib.sha256(ticket.session_id).hexdigest()
+    digest = hashlib.sha256(ticket.session_id).digest()
+    assert ticket.store_key == "s:" + b64url(digest[:24]) and len(ticket.store_key) == 34
     assert ticket.session_id.hex() not in ticket.store_key
+    # Short enough for Redis to keep the indexes that list it as listpacks (members <= 64 bytes).
+    assert STORE_KEY_RE.fullmatch(ticket.store_key) and not ticket.legacy
+
+
+def test_a_legacy_ticket_keeps_its_store_key_and_its_cookie() -> None:
+    # Tickets made before version 2: the whole hash in hex, as those releases stored their sessions.
+    ticket = Ticket(os.urandom(32), os.urandom(32), 1)
+    assert ticket.legacy and ticket.store_key == "s:" + hashlib.sha256(ticket.session_id).hexdigest()
+    assert STORE_KEY_RE.fullmatch(ticket.store_key)
+    parsed = Ticket.parse(ticket.cookie_value())
+    assert parsed == ticket and parsed is not None and parsed.store_key == ticket.store_key
+    assert Ticket(ticket.session_id, ticket.key).store_key != ticket.store_key
+    with pytest.raises(ValueError):
+        Ticket(ticket.session_id, ticket.key, 3)
 
 
 def test_public_id_is_short_and_reveals_neither_the_id_nor_the_store_key() -> None:
@@ -84,7 +101,7 @@ def test_parse_refuses_malformed_values(value: str) -> None:
 
 def test_parse_refuses_another_version() -> None:
     ticket = Ticket.new()
-    for version in (0, 2, 255):
+    for version in (0, 3, 255):
         assert Ticket.parse(b64url(bytes([version]) + ticket.session_id + ticket.key)) is None
 
 
@@ -106,8 +123,8 @@ def test_parse_never_raises_on_text(value: str) -> None:
 @given(st.binary(min_size=60, max_size=70))
 def test_parse_never_raises_on_encoded_bytes(raw: bytes) -> None:
     result = Ticket.parse(b64url(raw))
-    if len(raw) == 65 and raw[0] == 1:
-        assert result == Ticket(raw[1:33], raw[33:])
+    if len(raw) == 65 and raw[0] in (1, 2):
+        assert result == Ticket(raw[1:33], raw[33:], raw[0])
     else:
         assert result is None
 

@@ -26,8 +26,9 @@ def _org_server(entry: Entry) -> bool:
 
 def _defaults(entry: Entry) -> dict[str, Any]:
     scopes = ["openid", "email", "profile", "offline_access"]
+    # Okta's /logout takes no sign-out without id_token_hint.
     return {"scopes": [*scopes, "groups"] if _org_server(entry) else scopes, "groups_claim": "groups",
-            "mfa": {"acr_values": [MFA_ACR]}}
+            "mfa": {"acr_values": [MFA_ACR]}, "logout_id_token_hint": True}
 
 
 def _check(effective: Entry, _: Entry) -> list[Problem]:

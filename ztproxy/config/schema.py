@@ -149,6 +149,9 @@ class RouteConfig(Model):
     # Forward an unauthenticated CORS preflight (OPTIONS with Origin and Access-Control-Request-Method).
     cors_allow_preflight: bool = False
     risk: dict[Signal, Action] = {}  # noqa: RUF012 -- signal -> action here, over risk.rules
+    # How requests reach the upstream: HTTP/1.1, or gRPC (HTTP/2: h2c for http://, TLS with
+    # ALPN h2 for https://; trailers passed through; the proxy's refusals as gRPC statuses).
+    upstream_protocol: Literal["http1", "grpc"] = "http1"
 
     @field_validator("risk")
     @classmethod

@@ -88,6 +88,7 @@ class ResponseWriter(AbstractStreamWriter):
         self.headers_sent = False
         self.ended = False
         self.length: int | None = None
+        self._head: list[tuple[bytes, bytes]] | None = None  # written, not yet sent (see send_headers)
 
     async def write_headers(self, status_line: str, headers: CIMultiDict[str]) -> None:
         status = status_line.split(" ", 2)[1]
@@ -96,8 +97,14 @@ class ResponseWriter(AbstractStreamWriter):
             lowered = name.lower().encode("latin-1")
             if lowered not in _CONNECTION_FIELDS:
                 block.append((lowered, value.encode("utf-8", "surrogateescape")))
-        self._stream.endpoint.send_headers(self._stream.stream_id, block)
+        self._head = block
         self.headers_sent = True
+
+    def send_headers(self) -> None:
+        """aiohttp's streamed responses send their head at once; a whole ``web.Response`` with its body."""
+        head, self._head = self._head, None
+        if head is not None:
+            self._stream.endpoint.send_headers(self._stream.stream_id, head)
 
     async def write(self, chunk: bytes | bytearray | memoryview) -> None:
         if not self.headers_sent:
@@ -105,6 +112,7 @@ class ResponseWriter(AbstractStreamWriter):
                 self._stream.endpoint.send_headers(self._stream.stream_id, [(b":status", b"100")])
                 return
             raise RuntimeError("a body before the response headers")
+        self.send_headers()
         if chunk:
             self.output_size += len(chunk)
             await self._stream.endpoint.send_data(self._stream.stream_id, chunk)
@@ -113,6 +121,12 @@ class ResponseWriter(AbstractStreamWriter):
         if self.ended:
             return
         self.ended = True
+        if self._head is not None and not chunk:
+            # No body: one HEADERS frame ends the stream (what gRPC calls Trailers-Only).
+            head, self._head = self._head, None
+            self._stream.endpoint.send_headers(self._stream.stream_id, head, end_stream=True)
+            return
+        self.send_headers()
         self.output_size += len(chunk)
         await self._stream.endpoint.send_data(self._stream.stream_id, chunk, end_stream=True)
 
@@ -121,6 +135,7 @@ class ResponseWriter(AbstractStreamWriter):
         if self.ended:
             return
         self.ended = True
+        self.send_headers()
         self._stream.endpoint.send_headers(self._stream.stream_id, trailers, end_stream=True)
 
     async def drain(self) -> None:

@@ -16,7 +16,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import DataFrame, Frame, RstStreamFrame, SettingsFrame
 
 from tests.conftest import ProxyFactory, Upstream, UpstreamFactory, proxy_yaml, raw_exchange
-from tests.support.h2client import H2Client, RawH2, goaway
+from tests.support.h2client import H2Client, RawH2, data_frame, goaway
 from tests.support.posture import DevicePki
 from ztproxy.app import build_app
 from ztproxy.config import load_text
@@ -285,3 +285,49 @@ async def test_drain_finishes_streams_in_flight_and_takes_no_new_ones(start_upst
     refusal = goaway(frames)
     assert refusal is not None and refusal.error_code == ErrorCodes.NO_ERROR
     assert [request.raw_path for request in upstream.requests] == ["/in-flight"]
+
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+
+@pytest.mark.parametrize("headers", [
+    [("x-note", "a\r\nx-ztproxy-user: mallory")],  # RFC 9113 8.2.1: CR, LF, NUL make it malformed
+    [("transfer-encoding", "chunked")],  # 8.2.2: connection-specific, never in HTTP/2
+    [("connection", "keep-alive")],
+    [("X-Upper", "case")],  # 8.2.1: names are lowercase
+], ids=["crlf-in-value", "transfer-encoding", "connection", "uppercase-name"])
+async def test_malformed_requests_never_reach_the_upstream(start_upstream: UpstreamFactory,
+                                                           start_proxy: ProxyFactory, device_pki: DevicePki,
+                                                           headers: list[tuple[str, str]]) -> None:
+    async def attack(raw: RawH2) -> None:
+        raw.headers(1, raw.header_block("/malformed", headers))
+
+    frames, upstream = await _attacked(start_upstream, start_proxy, device_pki, attack)
+    refusal = goaway(frames)
+    assert refusal is not None and refusal.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert upstream.requests == []
+
+
+async def test_a_body_longer_than_its_content_length_smuggles_nothing(start_upstream: UpstreamFactory,
+                                                                      start_proxy: ProxyFactory,
+                                                                      device_pki: DevicePki) -> None:
+    """The HTTP/2 to HTTP/1.1 downgrade: a body past its Content-Length is malformed (RFC 9113 8.1.1)."""
+    upstream = await start_upstream()
+    proxy = await start_proxy(_tls_proxy(upstream.url, device_pki))
+    raw = await RawH2.connect(proxy.port, device_pki.client_context(), ack=True)
+    try:
+        raw.headers(1, raw.header_block("/upload", [("content-length", "5")], method="POST"), end_stream=False)
+        raw.write(data_frame(1, b"hello" + SMUGGLED))
+        frames = await raw.read_until_closed()
+    finally:
+        raw.close()
+    refusal = goaway(frames)
+    assert refusal is not None and refusal.error_code == ErrorCodes.PROTOCOL_ERROR
+    client = await H2Client.connect(proxy.port, device_pki.client_context())
+    try:
+        after = await client.request("GET", "/after")
+    finally:
+        await client.close()
+    assert after.status == 200
+    assert "/smuggled" not in [request.raw_path for request in upstream.requests]
+    assert upstream.requests[-1].raw_path == "/after"

@@ -28,7 +28,15 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError
 from hpack import Encoder
-from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    SettingsFrame,
+)
 
 Headers = list[tuple[str, str]]
 WAIT = 30.0  # generous: a bound for when something is wrong, on a busy machine
@@ -256,3 +264,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 def goaway(frames: list[Frame]) -> GoAwayFrame | None:
     return next((frame for frame in frames if isinstance(frame, GoAwayFrame)), None)
+
+
+def data_frame(stream_id: int, data: bytes, *, end_stream: bool = True) -> bytes:
+    return DataFrame(stream_id, data=data, flags=["END_STREAM"] if end_stream else []).serialize()

@@ -76,6 +76,20 @@ async def test_bodies_stream_both_ways_within_the_windows(start_upstream: Upstre
     assert response.header("transfer-encoding") is None and response.header("connection") is None
 
 
+async def test_expect_100_continue_is_answered_after_authorization(start_upstream: UpstreamFactory,
+                                                                   start_proxy: ProxyFactory,
+                                                                   device_pki: DevicePki) -> None:
+    upstream = await start_upstream()
+    proxy = await start_proxy(_tls_proxy(upstream.url, device_pki))
+    client = await H2Client.connect(proxy.port, device_pki.client_context())
+    try:
+        response = await client.request("PUT", "/file", [("expect", "100-continue")], body=b"payload")
+    finally:
+        await client.close()
+    assert response.informational == [100] and response.status == 200
+    assert "Expect" not in upstream.requests[-1].headers
+
+
 async def test_limits_hold_over_h2(start_upstream: UpstreamFactory, start_proxy: ProxyFactory,
                                    device_pki: DevicePki) -> None:
     upstream = await start_upstream()

@@ -175,7 +175,10 @@ class ServerConnection(Endpoint):
 
     def _on_reset(self, stream_id: int) -> None:
         stream = self._streams.get(stream_id)
-        if stream is None or stream.answered:
+        if stream is None:
+            self.forget(stream_id)  # nothing of it runs any more
+            return
+        if stream.answered:
             return
         stream.ended_by_peer()
         self._count_unanswered()

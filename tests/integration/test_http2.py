@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from h2.errors import ErrorCodes
-from hyperframe.frame import DataFrame, Frame, RstStreamFrame, SettingsFrame
+from hpack import Decoder
+from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, SettingsFrame
 
 from tests.conftest import ProxyFactory, Upstream, UpstreamFactory, proxy_yaml, raw_exchange
 from tests.support.h2client import H2Client, RawH2, data_frame, goaway
@@ -345,3 +346,22 @@ async def test_a_body_longer_than_its_content_length_smuggles_nothing(start_upst
     assert after.status == 200
     assert "/smuggled" not in [request.raw_path for request in upstream.requests]
     assert upstream.requests[-1].raw_path == "/after"
+
+
+async def test_a_refused_upload_tells_the_client_to_stop_sending(start_upstream: UpstreamFactory,
+                                                                 start_proxy: ProxyFactory,
+                                                                 device_pki: DevicePki) -> None:
+    """RFC 9113 8.1: a complete answer before the whole body, then RST_STREAM NO_ERROR."""
+    upstream = await start_upstream()
+    proxy = await start_proxy(_tls_proxy(upstream.url, device_pki, server="  limits: {max_request_body: 1KiB}"))
+    raw = await RawH2.connect(proxy.port, device_pki.client_context(), ack=True)
+    try:
+        raw.headers(1, raw.header_block("/upload", [("content-length", "1048576")], method="POST"), end_stream=False)
+        raw.write(data_frame(1, b"x" * 1024, end_stream=False))
+        stop = await raw.read_until(lambda f: isinstance(f, RstStreamFrame) and f.stream_id == 1)
+    finally:
+        raw.close()
+    assert stop.error_code == ErrorCodes.NO_ERROR
+    answer = next(frame for frame in raw.received if isinstance(frame, HeadersFrame) and frame.stream_id == 1)
+    assert (b":status", b"413") in Decoder().decode(answer.data, raw=True)
+    assert upstream.requests == []

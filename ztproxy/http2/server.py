@@ -196,6 +196,10 @@ class ServerConnection(Endpoint):
 
     def _finished(self, stream: RequestStream) -> None:
         self._streams.pop(stream.stream_id, None)
+        if stream.answered and not stream.request_ended and not stream.closed:
+            # RFC 9113 8.1: answered before the body ended (a 413, an early gRPC answer): the
+            # client may stop sending it.
+            self.reset(stream.stream_id, ErrorCodes.NO_ERROR)
         self.forget(stream.stream_id)
         if stream.answered:
             self._answered += 1

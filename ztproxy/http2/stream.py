@@ -158,6 +158,7 @@ class RequestStream:
         self.closed = False
         self.task: asyncio.Task[None] | None = None
         self.answered = False  # the whole response went out
+        self.request_ended = not has_body  # the client's END_STREAM arrived
         # What BaseRequest reads from the protocol it is given (see the module docstring).
         self.ssl_context = ssl_context
         self.peername = peername
@@ -193,6 +194,7 @@ class RequestStream:
             self._acknowledge()
 
     def feed_eof(self) -> None:
+        self.request_ended = True
         if self.body is not None:
             self.body.feed_eof()
 

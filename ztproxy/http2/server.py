@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -115,6 +114,8 @@ class ServerConnection(Endpoint):
             self.data_received(preface)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # refused already: what it still sends is not read
         try:
             events = self.conn.receive_data(data)
         except ProtocolError as exc:
@@ -123,6 +124,8 @@ class ServerConnection(Endpoint):
             return
         for event in events:
             self._on_event(event)
+            if self.transport is None or self.transport.is_closing():
+                return
         self.flush()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -137,7 +140,7 @@ class ServerConnection(Endpoint):
     def _on_event(self, event: Event) -> None:
         self.note_windows(event)
         if isinstance(event, RequestReceived):
-            self._open(event.stream_id, event.headers, has_body=event.stream_ended is None)
+            self._open(event.stream_id, list(event.headers), has_body=event.stream_ended is None)
         elif isinstance(event, DataReceived):
             stream = self._streams.get(event.stream_id)
             if stream is None:  # a stream refused or finished: its bytes still count against the window
@@ -152,7 +155,7 @@ class ServerConnection(Endpoint):
         elif isinstance(event, ConnectionTerminated):
             self.close()  # the client's GOAWAY: finish what is in flight, take nothing new
 
-    def _open(self, stream_id: int, headers: Any, *, has_body: bool) -> None:
+    def _open(self, stream_id: int, headers: list[tuple[bytes, bytes]], *, has_body: bool) -> None:
         if self._closing or len(self._streams) >= self._settings.max_concurrent_streams:
             # RFC 9113 8.7: not processed, safe to retry. Handlers of reset streams still count here.
             self.reset(stream_id, ErrorCodes.REFUSED_STREAM)
@@ -170,7 +173,7 @@ class ServerConnection(Endpoint):
                                max_headers=self._settings.max_header_count)
         self._streams[stream_id] = stream
         stream.task = asyncio.get_running_loop().create_task(
-            stream.serve(list(headers), self._factory, self._handler, self._access_logger))
+            stream.serve(headers, self._factory, self._handler, self._access_logger))
         stream.task.add_done_callback(lambda _: self._finished(stream))
 
     def _on_reset(self, stream_id: int) -> None:
@@ -236,9 +239,7 @@ class ServerConnection(Endpoint):
         if event:
             peer = self.transport.get_extra_info("peername")
             log.info(event, client=peer[0] if isinstance(peer, tuple) else peer)
-        self.conn.close_connection(ErrorCodes.NO_ERROR)
-        self.flush()
-        self._close_transport()
+        self._goodbye()
 
     # -- drain (aiohttp's web.Server calls these on every connection)
 

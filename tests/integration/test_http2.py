@@ -7,7 +7,10 @@ made by ``tests.support.posture``, forwarding to real aiohttp upstreams over HTT
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -16,8 +19,17 @@ from h2.errors import ErrorCodes
 from hpack import Decoder
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, SettingsFrame
 
-from tests.conftest import ProxyFactory, Upstream, UpstreamFactory, proxy_yaml, raw_exchange
-from tests.support.h2client import H2Client, RawH2, data_frame, goaway
+from tests.conftest import (
+    REPO,
+    ProxyFactory,
+    ProxyProcess,
+    Upstream,
+    UpstreamFactory,
+    free_port,
+    proxy_yaml,
+    raw_exchange,
+)
+from tests.support.h2client import H2Client, H2Response, RawH2, data_frame, goaway
 from tests.support.posture import DevicePki
 from ztproxy.app import build_app
 from ztproxy.config import load_text
@@ -365,3 +377,53 @@ async def test_a_refused_upload_tells_the_client_to_stop_sending(start_upstream:
     answer = next(frame for frame in raw.received if isinstance(frame, HeadersFrame) and frame.stream_id == 1)
     assert (b":status", b"413") in Decoder().decode(answer.data, raw=True)
     assert upstream.requests == []
+
+
+async def test_an_upstream_answering_before_the_body_ends(start_upstream: UpstreamFactory, start_proxy: ProxyFactory,
+                                                          device_pki: DevicePki) -> None:
+    """The upstream refuses an upload without reading it, while the client still sends: the connection lives on."""
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=403, text="not you")
+
+    upstream = await start_upstream(refuse)
+    proxy = await start_proxy(_tls_proxy(upstream.url, device_pki))
+    client = await H2Client.connect(proxy.port, device_pki.client_context())
+    try:
+        refused = await client.request("POST", "/upload", body=b"u" * (3 * 1024 * 1024))
+        after = await client.request("GET", "/after")
+    finally:
+        await client.close()
+    assert refused.status == 403 and refused.reset in (None, ErrorCodes.NO_ERROR)
+    assert after.status == 403 and after.body == b"not you"  # answered on the same connection
+    assert client.goaway is None
+
+
+def test_ztproxy_run_serves_h2_on_uvloop(proxy_process: Callable[..., ProxyProcess], device_pki: DevicePki,
+                                         tmp_path: Path) -> None:
+    """The real server (uvloop, its TLS transport handed to the HTTP/2 protocol), TLS and h2c workers alike."""
+    upstream_port = free_port()
+    upstream = subprocess.Popen([sys.executable, "-m", "aiohttp.web", "-H", "127.0.0.1", "-P", str(upstream_port),
+                                 "tests.support.h2client:echo_app"], cwd=REPO)
+    try:
+        proxy = proxy_process(f"""
+server:
+  listen: 127.0.0.1:{free_port()}
+  admin_listen: 127.0.0.1:{free_port()}
+  tls: {device_pki.tls_yaml(client_ca=False)}
+routes:
+  - {{name: app, upstream: "http://127.0.0.1:{upstream_port}", allow: [{{public: true}}]}}
+""", "--workers", "2")
+
+        async def exchange() -> H2Response:
+            client = await H2Client.connect(int(proxy.url.rsplit(":", 1)[1]), device_pki.client_context())
+            try:
+                assert client.alpn == "h2"
+                return await client.request("POST", "/echo", body=b"b" * 300_000)
+            finally:
+                await client.close()
+
+        response = asyncio.run(exchange())
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=15)
+    assert response.status == 200 and response.body == b"300000"

@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from aiohttp import web
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import (
@@ -26,7 +27,7 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError
+from h2.exceptions import ProtocolError, StreamClosedError
 from hpack import Encoder
 from hyperframe.frame import (
     ContinuationFrame,
@@ -121,6 +122,11 @@ class H2Client:
         return response
 
     async def send_body(self, stream_id: int, body: bytes, *, end_stream: bool = True) -> None:
+        """Send as the windows allow; stop when the server closes the stream (an early answer, a reset)."""
+        with contextlib.suppress(StreamClosedError):
+            await self._send_body(stream_id, body, end_stream=end_stream)
+
+    async def _send_body(self, stream_id: int, body: bytes, *, end_stream: bool) -> None:
         view = memoryview(body)
         while view:
             size = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size, len(view))
@@ -174,6 +180,7 @@ class H2Client:
         elif isinstance(event, StreamReset) and (response := self.responses.get(event.stream_id)):
             response.reset = int(event.error_code)
             response.done.set()
+            self._window.set()  # a sender waiting for this stream's window stops
         elif isinstance(event, (WindowUpdated, RemoteSettingsChanged)):
             self._window.set()
         elif isinstance(event, ConnectionTerminated):
@@ -268,3 +275,13 @@ def goaway(frames: list[Frame]) -> GoAwayFrame | None:
 
 def data_frame(stream_id: int, data: bytes, *, end_stream: bool = True) -> bytes:
     return DataFrame(stream_id, data=data, flags=["END_STREAM"] if end_stream else []).serialize()
+
+
+def echo_app(argv: list[str]) -> web.Application:
+    """``python -m aiohttp.web tests.support.h2client:echo_app``: answers with the request body's size."""
+    async def size(request: web.Request) -> web.Response:
+        return web.Response(text=str(len(await request.read())))
+
+    app = web.Application(client_max_size=2**30)
+    app.router.add_route("*", "/{path:.*}", size)
+    return app

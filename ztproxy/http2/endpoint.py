@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from h2.connection import H2Connection
 from h2.events import Event, RemoteSettingsChanged, StreamReset, WindowUpdated
@@ -43,8 +43,7 @@ class Endpoint(asyncio.Protocol):
     # -- the socket
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio's classes
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None

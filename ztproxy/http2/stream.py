@@ -188,7 +188,7 @@ class RequestStream:
 
     def feed(self, data: bytes, flow_controlled_length: int) -> None:
         self._unacknowledged += flow_controlled_length
-        if self.body is not None and not self.closed:
+        if self.body is not None and not self.closed and not self.body.is_eof():
             self.body.feed_data(data)
         if not self._reading_paused or self.body is None or self.closed:
             self._acknowledge()
@@ -280,9 +280,6 @@ class RequestStream:
             self.answered = True
         except StreamGone:
             return  # the client reset the stream or left: the pipeline logged what it knew
-        finally:
-            if self.body is not None:
-                self.body.feed_eof()
         if access_logger is not None:
             access_logger.log(request, response, loop.time() - started)
 

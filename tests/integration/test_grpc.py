@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -57,11 +58,17 @@ class EchoService:
         self._seen(context)
         return b"+".join(requests)
 
+    def chat(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._seen(context)
+        for request in requests:  # each answer goes out before the next message is read
+            yield request.upper()
+
     def handler(self, name: str = "test.Echo") -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(name, {
             "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
             "Stream": grpc.unary_stream_rpc_method_handler(self.stream),
             "Collect": grpc.stream_unary_rpc_method_handler(self.collect),
+            "Chat": grpc.stream_stream_rpc_method_handler(self.chat),
         })
 
 
@@ -93,6 +100,18 @@ class World:
                         responses = channel.unary_stream(method)(request, metadata=sent, timeout=30)
                         answers = list(responses)
                         return grpc.StatusCode.OK, answers, dict(responses.trailing_metadata() or ())
+                    if kind == "chat":
+                        # Ping-pong: the next message is sent only once the answer to the last one has
+                        # come back, which needs both directions to flow at once through the proxy.
+                        outgoing: queue.Queue[bytes | None] = queue.Queue()
+                        chat = channel.stream_stream(method)(iter(outgoing.get, None), metadata=sent, timeout=30)
+                        answers = []
+                        for message in request:
+                            outgoing.put(message)
+                            answers.append(next(chat))
+                        outgoing.put(None)
+                        answers.extend(chat)
+                        return grpc.StatusCode.OK, answers, dict(chat.trailing_metadata() or ())
                     answer, call = channel.stream_unary(method).with_call(iter(request), metadata=sent, timeout=30)
                     return grpc.StatusCode.OK, answer, dict(call.trailing_metadata() or ())
                 except grpc.RpcError as error:
@@ -155,7 +174,7 @@ async def test_unary_call_reaches_the_service_with_the_identity(world: World) ->
     assert trailers["x-service-trailer"] == "sent"  # the service's trailers reach the client
 
 
-async def test_server_and_client_streaming_calls(world: World) -> None:
+async def test_server_client_and_bidirectional_streaming_calls(world: World) -> None:
     token = await world.idp.client_credentials(BILLING, ORDERS, ["orders.read"])
     status, answers, trailers = await world.call("stream", "/test.Echo/Stream", b"5", token=token)
     assert status == grpc.StatusCode.OK, answers
@@ -163,6 +182,8 @@ async def test_server_and_client_streaming_calls(world: World) -> None:
     assert trailers["x-service-trailer"] == "sent"
     status, answer, _ = await world.call("collect", "/test.Echo/Collect", [b"a", b"b", b"c"], token=token)
     assert status == grpc.StatusCode.OK and answer == b"a+b+c"
+    status, answers, _ = await world.call("chat", "/test.Echo/Chat", [b"one", b"two", b"three"], token=token)
+    assert status == grpc.StatusCode.OK and answers == [b"ONE", b"TWO", b"THREE"]
     assert all(call["x-ztproxy-user"] == "billing" for call in world.service.calls)
 
 

@@ -33,6 +33,7 @@ from tests.support.h2client import H2Client, H2Response, RawH2, data_frame, goaw
 from tests.support.posture import DevicePki
 from ztproxy.app import build_app
 from ztproxy.config import load_text
+from ztproxy.http2.server import ServerConnection, ServerSettings
 from ztproxy.listener import ProxyRunner, ssl_context
 
 pytestmark = pytest.mark.integration
@@ -427,3 +428,41 @@ routes:
         upstream.terminate()
         upstream.wait(timeout=15)
     assert response.status == 200 and response.body == b"300000"
+
+
+async def test_a_reset_stream_keeps_its_slot_until_its_handler_has_stopped() -> None:
+    """Rapid reset's other half: h2 forgets a reset stream at once, the proxy not before its handler ends.
+
+    A real aiohttp ``web.Server`` behind the HTTP/2 connection (h2c), with a handler whose clean-up
+    after cancellation takes as long as the test says: while it runs, its slot stays taken.
+    """
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_to_stop(request: web.BaseRequest) -> web.StreamResponse:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await release.wait()  # e.g. an upstream connection being closed
+            raise
+        return web.Response()
+
+    manager = web.Server(slow_to_stop)
+    settings = ServerSettings(max_concurrent_streams=1, max_header_bytes=8192, max_header_count=100,
+                              header_timeout=60, keepalive_timeout=60)
+    port = free_port()
+    listener = await asyncio.get_running_loop().create_server(
+        lambda: ServerConnection(manager, settings, None), "127.0.0.1", port)
+    raw = await RawH2.connect(port, ack=True)
+    try:
+        raw.headers(1, raw.header_block("/held"))
+        await asyncio.wait_for(started.wait(), 30)
+        raw.rst(1)
+        raw.headers(3, raw.header_block("/next"))
+        refused = await raw.read_until(lambda f: isinstance(f, RstStreamFrame) and f.stream_id == 3)
+    finally:
+        release.set()
+        raw.close()
+        listener.close()
+        await manager.shutdown(1)
+    assert refused.error_code == ErrorCodes.REFUSED_STREAM

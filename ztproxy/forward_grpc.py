@@ -7,9 +7,10 @@ headers, the identity headers and the signed assertion (``upstream.forward_heade
 Request and response bodies flow at the same time, so client-, server- and bidirectional
 streaming calls work; the upstream's trailers (``grpc-status``, ``grpc-message``, its own
 metadata) end the client's stream. An upstream that cannot be reached or fails before it
-answers is a gRPC status (``pages.grpc``: 14 UNAVAILABLE, 4 DEADLINE_EXCEEDED); one that
-fails after it answered resets the client's stream (INTERNAL_ERROR), which gRPC clients
-report as an error too, so a cut-off answer never looks complete.
+answers is a gRPC status (``pages.grpc``: 14 UNAVAILABLE, 4 DEADLINE_EXCEEDED), as is a
+request body past ``max_request_body`` (8 RESOURCE_EXHAUSTED); a failure after the upstream
+answered resets the client's stream (INTERNAL_ERROR), which gRPC clients report as an error
+too, so a cut-off answer never looks complete.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import contextlib
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ztproxy.errors import BadRequest
+from ztproxy.errors import BadRequest, RequestError
 from ztproxy.forward import BodyLimit
 from ztproxy.headers import downstream_response_headers
 from ztproxy.http2.client import Fields, UpstreamStream
@@ -91,7 +92,7 @@ async def _answer(request: web.Request, writer: ResponseWriter, stream: Upstream
     try:
         async for chunk in stream.chunks(read_timeout):
             await response.write(chunk)
-    except UpstreamError:
+    except (UpstreamError, RequestError):  # the upstream failed, or the client's body did (too large)
         # Headers are out: only a reset tells the client the answer is incomplete.
         if request.transport is not None:
             request.transport.abort()

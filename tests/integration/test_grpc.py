@@ -39,6 +39,7 @@ class EchoService:
     """The gRPC service behind the proxy: what each call received, and its answers."""
 
     calls: list[dict[str, str]] = field(default_factory=list)
+    collected: list[bytes] = field(default_factory=list)  # client-streaming calls that got all their messages
 
     def _seen(self, context: grpc.ServicerContext) -> dict[str, str]:
         metadata = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
@@ -56,7 +57,9 @@ class EchoService:
 
     def collect(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         self._seen(context)
-        return b"+".join(requests)
+        joined = b"+".join(requests)
+        self.collected.append(joined)
+        return joined
 
     def chat(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         self._seen(context)
@@ -142,6 +145,7 @@ server:
   listen: 127.0.0.1:{port}
   admin_listen: null
   tls: {device_pki.tls_yaml(client_ca=False)}
+  limits: {{max_request_body: 64KiB}}
 identity_providers:
   - {{name: demo, issuer: "{idp.issuer}", client_id: ztproxy, client_secret: proxy-client-secret-for-tests}}
 sessions:
@@ -201,6 +205,13 @@ async def test_refusals_are_grpc_statuses(world: World) -> None:
     assert streaming_denied[0] == grpc.StatusCode.PERMISSION_DENIED
     assert down[0] == grpc.StatusCode.UNAVAILABLE
     assert world.service.calls == []  # none of them reached the service
+
+
+async def test_a_stream_past_max_request_body_is_resource_exhausted(world: World) -> None:
+    token = await world.idp.client_credentials(BILLING, ORDERS, ["orders.read"])
+    status, details, _ = await world.call("collect", "/test.Echo/Collect", [b"m" * 16384] * 8, token=token)
+    assert status == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+    assert world.service.collected == []  # the service saw the call cut off, never complete
 
 
 async def test_a_tls_upstream_is_reached_over_h2_by_alpn(world: World) -> None:

@@ -65,7 +65,7 @@ class UpstreamStream:
         self.ended_with_head = False  # ... in the head itself (gRPC's Trailers-Only)
         self._head = asyncio.get_running_loop().create_future()
         self._chunks: deque[tuple[bytes, int]] = deque()
-        self._error: UpstreamError | None = None
+        self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     # -- what the connection hears
@@ -88,7 +88,8 @@ class UpstreamStream:
         self.ended = True
         self._wake()
 
-    def on_error(self, error: UpstreamError) -> None:
+    def on_error(self, error: Exception) -> None:
+        """The exchange failed: the upstream's fault (an ``UpstreamError``), or the client's body's."""
         if self.ended:
             return
         self._error = error
@@ -129,16 +130,20 @@ class UpstreamStream:
                 self._waiter = None
 
     async def send_body(self, body: AsyncIterable[bytes]) -> None:
-        """Stream the request body upstream, then end the stream; a body that fails resets it."""
+        """Stream the request body upstream, then end the stream.
+
+        A body that fails (over ``max_request_body``, the client gone) resets the stream, and
+        the handler waiting for the answer gets its error instead.
+        """
         try:
             async for chunk in body:
                 await self._connection.send_data(self.stream_id, chunk)
             await self._connection.send_data(self.stream_id, b"", end_stream=True)
         except StreamGone:
             return  # the upstream answered and closed, or reset: the answer says what happened
-        except BaseException:
+        except Exception as exc:
             self.release()
-            raise
+            self.on_error(exc)
 
     def release(self) -> None:
         """The exchange is over for the handler; one the upstream has not ended is reset (CANCEL)."""

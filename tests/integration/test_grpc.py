@@ -145,7 +145,7 @@ server:
   listen: 127.0.0.1:{port}
   admin_listen: null
   tls: {device_pki.tls_yaml(client_ca=False)}
-  limits: {{max_request_body: 64KiB}}
+  limits: {{max_request_body: 16KiB}}  # under any upstream's first stream window (64 KiB): no wait on it
 identity_providers:
   - {{name: demo, issuer: "{idp.issuer}", client_id: ztproxy, client_secret: proxy-client-secret-for-tests}}
 sessions:

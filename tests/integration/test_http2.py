@@ -7,10 +7,7 @@ made by ``tests.support.posture``, forwarding to real aiohttp upstreams over HTT
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -20,7 +17,6 @@ from hpack import Decoder
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, SettingsFrame
 
 from tests.conftest import (
-    REPO,
     ProxyFactory,
     ProxyProcess,
     Upstream,
@@ -29,7 +25,7 @@ from tests.conftest import (
     proxy_yaml,
     raw_exchange,
 )
-from tests.support.h2client import H2Client, H2Response, RawH2, data_frame, goaway
+from tests.support.h2client import H2Client, H2Response, RawH2, data_frame, echo_app, goaway
 from tests.support.posture import DevicePki
 from ztproxy.app import build_app
 from ztproxy.config import load_text
@@ -399,14 +395,10 @@ async def test_an_upstream_answering_before_the_body_ends(start_upstream: Upstre
     assert client.goaway is None
 
 
-def test_ztproxy_run_serves_h2_on_uvloop(proxy_process: Callable[..., ProxyProcess], device_pki: DevicePki,
-                                         tmp_path: Path) -> None:
-    """The real server (uvloop, its TLS transport handed to the HTTP/2 protocol), TLS and h2c workers alike."""
+def test_ztproxy_run_serves_h2_on_uvloop(proxy_process: Callable[..., ProxyProcess], device_pki: DevicePki) -> None:
+    """The real server (uvloop, its TLS transport handed to the HTTP/2 protocol), in worker processes."""
     upstream_port = free_port()
-    upstream = subprocess.Popen([sys.executable, "-m", "aiohttp.web", "-H", "127.0.0.1", "-P", str(upstream_port),
-                                 "tests.support.h2client:echo_app"], cwd=REPO)
-    try:
-        proxy = proxy_process(f"""
+    proxy = proxy_process(f"""
 server:
   listen: 127.0.0.1:{free_port()}
   admin_listen: 127.0.0.1:{free_port()}
@@ -415,18 +407,19 @@ routes:
   - {{name: app, upstream: "http://127.0.0.1:{upstream_port}", allow: [{{public: true}}]}}
 """, "--workers", "2")
 
-        async def exchange() -> H2Response:
-            client = await H2Client.connect(int(proxy.url.rsplit(":", 1)[1]), device_pki.client_context())
-            try:
-                assert client.alpn == "h2"
-                return await client.request("POST", "/echo", body=b"b" * 300_000)
-            finally:
-                await client.close()
+    async def exchange() -> H2Response:
+        upstream = web.AppRunner(echo_app([]), access_log=None)
+        await upstream.setup()
+        await web.TCPSite(upstream, "127.0.0.1", upstream_port).start()
+        client = await H2Client.connect(int(proxy.url.rsplit(":", 1)[1]), device_pki.client_context())
+        try:
+            assert client.alpn == "h2"
+            return await client.request("POST", "/echo", body=b"b" * 300_000)
+        finally:
+            await client.close()
+            await upstream.cleanup()
 
-        response = asyncio.run(exchange())
-    finally:
-        upstream.terminate()
-        upstream.wait(timeout=15)
+    response = asyncio.run(exchange())
     assert response.status == 200 and response.body == b"300000"
 
 

@@ -278,7 +278,7 @@ def data_frame(stream_id: int, data: bytes, *, end_stream: bool = True) -> bytes
 
 
 def echo_app(argv: list[str]) -> web.Application:
-    """``python -m aiohttp.web tests.support.h2client:echo_app``: answers with the request body's size."""
+    """An upstream answering with the request body's size (an ``aiohttp.web`` app factory's signature)."""
     async def size(request: web.Request) -> web.Response:
         return web.Response(text=str(len(await request.read())))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +22,7 @@ import grpc
 import jwt
 import pytest
 
-from tests.conftest import ProxyFactory, free_port
+from tests.conftest import ProxyFactory, ProxyProcess, free_port
 from tests.support.idp import IdpFactory
 from tests.support.posture import DevicePki
 from ztproxy.demo_idp import DemoIdp, IdpClient, IdpResource, IdpService
@@ -75,6 +75,14 @@ class EchoService:
         })
 
 
+def proxy_channel(port: int, pki: DevicePki) -> grpc.Channel:
+    """A gRPC channel to the proxy's TLS listener, trusting the test CA, for host localhost."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=pki.server_ca.cert_file.read_bytes())
+    return grpc.secure_channel(f"127.0.0.1:{port}", credentials,
+                               options=[("grpc.ssl_target_name_override", "localhost"),
+                                        ("grpc.default_authority", "localhost")])
+
+
 @dataclass
 class World:
     idp: DemoIdp
@@ -83,10 +91,7 @@ class World:
     pki: DevicePki
 
     def channel(self) -> grpc.Channel:
-        credentials = grpc.ssl_channel_credentials(root_certificates=self.pki.server_ca.cert_file.read_bytes())
-        return grpc.secure_channel(f"127.0.0.1:{self.port}", credentials,
-                                   options=[("grpc.ssl_target_name_override", "localhost"),
-                                            ("grpc.default_authority", "localhost")])
+        return proxy_channel(self.port, self.pki)
 
     async def call(self, kind: str, method: str, request: Any, *, token: str | None = None,
                    metadata: tuple[tuple[str, str], ...] = ()) -> tuple[grpc.StatusCode, Any, dict[str, str]]:
@@ -236,3 +241,26 @@ async def test_a_grpc_route_over_http1_gets_a_grpc_status(world: World) -> None:
             assert "HTTP/2" in response.headers["grpc-message"]
             assert await response.read() == b""
     assert world.service.calls == []
+
+
+def test_ztproxy_run_forwards_grpc(proxy_process: Callable[..., ProxyProcess], device_pki: DevicePki) -> None:
+    """The real server (uvloop, worker processes) on both legs of HTTP/2, to a public gRPC route."""
+    service = EchoService()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((service.handler(),))
+    service_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        proxy = proxy_process(f"""
+server:
+  listen: 127.0.0.1:{free_port()}
+  admin_listen: 127.0.0.1:{free_port()}
+  tls: {device_pki.tls_yaml(client_ca=False)}
+routes:
+  - {{name: echo, upstream: "http://127.0.0.1:{service_port}", upstream_protocol: grpc, allow: [{{public: true}}]}}
+""", "--workers", "2")
+        with proxy_channel(int(proxy.url.rsplit(":", 1)[1]), device_pki) as channel:
+            answers = list(channel.unary_stream("/test.Echo/Stream")(b"3", timeout=30))
+    finally:
+        server.stop(grace=None)
+    assert answers == [b"message 0", b"message 1", b"message 2"]

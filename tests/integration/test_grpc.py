@@ -23,6 +23,7 @@ import jwt
 import pytest
 
 from tests.conftest import ProxyFactory, ProxyProcess, free_port
+from tests.integration.test_http2 import serve_tls_process
 from tests.support.idp import IdpFactory
 from tests.support.posture import DevicePki
 from ztproxy.demo_idp import DemoIdp, IdpClient, IdpResource, IdpService
@@ -251,15 +252,10 @@ def test_ztproxy_run_forwards_grpc(proxy_process: Callable[..., ProxyProcess], d
     service_port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        proxy = proxy_process(f"""
-server:
-  listen: 127.0.0.1:{free_port()}
-  admin_listen: 127.0.0.1:{free_port()}
-  tls: {device_pki.tls_yaml(client_ca=False)}
-routes:
-  - {{name: echo, upstream: "http://127.0.0.1:{service_port}", upstream_protocol: grpc, allow: [{{public: true}}]}}
-""", "--workers", "2")
-        with proxy_channel(int(proxy.url.rsplit(":", 1)[1]), device_pki) as channel:
+        route = f'{{name: echo, upstream: "http://127.0.0.1:{service_port}", upstream_protocol: grpc, ' \
+                'allow: [{public: true}]}'
+        port = serve_tls_process(proxy_process, device_pki, route)
+        with proxy_channel(port, device_pki) as channel:
             answers = list(channel.unary_stream("/test.Echo/Stream")(b"3", timeout=30))
     finally:
         server.stop(grace=None)

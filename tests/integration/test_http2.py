@@ -395,23 +395,30 @@ async def test_an_upstream_answering_before_the_body_ends(start_upstream: Upstre
     assert client.goaway is None
 
 
-def test_ztproxy_run_serves_h2_on_uvloop(proxy_process: Callable[..., ProxyProcess], device_pki: DevicePki) -> None:
-    """The real server (uvloop, its TLS transport handed to the HTTP/2 protocol), in worker processes."""
-    upstream_port = free_port()
+def serve_tls_process(proxy_process: Callable[..., ProxyProcess], pki: DevicePki, route: str) -> int:
+    """``ztproxy run --workers 2`` on TLS with one route (a YAML flow mapping); its port."""
     proxy = proxy_process(f"""
 server:
   listen: 127.0.0.1:{free_port()}
   admin_listen: 127.0.0.1:{free_port()}
-  tls: {device_pki.tls_yaml(client_ca=False)}
+  tls: {pki.tls_yaml(client_ca=False)}
 routes:
-  - {{name: app, upstream: "http://127.0.0.1:{upstream_port}", allow: [{{public: true}}]}}
+  - {route}
 """, "--workers", "2")
+    return int(proxy.url.rsplit(":", 1)[1])
+
+
+def test_ztproxy_run_serves_h2_on_uvloop(proxy_process: Callable[..., ProxyProcess], device_pki: DevicePki) -> None:
+    """The real server (uvloop, its TLS transport handed to the HTTP/2 protocol), in worker processes."""
+    upstream_port = free_port()
+    port = serve_tls_process(proxy_process, device_pki,
+                             f'{{name: app, upstream: "http://127.0.0.1:{upstream_port}", allow: [{{public: true}}]}}')
 
     async def exchange() -> H2Response:
         upstream = web.AppRunner(echo_app([]), access_log=None)
         await upstream.setup()
         await web.TCPSite(upstream, "127.0.0.1", upstream_port).start()
-        client = await H2Client.connect(int(proxy.url.rsplit(":", 1)[1]), device_pki.client_context())
+        client = await H2Client.connect(port, device_pki.client_context())
         try:
             assert client.alpn == "h2"
             return await client.request("POST", "/echo", body=b"b" * 300_000)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from tests.integration.test_http2 import serve_tls_process
 from tests.support.idp import IdpFactory
 from tests.support.posture import DevicePki
 from ztproxy.demo_idp import DemoIdp, IdpClient, IdpResource, IdpService
+from ztproxy.errors import UpstreamTimeout
 
 pytestmark = pytest.mark.integration
 
@@ -67,12 +69,19 @@ class EchoService:
         for request in requests:  # each answer goes out before the next message is read
             yield request.upper()
 
+    def slow(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self._seen(context)
+        while context.is_active():  # until the proxy gives up on it (or the server stops)
+            time.sleep(0.05)
+        return b"too late"
+
     def handler(self, name: str = "test.Echo") -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(name, {
             "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
             "Stream": grpc.unary_stream_rpc_method_handler(self.stream),
             "Collect": grpc.stream_unary_rpc_method_handler(self.collect),
             "Chat": grpc.stream_stream_rpc_method_handler(self.chat),
+            "Slow": grpc.unary_unary_rpc_method_handler(self.slow),
         })
 
 
@@ -134,7 +143,8 @@ async def world(start_idp: IdpFactory, start_proxy: ProxyFactory, device_pki: De
                 monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
     service = EchoService()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    server.add_generic_rpc_handlers((service.handler(), service.handler("test.EchoTls")))
+    server.add_generic_rpc_handlers((service.handler(), service.handler("test.EchoTls"),
+                                     service.handler("test.EchoSlow")))
     service_port = server.add_insecure_port("127.0.0.1:0")
     # The same service over TLS: the proxy trusts the test CA as it would a system one.
     tls_port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
@@ -161,6 +171,8 @@ routes:
      audience: "{ORDERS}", allow: [{{clients: [billing]}}]}}
   - {{name: echo-tls, path: /test.EchoTls/, upstream: "https://localhost:{tls_port}",
      upstream_protocol: grpc, audience: "{ORDERS}", allow: [{{clients: [billing]}}]}}
+  - {{name: slow, path: /test.EchoSlow/, upstream: "http://127.0.0.1:{service_port}", upstream_protocol: grpc,
+     read_timeout: 1s, audience: "{ORDERS}", allow: [{{clients: [billing]}}]}}
   - {{name: down, path: /test.Down/, upstream: "http://127.0.0.1:{free_port()}", upstream_protocol: grpc,
      audience: "{ORDERS}", allow: [{{clients: [billing]}}]}}
 """)
@@ -211,6 +223,13 @@ async def test_refusals_are_grpc_statuses(world: World) -> None:
     assert streaming_denied[0] == grpc.StatusCode.PERMISSION_DENIED
     assert down[0] == grpc.StatusCode.UNAVAILABLE
     assert world.service.calls == []  # none of them reached the service
+
+
+async def test_an_upstream_past_read_timeout_is_deadline_exceeded(world: World) -> None:
+    token = await world.idp.client_credentials(BILLING, ORDERS, ["orders.read"])
+    status, details, _ = await world.call("unary", "/test.EchoSlow/Slow", b"x", token=token)
+    assert status == grpc.StatusCode.DEADLINE_EXCEEDED, details
+    assert details == UpstreamTimeout.title  # the proxy's words: the client's own deadline (30 s) was far off
 
 
 async def test_a_stream_past_max_request_body_is_resource_exhausted(world: World) -> None:

@@ -100,6 +100,25 @@ async def test_expect_100_continue_is_answered_after_authorization(start_upstrea
     assert "Expect" not in upstream.requests[-1].headers
 
 
+async def test_an_upstream_too_slow_is_a_504_over_h2(start_upstream: UpstreamFactory, start_proxy: ProxyFactory,
+                                                     device_pki: DevicePki) -> None:
+    never = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.StreamResponse:
+        await never.wait()
+        return web.Response()
+
+    upstream = await start_upstream(hang)
+    config = _tls_proxy(upstream.url, device_pki).replace("    allow:", "    read_timeout: 1s\n    allow:")
+    proxy = await start_proxy(config)
+    client = await H2Client.connect(proxy.port, device_pki.client_context())
+    try:
+        response = await client.request("GET", "/slow", [("accept", "application/json")])
+    finally:
+        await client.close()
+    assert response.status == 504 and b"upstream-timeout" in response.body
+
+
 async def test_limits_hold_over_h2(start_upstream: UpstreamFactory, start_proxy: ProxyFactory,
                                    device_pki: DevicePki) -> None:
     upstream = await start_upstream()

@@ -22,6 +22,7 @@ from ztproxy.context import endpoints_route, route_entries
 from ztproxy.device import assess_device
 from ztproxy.endpoints import proxy_endpoints
 from ztproxy.forward import forward
+from ztproxy.forward_grpc import forward_grpc
 from ztproxy.grants.service import grants_ctx
 from ztproxy.headers import header_rules, is_websocket_upgrade, parse_networks
 from ztproxy.intake import intake
@@ -57,12 +58,15 @@ STAGES: tuple[Stage, ...] = (
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    """The end of the pipeline: forward upstream, as HTTP streaming or a WebSocket; or, for
+    """The end of the pipeline: forward upstream, as HTTP streaming, gRPC or a WebSocket; or, for
     forward-auth, answer the calling proxy."""
     record = request[RECORD]
     if record.question is not None:
         return await answer(request)
-    if record.context.route.config.websockets and is_websocket_upgrade(request.headers):
+    route = record.context.route.config
+    if route.upstream_protocol == "grpc":
+        return await forward_grpc(request)
+    if route.websockets and is_websocket_upgrade(request.headers):
         return await proxy_websocket(request)
     return await forward(request)
 

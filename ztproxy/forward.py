@@ -32,7 +32,7 @@ _WHOLE_BODY_LIMIT = 64 * 1024  # larger or unknown-length bodies are streamed
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-class _BodyLimit:
+class BodyLimit:
     """Streams the request body upstream, stopping it once it passes ``limit`` bytes."""
 
     def __init__(self, content: aiohttp.StreamReader, limit: int | None) -> None:
@@ -62,7 +62,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         return await _answer(request, ctx, upstream_response)
 
 
-async def _request_body(request: web.Request, headers: CIMultiDict[str]) -> tuple[_BodyLimit | None, bool]:
+async def _request_body(request: web.Request, headers: CIMultiDict[str]) -> tuple[BodyLimit | None, bool]:
     """The body to stream upstream (None: there is none), and whether it goes chunked."""
     if not request.body_exists:
         if request.method in _BODY_METHODS and "Content-Length" not in headers:
@@ -71,14 +71,14 @@ async def _request_body(request: web.Request, headers: CIMultiDict[str]) -> tupl
     if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
         # Sent only now, after authorization: a denied client never uploads its body.
         await request.writer.write(_CONTINUE)
-    body = _BodyLimit(request.content, request.app[INTAKE].max_request_body)
+    body = BodyLimit(request.content, request.app[INTAKE].max_request_body)
     if request.content_length is not None:
         return body, False
     headers.popall("Content-Length", None)  # the client's chunks end here; the upstream gets chunks of its own
     return body, True
 
 
-async def _send(request: web.Request, ctx: RequestContext, headers: CIMultiDict[str], body: _BodyLimit | None,
+async def _send(request: web.Request, ctx: RequestContext, headers: CIMultiDict[str], body: BodyLimit | None,
                 chunked: bool) -> UpstreamResponse:
     """The upstream's answer (its head; the body follows), in a client span when tracing."""
     route = ctx.route

@@ -18,6 +18,11 @@ Every use of aiohttp's private API in ztproxy is here (read against 3.14, the lo
 - ``http_exceptions.LineTooLong``'s arguments: the second is the limit the parser hit.
 - ``web_response.SERVER_SOFTWARE``, the module global each response's default ``Server``
   header is read from, replaced by ``SERVER_NAME``.
+
+A connection that negotiates HTTP/2 (ALPN), or on a plain listener with
+``server.http2.cleartext`` opens with the HTTP/2 preface, leaves aiohttp's handler for
+``ztproxy.http2`` (``transport.set_protocol``) before aiohttp has seen a byte of it;
+``ztproxy.http2.stream`` names the private API that side relies on.
 """
 
 from __future__ import annotations
@@ -27,15 +32,17 @@ import functools
 import logging
 import socket
 import ssl
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web, web_response
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from ztproxy.config.schema import Config, TlsConfig
 from ztproxy.config.values import split_listen
 from ztproxy.errors import BadRequest, HeadersTooLarge, RequestError, UriTooLong
+from ztproxy.http2.server import PREFACE, ServerConnection, ServerSettings
 from ztproxy.pages import error_response
 from ztproxy.telemetry import AccessLogger, get_logger
 from ztproxy.workloads.bundles import ClientTrust, trust_bundles
@@ -74,8 +81,21 @@ class _GuardedRequestHandler(RequestHandler):
         self._server = manager
         self._header_timeout = header_timeout
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._undecided: asyncio.BaseTransport | None = None  # h2c or HTTP/1.1: the first bytes tell
+        self._first_bytes = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._server.http2 is not None and _negotiated_h2(transport):
+            self._server.serve_http2(transport, self.access_logger)
+            return
+        if self._server.cleartext_h2 and transport.get_extra_info("ssl_object") is None:
+            # RFC 9113 3.3: prior knowledge. Nothing is parsed until the preface is seen or ruled out.
+            self._undecided = transport
+            self._header_deadline = self._loop.call_later(self._header_timeout, self._undecided_too_slow)
+            return
+        self._accept(transport)
+
+    def _accept(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self._server.draining:
             # Not on the list Server.shutdown() waits for, so nothing would ever close it
@@ -84,6 +104,37 @@ class _GuardedRequestHandler(RequestHandler):
             self.force_close()
             return
         self._header_deadline = self._loop.call_later(self._header_timeout, self._headers_too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        if self._undecided is None:
+            super().data_received(data)
+            return
+        self._first_bytes += data
+        if len(self._first_bytes) < len(PREFACE) and PREFACE.startswith(self._first_bytes):
+            return
+        transport, self._undecided = self._undecided, None
+        self._cancel_deadline()
+        if self._first_bytes.startswith(PREFACE):
+            self._server.serve_http2(transport, self.access_logger, self._first_bytes)
+            return
+        self._accept(transport)
+        if not self._force_close:
+            super().data_received(self._first_bytes)
+        self._first_bytes = b""
+
+    def _undecided_too_slow(self) -> None:
+        self._header_deadline = None
+        transport = cast(asyncio.Transport, self._undecided)
+        if transport is not None:
+            peer = transport.get_extra_info("peername")
+            log.info("request_header_timeout", client=peer[0] if isinstance(peer, tuple) else peer)
+            transport.write(_REQUEST_TIMEOUT)
+            transport.close()
+
+    def _cancel_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
 
     async def start(self) -> None:
         # The drain's close() (Server.pre_shutdown) stops an idle connection by cancelling
@@ -100,9 +151,10 @@ class _GuardedRequestHandler(RequestHandler):
         await super().start()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
+        self._cancel_deadline()
+        if self._undecided is not None:  # never accepted as HTTP/1.1: aiohttp has nothing to let go of
+            self._undecided = None
+            return
         super().connection_lost(exc)
 
     def _headers_too_slow(self) -> None:
@@ -133,11 +185,29 @@ class _GuardedRequestHandler(RequestHandler):
         return error_response(error, request_id="-", close=True)
 
 
+def _negotiated_h2(transport: asyncio.BaseTransport) -> bool:
+    ssl_object = transport.get_extra_info("ssl_object")
+    return ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"  # RFC 9113 3.2
+
+
 class _ProxyServer(web.Server):
-    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, header_timeout: float, http2: ServerSettings | None, cleartext_h2: bool,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timeout = header_timeout
+        self.http2 = http2
+        self.cleartext_h2 = cleartext_h2
         self.draining = False
+
+    def serve_http2(self, transport: asyncio.BaseTransport, access_logger: AbstractAccessLogger | None,
+                    preface: bytes = b"") -> None:
+        """Serve the connection as HTTP/2 from now on; ``preface``: its bytes read so far."""
+        assert self.http2 is not None
+        connection = ServerConnection(self, self.http2, access_logger)
+        transport.set_protocol(connection)
+        connection.connection_made(transport, preface)
+        if self.draining:
+            connection.close()  # as for HTTP/1.1 (connection_made below): GOAWAY before any stream
 
     def pre_shutdown(self) -> None:
         self.draining = True  # the runner has closed the listener: the drain begins
@@ -173,6 +243,13 @@ class ProxyRunner(web.AppRunner):
             max_headers=limits.max_header_count,
         )
         self._header_timeout = limits.header_timeout
+        http2 = config.server.http2
+        self._http2 = ServerSettings(
+            max_concurrent_streams=http2.max_concurrent_streams, max_header_bytes=limits.max_header_bytes,
+            max_header_count=limits.max_header_count, header_timeout=limits.header_timeout,
+            keepalive_timeout=limits.keepalive_timeout,
+        ) if http2.enabled or http2.cleartext else None
+        self._cleartext_h2 = http2.cleartext and config.server.tls is None
 
     async def _make_server(self) -> web.Server:
         app = self.app
@@ -180,7 +257,8 @@ class ProxyRunner(web.AppRunner):
         app._set_loop(loop)
         await start_app(app)
         return _ProxyServer(app._handle, request_factory=app._make_request, loop=loop,
-                            header_timeout=self._header_timeout, **self._kwargs)
+                            header_timeout=self._header_timeout, http2=self._http2,
+                            cleartext_h2=self._cleartext_h2, **self._kwargs)
 
 
 async def start_listener(app: web.Application, config: Config, sock: socket.socket) -> ProxyRunner:
@@ -213,18 +291,19 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
     tls = config.server.tls
     if tls is None:
         return None
+    alpn = ["h2", "http/1.1"] if config.server.http2.enabled else ["http/1.1"]
     if config.workload_identity is None:
-        return _server_context(tls, "")
-    trust = ClientTrust(trust_bundles(config.workload_identity), functools.partial(_server_context, tls))
+        return _server_context(tls, alpn, "")
+    trust = ClientTrust(trust_bundles(config.workload_identity), functools.partial(_server_context, tls, alpn))
     return trust.listener_context()
 
 
-def _server_context(tls: TlsConfig, authorities: str) -> ssl.SSLContext:
+def _server_context(tls: TlsConfig, alpn: list[str], authorities: str) -> ssl.SSLContext:
     """A server context trusting ``client_ca_file`` and ``authorities`` (PEM) for client certificates."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(tls.cert_file, tls.key_file)
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(alpn)
     if tls.client_ca_file is not None or authorities:
         context.verify_mode = ssl.CERT_OPTIONAL  # RFC 8446 4.3.2: request, don't require
         if tls.client_ca_file is not None:

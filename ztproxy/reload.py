@@ -51,7 +51,7 @@ log = get_logger("ztproxy.reload")
 # What the listening socket, its parser and the admin listener were set up with.
 _LISTENER_SETTINGS: tuple[tuple[str, ...], ...] = (
     ("server", "listen"), ("server", "admin_listen"), ("server", "auth_listen"), ("server", "admin_token"),
-    ("server", "tls"), ("workload_identity",),
+    ("server", "tls"), ("server", "http2"), ("workload_identity",),
     ("server", "limits", "max_header_count"), ("server", "limits", "max_line_bytes"),
     ("server", "limits", "header_timeout"), ("server", "limits", "keepalive_timeout"),
     ("server", "shutdown_grace"), ("logging",),

@@ -1,7 +1,8 @@
 """The upstreams as the handlers share them: clients, each route's target, request headers, failures.
 
 HTTP requests go through ``upstream_client.UpstreamPool`` (keep-alive HTTP/1.1, llhttp;
-``forward.py``), WebSockets through an aiohttp ``ClientSession`` (``websocket.py``). Neither
+``forward.py``), gRPC routes' through ``http2.client.Http2Pool`` (``forward_grpc.py``),
+WebSockets through an aiohttp ``ClientSession`` (``websocket.py``). Neither
 follows redirects, keeps cookies or decompresses, so the upstream's bytes reach the client
 unchanged: a handshake the upstream answers with anything but 101 comes back as
 ``UpgradeRefused``, its answer still open, before aiohttp could follow a redirect.
@@ -28,6 +29,7 @@ from ztproxy.context import CompiledRoute, RequestContext
 from ztproxy.cookies import strip_own_cookies_cached
 from ztproxy.errors import UpstreamTimeout, UpstreamUnavailable
 from ztproxy.headers import upstream_request_headers
+from ztproxy.http2.client import Http2Pool
 from ztproxy.state import CONFIG, INTAKE, RequestRecord
 from ztproxy.upstream_client import Origin, UpstreamError, UpstreamPool, UpstreamTimeoutError
 
@@ -52,6 +54,7 @@ class Upstream:
 
     pool: UpstreamPool
     session: aiohttp.ClientSession  # WebSockets only
+    http2: Http2Pool  # gRPC routes (``forward_grpc.py``)
     targets: dict[str, RouteUpstream]  # by route name
 
 
@@ -112,7 +115,8 @@ async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
         for route in app[CONFIG].routes
     }
     pool = UpstreamPool(limit=_POOL_LIMIT)
-    app[UPSTREAM] = Upstream(pool=pool, session=session, targets=targets)
+    http2 = Http2Pool()
+    app[UPSTREAM] = Upstream(pool=pool, session=session, http2=http2, targets=targets)
     try:
         yield
     finally:
@@ -120,6 +124,7 @@ async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
             await session.close()
         finally:
             await pool.close()
+            await http2.close()
 
 
 def origin_of(url: URL) -> Origin:

@@ -153,6 +153,13 @@ def test_listener_settings_need_a_restart_and_keep_their_running_values() -> Non
     assert restart_only(running, kept) == []
 
 
+def test_http2_settings_need_a_restart() -> None:
+    running = load_text(proxy_yaml("http://127.0.0.1:1", port=(port := free_port())))
+    new = load_text(proxy_yaml("http://127.0.0.1:1", port=port, server="  http2: {cleartext: true}"))
+    assert restart_only(running, new) == ["server.http2"]
+    assert keep_listener(running, new).server.http2 == running.server.http2
+
+
 async def test_the_memory_store_is_shared_by_every_configuration_that_names_it() -> None:
     first = load_text(proxy_yaml("http://127.0.0.1:1", port=free_port())).sessions
     second = first.model_copy(update={"idle_timeout": 60.0})  # what a reload that changes sessions makes

@@ -18,7 +18,8 @@ located with the document's YAML paths and lines:
 - token issuers: unique names (identity providers' included), routes naming ones that exist,
   and only routes whose rules name services (the only ones that accept bearer tokens);
 - workload identity: needs ``server.tls``; each trust bundle file readable, with certificates;
-- security signals: transmitters need an identity provider; receivers name an existing route.
+- security signals: transmitters need an identity provider; receivers name an existing route;
+- gRPC routes: clients must be able to reach the listener over HTTP/2 (``server.http2``).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def run(document: Document, flagged: Collection[YamlPath]) -> list[ConfigIssue]:
                                     "server.trusted_proxies is set (a balancer is in front) but server.public_url is "
                                     "not: sign-in would return users to the internal listen address; set "
                                     "server.public_url to the address people use"))
+    issues.extend(_grpc_without_http2(context, routes, server))
     if providers:
         issues.extend(_cookie_reach(context, data, routes))
     elif isinstance(policies, dict):
@@ -362,6 +364,21 @@ def _cookie_reach(context: _Context, data: dict[Any, Any], routes: list[tuple[in
             yield context.issue(path, f"host {host!r} needs sign-in, but the session cookie is set on "
                                       f"{public_host!r} (the public URL's host): set sessions.cookie_domain to a "
                                       f"domain both are under, or serve this route on {public_host!r}")
+
+
+def _grpc_without_http2(context: _Context, routes: list[tuple[int, dict[Any, Any]]], server: Any
+                        ) -> Iterator[ConfigIssue]:
+    """gRPC runs over HTTP/2 only: TLS with http2.enabled, or a plain listener with http2.cleartext."""
+    server = server if isinstance(server, dict) else {}
+    http2 = server.get("http2") if isinstance(server.get("http2"), dict) else {}
+    if (isinstance(server.get("tls"), dict) and http2.get("enabled", True) is not False) \
+            or http2.get("cleartext") is True:
+        return
+    for index, route in routes:
+        path = ("routes", index, "upstream_protocol")
+        if route.get("upstream_protocol") == "grpc" and not context.skip(path):
+            yield context.issue(path, "gRPC clients need HTTP/2, which this listener does not offer: configure "
+                                      "server.tls (with server.http2.enabled), or server.http2.cleartext: true")
 
 
 def _workload_identity(context: _Context, workloads: dict[Any, Any], server: Any) -> Iterator[ConfigIssue]:

@@ -49,6 +49,7 @@ DEFAULT_MAX_HEADER_COUNT = 100
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024
 DEFAULT_MAX_LINE_BYTES = 8 * 1024
 DEFAULT_LOG_FLUSH_INTERVAL = 0.1
+DEFAULT_MAX_CONCURRENT_STREAMS = 100
 
 _ROUTE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 MIN_ADMIN_TOKEN_LENGTH = 32
@@ -72,6 +73,16 @@ class LimitsConfig(Model):
     max_request_body: ByteSize | None = None
 
 
+class Http2Config(Model):
+    # HTTP/2 offered by ALPN ("h2" beside "http/1.1") on a TLS listener.
+    enabled: bool = True
+    # h2c with prior knowledge on a plain listener (RFC 9113 3.3): for a trusted hop in front
+    # (a load balancer, a gRPC client inside the network); off, the preface is a bad request.
+    cleartext: bool = False
+    # SETTINGS_MAX_CONCURRENT_STREAMS: requests one connection may have in flight.
+    max_concurrent_streams: int = Field(default=DEFAULT_MAX_CONCURRENT_STREAMS, ge=1, le=1000)
+
+
 class ServerConfig(Model):
     listen: ListenAddress = DEFAULT_LISTEN
     public_url: HttpUrl | None = None
@@ -89,6 +100,7 @@ class ServerConfig(Model):
     # way (drop-protected), always dropped (drop-all, as nginx does), or the request refused (reject).
     headers_with_separators: Literal["drop-protected", "drop-all", "reject"] = "drop-protected"
     limits: LimitsConfig = LimitsConfig()
+    http2: Http2Config = Http2Config()
 
     @field_validator("admin_token")
     @classmethod
@@ -137,6 +149,9 @@ class RouteConfig(Model):
     # Forward an unauthenticated CORS preflight (OPTIONS with Origin and Access-Control-Request-Method).
     cors_allow_preflight: bool = False
     risk: dict[Signal, Action] = {}  # noqa: RUF012 -- signal -> action here, over risk.rules
+    # How requests reach the upstream: HTTP/1.1, or gRPC (HTTP/2: h2c for http://, TLS with
+    # ALPN h2 for https://; trailers passed through; the proxy's refusals as gRPC statuses).
+    upstream_protocol: Literal["http1", "grpc"] = "http1"
 
     @field_validator("risk")
     @classmethod

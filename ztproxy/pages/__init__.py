@@ -21,6 +21,7 @@ from ztproxy.errors import (
     PayloadTooLarge,
     RequestError,
 )
+from ztproxy.pages.grpc import grpc_refusal, is_grpc
 from ztproxy.state import RECORD, ServiceCaller
 
 # Every response the proxy makes itself on the proxy listener (pages, JSON errors, redirects):
@@ -91,11 +92,18 @@ def error_response(error: RequestError, *, request_id: str, accept: str = "", re
 
 
 def page_for(request: web.Request, error: RequestError) -> web.Response:
-    """The page for ``error``, in the format this client asked for."""
+    """The page for ``error``, in the format this client asked for; a gRPC status on a gRPC route."""
     headers = request.headers
     # After a malformed request the stream can't be trusted to be in sync: close it.
     close = isinstance(error, (BadRequest, HeadersTooLarge, ExpectationFailed, PayloadTooLarge))
     record = request.get(RECORD)
+    route = record.intake.route if record is not None and record.intake is not None else None
+    if (route is not None and route.config.upstream_protocol == "grpc") or is_grpc(headers.get("Content-Type", "")):
+        response = grpc_refusal(error, request_id=record.request_id if record is not None else "-")
+        secure(response)
+        if close:
+            response.force_close()
+        return response
     accept = headers.get("Accept", "")
     if headers.get("Authorization", "").partition(" ")[0].lower() in ("bearer", "dpop") or \
             (record is not None and isinstance(record.caller, ServiceCaller)):

@@ -273,6 +273,9 @@ async def start_listener(app: web.Application, config: Config, sock: socket.sock
     return runner
 
 
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
 def ssl_context(config: Config) -> ssl.SSLContext | None:
     """The listener's TLS context; with ``client_ca_file`` or trust bundles it asks for a client certificate.
 
@@ -302,6 +305,10 @@ def _server_context(tls: TlsConfig, alpn: list[str], authorities: str) -> ssl.SS
     """A server context trusting ``client_ca_file`` and ``authorities`` (PEM) for client certificates."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    # TLS 1.2: only ephemeral key exchange with an AEAD cipher (forward secrecy; RFC 9113
+    # 9.2.2 forbids the others under HTTP/2, and RFC 9325 4.2 recommends exactly these).
+    # TLS 1.3's suites are all AEAD and are not set by this list.
+    context.set_ciphers(TLS12_CIPHERS)
     context.load_cert_chain(tls.cert_file, tls.key_file)
     context.set_alpn_protocols(alpn)
     if tls.client_ca_file is not None or authorities:

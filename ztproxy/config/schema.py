@@ -61,6 +61,7 @@ class TlsConfig(Model):
     key_file: str
     # Devices: with a CA, the listener asks for (does not require) a client certificate.
     client_ca_file: str | None = None
+    # TLS 1.2 clients must offer ECDHE with AES-GCM or ChaCha20-Poly1305 (forward secret, AEAD).
     min_version: Literal["1.2", "1.3"] = "1.2"
 
 

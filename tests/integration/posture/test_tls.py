@@ -144,3 +144,22 @@ async def test_the_certificate_names_the_device_the_inventory_describes(
     assert await fetch(device_pki, server, device_pki.device("mbp-42")) == {"certificate": True, "device": "mbp-42",
                                                                             "managed": True}
     assert (await fetch(device_pki, server, device_pki.device("old-laptop")))["device"] is None
+
+
+async def test_tls12_offers_only_forward_secret_aead_ciphers(device_pki: DevicePki, start_server: StartServer) -> None:
+    server = await start_server()
+    cbc = "ECDHE-RSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES256-SHA384:ECDHE-ECDSA-AES256-SHA384"
+    for weak in (cbc, "AES128-GCM-SHA256:AES256-GCM-SHA384"):
+        # CBC (no AEAD: forbidden under HTTP/2, RFC 9113 9.2.2) and static RSA key exchange (no forward secrecy)
+        context = device_pki.client_context(None, max_version=ssl.TLSVersion.TLSv1_2)
+        context.set_ciphers(weak)
+        connector = aiohttp.TCPConnector(ssl=context)
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with aiohttp.ClientSession(connector=connector) as session, session.get(server.url):
+                pass
+    assert server.served == []
+    context = device_pki.client_context(None, max_version=ssl.TLSVersion.TLSv1_2)
+    context.set_ciphers("ECDHE+AESGCM")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session, \
+            session.get(server.url) as response:
+        assert response.status == 200

@@ -5,36 +5,23 @@ unreachable upstream gives the client a 502 page instead of a socket that closes
 and an app that refuses the upgrade (403, 401, a redirect to its login) is heard as it
 answered: its status, headers and body reach the client.
 Text, binary, ping/pong and close (with its code and reason) pass through unchanged;
-the subprotocol the upstream chose is the one offered to the client. A socket opened
-with a session is closed with 1008 as soon as that session is revoked, here or on any
-other worker or replica (``SessionManager.watch``), and so is a socket a grant let in when
-that grant ends (``GrantsView.until_ended``), or as soon as a security signal's effect (the
-session losing MFA, the user's claims changed, the device reported not compliant:
-``ztproxy.signals.effects``) means the route's policy would refuse it now. A socket a
-service opened closes when its client, workload or token is revoked (on any replica:
-``ztproxy.service_revocations``) and when its credential ends (the token's ``exp``, the
-certificate's notAfter): the service connects again with a fresh one.
+the subprotocol the upstream chose is the one offered to the client. A socket is verified
+for as long as it stays open (``ztproxy.socket_watch``): when its session or credential
+ends, or the route's policy would refuse it now, it is closed with 1008 and a reason.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
 
 from ztproxy import tracing
-from ztproxy.auth import AUTH
 from ztproxy.errors import UpstreamTimeout, UpstreamUnavailable
-from ztproxy.facts import still_allowed
-from ztproxy.grants.model import person_key
-from ztproxy.grants.service import GRANTS
 from ztproxy.headers import downstream_response_headers
-from ztproxy.policy.criteria.grant import Grant
-from ztproxy.service_revocations import REVOKED_SERVICES
-from ztproxy.state import RECORD, Person, RequestRecord, ServiceCaller
+from ztproxy.socket_watch import SocketWatch
+from ztproxy.state import RECORD
 from ztproxy.upstream import UPSTREAM, UpgradeRefused, forward_headers, upstream_failures, upstream_url
 
 # aiohttp generates its own handshake headers for the upstream leg.
@@ -76,73 +63,6 @@ async def _relay(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse
             if kind is not WSMsgType.CLOSING and not sink.closed:
                 await sink.close(code=1011 if kind is WSMsgType.ERROR else 1000)
             return
-
-
-def _watch_session(request: web.Request, record: RequestRecord, ended: asyncio.Event) -> Callable[[], None]:
-    """Set ``ended`` when the session that opened this socket ends; returns how to stop watching."""
-    caller = record.caller
-    auth = request.app.get(AUTH)
-    if isinstance(caller, ServiceCaller):
-        return _watch_service(request, caller, ended)
-    if not isinstance(caller, Person) or auth is None:
-        return lambda: None  # nobody: nothing to watch
-    return auth.sessions.watch(caller.ticket.store_key, ended.set)
-
-
-def _watch_service(request: web.Request, caller: ServiceCaller, ended: asyncio.Event) -> Callable[[], None]:
-    """Set ``ended`` when the service's credential ends or is revoked; returns how to stop watching."""
-    loop = asyncio.get_running_loop()
-    timer = None if caller.ends is None else loop.call_later(max(0.0, caller.ends - time.time()), ended.set)
-    revoked = request.app[REVOKED_SERVICES]
-
-    def judge() -> None:
-        if revoked is not None and revoked.refusal(caller.service, time.time()) is not None:
-            ended.set()
-
-    unlisten = None if revoked is None else revoked.listen(judge)
-
-    def stop() -> None:
-        if timer is not None:
-            timer.cancel()
-        if unlisten is not None:
-            unlisten()
-    return stop
-
-
-def _watch_grant(request: web.Request, record: RequestRecord, ended: asyncio.Event) -> asyncio.Task[None] | None:
-    """Set ``ended`` when the grant that let this socket in ends (its time, or revoked on any replica)."""
-    caller, decision, route = record.caller, record.decision, record.context.route
-    grants = request.app[GRANTS]
-    if grants is None or route.grant is None or not isinstance(caller, Person) or decision is None \
-            or Grant.name not in decision.reasons:
-        return None  # not let in by a grant (another rule held): nothing of a grant to watch
-
-    async def watch() -> None:
-        await grants.view.until_ended(person_key(caller.session.provider, caller.subject), route.name)
-        ended.set()
-
-    return asyncio.create_task(watch())
-
-
-def _watch_effects(request: web.Request, record: RequestRecord, withdrawn: asyncio.Event) -> Callable[[], None]:
-    """Set ``withdrawn`` when a security signal's effect arriving here means the policy no longer
-    lets this socket's request through; returns how to stop watching."""
-    caller = record.caller
-    auth = request.app.get(AUTH)
-    if not isinstance(caller, Person) or auth is None:
-        return lambda: None
-    effects = auth.effects
-    grants, route = request.app[GRANTS], record.context.route
-
-    def judge() -> None:
-        session, _ = effects.adjust(caller.session)
-        device = None if record.device is None else effects.device(record.device)
-        granted = grants is not None and route.grant is not None and grants.view.holds(
-            person_key(caller.session.provider, caller.subject), route.name, time.time())
-        if not still_allowed(record, session.identity, device, granted=granted):
-            withdrawn.set()
-
-    return effects.listen(judge)
 
 
 async def _relay_refusal(request: web.Request, refusal: aiohttp.ClientResponse,
@@ -208,41 +128,27 @@ async def proxy_websocket(request: web.Request) -> web.StreamResponse:
             autoping=False, autoclose=False, max_msg_size=0)
         client_ws.headers["X-Request-Id"] = ctx.request_id
         await client_ws.prepare(request)
-        session_ended, access_withdrawn = asyncio.Event(), asyncio.Event()
-        stop_watching = _watch_session(request, record, session_ended)
-        grant_watch = _watch_grant(request, record, session_ended)
-        stop_judging = _watch_effects(request, record, access_withdrawn)
+        watch = SocketWatch(request, record)
+        watch.start()
         to_upstream = asyncio.create_task(_relay(client_ws, upstream_ws))
         to_client = asyncio.create_task(_relay(upstream_ws, client_ws))
-        ended = asyncio.create_task(session_ended.wait())
-        withdrawn = asyncio.create_task(access_withdrawn.wait())
+        closed = asyncio.create_task(watch.closed.wait())
         try:
-            done, pending = await asyncio.wait((to_upstream, to_client, ended, withdrawn),
-                                               return_when=asyncio.FIRST_COMPLETED)
-            if ended in done or withdrawn in done:
-                # Revoked: not one more frame either way, then tell the client why.
+            done, pending = await asyncio.wait((to_upstream, to_client, closed), return_when=asyncio.FIRST_COMPLETED)
+            if closed in done:
+                # Access ended: not one more frame either way, then tell the client why.
                 to_upstream.cancel()
                 to_client.cancel()
                 await asyncio.gather(to_upstream, to_client, return_exceptions=True)
-                if ended in done and isinstance(caller := record.caller, ServiceCaller):
-                    expired = caller.ends is not None and time.time() >= caller.ends
-                    over = b"credential expired" if expired else b"access revoked"
-                elif ended in done:
-                    over = b"access ended" if grant_watch is not None and grant_watch.done() else b"session ended"
-                else:
-                    over = b"access withdrawn"
-                await client_ws.close(code=SESSION_ENDED_CLOSE, message=over)
+                await client_ws.close(code=SESSION_ENDED_CLOSE, message=watch.over)
             else:
                 # The first side to close has sent its close frame on; let the other side answer it.
-                await asyncio.wait(pending - {ended, withdrawn}, timeout=target.read_timeout or 10.0)
+                await asyncio.wait(pending - {closed}, timeout=target.read_timeout or 10.0)
         finally:
-            stop_watching()
-            stop_judging()
-            if grant_watch is not None:
-                grant_watch.cancel()
-            for task in (to_upstream, to_client, ended, withdrawn):
+            await watch.stop()
+            for task in (to_upstream, to_client, closed):
                 task.cancel()
-            await asyncio.gather(to_upstream, to_client, ended, withdrawn, return_exceptions=True)
+            await asyncio.gather(to_upstream, to_client, closed, return_exceptions=True)
             if not client_ws.closed:
                 await client_ws.close()
         return client_ws

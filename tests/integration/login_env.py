@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 from tests.conftest import Proxy, ProxyFactory, Upstream, UpstreamFactory, free_port
 from tests.support.idp import IdpFactory
@@ -86,15 +87,17 @@ NO_SIGN_IN_BURST = "\n  sign_ins: {count: 100000, window: 60s, lock: 5m}"
 async def start_world(start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory, *,
                       sessions: str = "", provider: str = "", ttl: dict[str, int] | None = None,
                       routes: str = ROUTES, server: str = "", public_port: int | None = None,
-                      public_host: str = "127.0.0.1", risk: str = "") -> LoginWorld:
+                      public_host: str = "127.0.0.1", risk: str = "",
+                      upstream_routes: list[web.RouteDef] | None = None) -> LoginWorld:
     """``public_host`` and ``public_port``: the name and port people use, when they are not the
     proxy's own (a name Chromium resolves to loopback by itself, such as app.localhost; a calling
     proxy in front, for forward-auth). The proxy itself listens on 127.0.0.1.
 
     ``risk``: the ``risk`` section's body (indented two spaces). Tests sign in often from one
-    address: sign-ins are never a burst here unless a test says so.
+    address: sign-ins are never a burst here unless a test says so. ``upstream_routes``: the
+    upstream's own routes (default: every path answers with what it received).
     """
-    upstream = await start_upstream()
+    upstream = await start_upstream(routes=upstream_routes)
     port = free_port()
     public = f"http://{public_host}:{public_port or port}"
     idp = await start_idp(clients=[IdpClient(

@@ -277,7 +277,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
                 await asyncio.sleep(max(0.0, began + WARMUP + (index + 1) * EVENT_EVERY - time.monotonic()))
                 reload = index % 2 == 1 and not args.no_reloads
                 done = await (soak.reload() if reload else soak.revoke(users[(index // 2) % len(users)]))
-                print(f"  {time.monotonic() - began:6.1f}s {done}", file=sys.stderr, flush=True)
+                rss_now = sum(sum(tree_rss_bytes(proxy.process.pid).values()) for proxy in proxies)
+                print(f"  {time.monotonic() - began:6.1f}s {done} (RSS {rss_now / 2**20:.1f} MiB)", file=sys.stderr,
+                      flush=True)
             await asyncio.sleep(max(0.0, began + WARMUP + duration - time.monotonic()))
         except SoakFailed as exc:
             soak.problems.append(str(exc))

@@ -256,8 +256,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         balancer, url = start_balancer(workdir, ports, balancer_port_holder)
         stack.callback(balancer.stop)
         # Replicas and Logs stand in for soak's one proxy and its log (duck-typed: a script).
+        # redis: what soak's faults stop; scale-out injects none.
         soak = ScaleSoak(url=url, admin_url=proxies[0].admin_url, admin_token=token, proxy=Replicas(proxies),
-                         config_path=workdir / "ztproxy-0.yaml", setup=setups[0], users=users,
+                         redis=None, idp=idp, config_path=workdir / "ztproxy-0.yaml", setup=setups[0], users=users,
                          workers=args.replicas, log=Logs(proxies))
         soak.others = [(setup, workdir / f"ztproxy-{index}.yaml") for index, setup in enumerate(setups) if index]
         for user in users:

@@ -256,8 +256,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         balancer, url = start_balancer(workdir, ports, balancer_port_holder)
         stack.callback(balancer.stop)
         # Replicas and Logs stand in for soak's one proxy and its log (duck-typed: a script).
+        # redis: what soak's faults stop; scale-out injects none.
         soak = ScaleSoak(url=url, admin_url=proxies[0].admin_url, admin_token=token, proxy=Replicas(proxies),
-                         config_path=workdir / "ztproxy-0.yaml", setup=setups[0], users=users,
+                         redis=None, idp=idp, config_path=workdir / "ztproxy-0.yaml", setup=setups[0], users=users,
                          workers=args.replicas, log=Logs(proxies))
         soak.others = [(setup, workdir / f"ztproxy-{index}.yaml") for index, setup in enumerate(setups) if index]
         for user in users:
@@ -277,7 +278,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
                 await asyncio.sleep(max(0.0, began + WARMUP + (index + 1) * EVENT_EVERY - time.monotonic()))
                 reload = index % 2 == 1 and not args.no_reloads
                 done = await (soak.reload() if reload else soak.revoke(users[(index // 2) % len(users)]))
-                print(f"  {time.monotonic() - began:6.1f}s {done}", file=sys.stderr, flush=True)
+                rss_now = sum(sum(tree_rss_bytes(proxy.process.pid).values()) for proxy in proxies)
+                print(f"  {time.monotonic() - began:6.1f}s {done} (RSS {rss_now / 2**20:.1f} MiB)", file=sys.stderr,
+                      flush=True)
             await asyncio.sleep(max(0.0, began + WARMUP + duration - time.monotonic()))
         except SoakFailed as exc:
             soak.problems.append(str(exc))

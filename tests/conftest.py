@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -145,6 +146,22 @@ async def start_proxy() -> AsyncIterator[ProxyFactory]:
 async def client() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         yield session
+
+
+@pytest.fixture
+def collector_off() -> Iterator[None]:
+    """No automatic pass of the cyclic collector during the test: only explicit ones free cycles.
+
+    So a test can tell what the code frees from what a lucky automatic pass would.
+    """
+    enabled = gc.isenabled()
+    gc.collect()  # what earlier tests left, so that it is not mistaken for this one's
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass

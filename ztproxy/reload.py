@@ -10,8 +10,9 @@ its last (``match_info.current_app``, what aiohttp does for sub-apps), so every
 A reload builds and starts the next generation first (a failure keeps the current one),
 swaps one reference, then retires the previous generation: once the requests it serves
 (WebSockets included) have finished, or ``server.shutdown_grace`` has passed, its
-resources close. Settings of the listener itself can't change without a restart:
-``restart_only`` names those that differ and ``keep_listener`` keeps them as they run.
+resources close and a full garbage collection frees what it held (see ``_retired``).
+Settings of the listener itself can't change without a restart: ``restart_only`` names
+those that differ and ``keep_listener`` keeps them as they run.
 
 Where new configurations come from: ``reread`` loads and validates the file again (every
 issue logged when it is invalid), ``reload_on_sighup`` does it on each SIGHUP. Secrets a
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -195,10 +197,16 @@ class LiveApp:
             self._current = generation  # the swap: requests from now on see the new configuration
             task = asyncio.create_task(self._retire(previous, config.server.shutdown_grace))
             self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            task.add_done_callback(self._retired)
         log.info("config_reloaded", routes=len(config.routes))
         metrics.config_reloaded(True)
         return True
+
+    async def settled(self) -> None:
+        """Wait until every retired generation has closed and been collected."""
+        while self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+            await asyncio.sleep(0)  # their done callbacks (the collection) run next
 
     async def close(self) -> None:
         """Stop every generation: the current one and any still retiring."""
@@ -213,6 +221,15 @@ class LiveApp:
         app = self._build(config)
         await start_app(app)
         return Generation(app)
+
+    def _retired(self, task: asyncio.Task[None]) -> None:
+        self._retiring.discard(task)
+        # A generation is a web of reference cycles (the app and its cleanup contexts, aiohttp
+        # and redis-py clients), so only the cyclic collector frees it, and a long-running
+        # process seldom makes the full pass that reaches objects that old: retired
+        # generations piled up, a Redis Cluster client's slot table (~1 MiB) each. Collect
+        # now, when the task has let go of it: one pause per reload, memory stays flat.
+        gc.collect()
 
     async def _retire(self, generation: Generation, grace: float) -> None:
         try:

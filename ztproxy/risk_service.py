@@ -28,7 +28,7 @@ from ztproxy import metrics
 from ztproxy.auth import AUTH
 from ztproxy.config.risk import RiskConfig
 from ztproxy.context import CompiledRoute, RequestContext
-from ztproxy.errors import AccessDenied
+from ztproxy.errors import AccessDenied, SessionStoreUnavailable
 from ztproxy.policy.model import Device
 from ztproxy.policy.reasons import SESSION_LOCKED
 from ztproxy.risk import RiskRules, RiskState, Verdict, judge, judge_denial, network_of
@@ -110,8 +110,17 @@ class RiskService:
         rules = self.rules_for(route)
         verdict = judge_denial(state, now, rules)
         verdict = dataclasses.replace(verdict, changed=True)
-        self.sessions.spawn(self.act(ticket, session, verdict, route, now))
+        self.sessions.spawn(self._act_later(ticket, session, verdict, route, now))
         return verdict
+
+    async def _act_later(self, ticket: Ticket, session: Session, verdict: Verdict, route: str, now: float) -> None:
+        # Off the request's path nobody answers with a 503: a store that is away is logged, not
+        # raised (an unretrieved task error was logged with its traceback, at each denial burst
+        # of an outage, and the formatting cached the source of every file in it for good).
+        try:
+            await self.act(ticket, session, verdict, route, now)
+        except SessionStoreUnavailable:
+            _log.warning("risk_state_not_written", session=ticket.public_id, route=route, signal=verdict.signal)
 
     async def admit_sign_in(self, client_ip: str, now: float) -> None:
         """Count a sign-in started from this address; refuse it while the address is locked."""

@@ -12,7 +12,9 @@ no identity, whoever sent it.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Mapping
+from functools import partial
 
 from aiohttp import web
 
@@ -47,17 +49,26 @@ def assert_identity(request: web.Request) -> None:
 
 # The headers of an identity for a route's claim_headers, by the objects' ids: a session's
 # identity object lives as long as its cached copy, so its headers are worked out once.
-# Each entry holds both objects, so neither id can be reused while the entry is there.
-_HEADERS: Memo[tuple[int, int], tuple[Identity, Mapping[str, str], tuple[tuple[str, str], ...]]] = Memo(4096)
+# An entry holds the route's claim_headers (its id can't be reused meanwhile) and the
+# identity only weakly, and goes with it: held strongly, the identities of copies long
+# replaced stayed (with their claims) until the map was full, thousands per worker.
+_Entry = tuple[weakref.ref[Identity], Mapping[str, str], tuple[tuple[str, str], ...]]
+_HEADERS: Memo[tuple[int, int], _Entry] = Memo(4096)
 
 
 def _identity_headers(identity: Identity, claim_headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     key = (id(identity), id(claim_headers))
     entry = _HEADERS.get(key)
-    if entry is not None and entry[0] is identity and entry[1] is claim_headers:
+    if entry is not None and entry[0]() is identity and entry[1] is claim_headers:
         return entry[2]
     pairs = tuple(identity_headers(identity, claim_headers=claim_headers))
-    _HEADERS.remember(key, (identity, claim_headers, pairs))
+    _HEADERS.remember(key, (weakref.ref(identity, partial(_forget, key)), claim_headers, pairs))
     return pairs
+
+
+def _forget(key: tuple[int, int], gone: weakref.ref[Identity]) -> None:
+    entry = _HEADERS.get(key)
+    if entry is not None and entry[0] is gone:  # not a newer entry under the same ids
+        del _HEADERS[key]
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 
 import aiohttp
 import orjson
+from structlog.testing import capture_logs
 from yarl import URL
 
 from tests.conftest import ProxyFactory, UpstreamFactory
 from tests.integration.login_env import LoginWorld, start_world
 from tests.support.idp import ALICE_PASSWORD, BOB_PASSWORD, BOB_TOTP_SECRET, IdpFactory
+from tests.support.redis import RedisServer
 from tests.support.user_agent import BROWSER_ACCEPT, UserAgent
 from ztproxy.policy.model import Device
 from ztproxy.posture import PostureQuery
@@ -87,6 +91,29 @@ async def test_a_burst_of_denials_locks_the_session_on_every_route(
         status, text = await get(prober, world.url + "/.ztproxy/me")
         risk = orjson.loads(text)["risk"]
         assert risk["level"] == "high" and [s["signal"] for s in risk["signals"]] == ["denial-burst"]
+
+
+async def test_a_burst_of_denials_while_the_store_is_away_is_refused_and_its_unwritten_lock_logged(
+        start_idp: IdpFactory, start_proxy: ProxyFactory, start_upstream: UpstreamFactory,
+        redis_server: RedisServer) -> None:
+    # The session's copy outlives the store (cache_ttl); the lock the burst calls for is written
+    # in the background, where a store that is away must be a warning, not a task's lost error.
+    world = await start_world(start_idp, start_proxy, start_upstream,
+                              risk="  denials: {count: 3, window: 60s, lock: 5m}",
+                              sessions=f"  store: '{redis_server.url}'\n  cache_ttl: 60s\n  store_timeout: 1s")
+    async with UserAgent() as prober:
+        await world.login(prober, "/app/", "alice", ALICE_PASSWORD)
+        assert (await get(prober, world.url + "/app/"))[0] == 200  # the copy this worker keeps
+        redis_server.stop(kill=True)
+        with capture_logs() as logs:
+            statuses = [(await get(prober, world.url + f"/payroll-group/{n}"))[0] for n in range(3)]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(e["event"] == "risk_state_not_written" for e in logs):
+                await asyncio.sleep(0.05)
+        assert statuses == [403, 403, 403]  # refused, the third one as the burst it is
+        unwritten = [e for e in logs if e["event"] == "risk_state_not_written"]
+        assert [e["signal"] for e in unwritten] == ["denial-burst"], logs
+        assert not [e for e in logs if e["log_level"] in ("error", "critical")], logs
 
 
 async def test_a_burst_of_sign_ins_locks_the_address_for_sign_ins(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -118,6 +119,24 @@ async def test_an_open_websocket_keeps_its_configuration_until_it_closes(
             break
         await asyncio.sleep(0.02)
     assert old_client.closed  # closed with the WebSocket, not before
+
+
+async def test_a_retired_configuration_is_freed_once_closed(
+        start_upstream: UpstreamFactory, serve: Serve, collector_off: None) -> None:
+    upstream = await start_upstream()
+    port = free_port()
+    first = load_text(proxy_yaml(upstream.url, port=port))
+    live = LiveApp(first, build_app)
+    url = await serve(live, first)
+    retired: list[weakref.ref[web.Application]] = []
+    for allow, status in ((CLOSED, 403), ("[{public: true}]", 200), (CLOSED, 403)):
+        retired.append(weakref.ref(live.app))
+        assert await live.reload(load_text(proxy_yaml(upstream.url, port=port, allow=allow)))
+        assert await status_of(url + "/x") == status
+    await live.settled()
+    # Apps are reference cycles: with the automatic collector off, only LiveApp's own pass frees them.
+    assert [index for index, app in enumerate(retired) if app() is not None] == []
+    assert weakref.ref(live.app)() is not None
 
 
 async def test_a_configuration_that_cannot_start_keeps_the_running_one(

@@ -46,7 +46,7 @@ def _aware(value: datetime | None, name: str) -> None:
         raise ValueError(f"{name} must be a timezone-aware datetime")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # weakly held by upstream_identity's memo
 class Identity:
     """The signed-in user (or machine) as the session and the IdP describe it."""
 

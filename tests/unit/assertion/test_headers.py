@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import pytest
@@ -80,3 +81,19 @@ def test_the_proxy_remembers_headers_per_identity_object_and_a_new_identity_gets
     assert ("X-Ztproxy-Groups", "payroll,staff") in _identity_headers(after, claims)
     # Another route's claim_headers is another entry.
     assert ("X-Dept", "eng") not in _identity_headers(before, {})
+
+
+def test_the_remembered_headers_go_with_their_identity() -> None:
+    from ztproxy.upstream_identity import _HEADERS, _identity_headers
+    claims = {"X-Dept": "dept"}
+    kept = Identity(subject="bob", claims={"dept": "ops"})
+    remembered = _identity_headers(kept, claims)
+    entries = len(_HEADERS)
+    replaced = Identity(subject="alice", claims={"dept": "eng"})  # a session copy the manager let go of
+    assert ("X-Dept", "eng") in _identity_headers(replaced, claims)
+    assert len(_HEADERS) == entries + 1
+    gone = weakref.ref(replaced)
+    del replaced
+    assert gone() is None  # the map did not keep it alive
+    assert len(_HEADERS) == entries  # nor its entry
+    assert _identity_headers(kept, claims) is remembered  # the living one's stays

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +22,7 @@ def facts(identity: Identity | None = USER, device: Device | None = LAPTOP, **ch
 
 
 def user(**changes: Any) -> Identity:
-    return Identity(**({field: getattr(USER, field) for field in USER.__slots__} | changes))
+    return dataclasses.replace(USER, **changes)  # (its __slots__ include __weakref__)
 
 
 def device(**changes: Any) -> Device:

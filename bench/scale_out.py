@@ -272,6 +272,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         began = time.monotonic()
         await asyncio.sleep(WARMUP)
         rss_start = {pid: size for proxy in proxies for pid, size in tree_rss_bytes(proxy.process.pid).items()}
+        print(f"  RSS after warm-up: {rss_line(rss_start)}", file=sys.stderr, flush=True)
         events = max(0, int((duration - EVENT_ROOM) // EVENT_EVERY))
         try:
             for index in range(events):
@@ -301,7 +302,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
               "one signed-in session:\n")
         print("\n".join(lines))
         print(f"\ncorrectness, {args.replicas} replicas behind the balancer:\n")
-        status = report(soak, samples, elapsed, rss_start, rss_end)
+        status = report(soak, samples, elapsed, rss_start, rss_end, "see the keys by kind below")
         print(f"\nRedis, {args.sessions} more sign-ins ({added} new session keys): used_memory grew "
               f"{(after - before) / added:,.0f} bytes per session. Keys by kind after them (MEMORY USAGE):\n")
         print("| kind | keys | bytes | bytes per key |\n| --- | ---: | ---: | ---: |")

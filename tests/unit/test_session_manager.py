@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 
 import orjson
@@ -223,3 +224,27 @@ async def test_an_index_that_cannot_be_read_after_an_ending_does_not_undo_it() -
     await sessions.end(ticket)  # the shared indexes are read again afterwards: that fails, quietly
     assert await sessions.store.get(ticket.store_key) is None
     assert await SessionManager(sessions.store, settings).load(ticket, T0) is None
+
+
+async def test_a_failed_background_task_is_logged_once_without_a_traceback() -> None:
+    sessions, _ = manager()
+    seen: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: seen.append(context))  # asyncio's "never retrieved"
+
+    async def fails() -> None:
+        raise SessionStoreUnavailable()
+
+    try:
+        with capture_logs() as logs:
+            sessions.spawn(fails())
+            for _ in range(10):  # let the task run and its callbacks fire
+                await asyncio.sleep(0)
+        gc.collect()  # an unretrieved exception would be reported as its task is collected
+    finally:
+        loop.set_exception_handler(previous)
+    failed = [event for event in logs if event["event"] == "session_task_failed"]
+    assert len(failed) == 1 and "SessionStoreUnavailable" in str(failed[0]["error"])
+    assert "exc_info" not in failed[0]
+    assert seen == []

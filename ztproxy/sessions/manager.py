@@ -115,6 +115,11 @@ class _Cached:
     touched_at: float
 
 
+def _finished(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        _log.error("session_task_failed", error=repr(error)[:200])
+
+
 class SessionManager:
     def __init__(self, store: SessionStore, config: SessionsConfig, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.store = store
@@ -381,9 +386,15 @@ class SessionManager:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` in the background, owned by the manager (cancelled by :meth:`close`)."""
+        """Run ``work`` in the background, owned by the manager (cancelled by :meth:`close`).
+
+        Its failure is logged as ``session_task_failed`` with the error alone: asyncio's own
+        "exception was never retrieved" would format a traceback, which caches the source
+        of every file in the stack for the life of the process.
+        """
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
+        task.add_done_callback(_finished)
         task.add_done_callback(self._tasks.discard)
 
     def _remember(self, key: str, entry: _Cached, *, unless_forgotten_since: int | None = None) -> None:

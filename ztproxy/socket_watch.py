@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from ztproxy.auth import AUTH
+from ztproxy.auth import AUTH, Auth
 from ztproxy.errors import SessionStoreUnavailable
 from ztproxy.facts import still_allowed
 from ztproxy.grants.model import person_key
@@ -55,7 +55,6 @@ class SocketWatch:
         self.over = b""
         self._stops: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._session: Session | None = None  # a person's, as the store said last
 
     def _close(self, over: bytes) -> None:
         if not self.closed.is_set():
@@ -67,11 +66,7 @@ class SocketWatch:
         if isinstance(caller, ServiceCaller):
             self._watch_service(caller)
         elif isinstance(caller, Person) and (auth := self._request.app.get(AUTH)) is not None:
-            self._session = caller.session
-            self._stops.append(auth.sessions.watch(caller.ticket.store_key, lambda: self._close(b"session ended")))
-            self._stops.append(auth.effects.listen(lambda: self._judge(time.time())))
-            self._watch_grant(caller)
-            self._tasks.append(asyncio.create_task(self._recheck(caller)))
+            self._watch_person(auth, caller)
 
     async def stop(self) -> None:
         for stop in self._stops:
@@ -87,16 +82,14 @@ class SocketWatch:
         return grants is not None and route.grant is not None and grants.view.holds(
             person_key(caller.session.provider, caller.subject), route.name, now)
 
-    def _judge(self, now: float) -> None:
-        """Withdraw the socket when the route's policy would refuse it now."""
-        auth = self._request.app[AUTH]
-        assert auth is not None and isinstance(self._record.caller, Person) and self._session is not None
-        adjusted, _ = auth.effects.adjust(self._session)
+    def _judge(self, auth: Auth, caller: Person, session: Session, now: float) -> None:
+        """Withdraw the socket when the route's policy would refuse it now, ``session`` as it is now."""
+        adjusted, _ = auth.effects.adjust(session)
         device = None if self._record.device is None else auth.effects.device(self._record.device)
         risk = adjusted.risk
         locked = risk is not None and risk.locked_until is not None and now < risk.locked_until
         if locked or not still_allowed(self._record, adjusted.identity, device,
-                                       granted=self._granted(self._record.caller, now)):
+                                       granted=self._granted(caller, now)):
             self._close(b"access withdrawn")
 
     def _watch_grant(self, caller: Person) -> None:
@@ -110,22 +103,29 @@ class SocketWatch:
 
         self._tasks.append(asyncio.create_task(watch()))
 
-    async def _recheck(self, caller: Person) -> None:
-        auth = self._request.app[AUTH]
-        assert auth is not None
+    def _watch_person(self, auth: Auth, caller: Person) -> None:
+        session = caller.session  # as the store said last: each recheck replaces it
         every = max(float(auth.sessions.config.cache_ttl), MIN_RECHECK)
-        while not self.closed.is_set():
-            await asyncio.sleep(every)
-            now = time.time()
-            with contextlib.suppress(SessionStoreUnavailable):  # the store away: keep the last verdict
-                session = await auth.sessions.load(caller.ticket, now)
-                if session is not None and auth.refresher.due(session, now):
-                    session = await auth.refresher.refresh(caller.ticket, session, now)
-                if session is None:
-                    self._close(b"session ended")
-                else:
-                    self._session = session
-                    self._judge(now)
+
+        async def recheck() -> None:
+            nonlocal session
+            while not self.closed.is_set():
+                await asyncio.sleep(every)
+                now = time.time()
+                with contextlib.suppress(SessionStoreUnavailable):  # the store away: keep the last verdict
+                    fresh = await auth.sessions.load(caller.ticket, now)
+                    if fresh is not None and auth.refresher.due(fresh, now):
+                        fresh = await auth.refresher.refresh(caller.ticket, fresh, now)
+                    if fresh is None:
+                        self._close(b"session ended")
+                    else:
+                        session = fresh
+                        self._judge(auth, caller, session, now)
+
+        self._stops.append(auth.sessions.watch(caller.ticket.store_key, lambda: self._close(b"session ended")))
+        self._stops.append(auth.effects.listen(lambda: self._judge(auth, caller, session, time.time())))
+        self._watch_grant(caller)
+        self._tasks.append(asyncio.create_task(recheck()))
 
     # --- services -------------------------------------------------------------------------
 

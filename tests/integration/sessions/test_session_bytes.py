@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.redis import RedisFactory, RedisServer
 from tests.support.redis_cluster import ClusterSetup
+from tests.unit.sessions.test_revocation import tickets_in_one_bucket
 from ztproxy.config.sessions import SessionsConfig
 from ztproxy.risk import Browser, RiskState, Seen
 from ztproxy.sessions.indexes import (
@@ -132,6 +133,28 @@ async def test_a_session_takes_at_most_a_kibibyte(redis: Redis, manager: Session
                           idp_session_index("demo", dave.idp_session or ""), handle_bucket(ticket.public_id)}
     print(f"a user's only session: {sum(added.values())} bytes: {added}")
     assert sum(added.values()) <= KIB
+
+
+async def test_a_handle_in_a_bucket_costs_less_than_a_key_of_its_own(
+        redis: Redis, manager: SessionManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two sessions whose handles share a bucket, as every session's does once a store holds
+    # a few tens of thousands: the second adds a listpack entry, not a key.
+    first, second = tickets_in_one_bucket(2)
+    made = iter([first, second])
+    monkeypatch.setattr(Ticket, "new", classmethod(lambda cls: next(made)))
+    await manager.start(make_session("erin", idp_session="op-erin"), T0 + 1)
+    bucket = handle_bucket(first.public_id)
+    alone = redis.memory(bucket)
+    before = redis.usage()
+    await manager.start(make_session("frank", idp_session="op-frank"), T0 + 1)
+    after = redis.usage()
+    grown = after[bucket] - alone
+    print(f"a handle: {alone} bytes alone in its bucket, {grown} more beside another; "
+          f"a user's only session then: {sum(after.values()) - sum(before.values())} bytes")
+    assert redis.encoding(bucket) == "listpack" and 0 < grown < alone
+    assert sum(after.values()) - sum(before.values()) <= KIB - (alone - grown)
+    assert await manager.end_handle(second.public_id) == 1
+    assert await manager.store.members(bucket) == [first.store_key]
 
 
 async def test_ending_a_session_removes_its_index_entries(redis: Redis, manager: SessionManager) -> None:

@@ -18,8 +18,9 @@ session included):
 
 The release before named them ``idx:user:``, ``idx:email:``, ``idx:sid:`` + the whole hash in
 hex and ``idx:handle:`` + the handle, a key for each: lookups read those too (:func:`lookups`)
-until the last session it wrote has expired; new sessions are written under the short names
-only. Device markers and their index keep their names. No I/O.
+until the last session it wrote has expired. New sessions are written under the short names
+only, unless ``sessions.legacy_indexes`` asks for both while replicas of that release still
+serve (they read only the long ones). Device markers and their index keep their names. No I/O.
 """
 
 from __future__ import annotations
@@ -102,9 +103,14 @@ def shared_indexes(session: Session, *, legacy: bool = False) -> list[str]:
     return indexes
 
 
-def written_indexes(store_key: str, session: Session) -> list[str]:
-    """Every index a session is put in when it is stored or its expiry extended."""
-    return [*shared_indexes(session), handle_bucket(public_handle(store_key))]
+def written_indexes(store_key: str, session: Session, *, legacy: bool = False) -> list[str]:
+    """Every index a session is put in when it is stored or its expiry extended; with ``legacy``
+    (``sessions.legacy_indexes``), also those the release before reads, for its replicas."""
+    handle = public_handle(store_key)
+    indexes = [*shared_indexes(session), handle_bucket(handle)]
+    if legacy:
+        indexes += [*shared_indexes(session, legacy=True), legacy_handle_index(handle)]
+    return indexes
 
 
 def lookups(provider: str, *, subject: str | None = None, idp_session: str | None = None,

@@ -105,6 +105,9 @@ class SessionManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_end: list[OnEnd] = []  # told of the endings made on purpose (see Ending)
 
+    def _indexes(self, store_key: str, session: Session) -> list[str]:
+        return written_indexes(store_key, session, legacy=self.config.legacy_indexes)
+
     def _expiry(self, session: Session, now: float) -> float:
         return min(self.config.idle_timeout, session.created + self.config.lifetime - now)
 
@@ -184,7 +187,7 @@ class SessionManager:
             return None
         touched_at = cached.touched_at if cached is not None else now
         if now - touched_at >= self._touch_every:
-            await self.store.touch(key, self._expiry(session, now), indexes=written_indexes(key, session))
+            await self.store.touch(key, self._expiry(session, now), indexes=self._indexes(key, session))
             touched_at = now
         self._remember(key, _Cached(ticket.key, session, now, touched_at), unless_forgotten_since=forgets)
         return session
@@ -195,7 +198,7 @@ class SessionManager:
             await self.end(replacing)
         ticket = Ticket.new()
         await self.store.put(ticket.store_key, seal(ticket, session.to_bytes()), self._expiry(session, now),
-                             indexes=written_indexes(ticket.store_key, session))
+                             indexes=self._indexes(ticket.store_key, session))
         self._remember(ticket.store_key, _Cached(ticket.key, session, now, now))
         return ticket
 
@@ -205,7 +208,7 @@ class SessionManager:
         # A legacy ticket's session stays in the format of its release, which may still serve it.
         written = await self.store.put(ticket.store_key, seal(ticket, session.to_bytes(legacy=ticket.legacy)),
                                        self._expiry(session, now), only_existing=True,
-                                       indexes=written_indexes(ticket.store_key, session))
+                                       indexes=self._indexes(ticket.store_key, session))
         if written:
             self._remember(ticket.store_key, _Cached(ticket.key, session, now, now), unless_forgotten_since=forgets)
         else:

@@ -199,6 +199,29 @@ async def previous_release_session(manager: SessionManager, session: Session, ve
     return ticket
 
 
+async def test_legacy_indexes_list_new_sessions_where_the_release_before_looks(redis: Redis) -> None:
+    """``sessions.legacy_indexes`` during a rolling upgrade: a replica of the release before, which
+    reads only the long names, lists and ends the sessions upgraded replicas sign in."""
+    config = redis.config.model_copy(update={"legacy_indexes": True})
+    store = open_store(config)
+    try:
+        manager = SessionManager(store, config)
+        session = make_session(idp_session="op-1")
+        ticket = await manager.start(session, T0 + 1)
+        long_names = [legacy_user_index("demo", "carol"), legacy_email_index("demo", "carol@corp.example"),
+                      legacy_idp_session_index("demo", "op-1"), legacy_handle_index(ticket.public_id)]
+        # The release before's lookups are `members` of these names, as this store answers them.
+        for index in long_names:
+            assert await store.members(index) == [ticket.store_key], index
+        assert await manager.matching("demo", subject="carol") == {ticket.store_key}
+        assert await manager.end_handle(ticket.public_id) == 1
+        assert not redis.command(legacy_handle_index(ticket.public_id), "EXISTS", legacy_handle_index(ticket.public_id))
+        for index in long_names:
+            assert await store.members(index) == [], index
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize("version", [LEGACY_TICKET_VERSION, TICKET_VERSION])
 async def test_sessions_of_the_releases_before_open_refresh_list_and_end(
         redis: Redis, manager: SessionManager, version: int) -> None:

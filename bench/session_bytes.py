@@ -5,8 +5,9 @@ with back-channel logout on (so ID tokens carry ``sid`` and each session is in i
 session's index, as a deployment that follows docs/sign-in.md has it), an upstream and one
 ``ztproxy run``; signs ``--users`` users in ``--sessions`` times in all (each sign-in a new
 browser, so a new IdP session), then prints the keys by kind with their ``MEMORY USAGE``,
-the total over the sessions, and the keys of one user's only session (the worst case:
-nothing shared with other sessions of the user).
+the total over the sessions, and what one user's only session added (the worst case:
+nothing shared with other sessions of the user): every key it created, and what the keys it
+shares with other users' sessions (its handle bucket, when another session is in it) grew.
 
     .venv/bin/python bench/session_bytes.py [--store redis|cluster] [--users 3] [--sessions 21]
 
@@ -21,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import redis
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the lab lives with the tests
 
@@ -33,6 +36,16 @@ from tests.support.redis_cluster import start_cluster  # noqa: E402
 from ztproxy.demo_idp import DemoIdp, IdpClient  # noqa: E402
 
 ROUTES = "  - {name: app, path: /app, upstream: '%s', allow: [{email_domains: [corp.example]}]}"
+
+
+def usage(nodes: list[tuple[str, int]]) -> dict[str, int]:
+    """``MEMORY USAGE`` of every key on the masters."""
+    found: dict[str, int] = {}
+    for host, port in nodes:
+        with redis.Redis(host=host, port=port) as client:
+            if client.info("replication").get("role") == "master":
+                found.update((key.decode(), int(client.memory_usage(key) or 0)) for key in client.scan_iter(count=1000))
+    return found
 
 
 def table(kinds: dict[str, tuple[int, int]]) -> list[str]:
@@ -64,10 +77,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         for number in range(args.sessions):
             await sign_in(url, users[number % args.users])
         shared = keys_by_kind(nodes)
+        before = usage(nodes)
         await sign_in(url, users[args.users])  # one more user, with one session only
-        alone = {kind: (count - shared.get(kind, (0, 0))[0], size - shared.get(kind, (0, 0))[1])
-                 for kind, (count, size) in keys_by_kind(nodes).items()}
-        alone = {kind: entry for kind, entry in alone.items() if entry[0]}
+        grown = {key: size - before.get(key, 0) for key, size in usage(nodes).items() if size != before.get(key)}
         sessions = shared.get("s", (0, 0))[0]
         total = sum(size for kind, (_, size) in shared.items() if kind != "once")
         print(f"{args.store}: {args.sessions} sign-ins of {args.users} users, {sessions} session keys; "
@@ -75,9 +87,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         print("\n".join(table(shared)))
         print(f"\nAll but the expiring sign-in markers (`once`): {total:,} bytes, "
               f"{total / max(1, sessions):,.0f} bytes per session.\n")
-        print("A user's only session (the keys one more sign-in added):\n")
-        print("\n".join(table(alone)))
-        print(f"\nIn all: {sum(size for kind, (_, size) in alone.items() if kind != 'once'):,} bytes "
+        print("A user's only session (what one more sign-in added: a key it created, or the growth of one "
+              "that was there):\n")
+        print("| key | created | bytes |\n| --- | --- | ---: |")
+        for key, size in sorted(grown.items(), key=lambda item: -item[1]):
+            print(f"| `{key}` | {'no, grew' if key in before else 'yes'} | {size:,} |")
+        print(f"\nIn all: {sum(size for key, size in grown.items() if not key.startswith('once:')):,} bytes "
               "(without `once`).")
 
 

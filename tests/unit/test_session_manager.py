@@ -11,7 +11,8 @@ from structlog.testing import capture_logs
 
 from ztproxy.config.sessions import SessionsConfig
 from ztproxy.errors import SessionStoreUnavailable
-from ztproxy.sessions.manager import SessionManager, handle_index, user_index
+from ztproxy.sessions.indexes import legacy_handle_index, legacy_user_index
+from ztproxy.sessions.manager import SessionManager
 from ztproxy.sessions.memory import MemoryStore
 from ztproxy.sessions.model import Session
 from ztproxy.sessions.sealing import LEGACY_TICKET_VERSION, Ticket, seal, unseal
@@ -185,7 +186,7 @@ async def test_a_session_of_a_legacy_ticket_opens_and_keeps_its_format() -> None
     sessions, _ = manager()
     ticket = Ticket(os.urandom(32), os.urandom(32), LEGACY_TICKET_VERSION)
     await sessions.store.put(ticket.store_key, seal(ticket, make_session().to_bytes(legacy=True)), 600,
-                             indexes=[user_index("corp", "alice"), handle_index(ticket.public_id)])
+                             indexes=[legacy_user_index("corp", "alice"), legacy_handle_index(ticket.public_id)])
     other = SessionManager(sessions.store, sessions.config)
     assert await other.load(ticket, T0) == make_session()
     # An identity refresh writes format 1 back: replicas of that release read it still.

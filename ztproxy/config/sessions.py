@@ -55,6 +55,8 @@ class SessionsConfig(Model):
     refresh_interval: Duration = Field(default=DEFAULT_REFRESH_INTERVAL, gt=0)  # re-verify at the IdP
     cache_ttl: Duration = DEFAULT_CACHE_TTL  # how long a worker trusts its in-process copy
     login_timeout: Duration = Field(default=DEFAULT_LOGIN_TIMEOUT, gt=0)  # from redirect to callback
+    # Also index new sessions under the names the release before reads (a rolling upgrade from it).
+    legacy_indexes: bool = False
 
     @field_validator("store")
     @classmethod

@@ -10,16 +10,16 @@ Ending is authoritative in the store (the key is deleted), then announced to eve
 and replica (:mod:`ztproxy.sessions.revocation`): a worker that follows the announcements
 drops its copy at once, one that missed them re-reads the store within ``cache_ttl``.
 
-Sessions are indexed by user, by IdP session (back-channel logout), by public handle (the
-admin API's name for a session: it sees store keys, never ids) and by device (a marker
-per device and session, written in the background the first time a worker serves the
-session from that device). No aiohttp; ``now`` is always a parameter.
+Sessions are indexed (:mod:`ztproxy.sessions.indexes`) by user, by email, by IdP session
+(back-channel logout), by public handle (the admin API's name for a session: it sees store
+keys, never ids) and by device (a marker per device and session, written in the background
+the first time a worker serves the session from that device). No aiohttp; ``now`` is always
+a parameter.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import time
 from collections.abc import Callable, Collection, Coroutine
@@ -31,6 +31,15 @@ import structlog
 from ztproxy import metrics
 from ztproxy.config.sessions import SessionsConfig
 from ztproxy.errors import SessionStoreUnavailable
+from ztproxy.sessions.indexes import (
+    device_index,
+    device_marker,
+    handle_bucket,
+    legacy_handle_index,
+    lookups,
+    shared_indexes,
+    written_indexes,
+)
 from ztproxy.sessions.model import Session
 from ztproxy.sessions.revocation import STORE_KEY_RE, RevocationFeed
 from ztproxy.sessions.sealing import Ticket, public_handle, seal, unseal
@@ -40,46 +49,6 @@ DEFAULT_CACHE_SIZE = 100_000
 DEVICES_NOTED_SIZE = 100_000  # (session, device) pairs this worker remembers having recorded
 
 _log = structlog.get_logger("ztproxy.sessions")
-
-
-def user_index(provider: str, subject: str) -> str:
-    return "idx:user:" + hashlib.sha256(f"{provider}\0{subject}".encode()).hexdigest()
-
-
-def idp_session_index(provider: str, idp_session: str) -> str:
-    return "idx:sid:" + hashlib.sha256(f"{provider}\0{idp_session}".encode()).hexdigest()
-
-
-def email_index(provider: str, email: str) -> str:
-    """Sessions by the user's email (security signals may name a user by email alone)."""
-    return "idx:email:" + hashlib.sha256(f"{provider}\0{email.lower()}".encode()).hexdigest()
-
-
-def handle_index(handle: str) -> str:
-    return "idx:handle:" + handle
-
-
-def device_index(device_id: str) -> str:
-    return "idx:device:" + hashlib.sha256(device_id.encode()).hexdigest()
-
-
-def device_marker(device_id: str, store_key: str) -> str:
-    """The key saying "this session was used from this device"; its value is the store key."""
-    return "dev:" + hashlib.sha256(f"{device_id}\0{store_key}".encode()).hexdigest()
-
-
-def _shared_indexes(session: Session) -> list[str]:
-    """The indexes that list this session with others: its user's, its IdP session's, its email's."""
-    indexes = [user_index(session.provider, session.subject)]
-    if session.idp_session:
-        indexes.append(idp_session_index(session.provider, session.idp_session))
-    if session.email:
-        indexes.append(email_index(session.provider, session.email))
-    return indexes
-
-
-def _indexes(store_key: str, session: Session) -> list[str]:
-    return [*_shared_indexes(session), handle_index(public_handle(store_key))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +104,9 @@ class SessionManager:
         self._devices_noted: dict[tuple[str, str], None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_end: list[OnEnd] = []  # told of the endings made on purpose (see Ending)
+
+    def _indexes(self, store_key: str, session: Session) -> list[str]:
+        return written_indexes(store_key, session, legacy=self.config.legacy_indexes)
 
     def _expiry(self, session: Session, now: float) -> float:
         return min(self.config.idle_timeout, session.created + self.config.lifetime - now)
@@ -215,7 +187,7 @@ class SessionManager:
             return None
         touched_at = cached.touched_at if cached is not None else now
         if now - touched_at >= self._touch_every:
-            await self.store.touch(key, self._expiry(session, now), indexes=_indexes(key, session))
+            await self.store.touch(key, self._expiry(session, now), indexes=self._indexes(key, session))
             touched_at = now
         self._remember(key, _Cached(ticket.key, session, now, touched_at), unless_forgotten_since=forgets)
         return session
@@ -226,7 +198,7 @@ class SessionManager:
             await self.end(replacing)
         ticket = Ticket.new()
         await self.store.put(ticket.store_key, seal(ticket, session.to_bytes()), self._expiry(session, now),
-                             indexes=_indexes(ticket.store_key, session))
+                             indexes=self._indexes(ticket.store_key, session))
         self._remember(ticket.store_key, _Cached(ticket.key, session, now, now))
         return ticket
 
@@ -236,7 +208,7 @@ class SessionManager:
         # A legacy ticket's session stays in the format of its release, which may still serve it.
         written = await self.store.put(ticket.store_key, seal(ticket, session.to_bytes(legacy=ticket.legacy)),
                                        self._expiry(session, now), only_existing=True,
-                                       indexes=_indexes(ticket.store_key, session))
+                                       indexes=self._indexes(ticket.store_key, session))
         if written:
             self._remember(ticket.store_key, _Cached(ticket.key, session, now, now), unless_forgotten_since=forgets)
         else:
@@ -253,15 +225,17 @@ class SessionManager:
         ``listed_in``: shared indexes known to list them, read again afterwards (see below)."""
         if not keys:
             return
-        # The shared indexes (user, email, IdP session) drop a gone session when they are next
-        # read; reading them once the sessions are gone lets a store that can (one Redis, the
-        # memory store) drop the members now, and an index left empty with them. Known here:
-        # the ones given, and those of this worker's copies (sign-out, a refused refresh...).
+        # The indexes (user, email, IdP session, handle bucket) drop a gone session when they
+        # are next read; reading them once the sessions are gone lets a store that can (one
+        # Redis, the memory store) drop the members now, and an index left empty with them.
+        # Known here: the ones given, each key's handle bucket, and the indexes of this
+        # worker's copies (sign-out, a refused refresh...) under both releases' names.
         shared = set(listed_in)
+        shared.update(handle_bucket(public_handle(key)) for key in keys)
         shared.update(index for key in keys if (cached := self._cache.get(key)) is not None
-                      for index in _shared_indexes(cached.session))
-        # Each session's handle index goes with it: it lists that session alone.
-        await self.store.delete(*keys, *(handle_index(public_handle(key)) for key in keys))
+                      for legacy in (False, True) for index in shared_indexes(cached.session, legacy=legacy))
+        # The handle index of its own the release before gave a session goes with it.
+        await self.store.delete(*keys, *(legacy_handle_index(public_handle(key)) for key in keys))
         await self.revocations.announce(keys, cause=cause, at=at)
         if ending is not None:
             for told in self.on_end:
@@ -269,42 +243,37 @@ class SessionManager:
                     told(keys, ending)
                 except Exception:  # a listener's bug must not undo or fail the ending
                     _log.exception("session_end_listener_failed")
-        if shared:
-            try:
-                await asyncio.gather(*(self.store.members(index) for index in sorted(shared)))
-            except SessionStoreUnavailable:  # the sessions are ended; the indexes catch up later
-                _log.debug("session_indexes_not_settled", indexes=len(shared))
+        try:
+            await asyncio.gather(*(self.store.members(index) for index in sorted(shared)))
+        except SessionStoreUnavailable:  # the sessions are ended; the indexes catch up later
+            _log.debug("session_indexes_not_settled", indexes=len(shared))
 
     async def end_matching(self, provider: str, *, subject: str | None = None,
                            idp_session: str | None = None, email: str | None = None,
                            cause: str | None = None, at: float | None = None, ending: Ending | None = None) -> int:
         """End every session of a user (by subject or email), or of one IdP session (back-channel logout);
         ``cause``, ``at`` and ``ending`` as for :meth:`end_keys`."""
-        keys = await self.matching(provider, subject=subject, idp_session=idp_session, email=email)
-        index = self._matched_index(provider, subject=subject, idp_session=idp_session, email=email)
-        await self.end_keys(keys, cause=cause, at=at, ending=ending, listed_in=[] if index is None else [index])
+        indexes = lookups(provider, subject=subject, idp_session=idp_session, email=email)
+        keys = await self._listed(indexes)
+        await self.end_keys(keys, cause=cause, at=at, ending=ending, listed_in=indexes)
         return len(keys)
 
     async def matching(self, provider: str, *, subject: str | None = None, idp_session: str | None = None,
                        email: str | None = None) -> set[str]:
         """The store keys of the sessions of one IdP session, else of a user (by subject, else email)."""
-        index = self._matched_index(provider, subject=subject, idp_session=idp_session, email=email)
-        return set() if index is None else set(await self.store.members(index))
+        return await self._listed(lookups(provider, subject=subject, idp_session=idp_session, email=email))
 
-    @staticmethod
-    def _matched_index(provider: str, *, subject: str | None, idp_session: str | None,
-                       email: str | None) -> str | None:
-        if idp_session is not None:
-            return idp_session_index(provider, idp_session)
-        if subject is not None:
-            return user_index(provider, subject)
-        if email is not None:
-            return email_index(provider, email)
-        return None
+    async def _listed(self, indexes: list[str]) -> set[str]:
+        """The keys listed in any of ``indexes``."""
+        found = await asyncio.gather(*(self.store.members(index) for index in indexes))
+        return {key for members in found for key in members}
 
     async def end_handle(self, handle: str, ending: Ending | None = None) -> int:
         """End the session with this public handle; how many ended (0 or 1)."""
-        keys = await self.store.members(handle_index(handle))
+        # A bucket lists other sessions too; the release before gave a handle a key of its own.
+        listed, legacy = await asyncio.gather(self.store.members(handle_bucket(handle)),
+                                              self.store.members(legacy_handle_index(handle)))
+        keys = {key for key in listed if public_handle(key) == handle} | set(legacy)
         await self.end_keys(keys, ending=ending)
         return len(keys)
 
@@ -323,7 +292,7 @@ class SessionManager:
 
     async def sessions_of(self, provider: str, subject: str) -> list[StoredSession]:
         """The live sessions of a user at one provider, soonest to expire first."""
-        keys = await self.store.members(user_index(provider, subject))
+        keys = sorted(await self._listed(lookups(provider, subject=subject)))
         remaining = await asyncio.gather(*(self.store.ttl(key) for key in keys))
         found = [StoredSession(public_handle(key), provider, ttl)
                  for key, ttl in zip(keys, remaining, strict=True) if ttl is not None]

@@ -1,7 +1,7 @@
 """What a session store implements, what the manager uses, and :func:`open_store`.
 
 Stores move opaque bytes under string keys; the callers hash ids into keys (``s:<hex>``,
-``idx:user:<hex>``, ``once:<hex>``) and seal values (``sealing``) before they get here
+``idx:u:<hash>``, ``once:<hex>``) and seal values (``sealing``) before they get here
 (STYLE 13). Every failure to reach the backend leaves a store as
 :class:`~ztproxy.errors.SessionStoreUnavailable` (fail closed, a 503), and every operation
 is bounded by ``sessions.store_timeout``.

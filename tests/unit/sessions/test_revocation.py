@@ -9,7 +9,8 @@ import pytest
 
 from tests.unit.test_session_manager import T0, Clock, make_session
 from ztproxy.config.sessions import SessionsConfig
-from ztproxy.sessions.manager import SessionManager, device_index, handle_index
+from ztproxy.sessions.indexes import device_index, handle_bucket
+from ztproxy.sessions.manager import SessionManager
 from ztproxy.sessions.memory import MemoryStore
 from ztproxy.sessions.revocation import REVOCATION_CHANNEL, decode_keys, encode_keys
 from ztproxy.sessions.sealing import Ticket, public_handle
@@ -121,8 +122,42 @@ async def test_end_matching_and_handles_and_listing(workers: Workers) -> None:
 def test_the_handle_is_the_public_id_and_derives_from_the_store_key_only() -> None:
     ticket = Ticket.new()
     assert public_handle(ticket.store_key) == ticket.public_id
-    assert handle_index(ticket.public_id).endswith(ticket.public_id)
+    assert handle_bucket(ticket.public_id) == "idx:h:" + ticket.public_id[:3]
     assert ticket.public_id not in ticket.store_key
+
+
+def tickets_in_one_bucket(count: int) -> list[Ticket]:
+    """New tickets whose handles share one bucket (of 4,096: a few hundred tries)."""
+    seen: dict[str, list[Ticket]] = {}
+    while True:
+        ticket = Ticket.new()
+        group = seen.setdefault(handle_bucket(ticket.public_id), [])
+        group.append(ticket)
+        if len(group) == count:
+            return group
+
+
+async def test_a_handle_ends_its_session_alone_among_those_of_its_bucket(
+        workers: Workers, monkeypatch: pytest.MonkeyPatch) -> None:
+    here, there = await workers.start(), await workers.start()
+    tickets = tickets_in_one_bucket(3)
+    made = iter(tickets)
+    monkeypatch.setattr(Ticket, "new", classmethod(lambda cls: next(made)))
+    assert [await here.start(make_session(subject=user), T0) for user in ("alice", "bob", "carol")] == tickets
+    bucket = handle_bucket(tickets[0].public_id)
+    assert sorted(await workers.store.members(bucket)) == sorted(ticket.store_key for ticket in tickets)
+    for ticket in tickets:
+        await cached_everywhere(ticket, there)
+    # Another handle of the same bucket names no session: nothing ends.
+    unknown = next(handle for handle in (tickets[0].public_id[:3] + f"{n:013x}" for n in range(4))
+                   if handle not in {ticket.public_id for ticket in tickets})
+    assert await here.end_handle(unknown) == 0
+    assert all([await there.load(ticket, T0) is not None for ticket in tickets])
+    assert await here.end_handle(tickets[1].public_id) == 1
+    assert await there.load(tickets[1], T0) is None
+    assert await there.load(tickets[0], T0) is not None and await there.load(tickets[2], T0) is not None
+    assert sorted(await workers.store.members(bucket)) == sorted([tickets[0].store_key, tickets[2].store_key])
+    assert [entry.handle for entry in await there.sessions_of("corp", "bob")] == []
 
 
 async def test_a_device_ends_the_sessions_served_from_it(workers: Workers) -> None:

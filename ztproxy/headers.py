@@ -137,8 +137,9 @@ def _separated(name: str) -> bool:
 def is_websocket_upgrade(headers: MultiMapping[str]) -> bool:
     """A WebSocket opening handshake (RFC 6455 4.1): Upgrade: websocket with Connection: upgrade."""
     upgrade = headers.get("Upgrade")
+    # Connection is a list of tokens (RFC 9110 7.6.1), as llhttp reads it to decide an upgrade.
     return upgrade is not None and upgrade.lower() == "websocket" and \
-        "upgrade" in headers.get("Connection", "").lower()
+        "upgrade" in connection_tokens(headers.getall("Connection", ()))
 
 
 def connection_tokens(values: Iterable[str]) -> set[str]:

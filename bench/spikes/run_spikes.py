@@ -35,7 +35,7 @@ from processes import ManagedProcess, TargetFailed, free_port, group_cpu_seconds
 from targets import start_upstream  # noqa: E402
 from work import SESSION_COOKIE, SESSION_TOKEN  # noqa: E402
 
-CORES = ("aiohttp", "httptools", "granian")
+CORES = ("aiohttp", "httptools", "granian", "llhttp_aiohttp")
 STATUS_SCRIPT = BENCH / "status_200.lua"
 WARMUP = 2.0
 

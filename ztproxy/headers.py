@@ -19,7 +19,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from multidict import CIMultiDict, MultiMapping
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy, MultiMapping
 
 from ztproxy.memo import Memo
 
@@ -49,7 +49,14 @@ DROP_ALL = "drop-all"  # always dropped, as nginx does by default
 REJECT = "reject"  # the request is refused (400)
 SEPARATOR_POLICIES = (DROP_PROTECTED, DROP_ALL, REJECT)
 
+# A header name's verdict, worked out once per name as sent (``HeaderRules.verdict``).
 _KEEP, _DROP, _DROP_UNTRUSTED = 0, 1, 2
+# Dropped, but the proxy reads the value first: Connection's list of hop-by-hop names, and
+# the scheme and host a trusted proxy in front reports.
+_CONNECTION, _CLIENT_PROTO, _CLIENT_HOST = 3, 4, 5
+_READ_BEFORE_DROPPING = {"connection": _CONNECTION, "x-forwarded-proto": _CLIENT_PROTO,
+                         "x-forwarded-host": _CLIENT_HOST}
+_REFUSED = 8  # a bit on top of the verdict: ``separators: reject`` refuses the request
 _VERDICTS_LIMIT = 4096
 
 
@@ -92,38 +99,77 @@ class HeaderRules:
         return folded in RELIED_ON or folded.startswith((FORWARDED_PREFIX, "proxy-"))
 
     def verdict(self, name: str) -> int:
+        """What happens to a client header called ``name``; ``_verdicts`` remembers it per name as sent."""
         lower = name.lower()
         folded = fold_name(lower)
+        verdict = _KEEP
         if self._protected(folded) or lower in _ALWAYS_REMOVED or folded.startswith("proxy-") or folded == "proxy":
-            return _DROP
-        if folded != lower and (self._relied_on(folded) or (self.separators != DROP_PROTECTED and _separated(name))):
-            return _DROP
-        if folded in FORWARDING or folded.startswith(FORWARDED_PREFIX):
-            return _DROP_UNTRUSTED  # X-Forwarded-Port, Forwarded, X-Real-IP...: only a trusted proxy may say
-        return _KEEP
+            verdict = _READ_BEFORE_DROPPING.get(lower, _DROP)
+        elif folded != lower and (self._relied_on(folded) or (self.separators != DROP_PROTECTED and _separated(name))):
+            verdict = _DROP
+        elif folded in FORWARDING or folded.startswith(FORWARDED_PREFIX):
+            verdict = _DROP_UNTRUSTED  # X-Forwarded-Port, Forwarded, X-Real-IP...: only a trusted proxy may say
+        return verdict | _REFUSED if self._refuses(name, lower, folded) else verdict
+
+    def _refuses(self, name: str, lower: str, folded: str) -> bool:
+        return self.separators == REJECT and (
+            _separated(name) or (folded != lower and (self._protected(folded) or self._relied_on(folded))))
+
+    def _verdict_of(self, name: str) -> int:
+        verdict = self._verdicts.get(name)
+        return self._verdicts.remember(name, self.verdict(name)) if verdict is None else verdict
 
     def refused(self, name: str) -> bool:
         """True when ``name`` gets the request refused (``separators: reject``): "_" or "." in
         it, or another spelling of a name the proxy owns or relies on."""
-        if self.separators != REJECT:
-            return False
-        folded = fold_name(name)
-        return _separated(name) or (folded != name.lower() and (self._protected(folded) or self._relied_on(folded)))
+        return self.separators == REJECT and self._verdict_of(name) & _REFUSED != 0
 
-    def strip(self, out: CIMultiDict[str], *, peer_trusted: bool) -> None:
-        """Remove from ``out`` every header the client may not send upstream, in place."""
+    def first_refused(self, names: Iterable[str]) -> str | None:
+        """The first of ``names`` that gets the request refused (see ``refused``), if any."""
+        if self.separators == REJECT:
+            for name in names:
+                if self._verdict_of(name) & _REFUSED:
+                    return name
+        return None
+
+    def forwardable(self, headers: Headers, *, peer_trusted: bool) -> ClientHeaders:
+        """The client headers that may go upstream, in order with repeats, in one pass over them.
+
+        Each name's verdict is one lookup (``_verdicts``); the few dropped headers whose
+        values the proxy reads (Connection, a trusted proxy's X-Forwarded-Proto and -Host)
+        are read in the same pass.
+        """
         verdicts = self._verdicts
-        doomed = []
-        for name in out:
+        kept: list[tuple[str, str]] = []
+        read: list[tuple[int, str]] = []
+        for name, value in _pairs(headers):
             verdict = verdicts.get(name)
             if verdict is None:
                 verdict = verdicts.remember(name, self.verdict(name))
-            if verdict == _DROP or (verdict == _DROP_UNTRUSTED and not peer_trusted):
-                doomed.append(name)
-        if "Connection" in out:
-            doomed.extend(connection_tokens(out.getall("Connection")))
-        for name in doomed:
-            out.popall(name, None)
+            verdict &= ~_REFUSED  # intake refused those already when the configuration says so
+            if verdict == _KEEP or (verdict == _DROP_UNTRUSTED and peer_trusted):
+                kept.append((name, value))
+            elif verdict != _DROP and verdict != _DROP_UNTRUSTED:
+                read.append((verdict, value))
+        proto = host = None
+        if read:
+            # RFC 9110 7.6.1: the names Connection lists are this hop's alone, whatever their case.
+            named = connection_tokens(value for verdict, value in read if verdict == _CONNECTION)
+            if named:
+                kept = [(name, value) for name, value in kept if name.lower() not in named]
+            if peer_trusted:
+                proto = next((value for verdict, value in read if verdict == _CLIENT_PROTO), None)
+                host = next((value for verdict, value in read if verdict == _CLIENT_HOST), None)
+        return ClientHeaders(kept, proto, host)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHeaders:
+    """What a client's headers give the upstream: those kept, and what a trusted proxy in front reported."""
+
+    kept: list[tuple[str, str]]
+    forwarded_proto: str | None  # the first X-Forwarded-Proto, from a trusted proxy only
+    forwarded_host: str | None  # the first X-Forwarded-Host, likewise
 
 
 def header_rules(*, owned: Iterable[str], separators: str) -> HeaderRules:
@@ -132,6 +178,19 @@ def header_rules(*, owned: Iterable[str], separators: str) -> HeaderRules:
 
 def _separated(name: str) -> bool:
     return "_" in name or "." in name
+
+
+# The concrete classes before the ABC: isinstance tries them in order, and the ABC's check is the slow one.
+_MULTIDICTS = (CIMultiDictProxy, CIMultiDict, MultiDictProxy, MultiDict, MultiMapping)
+
+
+def _pairs(headers: Headers) -> Iterable[tuple[str, str]]:
+    """``headers`` as (name, value) pairs in order: iterating a multidict gives its names alone."""
+    if isinstance(headers, list | tuple):
+        return headers
+    if isinstance(headers, _MULTIDICTS):
+        return headers.items()
+    return headers
 
 
 def is_websocket_upgrade(headers: MultiMapping[str]) -> bool:
@@ -217,36 +276,37 @@ def upstream_request_headers(
     ``upstream_host`` replaces ``Host`` unless it is None (route ``preserve_host``).
     Repeated headers keep their order.
     """
-    out: CIMultiDict[str] = CIMultiDict(headers)
-    client_proto = client_host = None
-    if forwarded.peer_trusted:
-        client_proto = out.get("X-Forwarded-Proto")
-        client_host = out.get("X-Forwarded-Host")
-    rules.strip(out, peer_trusted=forwarded.peer_trusted)
+    client = rules.forwardable(headers, peer_trusted=forwarded.peer_trusted)
+    out: CIMultiDict[str] = CIMultiDict(client.kept)
     if upstream_host is not None:
         out["Host"] = upstream_host
     out["X-Forwarded-For"] = forwarded.chain
-    out["X-Forwarded-Proto"] = client_proto or proto
-    out["X-Forwarded-Host"] = client_host or host
+    out["X-Forwarded-Proto"] = client.forwarded_proto or proto
+    out["X-Forwarded-Host"] = client.forwarded_host or host
     out["X-Request-Id"] = request_id
     return out
 
 
-def downstream_response_headers(headers: Headers) -> CIMultiDict[str]:
-    """The upstream's response headers as the client may see them (Set-Cookie etc. kept)."""
-    out: CIMultiDict[str] = CIMultiDict(headers)
-    _strip(out, HOP_BY_HOP)
-    return out
+def downstream_response_headers(headers: Headers, *, also_removed: frozenset[str] = frozenset()
+                                 ) -> CIMultiDict[str]:
+    """The upstream's response headers as the client may see them (Set-Cookie etc. kept), in one pass.
+
+    Hop-by-hop headers and those Connection names go (RFC 9110 7.6.1), and the lowercased
+    names in ``also_removed`` (a Content-Length the server will set itself).
+    """
+    remove = HOP_BY_HOP | also_removed if also_removed else HOP_BY_HOP
+    kept: list[tuple[str, str]] = []
+    connection: list[str] = []
+    for name, value in _pairs(headers):
+        lower = name.lower()
+        if lower not in remove:
+            kept.append((name, value))
+        elif lower == "connection":
+            connection.append(value)
+    if connection and (named := connection_tokens(connection) - remove):  # "keep-alive", "close": none
+        kept = [(name, value) for name, value in kept if name.lower() not in named]
+    return CIMultiDict(kept)
 
 
 # Set anew by the proxy for every request, whoever sent them.
 _ALWAYS_REMOVED = HOP_BY_HOP | PROXY_HANDLED | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
-
-
-def _strip(out: CIMultiDict[str], remove: frozenset[str]) -> None:
-    # One pass over the (few) headers present beats a popall per name that might be.
-    doomed = [name for name in out if name.lower() in remove]
-    if "Connection" in out:
-        doomed.extend(connection_tokens(out.getall("Connection")))
-    for name in doomed:
-        out.popall(name, None)

@@ -36,11 +36,9 @@ def intake(request: web.Request) -> None:
         raise HeadersTooLarge(f"The request headers are {size} bytes; the limit is {settings.max_header_bytes}.")
 
     rules = settings.header_rules
-    if rules.separators == REJECT:
-        for name in request.headers:
-            if rules.refused(name):
-                raise BadRequest(f"The header {name[:64]!r} is refused: its name has '_' or '.' in it, "
-                                 "or spells a header the proxy sets another way.")
+    if rules.separators == REJECT and (name := rules.first_refused(request.headers)) is not None:
+        raise BadRequest(f"The header {name[:64]!r} is refused: its name has '_' or '.' in it, "
+                         "or spells a header the proxy sets another way.")
 
     target = parse_target(request.raw_path)
     headers = request.headers

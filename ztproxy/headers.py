@@ -132,8 +132,10 @@ class HeaderRules:
                     return name
         return None
 
-    def forwardable(self, headers: Headers, *, peer_trusted: bool) -> ClientHeaders:
-        """The client headers that may go upstream, in order with repeats, in one pass over them.
+    def forwardable(self, headers: Headers, *, peer_trusted: bool
+                    ) -> tuple[list[tuple[str, str]], str | None, str | None]:
+        """The client headers that may go upstream, in order with repeats, in one pass over them;
+        with the first X-Forwarded-Proto and X-Forwarded-Host when the peer is a trusted proxy.
 
         Each name's verdict is one lookup (``_verdicts``); the few dropped headers whose
         values the proxy reads (Connection, a trusted proxy's X-Forwarded-Proto and -Host)
@@ -154,22 +156,13 @@ class HeaderRules:
         proto = host = None
         if read:
             # RFC 9110 7.6.1: the names Connection lists are this hop's alone, whatever their case.
-            named = connection_tokens(value for verdict, value in read if verdict == _CONNECTION)
+            named = connection_tokens([value for verdict, value in read if verdict == _CONNECTION])
             if named:
                 kept = [(name, value) for name, value in kept if name.lower() not in named]
             if peer_trusted:
                 proto = next((value for verdict, value in read if verdict == _CLIENT_PROTO), None)
                 host = next((value for verdict, value in read if verdict == _CLIENT_HOST), None)
-        return ClientHeaders(kept, proto, host)
-
-
-@dataclass(frozen=True, slots=True)
-class ClientHeaders:
-    """What a client's headers give the upstream: those kept, and what a trusted proxy in front reported."""
-
-    kept: list[tuple[str, str]]
-    forwarded_proto: str | None  # the first X-Forwarded-Proto, from a trusted proxy only
-    forwarded_host: str | None  # the first X-Forwarded-Host, likewise
+        return kept, proto, host  # a tuple: per request, a class instance would cost more than the pass
 
 
 def header_rules(*, owned: Iterable[str], separators: str) -> HeaderRules:
@@ -200,9 +193,16 @@ def is_websocket_upgrade(headers: MultiMapping[str]) -> bool:
         "upgrade" in headers.get("Connection", "").lower()
 
 
-def connection_tokens(values: Iterable[str]) -> set[str]:
+def connection_tokens(values: Sequence[str]) -> frozenset[str]:
     """Header names listed in ``Connection`` (RFC 9110 7.6.1), lowercased."""
-    return {token.strip().lower() for value in values for token in value.split(",") if token.strip()}
+    if len(values) == 1:
+        return _tokens(values[0])
+    return frozenset(token for value in values for token in _tokens(value))
+
+
+@functools.lru_cache(maxsize=256)  # per answer: the upstream's "keep-alive" or "close", again and again
+def _tokens(value: str) -> frozenset[str]:
+    return frozenset(token.strip().lower() for token in value.split(",") if token.strip())
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,13 +276,13 @@ def upstream_request_headers(
     ``upstream_host`` replaces ``Host`` unless it is None (route ``preserve_host``).
     Repeated headers keep their order.
     """
-    client = rules.forwardable(headers, peer_trusted=forwarded.peer_trusted)
-    out: CIMultiDict[str] = CIMultiDict(client.kept)
+    kept, client_proto, client_host = rules.forwardable(headers, peer_trusted=forwarded.peer_trusted)
+    out: CIMultiDict[str] = CIMultiDict(kept)
     if upstream_host is not None:
         out["Host"] = upstream_host
     out["X-Forwarded-For"] = forwarded.chain
-    out["X-Forwarded-Proto"] = client.forwarded_proto or proto
-    out["X-Forwarded-Host"] = client.forwarded_host or host
+    out["X-Forwarded-Proto"] = client_proto or proto
+    out["X-Forwarded-Host"] = client_host or host
     out["X-Request-Id"] = request_id
     return out
 

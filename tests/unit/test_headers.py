@@ -270,7 +270,8 @@ def test_first_refused_names_the_first_refused_header_only_under_reject() -> Non
 def popping_each(headers: list[tuple[str, str]], also_removed: frozenset[str]) -> list[tuple[str, str]]:
     """The response headers as the proxy cleaned them before the one pass: a copy, then a popall per name."""
     out = CIMultiDict(headers)
-    for name in HOP_BY_HOP | also_removed | connection_tokens(out.getall("Connection", ())):
+    listed = {token.strip().lower() for value in out.getall("Connection", ()) for token in value.split(",")}
+    for name in HOP_BY_HOP | also_removed | listed:
         out.popall(name, None)
     return list(out.items())
 
@@ -294,3 +295,9 @@ def test_response_content_length_goes_only_when_asked() -> None:
     assert downstream_response_headers(headers)["Content-Length"] == "5"
     kept = downstream_response_headers(headers, also_removed=frozenset({"content-length"}))
     assert list(kept.items()) == [("Content-Type", "text/plain")]
+
+
+def test_connection_tokens_of_one_value_or_several() -> None:
+    assert connection_tokens(["Keep-Alive"]) == {"keep-alive"}
+    assert connection_tokens(["Keep-Alive, X-A", " x-B ,,", ""]) == {"keep-alive", "x-a", "x-b"}
+    assert connection_tokens([]) == frozenset()

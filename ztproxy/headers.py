@@ -294,7 +294,7 @@ def downstream_response_headers(headers: Headers, *, also_removed: frozenset[str
     Hop-by-hop headers and those Connection names go (RFC 9110 7.6.1), and the lowercased
     names in ``also_removed`` (a Content-Length the server will set itself).
     """
-    remove = HOP_BY_HOP | also_removed if also_removed else HOP_BY_HOP
+    remove = _removed_from_answers(also_removed)
     kept: list[tuple[str, str]] = []
     connection: list[str] = []
     for name, value in _pairs(headers):
@@ -303,9 +303,14 @@ def downstream_response_headers(headers: Headers, *, also_removed: frozenset[str
             kept.append((name, value))
         elif lower == "connection":
             connection.append(value)
-    if connection and (named := connection_tokens(connection) - remove):  # "keep-alive", "close": none
+    if connection and (named := connection_tokens(connection) - remove):  # "keep-alive": nothing more
         kept = [(name, value) for name, value in kept if name.lower() not in named]
     return CIMultiDict(kept)
+
+
+@functools.lru_cache(maxsize=8)  # per answer: the same one or two sets, not a new union each time
+def _removed_from_answers(also_removed: frozenset[str]) -> frozenset[str]:
+    return HOP_BY_HOP | also_removed
 
 
 # Set anew by the proxy for every request, whoever sent them.

@@ -29,7 +29,8 @@ _HEADER_OVERHEAD = 4
 
 
 def intake(request: web.Request) -> None:
-    settings = request.app[INTAKE]
+    app = request.app
+    settings = app[INTAKE]
     raw_headers = request.raw_headers
     size = sum(map(len, chain.from_iterable(raw_headers))) + _HEADER_OVERHEAD * len(raw_headers)
     if size > settings.max_header_bytes:
@@ -82,7 +83,7 @@ def intake(request: web.Request) -> None:
                 raise BadRequest("The original request's host is missing or not a valid host name.")
 
     if route is None:
-        route = request.app[ROUTES].match(host, target.path)
+        route = app[ROUTES].match(host, target.path)
     if route is None:
         # The proxy's own endpoints (the sign-in callback...) answer on any host.
         if not is_proxy_path(target.path):

@@ -157,9 +157,10 @@ def upstream_url(route: CompiledRoute, ctx: RequestContext, *, websocket: bool =
 def forward_headers(request: web.Request, record: RequestRecord) -> CIMultiDict[str]:
     """The headers the upstream receives: the client's, cleaned (``headers``), and the caller's identity."""
     ctx = record.context
+    app = request.app
     headers = upstream_request_headers(
         request.headers,
-        rules=request.app[INTAKE].header_rules,
+        rules=app[INTAKE].header_rules,
         forwarded=ctx.forwarded,
         proto=ctx.scheme,
         host=ctx.host_header,
@@ -168,7 +169,7 @@ def forward_headers(request: web.Request, record: RequestRecord) -> CIMultiDict[
     )
     for name, value in record.upstream_identity:  # the assertion step's, after every client spelling is gone
         headers[name] = value
-    auth = request.app[AUTH]
+    auth = app[AUTH]
     if auth is not None and "Cookie" in headers:
         # The session cookie opens the session: the upstream app must never see it.
         kept = [rest for value in headers.getall("Cookie")

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy, MultiMapping
+from multidict import CIMultiDict, MultiMapping
 
 from ztproxy.memo import Memo
 
@@ -51,13 +51,14 @@ SEPARATOR_POLICIES = (DROP_PROTECTED, DROP_ALL, REJECT)
 
 # A header name's verdict, worked out once per name as sent (``HeaderRules.verdict``).
 _KEEP, _DROP, _DROP_UNTRUSTED = 0, 1, 2
-# Dropped, but the proxy reads the value first: Connection's list of hop-by-hop names, and
-# the scheme and host a trusted proxy in front reports.
-_CONNECTION, _CLIENT_PROTO, _CLIENT_HOST = 3, 4, 5
-_READ_BEFORE_DROPPING = {"connection": _CONNECTION, "x-forwarded-proto": _CLIENT_PROTO,
-                         "x-forwarded-host": _CLIENT_HOST}
-_REFUSED = 8  # a bit on top of the verdict: ``separators: reject`` refuses the request
+_REFUSED = 4  # a bit on top of the verdict: ``separators: reject`` refuses the request
 _VERDICTS_LIMIT = 4096
+# Removal plans are remembered per sequence of header names (a client sends the same names in
+# the same order request after request), for sequences up to these sizes: a flood of long,
+# distinct sequences is judged name by name and costs no memory.
+_PLANS_LIMIT = 1024
+_PLAN_MAX_NAMES = 64
+_PLAN_MAX_CHARS = 2048
 
 
 def fold_name(name: str) -> str:
@@ -91,6 +92,14 @@ class HeaderRules:
     separators: str = DROP_PROTECTED
     # name as sent -> verdict: header names repeat from request to request (bounded, see Memo).
     _verdicts: Memo[str, int] = field(default_factory=lambda: Memo(_VERDICTS_LIMIT), compare=False, repr=False)
+    # The removals for each sequence of names, from an untrusted peer and from a trusted proxy.
+    _plans: RemovalPlans = field(init=False, compare=False, repr=False)
+    _plans_trusted: RemovalPlans = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # A frozen dataclass sets what it derives through object.__setattr__ (dataclasses docs).
+        object.__setattr__(self, "_plans", RemovalPlans(lambda name: self._dropped(name, peer_trusted=False)))
+        object.__setattr__(self, "_plans_trusted", RemovalPlans(lambda name: self._dropped(name, peer_trusted=True)))
 
     def _protected(self, folded: str) -> bool:
         return is_identity_header(folded) or folded in self.owned
@@ -102,14 +111,17 @@ class HeaderRules:
         """What happens to a client header called ``name``; ``_verdicts`` remembers it per name as sent."""
         lower = name.lower()
         folded = fold_name(lower)
-        verdict = _KEEP
-        if self._protected(folded) or lower in _ALWAYS_REMOVED or folded.startswith("proxy-") or folded == "proxy":
-            verdict = _READ_BEFORE_DROPPING.get(lower, _DROP)
-        elif folded != lower and (self._relied_on(folded) or (self.separators != DROP_PROTECTED and _separated(name))):
-            verdict = _DROP
-        elif folded in FORWARDING or folded.startswith(FORWARDED_PREFIX):
-            verdict = _DROP_UNTRUSTED  # X-Forwarded-Port, Forwarded, X-Real-IP...: only a trusted proxy may say
+        verdict = self._kept_or_dropped(name, lower, folded)
         return verdict | _REFUSED if self._refuses(name, lower, folded) else verdict
+
+    def _kept_or_dropped(self, name: str, lower: str, folded: str) -> int:
+        if self._protected(folded) or lower in _ALWAYS_REMOVED or folded.startswith("proxy-") or folded == "proxy":
+            return _DROP
+        if folded != lower and (self._relied_on(folded) or (self.separators != DROP_PROTECTED and _separated(name))):
+            return _DROP
+        if folded in FORWARDING or folded.startswith(FORWARDED_PREFIX):
+            return _DROP_UNTRUSTED  # X-Forwarded-Port, Forwarded, X-Real-IP...: only a trusted proxy may say
+        return _KEEP
 
     def _refuses(self, name: str, lower: str, folded: str) -> bool:
         return self.separators == REJECT and (
@@ -132,37 +144,50 @@ class HeaderRules:
                     return name
         return None
 
-    def forwardable(self, headers: Headers, *, peer_trusted: bool
-                    ) -> tuple[list[tuple[str, str]], str | None, str | None]:
-        """The client headers that may go upstream, in order with repeats, in one pass over them;
-        with the first X-Forwarded-Proto and X-Forwarded-Host when the peer is a trusted proxy.
+    def _dropped(self, name: str, *, peer_trusted: bool) -> bool:
+        verdict = self._verdict_of(name) & ~_REFUSED  # refused names are dropped too, had intake let one by
+        return verdict == _DROP or (verdict == _DROP_UNTRUSTED and not peer_trusted)
 
-        Each name's verdict is one lookup (``_verdicts``); the few dropped headers whose
-        values the proxy reads (Connection, a trusted proxy's X-Forwarded-Proto and -Host)
-        are read in the same pass.
+    def strip(self, out: CIMultiDict[str], *, peer_trusted: bool) -> None:
+        """Remove from ``out`` every header the client may not send upstream, in place.
+
+        What to remove is worked out once per sequence of names the client sends
+        (``RemovalPlans``): per request, one lookup and a removal per name dropped.
         """
-        verdicts = self._verdicts
-        kept: list[tuple[str, str]] = []
-        read: list[tuple[int, str]] = []
-        for name, value in _pairs(headers):
-            verdict = verdicts.get(name)
-            if verdict is None:
-                verdict = verdicts.remember(name, self.verdict(name))
-            verdict &= ~_REFUSED  # intake refused those already when the configuration says so
-            if verdict == _KEEP or (verdict == _DROP_UNTRUSTED and peer_trusted):
-                kept.append((name, value))
-            elif verdict != _DROP and verdict != _DROP_UNTRUSTED:
-                read.append((verdict, value))
-        proto = host = None
-        if read:
-            # RFC 9110 7.6.1: the names Connection lists are this hop's alone, whatever their case.
-            named = connection_tokens([value for verdict, value in read if verdict == _CONNECTION])
-            if named:
-                kept = [(name, value) for name, value in kept if name.lower() not in named]
-            if peer_trusted:
-                proto = next((value for verdict, value in read if verdict == _CLIENT_PROTO), None)
-                host = next((value for verdict, value in read if verdict == _CLIENT_HOST), None)
-        return kept, proto, host  # a tuple: per request, a class instance would cost more than the pass
+        (self._plans_trusted if peer_trusted else self._plans).apply(out)
+
+
+class RemovalPlans:
+    """Which header names to remove, remembered per sequence of names as sent: a bounded map.
+
+    A plan is the names (as sent, once each) that ``dropped`` says go, and whether
+    Connection is one of them: then the names it lists go too (RFC 9110 7.6.1), read from
+    its value each time.
+    """
+
+    def __init__(self, dropped: Callable[[str], bool]) -> None:
+        self._dropped = dropped
+        self._plans: Memo[tuple[str, ...], tuple[tuple[str, ...], bool]] = Memo(_PLANS_LIMIT)
+
+    def apply(self, out: CIMultiDict[str]) -> None:
+        """Remove from ``out``, in place, the headers ``dropped`` names and those Connection lists."""
+        names = tuple(out)
+        plan = self._plans.get(names)
+        if plan is None:
+            plan = _plan(names, self._dropped)
+            if len(names) <= _PLAN_MAX_NAMES and sum(map(len, names)) <= _PLAN_MAX_CHARS:
+                self._plans.remember(names, plan)
+        doomed, connection = plan
+        listed = connection_tokens(out.getall("Connection")) if connection else ()
+        for name in doomed:
+            out.popall(name, None)
+        for name in listed:
+            out.popall(name, None)
+
+
+def _plan(names: tuple[str, ...], dropped: Callable[[str], bool]) -> tuple[tuple[str, ...], bool]:
+    doomed = tuple(dict.fromkeys(name for name in names if dropped(name)))
+    return doomed, any(name.lower() == "connection" for name in doomed)
 
 
 def header_rules(*, owned: Iterable[str], separators: str) -> HeaderRules:
@@ -171,19 +196,6 @@ def header_rules(*, owned: Iterable[str], separators: str) -> HeaderRules:
 
 def _separated(name: str) -> bool:
     return "_" in name or "." in name
-
-
-# The concrete classes before the ABC: isinstance tries them in order, and the ABC's check is the slow one.
-_MULTIDICTS = (CIMultiDictProxy, CIMultiDict, MultiDictProxy, MultiDict, MultiMapping)
-
-
-def _pairs(headers: Headers) -> Iterable[tuple[str, str]]:
-    """``headers`` as (name, value) pairs in order: iterating a multidict gives its names alone."""
-    if isinstance(headers, list | tuple):
-        return headers
-    if isinstance(headers, _MULTIDICTS):
-        return headers.items()
-    return headers
 
 
 def is_websocket_upgrade(headers: MultiMapping[str]) -> bool:
@@ -276,8 +288,12 @@ def upstream_request_headers(
     ``upstream_host`` replaces ``Host`` unless it is None (route ``preserve_host``).
     Repeated headers keep their order.
     """
-    kept, client_proto, client_host = rules.forwardable(headers, peer_trusted=forwarded.peer_trusted)
-    out: CIMultiDict[str] = CIMultiDict(kept)
+    out: CIMultiDict[str] = CIMultiDict(headers)
+    client_proto = client_host = None
+    if forwarded.peer_trusted:
+        client_proto = out.get("X-Forwarded-Proto")
+        client_host = out.get("X-Forwarded-Host")
+    rules.strip(out, peer_trusted=forwarded.peer_trusted)
     if upstream_host is not None:
         out["Host"] = upstream_host
     out["X-Forwarded-For"] = forwarded.chain
@@ -289,28 +305,20 @@ def upstream_request_headers(
 
 def downstream_response_headers(headers: Headers, *, also_removed: frozenset[str] = frozenset()
                                  ) -> CIMultiDict[str]:
-    """The upstream's response headers as the client may see them (Set-Cookie etc. kept), in one pass.
+    """The upstream's response headers as the client may see them (Set-Cookie etc. kept).
 
     Hop-by-hop headers and those Connection names go (RFC 9110 7.6.1), and the lowercased
     names in ``also_removed`` (a Content-Length the server will set itself).
     """
-    remove = _removed_from_answers(also_removed)
-    kept: list[tuple[str, str]] = []
-    connection: list[str] = []
-    for name, value in _pairs(headers):
-        lower = name.lower()
-        if lower not in remove:
-            kept.append((name, value))
-        elif lower == "connection":
-            connection.append(value)
-    if connection and (named := connection_tokens(connection) - remove):  # "keep-alive": nothing more
-        kept = [(name, value) for name, value in kept if name.lower() not in named]
-    return CIMultiDict(kept)
+    out: CIMultiDict[str] = CIMultiDict(headers)
+    _answer_plans(also_removed).apply(out)
+    return out
 
 
-@functools.lru_cache(maxsize=8)  # per answer: the same one or two sets, not a new union each time
-def _removed_from_answers(also_removed: frozenset[str]) -> frozenset[str]:
-    return HOP_BY_HOP | also_removed
+@functools.lru_cache(maxsize=8)  # a handful: ``also_removed`` is each caller's constant
+def _answer_plans(also_removed: frozenset[str]) -> RemovalPlans:
+    removed = HOP_BY_HOP | also_removed
+    return RemovalPlans(lambda name: name.lower() in removed)
 
 
 # Set anew by the proxy for every request, whoever sent them.

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from ztproxy import headers as headers_module
 from ztproxy.headers import (
     DROP_ALL,
     DROP_PROTECTED,
@@ -13,6 +14,7 @@ from ztproxy.headers import (
     REJECT,
     ForwardedFor,
     HeaderRules,
+    RemovalPlans,
     connection_tokens,
     downstream_response_headers,
     fold_name,
@@ -241,7 +243,7 @@ def test_each_header_name_is_judged_once_then_looked_up() -> None:
     assert sorted(rules.worked_out) == ["Cookie", "Host", "X-Ztproxy-User"]
 
 
-def test_a_trusted_proxys_scheme_and_host_are_read_in_the_same_pass() -> None:
+def test_a_trusted_proxys_scheme_and_host_are_its_first_values() -> None:
     headers = [("X-Forwarded-Proto", "http"), ("x-forwarded-proto", "https"), ("X-FORWARDED-HOST", "a.example"),
                ("X-Forwarded-Host", "b.example"), ("Accept", "*/*")]
     trusted = forward(headers, forwarded=TRUSTED)
@@ -249,6 +251,39 @@ def test_a_trusted_proxys_scheme_and_host_are_read_in_the_same_pass() -> None:
     untrusted = forward(headers, forwarded=UNTRUSTED)
     assert untrusted["x-forwarded-proto"] == ["https"] and untrusted["x-forwarded-host"] == ["wiki.example"]
     assert trusted["accept"] == untrusted["accept"] == ["*/*"]
+
+
+def test_a_remembered_plan_reads_each_requests_own_connection_list() -> None:
+    # The same names in the same order: one plan, but what Connection lists is read every time.
+    rules = header_rules(owned=OWNED, separators=DROP_PROTECTED)
+    first = forward([("Connection", "keep-alive"), ("X-Secret", "1"), ("X-Ztproxy-User", "m")], rules=rules)
+    assert first["x-secret"] == ["1"] and "x-ztproxy-user" not in first
+    second = forward([("Connection", "X-Secret"), ("X-Secret", "2"), ("X-Ztproxy-User", "m")], rules=rules)
+    assert "x-secret" not in second and "x-ztproxy-user" not in second
+    third = forward([("Connection", "close"), ("X-Secret", "3"), ("X-Ztproxy-User", "m")], rules=rules)
+    assert third["x-secret"] == ["3"]
+
+
+def test_a_plan_is_per_trust_a_trusted_proxys_forwarding_headers_never_pass_an_untrusted_peer() -> None:
+    rules = header_rules(owned=OWNED, separators=DROP_PROTECTED)
+    headers = [("X-Real-IP", "6.6.6.6"), ("Accept", "*/*")]
+    assert forward(headers, forwarded=TRUSTED, rules=rules)["x-real-ip"] == ["6.6.6.6"]
+    assert "x-real-ip" not in forward(headers, forwarded=UNTRUSTED, rules=rules)
+    assert forward(headers, forwarded=TRUSTED, rules=rules)["x-real-ip"] == ["6.6.6.6"]
+
+
+def test_removal_plans_are_bounded_and_long_sequences_are_judged_without_one() -> None:
+    plans = RemovalPlans(lambda name: name.lower() in HOP_BY_HOP)
+    for index in range(headers_module._PLANS_LIMIT * 2 + 3):
+        out = CIMultiDict([(f"X-Name-{index}", "v"), ("Keep-Alive", "5")])
+        plans.apply(out)
+        assert list(out.items()) == [(f"X-Name-{index}", "v")]
+        assert len(plans._plans) <= headers_module._PLANS_LIMIT
+    many = CIMultiDict([(f"X-{index}", "v") for index in range(headers_module._PLAN_MAX_NAMES + 1)])
+    many.add("Upgrade", "h2c")
+    plans.apply(many)
+    assert "Upgrade" not in many and len(many) == headers_module._PLAN_MAX_NAMES + 1
+    assert (*many, "Upgrade") not in plans._plans
 
 
 def test_connection_names_are_dropped_whatever_their_case_and_the_rest_keeps_its_order() -> None:

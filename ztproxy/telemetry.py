@@ -239,10 +239,11 @@ def access_line(request_id: str, who: Who, path: str, status: int, sent: int, du
     rendered = _rendered_who.get(who)
     if rendered is None:
         rendered = _rendered_who.remember(who, _render_who(who))
-    traced = b"" if trace is None else b',"trace_id":%b,"span_id":%b' % (_json(trace[0]), _json(trace[1]))
+    dumps = orjson.dumps  # str and float: what the generic renderer's default=str never touches
+    traced = b"" if trace is None else b',"trace_id":%b,"span_id":%b' % (dumps(trace[0]), dumps(trace[1]))
     return b'{"request_id":%b%b%b%b%d,"bytes":%d,"duration_ms":%b%b,"event":"access","level":"info",' \
-           b'"timestamp":%b}\n' % (_json(request_id), rendered[0], _json(path), rendered[1], status, sent,
-                                   _json(duration_ms), traced, _json(timestamp))
+           b'"timestamp":%b}\n' % (dumps(request_id), rendered[0], dumps(path), rendered[1], status, sent,
+                                   dumps(duration_ms), traced, dumps(timestamp))
 
 
 def access_event(request: web.BaseRequest, status: int, sent: int, duration: float) -> None:

@@ -22,12 +22,14 @@ from ztproxy.errors import PayloadTooLarge
 from ztproxy.headers import downstream_response_headers
 from ztproxy.metrics import REQUESTS
 from ztproxy.state import INTAKE, RECORD
-from ztproxy.upstream import UPSTREAM, forward_headers, upstream_failures, upstream_url
+from ztproxy.upstream import UPSTREAM, UPSTREAM_ERRORS, forward_headers, upstream_failure, upstream_url
 from ztproxy.upstream_client import UpstreamError, UpstreamResponse
 
 _BODYLESS_STATUS = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _WHOLE_BODY_LIMIT = 64 * 1024  # larger or unknown-length bodies are streamed
+_LENGTH = frozenset({"content-length"})  # a body sent whole: aiohttp writes its length itself
+_NOTHING_MORE: frozenset[str] = frozenset()
 # RFC 9110 8.6: a request with a body-carrying method and no body says so with Content-Length: 0.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -82,19 +84,21 @@ async def _send(request: web.Request, ctx: RequestContext, headers: CIMultiDict[
                 chunked: bool) -> UpstreamResponse:
     """The upstream's answer (its head; the body follows), in a client span when tracing."""
     route = ctx.route
-    target = request.app[UPSTREAM].targets[route.name]
+    upstream = request.app[UPSTREAM]
+    target = upstream.targets[route.name]
     path = f"{ctx.target.path}?{ctx.target.query}" if ctx.target.query else ctx.target.path
     span = None if tracing.TRACER is None else tracing.start_client_span(request.method,
                                                                          upstream_url(route, ctx), headers)
     answered = 0
     sent = time.perf_counter()
     try:
-        with upstream_failures():
-            upstream_response = await request.app[UPSTREAM].pool.request(
-                target.origin, request.method, path, headers.items(), body, chunked=chunked,
-                connect_timeout=target.connect_timeout, read_timeout=target.read_timeout,
-            )
+        upstream_response = await upstream.pool.request(
+            target.origin, request.method, path, headers.items(), body, chunked=chunked,
+            connect_timeout=target.connect_timeout, read_timeout=target.read_timeout,
+        )
         answered = upstream_response.status
+    except UPSTREAM_ERRORS as exc:
+        raise upstream_failure(exc) from exc
     finally:
         if span is not None:
             tracing.end_client_span(span, answered)
@@ -105,16 +109,19 @@ async def _send(request: web.Request, ctx: RequestContext, headers: CIMultiDict[
 async def _answer(request: web.Request, ctx: RequestContext, upstream_response: UpstreamResponse
                   ) -> web.StreamResponse:
     """The upstream's answer as the client receives it: whole when small, else streamed."""
-    headers = downstream_response_headers(upstream_response.raw_headers)
-    headers["X-Request-Id"] = ctx.request_id
     has_body = request.method != "HEAD" and upstream_response.status not in _BODYLESS_STATUS
     length = upstream_response.content_length
-    if has_body and length is not None and length <= _WHOLE_BODY_LIMIT:
+    read_whole = has_body and length is not None and length <= _WHOLE_BODY_LIMIT
+    headers = downstream_response_headers(upstream_response.raw_headers,
+                                          also_removed=_LENGTH if read_whole else _NOTHING_MORE)
+    headers["X-Request-Id"] = ctx.request_id
+    if read_whole:
         # Small bodies of known length are read whole and leave in one write with the
         # headers; nothing has been sent yet, so a failure here is still a clean page.
-        with upstream_failures():
+        try:
             whole = await upstream_response.read()
-        headers.popall("Content-Length", None)
+        except UPSTREAM_ERRORS as exc:
+            raise upstream_failure(exc) from exc
         return web.Response(status=upstream_response.status, reason=upstream_response.reason,
                             body=whole, headers=headers)
     response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from multidict import CIMultiDict, MultiMapping
@@ -49,8 +49,16 @@ DROP_ALL = "drop-all"  # always dropped, as nginx does by default
 REJECT = "reject"  # the request is refused (400)
 SEPARATOR_POLICIES = (DROP_PROTECTED, DROP_ALL, REJECT)
 
+# A header name's verdict, worked out once per name as sent (``HeaderRules.verdict``).
 _KEEP, _DROP, _DROP_UNTRUSTED = 0, 1, 2
+_REFUSED = 4  # a bit on top of the verdict: ``separators: reject`` refuses the request
 _VERDICTS_LIMIT = 4096
+# Removal plans are remembered per sequence of header names (a client sends the same names in
+# the same order request after request), for sequences up to these sizes: a flood of long,
+# distinct sequences is judged name by name and costs no memory.
+_PLANS_LIMIT = 1024
+_PLAN_MAX_NAMES = 64
+_PLAN_MAX_CHARS = 2048
 
 
 def fold_name(name: str) -> str:
@@ -84,6 +92,14 @@ class HeaderRules:
     separators: str = DROP_PROTECTED
     # name as sent -> verdict: header names repeat from request to request (bounded, see Memo).
     _verdicts: Memo[str, int] = field(default_factory=lambda: Memo(_VERDICTS_LIMIT), compare=False, repr=False)
+    # The removals for each sequence of names, from an untrusted peer and from a trusted proxy.
+    _plans: RemovalPlans = field(init=False, compare=False, repr=False)
+    _plans_trusted: RemovalPlans = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # A frozen dataclass sets what it derives through object.__setattr__ (dataclasses docs).
+        object.__setattr__(self, "_plans", RemovalPlans(lambda name: self._dropped(name, peer_trusted=False)))
+        object.__setattr__(self, "_plans_trusted", RemovalPlans(lambda name: self._dropped(name, peer_trusted=True)))
 
     def _protected(self, folded: str) -> bool:
         return is_identity_header(folded) or folded in self.owned
@@ -92,8 +108,13 @@ class HeaderRules:
         return folded in RELIED_ON or folded.startswith((FORWARDED_PREFIX, "proxy-"))
 
     def verdict(self, name: str) -> int:
+        """What happens to a client header called ``name``; ``_verdicts`` remembers it per name as sent."""
         lower = name.lower()
         folded = fold_name(lower)
+        verdict = self._kept_or_dropped(name, lower, folded)
+        return verdict | _REFUSED if self._refuses(name, lower, folded) else verdict
+
+    def _kept_or_dropped(self, name: str, lower: str, folded: str) -> int:
         if self._protected(folded) or lower in _ALWAYS_REMOVED or folded.startswith("proxy-") or folded == "proxy":
             return _DROP
         if folded != lower and (self._relied_on(folded) or (self.separators != DROP_PROTECTED and _separated(name))):
@@ -102,28 +123,71 @@ class HeaderRules:
             return _DROP_UNTRUSTED  # X-Forwarded-Port, Forwarded, X-Real-IP...: only a trusted proxy may say
         return _KEEP
 
+    def _refuses(self, name: str, lower: str, folded: str) -> bool:
+        return self.separators == REJECT and (
+            _separated(name) or (folded != lower and (self._protected(folded) or self._relied_on(folded))))
+
+    def _verdict_of(self, name: str) -> int:
+        verdict = self._verdicts.get(name)
+        return self._verdicts.remember(name, self.verdict(name)) if verdict is None else verdict
+
     def refused(self, name: str) -> bool:
         """True when ``name`` gets the request refused (``separators: reject``): "_" or "." in
         it, or another spelling of a name the proxy owns or relies on."""
-        if self.separators != REJECT:
-            return False
-        folded = fold_name(name)
-        return _separated(name) or (folded != name.lower() and (self._protected(folded) or self._relied_on(folded)))
+        return self.separators == REJECT and self._verdict_of(name) & _REFUSED != 0
+
+    def first_refused(self, names: Iterable[str]) -> str | None:
+        """The first of ``names`` that gets the request refused (see ``refused``), if any."""
+        if self.separators == REJECT:
+            for name in names:
+                if self._verdict_of(name) & _REFUSED:
+                    return name
+        return None
+
+    def _dropped(self, name: str, *, peer_trusted: bool) -> bool:
+        verdict = self._verdict_of(name) & ~_REFUSED  # refused names are dropped too, had intake let one by
+        return verdict == _DROP or (verdict == _DROP_UNTRUSTED and not peer_trusted)
 
     def strip(self, out: CIMultiDict[str], *, peer_trusted: bool) -> None:
-        """Remove from ``out`` every header the client may not send upstream, in place."""
-        verdicts = self._verdicts
-        doomed = []
-        for name in out:
-            verdict = verdicts.get(name)
-            if verdict is None:
-                verdict = verdicts.remember(name, self.verdict(name))
-            if verdict == _DROP or (verdict == _DROP_UNTRUSTED and not peer_trusted):
-                doomed.append(name)
-        if "Connection" in out:
-            doomed.extend(connection_tokens(out.getall("Connection")))
+        """Remove from ``out`` every header the client may not send upstream, in place.
+
+        What to remove is worked out once per sequence of names the client sends
+        (``RemovalPlans``): per request, one lookup and a removal per name dropped.
+        """
+        (self._plans_trusted if peer_trusted else self._plans).apply(out)
+
+
+class RemovalPlans:
+    """Which header names to remove, remembered per sequence of names as sent: a bounded map.
+
+    A plan is the names (as sent, once each) that ``dropped`` says go, and whether
+    Connection is one of them: then the names it lists go too (RFC 9110 7.6.1), read from
+    its value each time.
+    """
+
+    def __init__(self, dropped: Callable[[str], bool]) -> None:
+        self._dropped = dropped
+        self._plans: Memo[tuple[str, ...], tuple[tuple[str, ...], bool]] = Memo(_PLANS_LIMIT)
+
+    def apply(self, out: CIMultiDict[str]) -> None:
+        """Remove from ``out``, in place, the headers ``dropped`` names and those Connection lists."""
+        names = tuple(out)
+        plan = self._plans.get(names)
+        if plan is None:
+            plan = _plan(names, self._dropped)
+            if len(names) <= _PLAN_MAX_NAMES and sum(map(len, names)) <= _PLAN_MAX_CHARS:
+                self._plans.remember(names, plan)
+        doomed, connection = plan
+        listed = connection_tokens(out.getall("Connection")) if connection else ()
         for name in doomed:
             out.popall(name, None)
+        for name in listed:
+            out.popall(name, None)
+
+
+def _plan(names: tuple[str, ...], dropped: Callable[[str], bool]) -> tuple[tuple[str, ...], bool]:
+    doomed = tuple(dict.fromkeys(name for name in names if dropped(name)))
+    return doomed, any(name.lower() == "connection" for name in doomed)
 
 
 def header_rules(*, owned: Iterable[str], separators: str) -> HeaderRules:
@@ -142,9 +206,16 @@ def is_websocket_upgrade(headers: MultiMapping[str]) -> bool:
         "upgrade" in connection_tokens(headers.getall("Connection", ()))
 
 
-def connection_tokens(values: Iterable[str]) -> set[str]:
+def connection_tokens(values: Sequence[str]) -> frozenset[str]:
     """Header names listed in ``Connection`` (RFC 9110 7.6.1), lowercased."""
-    return {token.strip().lower() for value in values for token in value.split(",") if token.strip()}
+    if len(values) == 1:
+        return _tokens(values[0])
+    return frozenset(token for value in values for token in _tokens(value))
+
+
+@functools.lru_cache(maxsize=256)  # per answer: the upstream's "keep-alive" or "close", again and again
+def _tokens(value: str) -> frozenset[str]:
+    return frozenset(token.strip().lower() for token in value.split(",") if token.strip())
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,21 +304,23 @@ def upstream_request_headers(
     return out
 
 
-def downstream_response_headers(headers: Headers) -> CIMultiDict[str]:
-    """The upstream's response headers as the client may see them (Set-Cookie etc. kept)."""
+def downstream_response_headers(headers: Headers, *, also_removed: frozenset[str] = frozenset()
+                                 ) -> CIMultiDict[str]:
+    """The upstream's response headers as the client may see them (Set-Cookie etc. kept).
+
+    Hop-by-hop headers and those Connection names go (RFC 9110 7.6.1), and the lowercased
+    names in ``also_removed`` (a Content-Length the server will set itself).
+    """
     out: CIMultiDict[str] = CIMultiDict(headers)
-    _strip(out, HOP_BY_HOP)
+    _answer_plans(also_removed).apply(out)
     return out
+
+
+@functools.lru_cache(maxsize=8)  # a handful: ``also_removed`` is each caller's constant
+def _answer_plans(also_removed: frozenset[str]) -> RemovalPlans:
+    removed = HOP_BY_HOP | also_removed
+    return RemovalPlans(lambda name: name.lower() in removed)
 
 
 # Set anew by the proxy for every request, whoever sent them.
 _ALWAYS_REMOVED = HOP_BY_HOP | PROXY_HANDLED | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
-
-
-def _strip(out: CIMultiDict[str], remove: frozenset[str]) -> None:
-    # One pass over the (few) headers present beats a popall per name that might be.
-    doomed = [name for name in out if name.lower() in remove]
-    if "Connection" in out:
-        doomed.extend(connection_tokens(out.getall("Connection")))
-    for name in doomed:
-        out.popall(name, None)

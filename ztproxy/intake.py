@@ -29,18 +29,17 @@ _HEADER_OVERHEAD = 4
 
 
 def intake(request: web.Request) -> None:
-    settings = request.app[INTAKE]
+    app = request.app
+    settings = app[INTAKE]
     raw_headers = request.raw_headers
     size = sum(map(len, chain.from_iterable(raw_headers))) + _HEADER_OVERHEAD * len(raw_headers)
     if size > settings.max_header_bytes:
         raise HeadersTooLarge(f"The request headers are {size} bytes; the limit is {settings.max_header_bytes}.")
 
     rules = settings.header_rules
-    if rules.separators == REJECT:
-        for name in request.headers:
-            if rules.refused(name):
-                raise BadRequest(f"The header {name[:64]!r} is refused: its name has '_' or '.' in it, "
-                                 "or spells a header the proxy sets another way.")
+    if rules.separators == REJECT and (name := rules.first_refused(request.headers)) is not None:
+        raise BadRequest(f"The header {name[:64]!r} is refused: its name has '_' or '.' in it, "
+                         "or spells a header the proxy sets another way.")
 
     target = parse_target(request.raw_path)
     headers = request.headers
@@ -84,7 +83,7 @@ def intake(request: web.Request) -> None:
                 raise BadRequest("The original request's host is missing or not a valid host name.")
 
     if route is None:
-        route = request.app[ROUTES].match(host, target.path)
+        route = app[ROUTES].match(host, target.path)
     if route is None:
         # The proxy's own endpoints (the sign-in callback...) answer on any host.
         if not is_proxy_path(target.path):

@@ -16,9 +16,11 @@ client left, and counts every request in the metrics (``metrics.REQUESTS``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -39,6 +41,20 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _log = structlog.get_logger("ztproxy.pipeline")
 
 
+def _request_id_variable() -> contextvars.ContextVar[Any]:
+    """structlog's context variable for ``request_id``, from the token its binding returns.
+
+    Setting it is what ``bind_contextvars(request_id=...)`` does, without building a dict
+    and the variable's name per request. Bound and reset at once: nothing shows outside a request.
+    """
+    token = structlog.contextvars.bind_contextvars(request_id=None)["request_id"]
+    token.var.reset(token)
+    return token.var
+
+
+_REQUEST_ID = _request_id_variable()
+
+
 def build_pipeline(stages: Sequence[Stage], handler: Handler) -> Handler:
     """The driver; inside a server span when tracing is on (``tracing.start`` came first)."""
     compiled = tuple(stages)
@@ -47,7 +63,7 @@ def build_pipeline(stages: Sequence[Stage], handler: Handler) -> Handler:
     async def pipeline(request: web.Request) -> web.StreamResponse:
         rid = _request_ids.next()
         request[RECORD] = record = RequestRecord(rid)
-        structlog.contextvars.bind_contextvars(request_id=rid)
+        _REQUEST_ID.set(rid)  # every event logged while serving the request carries it
         started = time.perf_counter()
         try:
             for stage in compiled:

@@ -9,8 +9,8 @@ unchanged: a handshake the upstream answers with anything but 101 comes back as
 
 Each route's upstream and timeouts are worked out once, in ``RouteUpstream``; the headers a
 request takes upstream are built once, in ``forward_headers``; and every way an upstream
-can fail maps to its page in one place, ``upstream_failures``: connection failures 502,
-timeouts 504.
+can fail maps to its page in one place, ``upstream_failure``: connection failures 502,
+timeouts 504 (``upstream_failures`` wraps it as a context manager where no request is hot).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from yarl import URL
 from ztproxy.auth import AUTH
 from ztproxy.context import CompiledRoute, RequestContext
 from ztproxy.cookies import strip_own_cookies_cached
-from ztproxy.errors import UpstreamTimeout, UpstreamUnavailable
+from ztproxy.errors import RequestError, UpstreamTimeout, UpstreamUnavailable
 from ztproxy.headers import upstream_request_headers
 from ztproxy.http2.client import Http2Pool
 from ztproxy.state import CONFIG, INTAKE, RequestRecord
@@ -79,18 +79,29 @@ async def _refusals_as_errors(request: aiohttp.ClientRequest, handler: aiohttp.C
     return response
 
 
+# Every way an upstream can fail (WSServerHandshakeError is a ClientError).
+UPSTREAM_ERRORS = (UpstreamError, TimeoutError, aiohttp.ClientError)
+
+
+def upstream_failure(exc: BaseException, what: str = "") -> RequestError:
+    """The page for one of ``UPSTREAM_ERRORS``: 504 for a timeout, else 502.
+
+    ``what`` says what failed, for the page (e.g. the WebSocket handshake). The forwarding
+    handler catches ``UPSTREAM_ERRORS`` and raises this in a plain ``try``: a generator
+    context manager per request costs more than the rest of its error handling.
+    """
+    if isinstance(exc, UpstreamTimeoutError | TimeoutError):
+        return UpstreamTimeout()
+    return UpstreamUnavailable(what)
+
+
 @contextlib.contextmanager
 def upstream_failures(what: str = "") -> Iterator[None]:
-    """Translate every way an upstream can fail into its page: 504 for a timeout, else 502.
-
-    ``what`` says what failed, for the page (e.g. the WebSocket handshake).
-    """
+    """``upstream_failure`` around a block: every way an upstream can fail becomes its page."""
     try:
         yield
-    except (UpstreamTimeoutError, TimeoutError) as exc:
-        raise UpstreamTimeout() from exc
-    except (UpstreamError, aiohttp.ClientError) as exc:  # WSServerHandshakeError is a ClientError
-        raise UpstreamUnavailable(what) from exc
+    except UPSTREAM_ERRORS as exc:
+        raise upstream_failure(exc, what) from exc
 
 
 UPSTREAM = web.AppKey("upstream", Upstream)
@@ -146,9 +157,10 @@ def upstream_url(route: CompiledRoute, ctx: RequestContext, *, websocket: bool =
 def forward_headers(request: web.Request, record: RequestRecord) -> CIMultiDict[str]:
     """The headers the upstream receives: the client's, cleaned (``headers``), and the caller's identity."""
     ctx = record.context
+    app = request.app
     headers = upstream_request_headers(
         request.headers,
-        rules=request.app[INTAKE].header_rules,
+        rules=app[INTAKE].header_rules,
         forwarded=ctx.forwarded,
         proto=ctx.scheme,
         host=ctx.host_header,
@@ -157,7 +169,7 @@ def forward_headers(request: web.Request, record: RequestRecord) -> CIMultiDict[
     )
     for name, value in record.upstream_identity:  # the assertion step's, after every client spelling is gone
         headers[name] = value
-    auth = request.app[AUTH]
+    auth = app[AUTH]
     if auth is not None and "Cookie" in headers:
         # The session cookie opens the session: the upstream app must never see it.
         kept = [rest for value in headers.getall("Cookie")

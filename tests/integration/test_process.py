@@ -104,6 +104,9 @@ async def test_access_log_is_one_json_event_per_request(start_upstream: Upstream
     assert len(body) < event["bytes"] < len(body) + 1024  # bytes on the wire, headers included
     assert event["duration_ms"] >= 0
     assert event["host"].startswith("127.0.0.1")
+    # The documented order (docs/operations.md), whatever renders the line.
+    assert list(event) == ["request_id", "client", "method", "host", "path", "route", "decision", "status", "bytes",
+                           "duration_ms", "event", "level", "timestamp"]
 
 
 async def test_sigterm_drains_in_flight_requests_and_exits_0(start_upstream: UpstreamFactory,

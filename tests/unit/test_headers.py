@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import CIMultiDict
 
+from ztproxy import headers as headers_module
 from ztproxy.headers import (
     DROP_ALL,
     DROP_PROTECTED,
+    HOP_BY_HOP,
     REJECT,
     ForwardedFor,
     HeaderRules,
+    RemovalPlans,
+    connection_tokens,
     downstream_response_headers,
     fold_name,
     forwarded_for,
@@ -214,3 +219,120 @@ def test_fold_name() -> None:
     assert fold_name("X_Ztproxy.User") == "x-ztproxy-user"
     assert fold_name("Content~Length") == "content-length"
     assert fold_name("X-Plain-Name") == "x-plain-name"
+
+
+# --- one pass over the headers -------------------------------------------------------------------
+
+class CountingRules(HeaderRules):
+    """Counts the verdicts worked out, to show each name's is worked out once and then looked up."""
+
+    worked_out: list[str]
+
+    def verdict(self, name: str) -> int:
+        self.worked_out.append(name)
+        return super().verdict(name)
+
+
+def test_each_header_name_is_judged_once_then_looked_up() -> None:
+    rules = CountingRules(owned=frozenset(fold_name(name) for name in OWNED))
+    object.__setattr__(rules, "worked_out", [])
+    headers = [("Host", "wiki.example"), ("Cookie", "a=1"), ("X-Ztproxy-User", "mallory"), ("Cookie", "b=2")]
+    for _ in range(50):
+        sent = forward(headers, rules=rules)
+        assert sent["cookie"] == ["a=1", "b=2"] and "x-ztproxy-user" not in sent
+    assert sorted(rules.worked_out) == ["Cookie", "Host", "X-Ztproxy-User"]
+
+
+def test_a_trusted_proxys_scheme_and_host_are_its_first_values() -> None:
+    headers = [("X-Forwarded-Proto", "http"), ("x-forwarded-proto", "https"), ("X-FORWARDED-HOST", "a.example"),
+               ("X-Forwarded-Host", "b.example"), ("Accept", "*/*")]
+    trusted = forward(headers, forwarded=TRUSTED)
+    assert trusted["x-forwarded-proto"] == ["http"] and trusted["x-forwarded-host"] == ["a.example"]
+    untrusted = forward(headers, forwarded=UNTRUSTED)
+    assert untrusted["x-forwarded-proto"] == ["https"] and untrusted["x-forwarded-host"] == ["wiki.example"]
+    assert trusted["accept"] == untrusted["accept"] == ["*/*"]
+
+
+def test_a_remembered_plan_reads_each_requests_own_connection_list() -> None:
+    # The same names in the same order: one plan, but what Connection lists is read every time.
+    rules = header_rules(owned=OWNED, separators=DROP_PROTECTED)
+    first = forward([("Connection", "keep-alive"), ("X-Secret", "1"), ("X-Ztproxy-User", "m")], rules=rules)
+    assert first["x-secret"] == ["1"] and "x-ztproxy-user" not in first
+    second = forward([("Connection", "X-Secret"), ("X-Secret", "2"), ("X-Ztproxy-User", "m")], rules=rules)
+    assert "x-secret" not in second and "x-ztproxy-user" not in second
+    third = forward([("Connection", "close"), ("X-Secret", "3"), ("X-Ztproxy-User", "m")], rules=rules)
+    assert third["x-secret"] == ["3"]
+
+
+def test_a_plan_is_per_trust_a_trusted_proxys_forwarding_headers_never_pass_an_untrusted_peer() -> None:
+    rules = header_rules(owned=OWNED, separators=DROP_PROTECTED)
+    headers = [("X-Real-IP", "6.6.6.6"), ("Accept", "*/*")]
+    assert forward(headers, forwarded=TRUSTED, rules=rules)["x-real-ip"] == ["6.6.6.6"]
+    assert "x-real-ip" not in forward(headers, forwarded=UNTRUSTED, rules=rules)
+    assert forward(headers, forwarded=TRUSTED, rules=rules)["x-real-ip"] == ["6.6.6.6"]
+
+
+def test_removal_plans_are_bounded_and_long_sequences_are_judged_without_one() -> None:
+    plans = RemovalPlans(lambda name: name.lower() in HOP_BY_HOP)
+    for index in range(headers_module._PLANS_LIMIT * 2 + 3):
+        out = CIMultiDict([(f"X-Name-{index}", "v"), ("Keep-Alive", "5")])
+        plans.apply(out)
+        assert list(out.items()) == [(f"X-Name-{index}", "v")]
+        assert len(plans._plans) <= headers_module._PLANS_LIMIT
+    many = CIMultiDict([(f"X-{index}", "v") for index in range(headers_module._PLAN_MAX_NAMES + 1)])
+    many.add("Upgrade", "h2c")
+    plans.apply(many)
+    assert "Upgrade" not in many and len(many) == headers_module._PLAN_MAX_NAMES + 1
+    assert (*many, "Upgrade") not in plans._plans
+
+
+def test_connection_names_are_dropped_whatever_their_case_and_the_rest_keeps_its_order() -> None:
+    headers = [("A", "1"), ("Connection", "X-SECRET , close"), ("x-secret", "s"), ("B", "2"), ("Close", "c"),
+               ("A", "3")]
+    out = upstream_request_headers(headers, rules=RULES, forwarded=UNTRUSTED, proto="https", host="wiki.example",
+                                   request_id="rid", upstream_host=None)
+    assert [(name, value) for name, value in out.items() if name in ("A", "B")] == [("A", "1"), ("B", "2"), ("A", "3")]
+    assert "x-secret" not in out and "close" not in out and "connection" not in out
+
+
+def test_first_refused_names_the_first_refused_header_only_under_reject() -> None:
+    names = ["Accept", "X_Custom", "X-Ztproxy_User"]
+    assert header_rules(owned=OWNED, separators=REJECT).first_refused(names) == "X_Custom"
+    assert header_rules(owned=OWNED, separators=REJECT).first_refused(["Accept", "Cookie"]) is None
+    assert header_rules(owned=OWNED, separators=DROP_PROTECTED).first_refused(names) is None
+
+
+def popping_each(headers: list[tuple[str, str]], also_removed: frozenset[str]) -> list[tuple[str, str]]:
+    """The response headers as the proxy cleaned them before the one pass: a copy, then a popall per name."""
+    out = CIMultiDict(headers)
+    listed = {token.strip().lower() for value in out.getall("Connection", ()) for token in value.split(",")}
+    for name in HOP_BY_HOP | also_removed | listed:
+        out.popall(name, None)
+    return list(out.items())
+
+
+RESPONSE_NAMES = st.sampled_from(["Set-Cookie", "Content-Type", "Content-Length", "content-length", "Connection",
+                                  "connection", "Keep-Alive", "Transfer-Encoding", "X-Hop", "x-hop", "Close",
+                                  "Upgrade", "Trailer", "Server", "Vary"])
+CONNECTION_VALUES = st.lists(st.sampled_from(["keep-alive", "close", "X-Hop", "upgrade", "Server", " vary "]),
+                             max_size=3).map(", ".join)
+
+
+@given(st.lists(st.tuples(RESPONSE_NAMES, CONNECTION_VALUES), max_size=12), st.booleans())
+def test_response_headers_in_one_pass_are_those_of_a_popall_per_name(headers: list[tuple[str, str]],
+                                                                      length_removed: bool) -> None:
+    also = frozenset({"content-length"}) if length_removed else frozenset()
+    assert list(downstream_response_headers(headers, also_removed=also).items()) == popping_each(headers, also)
+
+
+def test_response_content_length_goes_only_when_asked() -> None:
+    headers = [("Content-Length", "5"), ("Content-Type", "text/plain"), ("Connection", "keep-alive")]
+    assert downstream_response_headers(headers)["Content-Length"] == "5"
+    kept = downstream_response_headers(headers, also_removed=frozenset({"content-length"}))
+    assert list(kept.items()) == [("Content-Type", "text/plain")]
+
+
+def test_connection_tokens_of_one_value_or_several() -> None:
+    assert connection_tokens(["Keep-Alive"]) == {"keep-alive"}
+    assert connection_tokens(["Keep-Alive, X-A", " x-B ,,", ""]) == {"keep-alive", "x-a", "x-b"}
+    assert connection_tokens([]) == frozenset()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import re
 from collections.abc import Awaitable
 
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
@@ -61,3 +64,24 @@ def test_request_ids_are_random_hex_and_never_repeat_across_batches() -> None:
     drawn = [ids.next() for _ in range(3 * _RequestIds._BATCH + 5)]
     assert all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in drawn)
     assert len(set(drawn)) == len(drawn)
+
+
+async def test_events_logged_while_serving_a_request_carry_its_id_and_none_outside() -> None:
+    seen: list[object] = []
+
+    def stage(request: web.Request) -> None:
+        seen.append(structlog.contextvars.get_contextvars().get("request_id"))
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response()
+
+    def outside() -> dict[str, object]:
+        return structlog.contextvars.get_contextvars()
+
+    assert "request_id" not in contextvars.copy_context().run(outside)
+    first, second = make_mocked_request("GET", "/"), make_mocked_request("GET", "/")
+    pipeline = build_pipeline((stage,), handler)
+    await asyncio.create_task(pipeline(first))  # each request in a task of its own, as the server runs it
+    await asyncio.create_task(pipeline(second))
+    assert seen == [first[RECORD].request_id, second[RECORD].request_id] and seen[0] != seen[1]
+    assert "request_id" not in outside()  # set in the requests' tasks, not here

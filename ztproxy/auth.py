@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ztproxy import metrics
+from ztproxy import background, metrics
 from ztproxy.config.schema import Config
 from ztproxy.cookies import CookieSettings, read_ticket
 from ztproxy.oidc.login import LoginFlow
@@ -108,9 +108,7 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         unwatch()
         unwatch_idps()
-        for task in (following, *watching):
-            task.cancel()
-        await asyncio.gather(following, *watching, return_exceptions=True)
+        await background.stop(following, *watching)
         await auth.sessions.close()
         await store.close()
         await http.close()

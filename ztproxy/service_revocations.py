@@ -29,7 +29,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from ztproxy import metrics
+from ztproxy import background, metrics
 from ztproxy.errors import SessionStoreUnavailable, TokenServiceUnavailable
 from ztproxy.policy import reasons
 from ztproxy.policy.model import Service
@@ -204,6 +204,5 @@ async def revocations_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        following.cancel()
-        await asyncio.gather(following, return_exceptions=True)
+        await background.stop(following)  # within a bound, though the follower may lose a cancellation
         await store.close()

@@ -6,7 +6,8 @@ tokens already verified and cached included, and so are tokens issued afterwards
 revocation lets them in again. The replicas' cache_ttl is a minute, so only the
 announcement can make them refuse that fast; a replica that missed it (the table written
 into Redis directly) refuses within its cache_ttl. Revocations survive a proxy restart and
-a Redis restart. ``ztproxy services`` drives the same API.
+a Redis restart. ``ztproxy services`` drives the same API. The app stops though the table's
+follower loses a cancellation (as it did, now and then, when SIGTERM came just after a Redis restart).
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ from aiohttp import WSMsgType, web
 from tests.conftest import REPO, ProxyProcess, Upstream, UpstreamFactory, free_port, wait_ready
 from tests.integration.test_revocation import ws_echo
 from tests.support.idp import IdpFactory
+from tests.support.lost_cancellation import URL_VARIABLE, LosesACancellation
 from tests.support.redis import RedisFactory, RedisServer
+from ztproxy.app import build_app
+from ztproxy.config import load_text
 from ztproxy.demo_idp import DemoIdp, IdpClient, IdpResource, IdpService
 from ztproxy.service_revocations import CHANNEL, GENERATION_KEY, TABLE
 
@@ -41,6 +45,7 @@ ADMIN_TOKEN = "service-revocation-admin-token-0123456789abcdef"
 ORDERS = "https://orders.corp.example"
 BILLING = IdpService("billing", "billing-secret-for-tests-0123456789", ("orders.read",))
 REPORTS = IdpService("reports", "reports-secret-for-tests-0123456789", ("orders.read",))
+STOPPED_WITHIN = 10.0  # seconds for the app's cleanup; it takes background.RECANCEL_AFTER (0.5 s) or so
 StartProcess = Callable[..., ProxyProcess]
 
 
@@ -310,3 +315,33 @@ async def test_revocations_survive_restarts_and_the_cli_drives_them(
         assert time.monotonic() - lifted_at < BOUND
         await asyncio.sleep(0.01)
     assert cli("list").stdout.strip() == "no revocations"
+
+
+async def test_the_app_stops_though_the_followers_read_loses_its_cancellation(
+        redis_factory: RedisFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM after a Redis restart met the follower reconnecting inside a read, where redis-py's
+    ``asyncio.wait_for`` (Python 3.11) dropped the cancellation: the follower went on, and the
+    process never stopped. Here the read that the app's cleanup cancels surely loses it."""
+    redis = redis_factory.start()
+    monkeypatch.setenv(URL_VARIABLE, redis.url)
+    monkeypatch.setattr(LosesACancellation, "opened", [])
+    # The follower reads the generation every 0.1 s (cache_ttl 0); with Redis frozen, a read
+    # waits store_timeout, so the cleanup surely cancels one that is under way.
+    runner = web.AppRunner(build_app(load_text("""
+sessions: {store: 'tests.support.lost_cancellation:LosesACancellation', cache_ttl: 0s, store_timeout: 5s}
+token_issuers: [{name: corp, issuer: 'http://127.0.0.1:9'}]
+routes:
+  - {name: orders, path: /orders, upstream: 'http://127.0.0.1:9', token_issuers: [corp], allow: [{clients: [billing]}]}
+""")))
+    await runner.setup()
+    stores = LosesACancellation.opened
+    try:
+        await until(lambda: sum(store.reads for store in stores) > 1, "the follower to read the table")
+        redis.freeze()
+        reads = sum(store.reads for store in stores)
+        await until(lambda: sum(store.reads for store in stores) > reads, "a read that Redis will not answer")
+        async with asyncio.timeout(STOPPED_WITHIN):
+            await runner.cleanup()
+    finally:
+        redis.thaw()
+    assert sum(store.lost for store in stores) == 1  # the follower's read did lose the cancellation

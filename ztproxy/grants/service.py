@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from ztproxy import metrics
+from ztproxy import background, metrics
 from ztproxy.config.schema import Config
 from ztproxy.context import route_entries
 from ztproxy.errors import SessionStoreUnavailable
@@ -89,8 +89,7 @@ async def grants_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         unwatch()
-        following.cancel()
-        await asyncio.gather(following, return_exceptions=True)
+        await background.stop(following)
         if webhooks is not None:
             await webhooks.close()
         if http is not None:

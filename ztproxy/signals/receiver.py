@@ -33,7 +33,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from yarl import URL
 
-from ztproxy import metrics
+from ztproxy import background, metrics
 from ztproxy.auth import AUTH, Auth
 from ztproxy.config.schema import Config
 from ztproxy.config.signals import TransmitterConfig
@@ -392,6 +392,4 @@ async def _receiving(app: web.Application, config: Config, auth: Auth) -> AsyncI
         try:
             yield signals
         finally:
-            setup.cancel()
-            following.cancel()
-            await asyncio.gather(setup, following, return_exceptions=True)
+            await background.stop(setup, following)

@@ -43,6 +43,14 @@ async def stop(*tasks: asyncio.Task[Any], within: float = STOP_WITHIN) -> None:
             task.exception()  # retrieved: a follower's failure was never the shutdown's
 
 
+def stop_if_cancelled() -> None:
+    """At each turn of a background task's loop: raise CancelledError if the task was cancelled
+    and a library dropped the cancellation (see the module docstring), so the loop ends now."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _name(task: asyncio.Task[Any]) -> str:
     """What the task runs (``ServiceRevocations.follow``), for the log."""
     return str(getattr(task.get_coro(), "__qualname__", task.get_name()))

@@ -46,6 +46,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError
 from structlog import get_logger
 
+from ztproxy.background import stop_if_cancelled
 from ztproxy.config.sessions import SessionsConfig, redact_url
 from ztproxy.errors import SessionStoreUnavailable
 from ztproxy.sessions.redis_commands import KeyCommands, milliseconds
@@ -308,6 +309,7 @@ async def _listen(pubsub: PubSub, channel: str, wait: float) -> AsyncIterator[tu
         await pubsub.subscribe(channel)
     heard = pinged = loop.time()
     while True:
+        stop_if_cancelled()  # redis-py may have dropped it (ztproxy.background)
         message = await pubsub.get_message(timeout=LISTEN_TICK)
         now = loop.time()
         if message is not None:

@@ -28,6 +28,7 @@ from typing import Protocol
 import orjson
 import structlog
 
+from ztproxy.background import stop_if_cancelled
 from ztproxy.errors import SessionStoreUnavailable
 from ztproxy.sessions.store import SessionStore
 
@@ -94,6 +95,7 @@ class SharedTable:
         unavailable = False
         try:
             while True:
+                stop_if_cancelled()  # a store call may have dropped it (ztproxy.background)
                 wait = self._poll_every
                 due = None if self._deadlines is None else self._deadlines.next_due()
                 if due is not None:

@@ -207,7 +207,7 @@ def used_memory(nodes: list[tuple[str, int]]) -> int:
 
 
 def keys_by_kind(nodes: list[tuple[str, int]]) -> dict[str, tuple[int, int]]:
-    """Keys on the masters by kind (``s``, ``idx:user``, ``once``...): (count, MEMORY USAGE in all)."""
+    """Keys on the masters by kind (``s``, ``idx:u``, ``idx:h``, ``once``...): (count, MEMORY USAGE in all)."""
     found: dict[str, tuple[int, int]] = {}
     for host, port in nodes:
         with redis.Redis(host=host, port=port) as client:

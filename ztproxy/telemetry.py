@@ -4,11 +4,6 @@ Events are snake_case names with key=value fields; the request id travels in
 contextvars so every event logged while serving a request carries it. While tracing is
 on (``ztproxy.tracing``), events logged inside a span carry its ``trace_id`` and
 ``span_id``; the access event carries those of the request's server span.
-
-The access event, once per request, is rendered as structlog's JSON chain would render it,
-from pieces: what a worker sees again and again (client, method, host, route, decision) is
-rendered once and remembered, and only the request id, path, status, bytes, duration and
-time are rendered per request.
 """
 
 from __future__ import annotations
@@ -21,7 +16,7 @@ import select
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import orjson
 import structlog
@@ -29,7 +24,6 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from ztproxy import metrics, tracing
-from ztproxy.memo import Memo
 from ztproxy.state import RECORD, RequestRecord
 
 LogFormat = Literal["json", "console"]
@@ -199,53 +193,6 @@ def _event_as_json_line(event: str, fields: dict[str, Any]) -> None:
 
 _write_event: Callable[[str, dict[str, Any]], None] = _event_via_structlog
 
-# What an access line says about where a request came from and went, the same for many
-# requests: client, method, host, route, decision.
-Who = tuple[str | None, str, str, str | None, str | None]
-Trace = tuple[str, str] | None  # trace_id, span_id of the request's server span
-_WHO_LIMIT: Final = 4096
-
-
-def _json(value: object) -> bytes:
-    return orjson.dumps(value, default=str)
-
-
-def _render_who(who: Who) -> tuple[bytes, bytes]:
-    client, method, host, route, decision = who
-    return (b',"client":%b,"method":%b,"host":%b,"path":' % (_json(client), _json(method), _json(host)),
-            b',"route":%b,"decision":%b,"status":' % (_json(route), _json(decision)))
-
-
-# Who -> the line's bytes before and after the path. Keyed by the values themselves, so a
-# changed route, host, client or decision is a new key: an old rendering can never show.
-# Bounded: a flood of distinct clients or hosts costs a refill, never memory (``Memo``).
-_rendered_who: Memo[Who, tuple[bytes, bytes]] = Memo(_WHO_LIMIT)
-
-
-def access_fields(request_id: str, who: Who, path: str, status: int, sent: int, duration_ms: float,
-                  trace: Trace) -> dict[str, Any]:
-    """The access event's fields, in the order of its JSON line."""
-    client, method, host, route, decision = who
-    fields = {"request_id": request_id, "client": client, "method": method, "host": host, "path": path,
-              "route": route, "decision": decision, "status": status, "bytes": sent, "duration_ms": duration_ms}
-    if trace is not None:
-        fields["trace_id"], fields["span_id"] = trace
-    return fields
-
-
-def access_line(request_id: str, who: Who, path: str, status: int, sent: int, duration_ms: float,
-                trace: Trace, timestamp: str) -> bytes:
-    """``access_fields`` with event, level and timestamp as the JSON chain renders them, byte for byte."""
-    rendered = _rendered_who.get(who)
-    if rendered is None:
-        rendered = _rendered_who.remember(who, _render_who(who))
-    dumps = orjson.dumps  # str and float: what the generic renderer's default=str never touches
-    traced = b"" if trace is None else b',"trace_id":%b,"span_id":%b' % (dumps(trace[0]), dumps(trace[1]))
-    return b'{"request_id":%b%b%b%b%d,"bytes":%d,"duration_ms":%b%b,"event":"access","level":"info",' \
-           b'"timestamp":%b}\n' % (dumps(request_id), rendered[0], dumps(path), rendered[1], status, sent,
-                                   dumps(duration_ms), traced, dumps(timestamp))
-
-
 def access_event(request: web.BaseRequest, status: int, sent: int, duration: float) -> None:
     _log_access(request, request.get(RECORD), status, sent, duration)
 
@@ -256,23 +203,23 @@ def _log_access(request: web.BaseRequest, record: RequestRecord | None, status: 
     request_id = "-"
     if record is not None:
         ctx, decision, request_id = record.intake, record.decision, record.request_id
-    outcome = decision.outcome.value if decision is not None else None
-    who: Who
-    if ctx is not None:
-        who = (ctx.client_ip, request.method, ctx.host_header, ctx.route.name, outcome)
-        path = ctx.target.path
-    else:  # refused before intake made a context (by the parser, or by intake itself)
-        who = (request.remote, request.method, request.headers.get("Host", ""), None, outcome)
-        path = request.raw_path[:256]
-    duration_ms = int(duration * 1_000_000) / 1000
-    trace = None
+    fields = {
+        "request_id": request_id,
+        "client": ctx.client_ip if ctx else request.remote,
+        "method": request.method,
+        "host": ctx.host_header if ctx else request.headers.get("Host", ""),
+        "path": ctx.target.path if ctx else request.raw_path[:256],
+        "route": ctx.route.name if ctx else None,
+        "decision": decision.outcome.value if decision else None,
+        "status": status,
+        "bytes": sent,
+        "duration_ms": int(duration * 1_000_000) / 1000,
+    }
     if tracing.TRACER is not None and (span := request.get(tracing.SERVER_SPAN)) is not None:
         span_context = span.get_span_context()
-        trace = (format(span_context.trace_id, "032x"), format(span_context.span_id, "016x"))
-    if _write_event is _event_as_json_line:
-        LOG_SINK.emit(access_line(request_id, who, path, status, sent, duration_ms, trace, _utc_now_iso()))
-    else:  # the console, or access events filtered out by the level: structlog's chain
-        _write_event("access", access_fields(request_id, who, path, status, sent, duration_ms, trace))
+        fields["trace_id"] = format(span_context.trace_id, "032x")
+        fields["span_id"] = format(span_context.span_id, "016x")
+    _write_event("access", fields)
 
 
 def decision_event(fields: dict[str, Any]) -> None:

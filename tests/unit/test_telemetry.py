@@ -1,20 +1,13 @@
-"""Log output: the sink's batching, and the access line's format (rendered from remembered pieces)."""
+"""Log output: the sink's batching."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import os
 import re
-from typing import Any
 
-import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from ztproxy import telemetry
-from ztproxy.telemetry import LogSink, _utc_now_iso, access_fields, access_line
+from ztproxy.telemetry import LogSink, _utc_now_iso
 
 
 def _read_all(fd: int) -> bytes:
@@ -97,73 +90,6 @@ def test_drain_writes_whole_lines_in_atomic_pieces() -> None:
     assert len(writes) < 20  # batched, not one write per line
     os.close(read_fd)
     os.close(write_fd)
-
-
-# --- the access line, rendered from remembered pieces ---------------------------------------------
-
-ACCESS_KEYS = ["request_id", "client", "method", "host", "path", "route", "decision", "status", "bytes",
-               "duration_ms", "event", "level", "timestamp"]
-TEXT = st.text(max_size=24)  # quotes, backslashes, control characters, any code point
-WHO = st.tuples(st.none() | TEXT, TEXT, TEXT, st.none() | TEXT,
-                st.none() | st.sampled_from(["allow", "deny", "step-up"]))
-TRACE = st.none() | st.tuples(st.from_regex(r"[0-9a-f]{32}", fullmatch=True),
-                              st.from_regex(r"[0-9a-f]{16}", fullmatch=True))
-
-
-def generic_line(fields: dict[str, Any], stamp: str) -> bytes:
-    """What the renderer of every other event (``_event_as_json_line``) writes for these fields."""
-    read_fd, write_fd = os.pipe()
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(telemetry, "LOG_SINK", LogSink(write_fd))
-            patch.setattr(telemetry, "_utc_now_iso", lambda: stamp)
-            telemetry._event_as_json_line("access", dict(fields))
-        return _read_all(read_fd)
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
-
-
-@given(TEXT, WHO, TEXT, st.integers(100, 599), st.integers(0, 2**40), st.integers(0, 10**9), TRACE)
-def test_access_line_is_what_the_json_chain_renders_byte_for_byte(
-        request_id: str, who: telemetry.Who, path: str, status: int, sent: int, micros: int,
-        trace: telemetry.Trace) -> None:
-    duration_ms = micros / 1000
-    stamp = _utc_now_iso()
-    fields = access_fields(request_id, who, path, status, sent, duration_ms, trace)
-    line = access_line(request_id, who, path, status, sent, duration_ms, trace, stamp)
-    assert line == generic_line(fields, stamp)
-    # Twice: the second time from the remembered pieces.
-    assert access_line(request_id, who, path, status, sent, duration_ms, trace, stamp) == line
-    keys = list(json.loads(line))
-    assert keys == (ACCESS_KEYS if trace is None else [*ACCESS_KEYS[:10], "trace_id", "span_id", *ACCESS_KEYS[10:]])
-
-
-def test_access_line_of_a_changed_route_host_client_or_decision_shows_the_new_values() -> None:
-    stamp = _utc_now_iso()
-    before: telemetry.Who = ("192.0.2.1", "GET", "wiki.example", "wiki", "allow")
-    assert json.loads(access_line("r1", before, "/a", 200, 10, 1.5, None, stamp))["route"] == "wiki"
-    # A reload renames the route, the policy now denies, the client moved, another host: each is a new key.
-    for changed in [("192.0.2.1", "GET", "wiki.example", "wiki-v2", "allow"),
-                    ("192.0.2.1", "GET", "wiki.example", "wiki", "deny"),
-                    ("192.0.2.9", "GET", "wiki.example", "wiki", "allow"),
-                    ("192.0.2.1", "GET", "docs.example", "wiki", "allow"),
-                    ("192.0.2.1", "POST", "wiki.example", "wiki", "allow"),
-                    (None, "GET", "", None, None)]:
-        event = json.loads(access_line("r2", changed, "/b", 403, 20, 2.5, None, stamp))
-        assert [event[key] for key in ("client", "method", "host", "route", "decision")] == list(changed)
-        assert (event["request_id"], event["path"], event["status"], event["bytes"], event["duration_ms"]) == \
-            ("r2", "/b", 403, 20, 2.5)
-    again = json.loads(access_line("r3", before, "/c", 200, 30, 3.5, None, stamp))
-    assert [again[key] for key in ("client", "method", "host", "route", "decision")] == list(before)
-
-
-def test_remembered_pieces_of_the_access_line_are_bounded() -> None:
-    stamp = _utc_now_iso()
-    for index in range(telemetry._WHO_LIMIT * 2 + 7):
-        who: telemetry.Who = (f"198.51.{index // 256}.{index % 256}", "GET", "wiki.example", "wiki", "allow")
-        assert json.loads(access_line("r", who, "/", 200, 1, 0.1, None, stamp))["client"] == who[0]
-        assert len(telemetry._rendered_who) <= telemetry._WHO_LIMIT
 
 
 def test_emit_writes_at_once_unless_batching() -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import pytest
 
+from tests.integration.sessions.test_redis_broadcast import until
 from tests.support.lost_cancellation import URL_VARIABLE, LosesACancellation
 from tests.support.redis import RedisFactory
 from ztproxy.config.sessions import SessionsConfig
@@ -19,13 +18,6 @@ STORE_TIMEOUT = 2.0
 ENDED_WITHIN = STORE_TIMEOUT + 10.0  # the lost read runs to its end, then the loop's next turn stops
 
 
-async def until(condition: Callable[[], bool], what: str, bound: float = 20.0) -> None:
-    deadline = time.monotonic() + bound
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_a_follower_whose_read_lost_the_cancellation_ends_at_its_next_turn(
         redis_factory: RedisFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     redis = redis_factory.start()
@@ -34,10 +26,10 @@ async def test_a_follower_whose_read_lost_the_cancellation_ends_at_its_next_turn
     table = SharedTable(store, "things", poll_every=0.1, on_loaded=lambda entries: None)
     following = asyncio.create_task(table.follow(unavailable_event="things_unavailable"))
     try:
-        await until(lambda: store.reads > 1, "the follower to read the table")
+        await until(lambda: store.reads > 1, "the follower to read the table", bound=20.0)
         redis.freeze()  # each read now waits store_timeout: the cancellation comes during one
         reads = store.reads
-        await until(lambda: store.reads > reads, "a read that Redis will not answer")
+        await until(lambda: store.reads > reads, "a read that Redis will not answer", bound=20.0)
         following.cancel()  # once: nothing cancels it again
         done, _ = await asyncio.wait({following}, timeout=ENDED_WITHIN)
         assert following in done and following.cancelled()

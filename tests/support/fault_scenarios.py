@@ -25,6 +25,8 @@ behind relays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -185,6 +187,17 @@ async def sign_in_problem(url: str, attempts: int = 1) -> str | None:
     return None
 
 
+def sessions_ended(proxy: ProxyProcess, reason: str) -> int:
+    """How many sessions the proxy's log says it ended for ``reason``."""
+    count = 0
+    for line in proxy.log_lines():
+        if '"session_ended"' in line:
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                count += event.get("event") == "session_ended" and event.get("reason") == reason
+    return count
+
+
 def kept_running(proxy: ProxyProcess) -> bool:
     """Still serving, and no worker died on the way (the supervisor would have restarted it)."""
     return proxy.process.poll() is None and not any('"worker_exited"' in line for line in proxy.log_lines())
@@ -260,8 +273,11 @@ async def store_outage(world: SignedInWorld, fault: str, break_store: Callable[[
     running = load(lab, world.proxy.url, world.probes()).start()
     try:
         await asyncio.sleep(lab.pace.baseline)
+        # Stamped before: the load's tasks share this loop and may record answers to requests
+        # the kill met before this coroutine runs again (on a busy machine, well before).
+        breaking_at = time.monotonic()
         await asyncio.to_thread(break_store)
-        fault_at = time.monotonic()
+        fault_at = time.monotonic()  # broken for sure: a local copy may be trusted cache_ttl from here
         await asyncio.sleep(max(lab.pace.outage, CACHE_TTL + store_timeout(lab) + STALE_PROBING))
     finally:
         restoring_at = time.monotonic()
@@ -270,7 +286,7 @@ async def store_outage(world: SignedInWorld, fault: str, break_store: Callable[[
     await recovered(lab, running, "signed-in", 200, returned_at)
     samples = await running.finish()
     refused = [s.elapsed for s in samples if store_refusal(s)]
-    return summarize(fault, samples, normal=SIGNED_IN_NORMAL, protected=PROTECTED, fault_at=fault_at,
+    return summarize(fault, samples, normal=SIGNED_IN_NORMAL, protected=PROTECTED, fault_at=breaking_at,
                      returned_at=returned_at, refusal=store_refusal,
                      hang_bound=bound(lab, store_timeout(lab) + HANG_MARGIN), recovery_kind="signed-in",
                      recovery_bound=RECOVERY_BOUND, **impaired(lab),
@@ -334,6 +350,7 @@ async def idp_down(world: SignedInWorld) -> FaultReport:
     running = load(lab, world.proxy.url, world.probes(anonymous_browser=True)).start()
     try:
         await asyncio.sleep(lab.pace.baseline)
+        stopping_at = time.monotonic()  # answers the stop met may be recorded before the next line
         await world.idp.stop()
         fault_at = time.monotonic()
         await asyncio.sleep(lab.pace.outage)
@@ -349,25 +366,38 @@ async def idp_down(world: SignedInWorld) -> FaultReport:
         signed_in_after = True
     except RuntimeError:
         signed_in_after = False
-    signed_in = [s for s in samples if s.kind == "signed-in"]
+    # The restarted IdP forgot the old session's grant too: a worker that refreshes it at the
+    # IdP once it is back (each defers its retry after a failure, so one that never met the
+    # outage may) is told invalid_grant and rightly ends the session. Its 401s from then on
+    # are the IdP's word, not the outage's.
+    forgotten = sessions_ended(world.proxy, "refresh-rejected")
+
+    def ended_by_the_restarted_idp(sample: Sample) -> bool:
+        return (forgotten > 0 and sample.kind == "signed-in" and sample.ended >= restarting_at
+                and (sample.status, sample.detail) == (401, "authentication-required"))
+
+    signed_in = [s for s in samples if s.kind == "signed-in" and not ended_by_the_restarted_idp(s)]
     kept_working = all(s.status == 200 or (lab.network is not None and network_refusal(s)) for s in signed_in)
+    refused_after = sum(1 for s in samples if ended_by_the_restarted_idp(s))
     # A worker sends sign-ins to the IdP only while its last word, at most CURRENT_FOR old,
     # was an answer: a redirect to the stopped IdP later than that strands a browser.
     stranded = [s for s in samples if s.kind == "anonymous" and s.status == 302 and fault_at <= s.started
                 and s.ended <= restarting_at]
     beyond = [s for s in stranded if s.started > fault_at + CURRENT_FOR + HANG_MARGIN]
     return summarize("idp down", samples, normal={**SIGNED_IN_NORMAL, "anonymous": 302}, protected=PROTECTED,
-                     fault_at=fault_at, returned_at=returned_at,
+                     fault_at=stopping_at, returned_at=returned_at,
                      refusal=lambda s: s.status == 503 and s.detail.endswith("Sign-in unavailable"),
                      hang_bound=bound(lab, HANG_MARGIN), recovery_kind="anonymous", recovery_bound=RECOVERY_BOUND,
                      **impaired(lab),
                      checks={"existing sessions kept working": kept_working,
                              "sign-in after the IdP returned": signed_in_after,
                              "proxy and workers kept running": kept_running(world.proxy)},
-                     stranded=len(beyond), resume_bound=CURRENT_FOR,
+                     stranded=len(beyond), resume_bound=CURRENT_FOR, explained=ended_by_the_restarted_idp,
                      notes=f"{len(stranded)} sign-ins sent to the stopped IdP, the last "
                            f"{max((s.started - fault_at for s in stranded), default=0):.2f}s after it stopped "
-                           f"(bound {CURRENT_FOR:g}s)")
+                           f"(bound {CURRENT_FOR:g}s)"
+                           + (f"; the restarted IdP refused the old session's refresh, {refused_after} 401s after"
+                              if refused_after else ""))
 
 
 async def upstream_hung(lab: Lab) -> FaultReport:

@@ -12,7 +12,8 @@ while it breaks one dependency and brings it back, and sums the samples up with
   after the session store went away (fail closed);
 - ``fail_closed``: the refusals the fault calls for while the dependency is away (503
   ``session-store-unavailable``, the 503 sign-in page, 504, a refused connection after
-  SIGTERM), counted apart from
+  SIGTERM), and those the scenario explains by what the dependency did on its return (the
+  restarted IdP refusing a session it forgot), counted apart from
 - ``failed``: every other answer that is not the normal one for its kind of request;
 - ``hangs``: requests slower than the bound the configuration promises;
 - ``stranded``: sign-ins sent to an IdP that cannot answer later than the bound ztproxy
@@ -392,7 +393,7 @@ class FaultReport:
     slowest_s: float
     checks: dict[str, bool] = field(default_factory=dict)
     notes: str = ""  # a measurement of this fault's own, in words ("drained in 0.61s")
-    breakdown: str = ""  # answers by kind, status and detail: what to look at when a check fails
+    breakdown: str = ""  # answers by kind, status and detail, then when each failed one came: for a failed check
 
     @property
     def problems(self) -> list[str]:
@@ -419,12 +420,23 @@ class FaultReport:
                 + (f" ({self.notes})" if self.notes else ""))
 
 
+def _when(sample: Sample, fault_at: float, returned_at: float | None) -> str:
+    since_return = "" if returned_at is None else f" and {sample.started - returned_at:+.3f}s from its return"
+    return (f"{sample.kind} {sample.status} {sample.detail}".rstrip()
+            + f" sent {sample.started - fault_at:+.3f}s from the fault{since_return}"
+            + f", answered in {sample.elapsed:.3f}s")
+
+
+ODD_SHOWN = 10  # wrongly allowed or failed requests the breakdown times, at most
+
+
 def summarize(fault: str, samples: list[Sample], *, normal: dict[str, int], protected: Iterable[str],
               fault_at: float, returned_at: float | None, refusal: Callable[[Sample], bool], hang_bound: float,
               recovery_kind: str | None, recovery_bound: float, stale: tuple[float, float] | None = None,
               stranded: int = 0, resume_bound: float = 0.0, checks: dict[str, bool] | None = None,
               notes: str = "", network_refusal: Callable[[Sample], bool] | None = None,
-              network: str = "", fault_met: bool | None = None) -> FaultReport:
+              network: str = "", fault_met: bool | None = None,
+              explained: Callable[[Sample], bool] | None = None) -> FaultReport:
     """Sort the samples into the report's counts (see the module docstring).
 
     ``normal`` is each kind's answer when nothing is wrong; ``refusal`` says whether a
@@ -437,7 +449,9 @@ def summarize(fault: str, samples: list[Sample], *, normal: dict[str, int], prot
     ``network_refusal``: on an impaired network, the refusals it may cause at any time,
     counted as fail-closed too (``network`` says what the network did, for the notes).
     ``fault_met``: whether requests met the fault, when the scenario tells (else: some
-    were refused while it lasted).
+    were refused while it lasted). ``explained``: refusals the scenario accounts for by what
+    the dependency did on its return (the restarted IdP refusing a session it forgot),
+    counted as fail-closed, not as the fault's (they do not show the fault was met).
     The report's checks say, besides the scenario's own, that no request got a 500, that
     the fault's refusals were seen (else the fault was never met) and that the recovery
     came within ``recovery_bound`` seconds.
@@ -446,18 +460,22 @@ def summarize(fault: str, samples: list[Sample], *, normal: dict[str, int], prot
     back = returned_at + resume_bound if returned_at is not None else float("inf")
     stale_from, stale_until = stale if stale is not None else (0.0, 0.0)
     wrongly_allowed = fail_closed = failed = met = 0
+    odd: list[Sample] = []  # wrongly allowed or failed: when each came says most about why
+    also_refused = [judge for judge in (explained, network_refusal) if judge is not None]
     for sample in samples:
         during = sample.ended >= fault_at and sample.started <= back
         if sample.status == 200 and (sample.kind in protected or (
                 sample.kind == "signed-in" and stale_from <= sample.started < stale_until)):
             wrongly_allowed += 1
+            odd.append(sample)
         elif during and refusal(sample):
             fail_closed += 1
             met += 1
-        elif sample.status != normal[sample.kind] and network_refusal is not None and network_refusal(sample):
+        elif sample.status != normal[sample.kind] and any(judge(sample) for judge in also_refused):
             fail_closed += 1
         elif sample.status != normal[sample.kind]:
             failed += 1
+            odd.append(sample)
     verified = {"no internal error": all(s.status != 500 for s in samples)}
     if fault_met is None:
         verified["refused while down"] = met > 0
@@ -474,10 +492,12 @@ def summarize(fault: str, samples: list[Sample], *, normal: dict[str, int], prot
         recovery_s = min(recovered) - returned_at if recovered else None
         verified[f"recovered within {recovery_bound:g}s"] = recovery_s is not None and recovery_s < recovery_bound
     tally = Counter((s.kind, s.status, s.detail) for s in samples)
+    timed = [_when(s, fault_at, returned_at) for s in odd[:ODD_SHOWN]]
     return FaultReport(
         fault=fault, requests=len(samples), wrongly_allowed=wrongly_allowed, fail_closed=fail_closed,
         failed=failed, hangs=sum(1 for s in samples if s.status == HUNG or s.elapsed > hang_bound), stranded=stranded,
         recovery_s=recovery_s, slowest_s=max((s.elapsed for s in samples), default=0.0),
         checks={**verified, **(checks or {})}, notes="; ".join(part for part in (notes, network) if part),
         breakdown=", ".join(f"{kind} {status} {detail}".rstrip() + f": {count}"
-                            for (kind, status, detail), count in sorted(tally.items())))
+                            for (kind, status, detail), count in sorted(tally.items()))
+        + "".join(f"\n    {line}" for line in timed))

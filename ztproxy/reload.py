@@ -234,7 +234,8 @@ class LiveApp:
     async def _retire(self, generation: Generation, grace: float) -> None:
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(generation.idle.wait(), timeout=grace)
+                async with asyncio.timeout(grace):
+                    await generation.idle.wait()
             if generation.in_flight:
                 log.warning("config_retired_with_requests", in_flight=generation.in_flight, grace_s=grace)
         finally:

@@ -118,7 +118,8 @@ class Supervisor:
             log.error("worker_exited", worker=worker.index, pid=process.pid, exit_code=process.returncode)
             backoff = 0.5 if lived > _RESTART_BACKOFF_MAX else min(backoff * 2, _RESTART_BACKOFF_MAX)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=backoff)
+                async with asyncio.timeout(backoff):
+                    await self._stop.wait()
 
     async def _run_once(self, worker: _Worker) -> tuple[asyncio.subprocess.Process, float]:
         """One process of ``worker``, ready when it says so, until it exits; and how long it lived."""

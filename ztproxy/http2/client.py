@@ -106,7 +106,8 @@ class UpstreamStream:
 
     async def head(self, read_timeout: float | None) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(self._head), read_timeout)
+            async with asyncio.timeout(read_timeout):
+                await asyncio.shield(self._head)
         except TimeoutError as exc:
             raise UpstreamTimeoutError("no answer from the upstream in time") from exc
 
@@ -123,7 +124,8 @@ class UpstreamStream:
                 return
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self._waiter, read_timeout)
+                async with asyncio.timeout(read_timeout):
+                    await self._waiter
             except TimeoutError as exc:
                 raise UpstreamTimeoutError("the upstream went quiet") from exc
             finally:

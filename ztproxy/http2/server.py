@@ -266,7 +266,8 @@ class ServerConnection(Endpoint):
         """Wait up to ``timeout`` for the streams in flight, then end those left and the connection."""
         self.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         for stream in list(self._streams.values()):
             stream.reset(ErrorCodes.CANCEL)
         self._close_transport()

@@ -80,7 +80,8 @@ class Reachability:
         if state is State.REACHABLE:
             return True
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.check_now(), RECHECK_WAIT if state is State.UNREACHABLE else None)
+            async with asyncio.timeout(RECHECK_WAIT if state is State.UNREACHABLE else None):
+                await self.check_now()
         return self.state() is State.REACHABLE
 
     async def check_now(self) -> None:

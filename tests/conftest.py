@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import json
 import os
 import signal
 import socket
@@ -173,6 +175,17 @@ class ProxyProcess:
 
     def log_lines(self) -> list[str]:
         return self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log's events called ``name``, in order (a line still being written is skipped)."""
+        found = []
+        for line in self.log_lines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if event.get("event") == name:
+                        found.append(event)
+        return found
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)

@@ -193,6 +193,7 @@ def _event_as_json_line(event: str, fields: dict[str, Any]) -> None:
 
 _write_event: Callable[[str, dict[str, Any]], None] = _event_via_structlog
 
+
 def access_event(request: web.BaseRequest, status: int, sent: int, duration: float) -> None:
     _log_access(request, request.get(RECORD), status, sent, duration)
 

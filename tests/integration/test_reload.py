@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from collections import Counter
@@ -53,20 +52,10 @@ routes:
 """
 
 
-def events(proxy: ProxyProcess, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in proxy.log_lines():
-        if line.startswith("{"):
-            event = json.loads(line)
-            if event.get("event") == name:
-                found.append(event)
-    return found
-
-
 async def wait_for_events(proxy: ProxyProcess, name: str, count: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        found = events(proxy, name)
+        found = proxy.events(name)
         if len(found) >= count:
             return found
         assert proxy.process.poll() is None, "\n".join(proxy.log_lines()[-30:])
@@ -152,7 +141,7 @@ async def test_sighup_swaps_the_config_under_load_without_a_failed_request(
     assert outcomes["200"] > 50
     await expect_everywhere(f"{proxy.url}/other/x", 403, workers)  # every worker has the new policy
     assert await status_of(f"{proxy.url}/app") == 200
-    assert not events(proxy, "config_reload_failed")
+    assert not proxy.events("config_reload_failed")
     async with aiohttp.ClientSession() as session, session.get(f"{proxy.admin_url}/readyz") as ready:
         assert ready.status == 200
         metrics = await (await session.get(f"{proxy.admin_url}/metrics")).text()
@@ -172,8 +161,8 @@ async def test_an_invalid_config_is_logged_with_every_error_and_the_old_one_keep
     assert failed["error_count"] >= 2
     await expect_everywhere(f"{proxy.url}/other/x", 200, workers)  # still the running configuration
     await asyncio.sleep(0.2)
-    assert len(events(proxy, "config_reload_failed")) == 1  # once, by the supervisor with workers
-    assert not events(proxy, "config_reloaded")
+    assert len(proxy.events("config_reload_failed")) == 1  # once, by the supervisor with workers
+    assert not proxy.events("config_reloaded")
     assert proxy.process.poll() is None
 
     # The file fixed: the next SIGHUP applies it.
@@ -261,4 +250,4 @@ async def test_with_watch_config_a_changed_file_reloads_without_a_signal(
     staged.replace(config_path)
     await wait_for_events(proxy, "config_reloaded", workers)
     await expect_everywhere(f"{proxy.url}/other/x", 403, workers)
-    assert events(proxy, "config_file_changed")
+    assert proxy.events("config_file_changed")

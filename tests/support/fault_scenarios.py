@@ -25,8 +25,6 @@ behind relays.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -185,17 +183,6 @@ async def sign_in_problem(url: str, attempts: int = 1) -> str | None:
     except RuntimeError as exc:
         return str(exc)[:200]
     return None
-
-
-def sessions_ended(proxy: ProxyProcess, reason: str) -> int:
-    """How many sessions the proxy's log says it ended for ``reason``."""
-    count = 0
-    for line in proxy.log_lines():
-        if '"session_ended"' in line:
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                count += event.get("event") == "session_ended" and event.get("reason") == reason
-    return count
 
 
 def kept_running(proxy: ProxyProcess) -> bool:
@@ -370,7 +357,7 @@ async def idp_down(world: SignedInWorld) -> FaultReport:
     # IdP once it is back (each defers its retry after a failure, so one that never met the
     # outage may) is told invalid_grant and rightly ends the session. Its 401s from then on
     # are the IdP's word, not the outage's.
-    forgotten = sessions_ended(world.proxy, "refresh-rejected")
+    forgotten = sum(1 for event in world.proxy.events("session_ended") if event.get("reason") == "refresh-rejected")
 
     def ended_by_the_restarted_idp(sample: Sample) -> bool:
         return (forgotten > 0 and sample.kind == "signed-in" and sample.ended >= restarting_at
